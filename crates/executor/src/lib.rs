@@ -1,1 +1,379 @@
-//! placeholder
+//! The executor: owns everything sbx puts on one host — runtime sandboxes,
+//! writable layers, network namespaces — and can rebuild its picture of them
+//! after a crash.
+
+mod cmd;
+pub mod image;
+pub mod layer;
+pub mod net;
+
+use image::Images;
+use layer::Layer;
+use net::Slot;
+use sbx_runtime::{Bind, Runtime, RuntimeError, SandboxSpec};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Port of the agent inside every sandbox.
+pub const AGENT_PORT: u16 = 9501;
+/// Where the agent's directory is mounted inside the sandbox.
+const AGENT_MOUNT: &str = "/.sbx";
+const AGENT_NAME: &str = "sbx-agent";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what}: {reason}")]
+    Host { what: String, reason: String },
+    #[error("image: {0}")]
+    Image(String),
+    #[error("unknown image {name:?}; images: {available}")]
+    UnknownImage { name: String, available: String },
+    #[error("no free network slot: {0} sandboxes run on this host")]
+    NoSlot(u32),
+    #[error("agent did not become healthy: {0}")]
+    AgentTimeout(String),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+pub struct ExecutorConfig {
+    pub data_dir: PathBuf,
+    /// The static `sbx-agent` binary to mount into sandboxes.
+    pub agent_bin: PathBuf,
+}
+
+/// What the executor needs to launch one sandbox.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    pub id: String,
+    pub image: String,
+    pub cpus: f64,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
+    pub entrypoint: Vec<String>,
+    pub allow_internet: bool,
+}
+
+/// Facts about a sandbox kept beside it on disk, for re-adoption after a crash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Meta {
+    id: String,
+    slot: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Live {
+    slot: Slot,
+    pid: Option<i32>,
+}
+
+/// What [`Executor::recover`] found.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    pub adopted: Vec<String>,
+    pub cleaned: Vec<String>,
+}
+
+pub struct Executor {
+    data_dir: PathBuf,
+    images: Images,
+    runtime: Arc<dyn Runtime>,
+    live: Mutex<HashMap<String, Live>>,
+}
+
+impl Executor {
+    /// Prepares the host: directories, agent binary, firewall.
+    pub async fn new(config: ExecutorConfig, runtime: Arc<dyn Runtime>) -> Result<Self, Error> {
+        let data_dir = config.data_dir;
+        tokio::fs::create_dir_all(data_dir.join("sandboxes")).await?;
+        let agent_dir = data_dir.join("agent");
+        tokio::fs::create_dir_all(&agent_dir).await?;
+        // Copy then rename: sandboxes that run keep the binary they booted with.
+        let tmp = agent_dir.join(format!(".{AGENT_NAME}.tmp"));
+        tokio::fs::copy(&config.agent_bin, &tmp).await.map_err(|e| Error::Host {
+            what: format!("agent binary {}", config.agent_bin.display()),
+            reason: e.to_string(),
+        })?;
+        tokio::fs::rename(&tmp, agent_dir.join(AGENT_NAME)).await?;
+        net::install_firewall().await?;
+        Ok(Self {
+            images: Images::new(data_dir.join("images")),
+            data_dir,
+            runtime,
+            live: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn images(&self) -> &Images {
+        &self.images
+    }
+
+    pub fn runtime_name(&self) -> &'static str {
+        self.runtime.name()
+    }
+
+    fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.data_dir.join("sandboxes").join(id)
+    }
+
+    /// The agent's address of a sandbox that runs here.
+    pub fn agent_addr(&self, id: &str) -> Option<SocketAddr> {
+        let live = self.live.lock().unwrap();
+        live.get(id)
+            .map(|l| SocketAddr::new(l.slot.sandbox_ip().into(), AGENT_PORT))
+    }
+
+    /// Ids of the sandboxes that run here.
+    pub fn running(&self) -> Vec<String> {
+        self.live.lock().unwrap().keys().cloned().collect()
+    }
+
+    fn take_slot(&self, id: &str) -> Result<Slot, Error> {
+        let mut live = self.live.lock().unwrap();
+        let used: HashSet<u32> = live.values().map(|l| l.slot.0).collect();
+        let slot = (0..net::MAX_SLOTS)
+            .find(|n| !used.contains(n))
+            .map(Slot)
+            .ok_or(Error::NoSlot(net::MAX_SLOTS))?;
+        live.insert(id.to_string(), Live { slot, pid: None });
+        Ok(slot)
+    }
+
+    /// Boots a sandbox and waits for its agent. On failure nothing is left behind.
+    pub async fn launch(&self, spec: &LaunchSpec) -> Result<SocketAddr, Error> {
+        if !self.images.exists(&spec.image) {
+            return Err(Error::UnknownImage {
+                name: spec.image.clone(),
+                available: self.images.list().join(", "),
+            });
+        }
+        let slot = self.take_slot(&spec.id)?;
+        match self.launch_in(spec, slot).await {
+            Ok(pid) => {
+                if let Some(l) = self.live.lock().unwrap().get_mut(&spec.id) {
+                    l.pid = pid;
+                }
+                Ok(SocketAddr::new(slot.sandbox_ip().into(), AGENT_PORT))
+            }
+            Err(e) => {
+                self.teardown(&spec.id, slot).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn launch_in(&self, spec: &LaunchSpec, slot: Slot) -> Result<Option<i32>, Error> {
+        let dir = self.sandbox_dir(&spec.id);
+        tokio::fs::create_dir_all(&dir).await?;
+        let meta = Meta {
+            id: spec.id.clone(),
+            slot: slot.0,
+        };
+        tokio::fs::write(dir.join("meta.json"), serde_json::to_vec(&meta).expect("json")).await?;
+        let layer = Layer::new(&dir);
+        let lower = self.images.rootfs(&spec.image);
+        let (l, n) = tokio::join!(
+            layer.create(&lower, spec.disk_mb),
+            net::create(&spec.id, slot, spec.allow_internet)
+        );
+        l?;
+        n?;
+        let mut args = vec![format!("{AGENT_MOUNT}/{AGENT_NAME}")];
+        if !spec.entrypoint.is_empty() {
+            args.push("--".into());
+            args.extend(spec.entrypoint.iter().cloned());
+        }
+        let runtime_spec = SandboxSpec {
+            id: spec.id.clone(),
+            bundle_dir: dir.clone(),
+            rootfs: layer.rootfs(),
+            netns: Some(net::netns_path(&spec.id)),
+            cgroup_path: format!("/sbx/{}", spec.id),
+            cpus: spec.cpus,
+            memory_limit_bytes: hard_memory_limit_mb(spec.memory_mb) * 1024 * 1024,
+            args,
+            env: vec![
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+                "HOME=/root".into(),
+                "LANG=C.UTF-8".into(),
+                format!("SBX_MEMORY_LIMIT_MB={}", spec.memory_mb),
+                format!("SBX_SANDBOX_ID={}", spec.id),
+            ],
+            binds: vec![Bind {
+                source: self.data_dir.join("agent"),
+                destination: AGENT_MOUNT.into(),
+                read_only: true,
+            }],
+            hostname: "sandbox".into(),
+        };
+        let state = self.runtime.start(&runtime_spec).await?;
+        let addr = SocketAddr::new(slot.sandbox_ip().into(), AGENT_PORT);
+        wait_for_agent(addr, std::time::Duration::from_secs(30)).await?;
+        Ok(state.pid)
+    }
+
+    /// Stops a sandbox and removes everything it had on the host. Idempotent.
+    pub async fn destroy(&self, id: &str) -> Result<(), Error> {
+        let slot = self.live.lock().unwrap().get(id).map(|l| l.slot);
+        let slot = match slot {
+            Some(s) => Some(s),
+            None => read_meta(&self.sandbox_dir(id)).await.map(|m| Slot(m.slot)),
+        };
+        match slot {
+            Some(slot) => self.teardown(id, slot).await,
+            None => {
+                let _ = self.runtime.destroy(id).await;
+                Layer::new(self.sandbox_dir(id)).destroy().await;
+                let _ = cmd::run("ip", &["netns", "del", &net::netns_name(id)]).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn teardown(&self, id: &str, slot: Slot) {
+        if let Err(e) = self.runtime.destroy(id).await {
+            tracing::warn!(sandbox = id, "runtime destroy: {e}");
+        }
+        let layer = Layer::new(self.sandbox_dir(id));
+        tokio::join!(net::destroy(id, slot), layer.destroy());
+        remove_cgroups(id).await;
+        self.live.lock().unwrap().remove(id);
+    }
+
+    /// Whether the sandbox's runtime process still exists.
+    pub fn is_alive(&self, id: &str) -> bool {
+        let pid = self.live.lock().unwrap().get(id).and_then(|l| l.pid);
+        match pid {
+            Some(pid) => Path::new(&format!("/proc/{pid}")).exists(),
+            None => true,
+        }
+    }
+
+    /// Reconciles the host with the sandboxes that should run (`keep`):
+    /// those whose runtime sandbox, layer and network are all intact are
+    /// adopted; everything else sbx left on this host is removed.
+    pub async fn recover(&self, keep: &HashSet<String>) -> Result<Recovery, Error> {
+        let mut report = Recovery::default();
+        let states = self.runtime.list().await?;
+        let running: HashMap<String, Option<i32>> = states
+            .iter()
+            .filter(|s| s.status == "running")
+            .map(|s| (s.id.clone(), s.pid))
+            .collect();
+        let netns: HashSet<String> = net::list_netns().await?.into_iter().collect();
+        let mut dirs = Vec::new();
+        if let Ok(mut rd) = tokio::fs::read_dir(self.data_dir.join("sandboxes")).await {
+            while let Ok(Some(e)) = rd.next_entry().await {
+                if let Ok(name) = e.file_name().into_string() {
+                    dirs.push(name);
+                }
+            }
+        }
+        let mut seen: HashSet<String> = HashSet::new();
+        seen.extend(states.iter().map(|s| s.id.clone()));
+        seen.extend(netns.iter().cloned());
+        seen.extend(dirs.iter().cloned());
+        for id in seen {
+            let dir = self.sandbox_dir(&id);
+            let layer = Layer::new(&dir);
+            let meta = read_meta(&dir).await;
+            let intact = keep.contains(&id)
+                && running.contains_key(&id)
+                && netns.contains(&id)
+                && layer::mounts_below(&dir).contains(&layer.rootfs())
+                && meta.is_some();
+            if intact {
+                let meta = meta.expect("checked");
+                self.live.lock().unwrap().insert(
+                    id.clone(),
+                    Live {
+                        slot: Slot(meta.slot),
+                        pid: running[&id],
+                    },
+                );
+                report.adopted.push(id);
+            } else {
+                match meta {
+                    Some(m) => self.teardown(&id, Slot(m.slot)).await,
+                    None => {
+                        let _ = self.runtime.destroy(&id).await;
+                        let _ = cmd::run("ip", &["netns", "del", &net::netns_name(&id)]).await;
+                        layer.destroy().await;
+                        remove_cgroups(&id).await;
+                    }
+                }
+                report.cleaned.push(id);
+            }
+        }
+        // Host links whose netns is gone (a crash between the two steps).
+        let adopted: HashSet<u32> = self.live.lock().unwrap().values().map(|l| l.slot.0).collect();
+        for slot in net::list_host_links().await? {
+            if !adopted.contains(&slot.0) {
+                let _ = cmd::run("ip", &["link", "del", &slot.host_if()]).await;
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// The cgroup limit sits above the user's memory so that the agent's
+/// per-process OOM handling acts first; the cgroup is the backstop that
+/// kills the whole sandbox.
+pub fn hard_memory_limit_mb(memory_mb: u64) -> u64 {
+    memory_mb + (memory_mb / 4).max(256)
+}
+
+async fn read_meta(dir: &Path) -> Option<Meta> {
+    let bytes = tokio::fs::read(dir.join("meta.json")).await.ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Removes `/sbx/<id>` from every cgroup v1 controller (runsc may leave some).
+async fn remove_cgroups(id: &str) {
+    let Ok(mut rd) = tokio::fs::read_dir("/sys/fs/cgroup").await else {
+        return;
+    };
+    while let Ok(Some(e)) = rd.next_entry().await {
+        let p = e.path().join("sbx").join(id);
+        if p.exists() {
+            let _ = tokio::fs::remove_dir(&p).await;
+        }
+    }
+}
+
+/// Polls the agent's health route until it answers 200.
+async fn wait_for_agent(addr: SocketAddr, limit: std::time::Duration) -> Result<(), Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut last;
+    loop {
+        let attempt = async {
+            let mut s = tokio::net::TcpStream::connect(addr).await?;
+            s.write_all(b"GET /api/v1/health HTTP/1.0\r\nHost: agent\r\n\r\n")
+                .await?;
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).await?;
+            Ok::<bool, std::io::Error>(buf[..n].starts_with(b"HTTP/1.1 200") || buf[..n].starts_with(b"HTTP/1.0 200"))
+        };
+        match tokio::time::timeout(std::time::Duration::from_millis(500), attempt).await {
+            Ok(Ok(true)) => return Ok(()),
+            Ok(Ok(false)) => last = "agent answered with an error".into(),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = "timed out".into(),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::AgentTimeout(format!("{addr}: {last}")));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// The sandbox address range, for callers that must recognise it.
+pub fn sandbox_ip(slot: u32) -> Ipv4Addr {
+    Slot(slot).sandbox_ip()
+}

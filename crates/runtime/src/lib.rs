@@ -1,1 +1,86 @@
-//! placeholder
+//! The runtime an executor drives to run sandboxes.
+//!
+//! [`Runtime`] is what the executor sees: create a sandbox from a prepared
+//! root filesystem and network namespace, ask about it, destroy it. Nothing
+//! above this trait knows which isolation technology runs underneath; today
+//! that is gVisor ([`gvisor::Gvisor`]).
+
+pub mod gvisor;
+pub mod oci;
+
+use async_trait::async_trait;
+use std::path::PathBuf;
+
+/// Everything a runtime needs to boot one sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    /// Unique id; also the runtime's container id.
+    pub id: String,
+    /// Directory the runtime may write its bundle (config.json) into.
+    pub bundle_dir: PathBuf,
+    /// Prepared, writable root filesystem.
+    pub rootfs: PathBuf,
+    /// Network namespace to run in (`/var/run/netns/NAME`); `None` = no network.
+    pub netns: Option<PathBuf>,
+    /// cgroup path for the sandbox, e.g. `/sbx/<id>`.
+    pub cgroup_path: String,
+    /// CPU quota in cores (1.5 = one and a half cores).
+    pub cpus: f64,
+    /// Hard memory limit in bytes.
+    pub memory_limit_bytes: u64,
+    /// PID 1 of the sandbox and its arguments.
+    pub args: Vec<String>,
+    /// Environment of PID 1, `KEY=VALUE`.
+    pub env: Vec<String>,
+    /// Host paths bound into the sandbox.
+    pub binds: Vec<Bind>,
+    pub hostname: String,
+}
+
+/// A host path bound into the sandbox.
+#[derive(Debug, Clone)]
+pub struct Bind {
+    pub source: PathBuf,
+    pub destination: String,
+    pub read_only: bool,
+}
+
+/// What the runtime knows of a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxState {
+    pub id: String,
+    /// Runtime-specific status, e.g. `running`, `stopped`, `created`.
+    pub status: String,
+    /// Host pid of the sandbox's root process, when it runs.
+    pub pid: Option<i32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("runtime unavailable: {0}")]
+    Unavailable(String),
+    #[error("{command} failed: {stderr}")]
+    Command { command: String, stderr: String },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("unexpected runtime output: {0}")]
+    Parse(String),
+}
+
+pub type Result<T> = std::result::Result<T, RuntimeError>;
+
+#[async_trait]
+pub trait Runtime: Send + Sync {
+    /// A short name shown in SandboxInfo (`gvisor`).
+    fn name(&self) -> &'static str;
+    /// Checks the runtime can run sandboxes on this host.
+    async fn check(&self) -> Result<String>;
+    /// Creates and starts the sandbox; returns once its PID 1 runs.
+    async fn start(&self, spec: &SandboxSpec) -> Result<SandboxState>;
+    /// The sandbox's state, or `None` when the runtime does not know it.
+    async fn state(&self, id: &str) -> Result<Option<SandboxState>>;
+    /// Every sandbox the runtime knows (also ones a crashed run left).
+    async fn list(&self) -> Result<Vec<SandboxState>>;
+    /// Kills and forgets the sandbox. Idempotent.
+    async fn destroy(&self, id: &str) -> Result<()>;
+}

@@ -1,0 +1,241 @@
+//! Root filesystem images. The default image is a Debian bookworm built once
+//! by debootstrap and then shared read-only by every sandbox.
+
+use crate::Error;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+pub const DEFAULT_IMAGE: &str = "default";
+
+/// Packages added to debootstrap's minbase.
+const PACKAGES: &str = "python3,python3-pip,python3-venv,ca-certificates,procps,iproute2,curl,less";
+
+/// The images under `<dir>/<name>/rootfs`, each complete once `<dir>/<name>/ready` exists.
+#[derive(Debug, Clone)]
+pub struct Images {
+    dir: PathBuf,
+}
+
+impl Images {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn rootfs(&self, name: &str) -> PathBuf {
+        self.dir.join(name).join("rootfs")
+    }
+
+    fn ready_marker(&self, name: &str) -> PathBuf {
+        self.dir.join(name).join("ready")
+    }
+
+    pub fn exists(&self, name: &str) -> bool {
+        is_plain_name(name) && self.ready_marker(name).exists()
+    }
+
+    /// Names of complete images.
+    pub fn list(&self) -> Vec<String> {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| self.exists(n))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Builds the default image unless it exists. Several servers sharing
+    /// the directory build it once: the build holds a lock file.
+    pub async fn ensure_default(&self) -> Result<(), Error> {
+        if self.exists(DEFAULT_IMAGE) {
+            return Ok(());
+        }
+        tokio::fs::create_dir_all(&self.dir).await?;
+        let lock = std::fs::File::create(self.dir.join(".build.lock"))?;
+        let lock = tokio::task::spawn_blocking(move || {
+            nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+                .map_err(|(_, e)| std::io::Error::from(e))
+        })
+        .await
+        .expect("lock task")?;
+        let result = if self.exists(DEFAULT_IMAGE) {
+            Ok(())
+        } else {
+            self.build_default().await
+        };
+        drop(lock);
+        result
+    }
+
+    async fn build_default(&self) -> Result<(), Error> {
+        let mirror = apt_mirror().unwrap_or_else(|| "http://deb.debian.org/debian".into());
+        let image_dir = self.dir.join(DEFAULT_IMAGE);
+        let tmp = self.dir.join(format!(".{DEFAULT_IMAGE}.building"));
+        let _ = tokio::fs::remove_dir_all(&tmp).await;
+        tokio::fs::create_dir_all(&tmp).await?;
+        tracing::info!(%mirror, "building the default image (Debian bookworm, once; about a minute)");
+        let mut child = Command::new("debootstrap")
+            .args([
+                "--variant=minbase",
+                &format!("--include={PACKAGES}"),
+                "bookworm",
+            ])
+            .arg(tmp.join("rootfs"))
+            .arg(&mirror)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::Image(format!("cannot run debootstrap ({e}); apt-get install debootstrap")))?;
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let progress = tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            let mut n = 0u32;
+            while let Ok(Some(line)) = lines.next_line().await {
+                n += 1;
+                // debootstrap prints one line per step; show the milestones.
+                if line.starts_with("I: Retrieving Release")
+                    || line.starts_with("I: Validating Packages")
+                    || line.starts_with("I: Extracting")
+                    || line.starts_with("I: Installing core")
+                    || line.starts_with("I: Configuring")
+                    || line.starts_with("I: Base system installed")
+                    || n % 50 == 0
+                {
+                    tracing::info!("image build: {line}");
+                }
+            }
+        });
+        let mut err_text = String::new();
+        let mut err_lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = err_lines.next_line().await {
+            err_text.push_str(&line);
+            err_text.push('\n');
+        }
+        let status = child.wait().await?;
+        let _ = progress.await;
+        if !status.success() {
+            let _ = tokio::fs::remove_dir_all(&tmp).await;
+            return Err(Error::Image(format!(
+                "debootstrap failed: {}",
+                err_text.trim()
+            )));
+        }
+        finish_rootfs(&tmp.join("rootfs")).await?;
+        let _ = tokio::fs::remove_dir_all(&image_dir).await;
+        tokio::fs::rename(&tmp, &image_dir).await?;
+        tokio::fs::write(self.ready_marker(DEFAULT_IMAGE), b"").await?;
+        tracing::info!("default image ready");
+        Ok(())
+    }
+}
+
+/// Trims caches and lets `pip install` work system-wide, as users of a
+/// throwaway sandbox expect.
+async fn finish_rootfs(rootfs: &Path) -> Result<(), Error> {
+    for dir in ["var/cache/apt/archives", "var/lib/apt/lists"] {
+        let d = rootfs.join(dir);
+        if let Ok(mut rd) = tokio::fs::read_dir(&d).await {
+            while let Ok(Some(e)) = rd.next_entry().await {
+                if e.file_type().await.map(|t| t.is_file()).unwrap_or(false) {
+                    let _ = tokio::fs::remove_file(e.path()).await;
+                }
+            }
+        }
+    }
+    if let Ok(mut rd) = tokio::fs::read_dir(rootfs.join("usr/lib")).await {
+        while let Ok(Some(e)) = rd.next_entry().await {
+            if e.file_name().to_string_lossy().starts_with("python3") {
+                let _ = tokio::fs::remove_file(e.path().join("EXTERNALLY-MANAGED")).await;
+            }
+        }
+    }
+    tokio::fs::create_dir_all(rootfs.join(".sbx")).await?;
+    Ok(())
+}
+
+/// The Debian mirror apt on this host uses.
+pub fn apt_mirror() -> Option<String> {
+    let mut texts = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        for e in rd.flatten() {
+            if let Ok(t) = std::fs::read_to_string(e.path()) {
+                texts.push(t);
+            }
+        }
+    }
+    if let Ok(t) = std::fs::read_to_string("/etc/apt/sources.list") {
+        texts.push(t);
+    }
+    texts.iter().find_map(|t| mirror_from_sources(t))
+}
+
+/// First Debian (not security) archive URI in a sources text, deb822 or one-line.
+fn mirror_from_sources(text: &str) -> Option<String> {
+    for line in text.lines() {
+        let line = line.trim();
+        let uri = if let Some(rest) = line.strip_prefix("URIs:") {
+            rest.split_whitespace().next()
+        } else if line.starts_with("deb ") {
+            line.split_whitespace()
+                .skip(1)
+                .find(|w| w.starts_with("http"))
+        } else {
+            None
+        };
+        if let Some(u) = uri {
+            if u.contains("debian") && !u.contains("security") {
+                return Some(u.to_string());
+            }
+        }
+    }
+    None
+}
+
+/// Image names are single path components of safe characters.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirror_is_read_from_deb822_and_one_line_sources() {
+        let deb822 = "Types: deb\nURIs: http://deb.example/debian-security\n\nTypes: deb\nURIs: http://m.example/debian\nSuites: bookworm\n";
+        assert_eq!(mirror_from_sources(deb822).as_deref(), Some("http://m.example/debian"));
+        let one = "deb [arch=amd64] http://m2.example/debian bookworm main\n";
+        assert_eq!(mirror_from_sources(one).as_deref(), Some("http://m2.example/debian"));
+        assert_eq!(mirror_from_sources("deb https://other.example/apt stable main"), None);
+    }
+
+    #[test]
+    fn image_names_cannot_escape() {
+        assert!(is_plain_name("default"));
+        assert!(!is_plain_name("../etc"));
+        assert!(!is_plain_name(".hidden"));
+        assert!(!is_plain_name("a/b"));
+    }
+
+    #[test]
+    fn images_list_only_complete_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let images = Images::new(d.path());
+        std::fs::create_dir_all(d.path().join("half/rootfs")).unwrap();
+        std::fs::create_dir_all(d.path().join("full/rootfs")).unwrap();
+        std::fs::write(d.path().join("full/ready"), b"").unwrap();
+        assert_eq!(images.list(), vec!["full".to_string()]);
+    }
+}

@@ -1,0 +1,153 @@
+//! A sandbox's writable layer: an overlay of the shared read-only image and
+//! an upper directory on the sandbox's own ext4 volume, a sparse file of
+//! `disk_mb`. Writing past the size fails inside the sandbox with ENOSPC;
+//! the host's disk is untouched beyond the volume.
+
+use crate::cmd::run;
+use crate::Error;
+use std::path::{Path, PathBuf};
+
+/// The files of one sandbox's layer, under its directory.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    dir: PathBuf,
+}
+
+impl Layer {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+    pub fn image_file(&self) -> PathBuf {
+        self.dir.join("disk.img")
+    }
+    pub fn volume(&self) -> PathBuf {
+        self.dir.join("disk")
+    }
+    /// The overlay upper directory: the sandbox's changes to its image.
+    pub fn upper(&self) -> PathBuf {
+        self.volume().join("upper")
+    }
+    /// The merged root filesystem the runtime boots.
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+
+    /// Creates the volume and mounts the overlay on `lower`.
+    pub async fn create(&self, lower: &Path, disk_mb: u64) -> Result<(), Error> {
+        let result = self.create_inner(lower, disk_mb).await;
+        if result.is_err() {
+            self.destroy().await;
+        }
+        result
+    }
+
+    async fn create_inner(&self, lower: &Path, disk_mb: u64) -> Result<(), Error> {
+        tokio::fs::create_dir_all(self.volume()).await?;
+        tokio::fs::create_dir_all(self.rootfs()).await?;
+        let img = self.image_file();
+        let file = tokio::fs::File::create(&img).await?;
+        file.set_len(disk_mb * 1024 * 1024).await?;
+        drop(file);
+        let img_s = img.to_string_lossy();
+        run(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-F",
+                "-m",
+                "0",
+                "-O",
+                "^has_journal",
+                "-E",
+                "lazy_itable_init=1,nodiscard",
+                &img_s,
+            ],
+        )
+        .await?;
+        run("mount", &["-o", "loop", &img_s, &self.volume().to_string_lossy()]).await?;
+        let work = self.volume().join("work");
+        tokio::fs::create_dir_all(self.upper()).await?;
+        tokio::fs::create_dir_all(&work).await?;
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            self.upper().display(),
+            work.display()
+        );
+        run(
+            "mount",
+            &["-t", "overlay", "overlay", "-o", &opts, &self.rootfs().to_string_lossy()],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Unmounts everything and removes the directory. Best effort, idempotent.
+    pub async fn destroy(&self) {
+        for m in [self.rootfs(), self.volume()] {
+            if is_mountpoint(&m) {
+                let s = m.to_string_lossy().to_string();
+                if run("umount", &[&s]).await.is_err() {
+                    let _ = run("umount", &["-l", &s]).await;
+                }
+            }
+        }
+        let _ = tokio::fs::remove_dir_all(&self.dir).await;
+    }
+}
+
+/// Mount points at or below `root`, deepest first.
+pub fn mounts_below(root: &Path) -> Vec<PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_mountinfo)
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(root))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found.dedup();
+    found
+}
+
+fn is_mountpoint(p: &Path) -> bool {
+    mounts_below(p).iter().any(|m| m == p)
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mountinfo(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v as char);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i] as char);
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+
+    #[test]
+    fn proc_is_found_as_a_mount() {
+        assert!(mounts_below(Path::new("/proc")).contains(&PathBuf::from("/proc")));
+    }
+}

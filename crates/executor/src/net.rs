@@ -1,0 +1,226 @@
+//! Per-sandbox network namespaces, veth pairs and the host firewall.
+//!
+//! Sandbox `n` gets the /30 `10.200.0.0/16 + 4n`: the host end of its veth
+//! pair (`sbx{n}h`) is `.1`, the sandbox end (`sbx{n}c`, inside netns
+//! `sbx-{id}`) is `.2`. Sandboxes reach the internet through NAT, but not
+//! each other, the host's services or private networks.
+
+use crate::cmd::{run, run_with_input};
+use crate::Error;
+use std::net::Ipv4Addr;
+
+/// Base of the sandbox address range (a /16).
+const BASE: [u8; 2] = [10, 200];
+/// How many /30 subnets fit in the /16.
+pub const MAX_SLOTS: u32 = 16_384;
+const RANGE: &str = "10.200.0.0/16";
+/// Destinations a sandbox may never reach, whatever its policy.
+const BLOCKED: &[&str] = &[
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "169.254.0.0/16",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "224.0.0.0/4",
+];
+
+/// The addresses of one sandbox's link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot(pub u32);
+
+impl Slot {
+    fn addr(self, host_part: u8) -> Ipv4Addr {
+        let base = self.0 * 4;
+        Ipv4Addr::new(
+            BASE[0],
+            BASE[1],
+            (base >> 8) as u8,
+            (base & 0xff) as u8 + host_part,
+        )
+    }
+    pub fn host_ip(self) -> Ipv4Addr {
+        self.addr(1)
+    }
+    pub fn sandbox_ip(self) -> Ipv4Addr {
+        self.addr(2)
+    }
+    pub fn host_if(self) -> String {
+        format!("sbx{}h", self.0)
+    }
+    pub fn sandbox_if(self) -> String {
+        format!("sbx{}c", self.0)
+    }
+    /// Parses a host-side interface name back into its slot.
+    pub fn from_host_if(name: &str) -> Option<Slot> {
+        name.strip_prefix("sbx")?
+            .strip_suffix('h')?
+            .parse()
+            .ok()
+            .filter(|n| *n < MAX_SLOTS)
+            .map(Slot)
+    }
+}
+
+pub fn netns_name(id: &str) -> String {
+    format!("sbx-{id}")
+}
+
+pub fn netns_path(id: &str) -> std::path::PathBuf {
+    format!("/var/run/netns/{}", netns_name(id)).into()
+}
+
+/// Creates netns `sbx-{id}` with its veth pair and default route.
+pub async fn create(id: &str, slot: Slot, allow_internet: bool) -> Result<(), Error> {
+    let ns = netns_name(id);
+    let (h, c) = (slot.host_if(), slot.sandbox_if());
+    let host = format!(
+        "netns add {ns}\n\
+         link add {h} type veth peer name {c} netns {ns}\n\
+         addr add {}/30 dev {h}\n\
+         link set {h} up\n",
+        slot.host_ip()
+    );
+    let inside = format!(
+        "addr add {}/30 dev {c}\n\
+         link set {c} up\n\
+         link set lo up\n\
+         route add default via {}\n",
+        slot.sandbox_ip(),
+        slot.host_ip()
+    );
+    let result = async {
+        run_with_input("ip", &["-batch", "-"], Some(&host)).await?;
+        run_with_input("ip", &["-n", &ns, "-batch", "-"], Some(&inside)).await?;
+        if !allow_internet {
+            run(
+                "iptables",
+                &["-w", "-I", CHAIN_FWD, "1", "-i", &h, "-j", "DROP"],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        destroy(id, slot).await;
+    }
+    result
+}
+
+/// Removes the netns, its veth pair and any per-sandbox firewall rule. Best effort, idempotent.
+pub async fn destroy(id: &str, slot: Slot) {
+    let h = slot.host_if();
+    while run(
+        "iptables",
+        &["-w", "-D", CHAIN_FWD, "-i", &h, "-j", "DROP"],
+    )
+    .await
+    .is_ok()
+    {}
+    let _ = run("ip", &["link", "del", &h]).await;
+    let _ = run("ip", &["netns", "del", &netns_name(id)]).await;
+}
+
+/// Names of netns that sbx created (`sbx-*`), as sandbox ids.
+pub async fn list_netns() -> Result<Vec<String>, Error> {
+    let out = run("ip", &["netns", "list"]).await?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|n| n.strip_prefix("sbx-"))
+        .map(str::to_string)
+        .collect())
+}
+
+/// Host-side veth interfaces sbx created, as slots.
+pub async fn list_host_links() -> Result<Vec<Slot>, Error> {
+    let out = run("ip", &["-o", "link", "show"]).await?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|n| n.trim().split('@').next().unwrap_or(""))
+        .filter_map(Slot::from_host_if)
+        .collect())
+}
+
+const CHAIN_FWD: &str = "SBX-FORWARD";
+const CHAIN_IN: &str = "SBX-INPUT";
+const CHAIN_NAT: &str = "SBX-POSTROUTING";
+
+/// Installs the host firewall rules shared by every sandbox. Idempotent.
+pub async fn install_firewall() -> Result<(), Error> {
+    tokio::fs::write("/proc/sys/net/ipv4/ip_forward", "1").await?;
+    for (table, chain, parent) in [
+        ("filter", CHAIN_FWD, "FORWARD"),
+        ("filter", CHAIN_IN, "INPUT"),
+        ("nat", CHAIN_NAT, "POSTROUTING"),
+    ] {
+        let _ = run("iptables", &["-w", "-t", table, "-N", chain]).await;
+        run("iptables", &["-w", "-t", table, "-F", chain]).await?;
+        if run("iptables", &["-w", "-t", table, "-C", parent, "-j", chain])
+            .await
+            .is_err()
+        {
+            run("iptables", &["-w", "-t", table, "-I", parent, "1", "-j", chain]).await?;
+        }
+    }
+    // Replies to connections the host opened (the proxy) come back in.
+    run(
+        "iptables",
+        &[
+            "-w", "-A", CHAIN_IN, "-i", "sbx+", "-m", "conntrack", "--ctstate",
+            "ESTABLISHED,RELATED", "-j", "ACCEPT",
+        ],
+    )
+    .await?;
+    run("iptables", &["-w", "-A", CHAIN_IN, "-i", "sbx+", "-j", "DROP"]).await?;
+    run(
+        "iptables",
+        &[
+            "-w", "-A", CHAIN_FWD, "-o", "sbx+", "-m", "conntrack", "--ctstate",
+            "ESTABLISHED,RELATED", "-j", "ACCEPT",
+        ],
+    )
+    .await?;
+    run("iptables", &["-w", "-A", CHAIN_FWD, "-i", "sbx+", "-o", "sbx+", "-j", "DROP"]).await?;
+    for net in BLOCKED {
+        run("iptables", &["-w", "-A", CHAIN_FWD, "-i", "sbx+", "-d", net, "-j", "DROP"]).await?;
+    }
+    run("iptables", &["-w", "-A", CHAIN_FWD, "-i", "sbx+", "-j", "ACCEPT"]).await?;
+    run(
+        "iptables",
+        &[
+            "-w", "-t", "nat", "-A", CHAIN_NAT, "-s", RANGE, "!", "-d", RANGE, "-j",
+            "MASQUERADE",
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_map_to_disjoint_subnets() {
+        assert_eq!(Slot(0).host_ip(), Ipv4Addr::new(10, 200, 0, 1));
+        assert_eq!(Slot(0).sandbox_ip(), Ipv4Addr::new(10, 200, 0, 2));
+        assert_eq!(Slot(1).host_ip(), Ipv4Addr::new(10, 200, 0, 5));
+        assert_eq!(Slot(64).sandbox_ip(), Ipv4Addr::new(10, 200, 1, 2));
+        assert_eq!(
+            Slot(MAX_SLOTS - 1).sandbox_ip(),
+            Ipv4Addr::new(10, 200, 255, 254)
+        );
+    }
+
+    #[test]
+    fn interface_names_round_trip() {
+        let s = Slot(4711);
+        assert_eq!(Slot::from_host_if(&s.host_if()), Some(s));
+        assert!(s.host_if().len() <= 15);
+        assert_eq!(Slot::from_host_if("sbx12c"), None);
+        assert_eq!(Slot::from_host_if("eth0"), None);
+    }
+}

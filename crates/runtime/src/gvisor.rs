@@ -1,0 +1,226 @@
+//! gVisor: sandboxes run by `runsc` (systrap platform).
+
+use crate::{oci, Result, Runtime, RuntimeError, SandboxSpec, SandboxState};
+use async_trait::async_trait;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use tokio::process::Command;
+
+/// Drives the `runsc` binary with its own state directory.
+#[derive(Debug, Clone)]
+pub struct Gvisor {
+    runsc: PathBuf,
+    root: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+struct RunscState {
+    id: String,
+    #[serde(default)]
+    pid: i32,
+    status: String,
+}
+
+impl Gvisor {
+    /// `root` holds runsc's container state (its `--root`).
+    pub fn new(runsc: impl Into<PathBuf>, root: impl Into<PathBuf>) -> Self {
+        Self {
+            runsc: runsc.into(),
+            root: root.into(),
+        }
+    }
+
+    /// Finds `runsc` on PATH.
+    pub fn from_path(root: impl Into<PathBuf>) -> Self {
+        Self::new(find_in_path("runsc").unwrap_or_else(|| "runsc".into()), root)
+    }
+
+    /// Global flags, identical for every command touching a sandbox.
+    ///
+    /// `--overlay2=none` keeps the writable layer on the host (our overlay
+    /// upper dir), where disk limits and snapshots can see it.
+    /// `--net-disconnect-ok` lets a checkpoint cut open TCP connections.
+    fn base(&self) -> Vec<String> {
+        vec![
+            format!("--root={}", self.root.display()),
+            "--overlay2=none".into(),
+            "--net-disconnect-ok".into(),
+        ]
+    }
+
+    async fn run(&self, args: &[String]) -> Result<String> {
+        let out = Command::new(&self.runsc)
+            .args(self.base())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| RuntimeError::Unavailable(format!("cannot run runsc: {e}")))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(RuntimeError::Command {
+                command: format!("runsc {}", args.first().map(String::as_str).unwrap_or("")),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            })
+        }
+    }
+
+    /// `runsc start`, under a private mount namespace with a fresh
+    /// `/proc/sys/net` when the sandbox has a network namespace: runsc
+    /// otherwise believes every netns is the host's on this kernel family
+    /// and refuses to start ("cannot run with network enabled in root
+    /// network namespace").
+    async fn start_created(&self, id: &str, with_network: bool) -> Result<()> {
+        if !with_network {
+            self.run(&["start".into(), id.into()]).await?;
+            return Ok(());
+        }
+        let mut runsc_cmd = vec![shell_quote(&self.runsc.display().to_string())];
+        runsc_cmd.extend(self.base().iter().map(|a| shell_quote(a)));
+        runsc_cmd.push("start".into());
+        runsc_cmd.push(shell_quote(id));
+        let script = format!(
+            "mount -t tmpfs none /proc/sys/net && exec {}",
+            runsc_cmd.join(" ")
+        );
+        let out = Command::new("unshare")
+            .args(["-m", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .output()
+            .await?;
+        if !out.status.success() {
+            return Err(RuntimeError::Command {
+                command: "runsc start".into(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Runtime for Gvisor {
+    fn name(&self) -> &'static str {
+        "gvisor"
+    }
+
+    async fn check(&self) -> Result<String> {
+        tokio::fs::create_dir_all(&self.root).await?;
+        let out = Command::new(&self.runsc)
+            .arg("--version")
+            .output()
+            .await
+            .map_err(|e| {
+                RuntimeError::Unavailable(format!(
+                    "runsc not found ({e}); install it: apt-get install -t bookworm-backports runsc"
+                ))
+            })?;
+        let version = String::from_utf8_lossy(&out.stdout);
+        Ok(version.lines().next().unwrap_or("").to_string())
+    }
+
+    async fn start(&self, spec: &SandboxSpec) -> Result<SandboxState> {
+        let config = oci::config(spec);
+        let path = spec.bundle_dir.join("config.json");
+        tokio::fs::write(&path, serde_json::to_vec_pretty(&config).expect("json"))
+            .await?;
+        self.run(&[
+            "create".into(),
+            format!("--bundle={}", spec.bundle_dir.display()),
+            spec.id.clone(),
+        ])
+        .await?;
+        if let Err(e) = self.start_created(&spec.id, spec.netns.is_some()).await {
+            let _ = self.destroy(&spec.id).await;
+            return Err(e);
+        }
+        self.state(&spec.id)
+            .await?
+            .ok_or_else(|| RuntimeError::Parse(format!("sandbox {} vanished after start", spec.id)))
+    }
+
+    async fn state(&self, id: &str) -> Result<Option<SandboxState>> {
+        match self.run(&["state".into(), id.into()]).await {
+            Ok(out) => {
+                let s: RunscState =
+                    serde_json::from_str(&out).map_err(|e| RuntimeError::Parse(e.to_string()))?;
+                Ok(Some(s.into()))
+            }
+            Err(RuntimeError::Command { stderr, .. }) if is_not_found(&stderr) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<SandboxState>> {
+        let out = self.run(&["list".into(), "--format=json".into()]).await?;
+        let trimmed = out.trim();
+        if trimmed.is_empty() || trimmed == "null" {
+            return Ok(Vec::new());
+        }
+        let all: Vec<RunscState> =
+            serde_json::from_str(trimmed).map_err(|e| RuntimeError::Parse(e.to_string()))?;
+        Ok(all.into_iter().map(Into::into).collect())
+    }
+
+    async fn destroy(&self, id: &str) -> Result<()> {
+        match self
+            .run(&["delete".into(), "--force".into(), id.into()])
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(RuntimeError::Command { stderr, .. }) if is_not_found(&stderr) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl From<RunscState> for SandboxState {
+    fn from(s: RunscState) -> Self {
+        SandboxState {
+            id: s.id,
+            pid: (s.pid > 0).then_some(s.pid),
+            status: s.status,
+        }
+    }
+}
+
+fn is_not_found(stderr: &str) -> bool {
+    stderr.contains("does not exist") || stderr.contains("not found")
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/bin".into()])
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_survives_single_quotes() {
+        assert_eq!(shell_quote("a'b"), r"'a'\''b'");
+    }
+
+    #[test]
+    fn missing_containers_are_recognised() {
+        assert!(is_not_found("loading container: container \"x\" does not exist"));
+        assert!(!is_not_found("permission denied"));
+    }
+}
