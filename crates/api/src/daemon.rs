@@ -379,17 +379,31 @@ mod tests {
 
     #[test]
     fn run_events_round_trip() {
-        let exit: RunEvent =
-            serde_json::from_str(r#"{"exit_code":0,"reason":"exited"}"#).unwrap();
-        assert!(matches!(exit, RunEvent::Exit(ExitEvent { exit_code: Some(0), .. })));
+        let exit: RunEvent = serde_json::from_str(r#"{"exit_code":0,"reason":"exited"}"#).unwrap();
+        assert!(matches!(
+            exit,
+            RunEvent::Exit(ExitEvent {
+                exit_code: Some(0),
+                ..
+            })
+        ));
         let line: RunEvent = serde_json::from_str(
             r#"{"line":"hi","timestamp":"2026-01-01T00:00:00Z","stream":"stderr"}"#,
         )
         .unwrap();
-        assert!(matches!(line, RunEvent::Output(OutputEvent { stream: Some(OutputStream::Stderr), .. })));
+        assert!(matches!(
+            line,
+            RunEvent::Output(OutputEvent {
+                stream: Some(OutputStream::Stderr),
+                ..
+            })
+        ));
         let started: RunEvent =
             serde_json::from_str(r#"{"pid":7,"started_at":"2026-01-01T00:00:00Z"}"#).unwrap();
-        assert!(matches!(started, RunEvent::Started(StartedEvent { pid: 7, .. })));
+        assert!(matches!(
+            started,
+            RunEvent::Started(StartedEvent { pid: 7, .. })
+        ));
     }
 
     #[test]

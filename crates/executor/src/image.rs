@@ -91,7 +91,11 @@ impl Images {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| Error::Image(format!("cannot run debootstrap ({e}); apt-get install debootstrap")))?;
+            .map_err(|e| {
+                Error::Image(format!(
+                    "cannot run debootstrap ({e}); apt-get install debootstrap"
+                ))
+            })?;
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
         let progress = tokio::spawn(async move {
@@ -106,7 +110,7 @@ impl Images {
                     || line.starts_with("I: Installing core")
                     || line.starts_with("I: Configuring")
                     || line.starts_with("I: Base system installed")
-                    || n % 50 == 0
+                    || n.is_multiple_of(50)
                 {
                     tracing::info!("image build: {line}");
                 }
@@ -215,10 +219,19 @@ mod tests {
     #[test]
     fn mirror_is_read_from_deb822_and_one_line_sources() {
         let deb822 = "Types: deb\nURIs: http://deb.example/debian-security\n\nTypes: deb\nURIs: http://m.example/debian\nSuites: bookworm\n";
-        assert_eq!(mirror_from_sources(deb822).as_deref(), Some("http://m.example/debian"));
+        assert_eq!(
+            mirror_from_sources(deb822).as_deref(),
+            Some("http://m.example/debian")
+        );
         let one = "deb [arch=amd64] http://m2.example/debian bookworm main\n";
-        assert_eq!(mirror_from_sources(one).as_deref(), Some("http://m2.example/debian"));
-        assert_eq!(mirror_from_sources("deb https://other.example/apt stable main"), None);
+        assert_eq!(
+            mirror_from_sources(one).as_deref(),
+            Some("http://m2.example/debian")
+        );
+        assert_eq!(
+            mirror_from_sources("deb https://other.example/apt stable main"),
+            None
+        );
     }
 
     #[test]

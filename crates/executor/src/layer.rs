@@ -64,7 +64,11 @@ impl Layer {
             ],
         )
         .await?;
-        run("mount", &["-o", "loop", &img_s, &self.volume().to_string_lossy()]).await?;
+        run(
+            "mount",
+            &["-o", "loop", &img_s, &self.volume().to_string_lossy()],
+        )
+        .await?;
         let work = self.volume().join("work");
         tokio::fs::create_dir_all(self.upper()).await?;
         tokio::fs::create_dir_all(&work).await?;
@@ -76,7 +80,14 @@ impl Layer {
         );
         run(
             "mount",
-            &["-t", "overlay", "overlay", "-o", &opts, &self.rootfs().to_string_lossy()],
+            &[
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                &opts,
+                &self.rootfs().to_string_lossy(),
+            ],
         )
         .await?;
         Ok(())

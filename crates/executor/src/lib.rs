@@ -95,10 +95,12 @@ impl Executor {
         tokio::fs::create_dir_all(&agent_dir).await?;
         // Copy then rename: sandboxes that run keep the binary they booted with.
         let tmp = agent_dir.join(format!(".{AGENT_NAME}.tmp"));
-        tokio::fs::copy(&config.agent_bin, &tmp).await.map_err(|e| Error::Host {
-            what: format!("agent binary {}", config.agent_bin.display()),
-            reason: e.to_string(),
-        })?;
+        tokio::fs::copy(&config.agent_bin, &tmp)
+            .await
+            .map_err(|e| Error::Host {
+                what: format!("agent binary {}", config.agent_bin.display()),
+                reason: e.to_string(),
+            })?;
         tokio::fs::rename(&tmp, agent_dir.join(AGENT_NAME)).await?;
         net::install_firewall().await?;
         Ok(Self {
@@ -174,7 +176,11 @@ impl Executor {
             id: spec.id.clone(),
             slot: slot.0,
         };
-        tokio::fs::write(dir.join("meta.json"), serde_json::to_vec(&meta).expect("json")).await?;
+        tokio::fs::write(
+            dir.join("meta.json"),
+            serde_json::to_vec(&meta).expect("json"),
+        )
+        .await?;
         let layer = Layer::new(&dir);
         let lower = self.images.rootfs(&spec.image);
         let (l, n) = tokio::join!(
@@ -311,7 +317,13 @@ impl Executor {
             }
         }
         // Host links whose netns is gone (a crash between the two steps).
-        let adopted: HashSet<u32> = self.live.lock().unwrap().values().map(|l| l.slot.0).collect();
+        let adopted: HashSet<u32> = self
+            .live
+            .lock()
+            .unwrap()
+            .values()
+            .map(|l| l.slot.0)
+            .collect();
         for slot in net::list_host_links().await? {
             if !adopted.contains(&slot.0) {
                 let _ = cmd::run("ip", &["link", "del", &slot.host_if()]).await;
@@ -358,7 +370,9 @@ async fn wait_for_agent(addr: SocketAddr, limit: std::time::Duration) -> Result<
                 .await?;
             let mut buf = [0u8; 64];
             let n = s.read(&mut buf).await?;
-            Ok::<bool, std::io::Error>(buf[..n].starts_with(b"HTTP/1.1 200") || buf[..n].starts_with(b"HTTP/1.0 200"))
+            Ok::<bool, std::io::Error>(
+                buf[..n].starts_with(b"HTTP/1.1 200") || buf[..n].starts_with(b"HTTP/1.0 200"),
+            )
         };
         match tokio::time::timeout(std::time::Duration::from_millis(500), attempt).await {
             Ok(Ok(true)) => return Ok(()),

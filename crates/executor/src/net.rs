@@ -111,12 +111,9 @@ pub async fn create(id: &str, slot: Slot, allow_internet: bool) -> Result<(), Er
 /// Removes the netns, its veth pair and any per-sandbox firewall rule. Best effort, idempotent.
 pub async fn destroy(id: &str, slot: Slot) {
     let h = slot.host_if();
-    while run(
-        "iptables",
-        &["-w", "-D", CHAIN_FWD, "-i", &h, "-j", "DROP"],
-    )
-    .await
-    .is_ok()
+    while run("iptables", &["-w", "-D", CHAIN_FWD, "-i", &h, "-j", "DROP"])
+        .await
+        .is_ok()
     {}
     let _ = run("ip", &["link", "del", &h]).await;
     let _ = run("ip", &["netns", "del", &netns_name(id)]).await;
@@ -162,36 +159,86 @@ pub async fn install_firewall() -> Result<(), Error> {
             .await
             .is_err()
         {
-            run("iptables", &["-w", "-t", table, "-I", parent, "1", "-j", chain]).await?;
+            run(
+                "iptables",
+                &["-w", "-t", table, "-I", parent, "1", "-j", chain],
+            )
+            .await?;
         }
     }
     // Replies to connections the host opened (the proxy) come back in.
     run(
         "iptables",
         &[
-            "-w", "-A", CHAIN_IN, "-i", "sbx+", "-m", "conntrack", "--ctstate",
-            "ESTABLISHED,RELATED", "-j", "ACCEPT",
+            "-w",
+            "-A",
+            CHAIN_IN,
+            "-i",
+            "sbx+",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
         ],
     )
     .await?;
-    run("iptables", &["-w", "-A", CHAIN_IN, "-i", "sbx+", "-j", "DROP"]).await?;
+    run(
+        "iptables",
+        &["-w", "-A", CHAIN_IN, "-i", "sbx+", "-j", "DROP"],
+    )
+    .await?;
     run(
         "iptables",
         &[
-            "-w", "-A", CHAIN_FWD, "-o", "sbx+", "-m", "conntrack", "--ctstate",
-            "ESTABLISHED,RELATED", "-j", "ACCEPT",
+            "-w",
+            "-A",
+            CHAIN_FWD,
+            "-o",
+            "sbx+",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
         ],
     )
     .await?;
-    run("iptables", &["-w", "-A", CHAIN_FWD, "-i", "sbx+", "-o", "sbx+", "-j", "DROP"]).await?;
+    run(
+        "iptables",
+        &[
+            "-w", "-A", CHAIN_FWD, "-i", "sbx+", "-o", "sbx+", "-j", "DROP",
+        ],
+    )
+    .await?;
     for net in BLOCKED {
-        run("iptables", &["-w", "-A", CHAIN_FWD, "-i", "sbx+", "-d", net, "-j", "DROP"]).await?;
+        run(
+            "iptables",
+            &["-w", "-A", CHAIN_FWD, "-i", "sbx+", "-d", net, "-j", "DROP"],
+        )
+        .await?;
     }
-    run("iptables", &["-w", "-A", CHAIN_FWD, "-i", "sbx+", "-j", "ACCEPT"]).await?;
+    run(
+        "iptables",
+        &["-w", "-A", CHAIN_FWD, "-i", "sbx+", "-j", "ACCEPT"],
+    )
+    .await?;
     run(
         "iptables",
         &[
-            "-w", "-t", "nat", "-A", CHAIN_NAT, "-s", RANGE, "!", "-d", RANGE, "-j",
+            "-w",
+            "-t",
+            "nat",
+            "-A",
+            CHAIN_NAT,
+            "-s",
+            RANGE,
+            "!",
+            "-d",
+            RANGE,
+            "-j",
             "MASQUERADE",
         ],
     )

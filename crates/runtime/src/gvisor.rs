@@ -33,7 +33,10 @@ impl Gvisor {
 
     /// Finds `runsc` on PATH.
     pub fn from_path(root: impl Into<PathBuf>) -> Self {
-        Self::new(find_in_path("runsc").unwrap_or_else(|| "runsc".into()), root)
+        Self::new(
+            find_in_path("runsc").unwrap_or_else(|| "runsc".into()),
+            root,
+        )
     }
 
     /// Global flags, identical for every command touching a sandbox.
@@ -124,8 +127,7 @@ impl Runtime for Gvisor {
     async fn start(&self, spec: &SandboxSpec) -> Result<SandboxState> {
         let config = oci::config(spec);
         let path = spec.bundle_dir.join("config.json");
-        tokio::fs::write(&path, serde_json::to_vec_pretty(&config).expect("json"))
-            .await?;
+        tokio::fs::write(&path, serde_json::to_vec_pretty(&config).expect("json")).await?;
         self.run(&[
             "create".into(),
             format!("--bundle={}", spec.bundle_dir.display()),
@@ -220,7 +222,9 @@ mod tests {
 
     #[test]
     fn missing_containers_are_recognised() {
-        assert!(is_not_found("loading container: container \"x\" does not exist"));
+        assert!(is_not_found(
+            "loading container: container \"x\" does not exist"
+        ));
         assert!(!is_not_found("permission denied"));
     }
 }

@@ -1,7 +1,23 @@
-//! The sbx control plane, sandbox proxy and the all-in-one `sbx server`.
+//! The sbx control plane, sandbox proxy and the all-in-one `sbx server`:
+//! one process with the control-plane API, the proxy and a local executor,
+//! state in SQLite and everything else under one data directory.
 
+mod api;
+mod auth;
+mod error;
+mod lifecycle;
+mod proxy;
+mod store;
+
+use axum::extract::connect_info::ConnectInfo;
+use sbx_executor::{Executor, ExecutorConfig};
+use sbx_runtime::gvisor::Gvisor;
+use sbx_runtime::Runtime;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use error::ApiError;
 
 /// Settings of `sbx server`.
 #[derive(Debug, Clone)]
@@ -24,10 +40,153 @@ pub enum Error {
     Config(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error("state store: {0}")]
+    Store(#[from] sqlx::Error),
+    #[error(transparent)]
+    Executor(#[from] sbx_executor::Error),
+    #[error(transparent)]
+    Runtime(#[from] sbx_runtime::RuntimeError),
 }
 
-/// Runs the server until SIGINT/SIGTERM.
+/// Runs the server until SIGINT/SIGTERM. Sandboxes keep running across a
+/// restart of the server and are adopted again when it comes back.
 pub async fn run(config: ServerConfig) -> Result<(), Error> {
-    let _ = config;
-    Err(Error::Config("not implemented yet".into()))
+    if config.api_keys.is_empty()
+        && !(config.api_addr.ip().is_loopback() && config.proxy_addr.ip().is_loopback())
+    {
+        return Err(Error::Config(
+            "refusing to listen on a non-loopback address without an API key: pass --api-key or set SBX_API_KEY".into(),
+        ));
+    }
+    let agent_bin = find_agent(config.agent_bin.clone())?;
+    tokio::fs::create_dir_all(&config.data_dir).await?;
+    let data_dir = config.data_dir.canonicalize()?;
+
+    let runtime: Arc<dyn Runtime> = Arc::new(Gvisor::from_path(data_dir.join("runsc")));
+    let version = runtime.check().await?;
+    tracing::info!(runtime = runtime.name(), %version, data_dir = %data_dir.display(), "starting sbx");
+
+    let store = store::Store::open(&data_dir.join("state.db")).await?;
+    let executor = Arc::new(
+        Executor::new(
+            ExecutorConfig {
+                data_dir: data_dir.clone(),
+                agent_bin,
+            },
+            runtime,
+        )
+        .await?,
+    );
+    executor.images().ensure_default().await?;
+    let manager = lifecycle::Manager::new(store, executor, lifecycle::HostLimits::detect());
+    manager.recover().await?;
+    let sweeper = manager.start_sweeper();
+
+    let keys = Arc::new(config.api_keys.clone());
+    let api_app = api::router(api::ApiState {
+        manager: manager.clone(),
+        proxy_addr: config.proxy_addr,
+    })
+    .layer(axum::middleware::from_fn_with_state(
+        keys.clone(),
+        auth::check,
+    ));
+    let proxy_app = proxy::router(manager.clone())
+        .layer(axum::middleware::from_fn_with_state(keys, auth::check));
+
+    let api_listener = tokio::net::TcpListener::bind(config.api_addr)
+        .await
+        .map_err(|e| Error::Config(format!("cannot listen on {} (api): {e}", config.api_addr)))?;
+    let proxy_listener = tokio::net::TcpListener::bind(config.proxy_addr)
+        .await
+        .map_err(|e| {
+            Error::Config(format!(
+                "cannot listen on {} (proxy): {e}",
+                config.proxy_addr
+            ))
+        })?;
+    tracing::info!(
+        api = %api_listener.local_addr()?,
+        proxy = %proxy_listener.local_addr()?,
+        auth = !config.api_keys.is_empty(),
+        "sbx server ready"
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let serve = |listener: tokio::net::TcpListener, app: axum::Router| {
+        let mut rx = stop_rx.clone();
+        async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+        }
+    };
+    let api_task = tokio::spawn(serve(api_listener, api_app));
+    let proxy_task = tokio::spawn(serve(proxy_listener, proxy_app));
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    sweeper.abort();
+    // Open streams (follow, PTY) do not hold the shutdown up for long.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let _ = api_task.await;
+        let _ = proxy_task.await;
+    })
+    .await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// The agent binary: given, `SBX_AGENT_BIN`, or beside this executable.
+fn find_agent(given: Option<PathBuf>) -> Result<PathBuf, Error> {
+    let mut candidates: Vec<PathBuf> = given.into_iter().collect();
+    if let Some(p) = std::env::var_os("SBX_AGENT_BIN") {
+        candidates.push(p.into());
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            candidates.push(dir.join("sbx-agent"));
+            // cargo layouts: target/{debug,release}/sbx next to the static build.
+            if let (Some(profile), Some(target)) = (dir.file_name(), dir.parent()) {
+                let target = if profile == "deps" {
+                    target.parent().unwrap_or(target)
+                } else {
+                    target
+                };
+                for p in ["release", "debug"] {
+                    candidates.push(
+                        target
+                            .join("x86_64-unknown-linux-gnu")
+                            .join(p)
+                            .join("sbx-agent"),
+                    );
+                }
+            }
+        }
+    }
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        Error::Config(
+            "sbx-agent not found: build it with `make agent` and pass --agent-bin or set SBX_AGENT_BIN".into(),
+        )
+    })
+}
+
+/// Peer address of a request (for the loopback-only rule).
+pub(crate) fn peer(req: &axum::extract::Request) -> Option<SocketAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
 }

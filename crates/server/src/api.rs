@@ -1,0 +1,270 @@
+//! Control-plane routes, under `/v1/namespaces/{ns}` and flat (namespace `default`).
+
+use crate::error::{ApiError, ApiResult};
+use crate::lifecycle::{validate_name, LaunchOutcome, Manager};
+use crate::store::{SandboxRow, StoreError};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use sbx_api::sandbox::{
+    CreateSandboxRequest, CreateSandboxResponse, ErrorDetails, ListSandboxesResponse, SandboxInfo,
+    SandboxStatus, UpdateSandboxRequest,
+};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub manager: Arc<Manager>,
+    pub proxy_addr: SocketAddr,
+}
+
+pub fn router(state: ApiState) -> Router {
+    let sandbox_routes = Router::new()
+        .route("/sandboxes", get(list).post(create))
+        .route(
+            "/sandboxes/{id}",
+            get(get_one).delete(terminate).patch(update),
+        )
+        .route("/sandboxes/{id}/logs", get(logs));
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"healthy": true})) }),
+        )
+        .nest("/v1/namespaces/{ns}", sandbox_routes.clone())
+        .merge(sandbox_routes)
+        .with_state(state)
+}
+
+/// The namespace from the path, `default` for flat routes.
+fn namespace(params: &HashMap<String, String>) -> String {
+    params
+        .get("ns")
+        .cloned()
+        .unwrap_or_else(|| "default".into())
+}
+
+fn sandbox_url(state: &ApiState, headers: &HeaderMap) -> String {
+    let port = state.proxy_addr.port();
+    let ip = state.proxy_addr.ip();
+    let host = if ip.is_unspecified() {
+        headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .map(|h| h.rsplit_once(':').map(|(h, _)| h).unwrap_or(h).to_string())
+            .unwrap_or_else(|| "localhost".into())
+    } else if ip.is_loopback() {
+        "localhost".into()
+    } else {
+        ip.to_string()
+    };
+    format!("http://{host}:{port}")
+}
+
+fn info(state: &ApiState, headers: &HeaderMap, r: &SandboxRow) -> SandboxInfo {
+    SandboxInfo {
+        sandbox_id: r.id.clone(),
+        namespace: r.namespace.clone(),
+        status: r.status,
+        resources: r.spec.resources,
+        name: r.name.clone(),
+        image: Some(r.spec.image.clone()),
+        runtime: Some(state.manager.executor.runtime_name().into()),
+        timeout_secs: r.spec.timeout_secs,
+        entrypoint: r.spec.entrypoint.clone(),
+        secret_names: r.spec.secret_names.clone(),
+        network_policy: r.spec.network.clone(),
+        network: r.spec.network.clone(),
+        pending_reason: r.pending_reason.clone(),
+        termination_reason: r.termination_reason.clone(),
+        error_details: r.error.clone().map(|message| ErrorDetails { message }),
+        created_at: r.created_at,
+        terminated_at: r.terminated_at,
+        allow_unauthenticated_access: r.spec.allow_unauthenticated_access,
+        exposed_ports: r.spec.exposed_ports.clone(),
+        sandbox_url: (!r.status.is_final()).then(|| sandbox_url(state, headers)),
+        auto_resume: r.spec.auto_resume,
+        snapshot_id: None,
+    }
+}
+
+async fn find(state: &ApiState, ns: &str, id: &str) -> ApiResult<SandboxRow> {
+    state
+        .manager
+        .store
+        .find(ns, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("sandbox", id))
+}
+
+/// How long a blocking create may take: the client's budget minus its grace.
+fn create_deadline(headers: &HeaderMap) -> Duration {
+    let num = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let budget = num("x-tensorlake-request-timeout-ms").unwrap_or(300_000);
+    let grace = num("x-tensorlake-request-timeout-grace-ms").unwrap_or(5_000);
+    Duration::from_millis(budget.saturating_sub(grace).clamp(1_000, 600_000))
+}
+
+async fn create(
+    State(state): State<ApiState>,
+    Path(params): Path<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Result<Json<CreateSandboxRequest>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(req) = body?;
+    let ns = namespace(&params);
+    let (row, task) = state.manager.create(&ns, &req).await?;
+    let url = sandbox_url(&state, &headers);
+    if req.wait == Some(false) {
+        let resp = CreateSandboxResponse {
+            sandbox_id: row.id.clone(),
+            status: SandboxStatus::Pending,
+            sandbox_url: Some(url),
+            name: row.name.clone(),
+            pending_reason: row.pending_reason.clone(),
+            reason: None,
+            termination_reason: None,
+            error_details: None,
+        };
+        return Ok((StatusCode::ACCEPTED, Json(resp)).into_response());
+    }
+    let outcome = tokio::time::timeout(create_deadline(&headers), task).await;
+    let (status, reason) = match outcome {
+        Ok(Ok(LaunchOutcome::Running)) => (SandboxStatus::Running, None),
+        Ok(Ok(LaunchOutcome::Failed(msg))) => {
+            return Err(ApiError::unavailable(msg));
+        }
+        Ok(Ok(LaunchOutcome::Gone)) => (
+            SandboxStatus::Terminated,
+            Some("terminated while starting".to_string()),
+        ),
+        Ok(Err(e)) => return Err(ApiError::internal(format!("launch task: {e}"))),
+        Err(_) => (SandboxStatus::Pending, None),
+    };
+    let resp = CreateSandboxResponse {
+        sandbox_id: row.id.clone(),
+        status,
+        sandbox_url: Some(url),
+        name: row.name.clone(),
+        pending_reason: (status == SandboxStatus::Pending).then(|| "waiting_for_container".into()),
+        reason,
+        termination_reason: None,
+        error_details: None,
+    };
+    Ok(Json(resp).into_response())
+}
+
+async fn get_one(
+    State(state): State<ApiState>,
+    Path(params): Path<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<SandboxInfo>> {
+    let row = find(&state, &namespace(&params), &params["id"]).await?;
+    Ok(Json(info(&state, &headers, &row)))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    all: Option<bool>,
+}
+
+async fn list(
+    State(state): State<ApiState>,
+    Path(params): Path<HashMap<String, String>>,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Json<ListSandboxesResponse>> {
+    let status = match q.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(SandboxStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "unknown status {s:?}; one of pending, running, snapshotting, suspending, suspended, terminated, timeout, failed"
+            ))
+        })?),
+    };
+    let rows = state
+        .manager
+        .store
+        .list(&namespace(&params), status, q.all.unwrap_or(false))
+        .await?;
+    Ok(Json(ListSandboxesResponse {
+        sandboxes: rows.iter().map(|r| info(&state, &headers, r)).collect(),
+    }))
+}
+
+async fn terminate(
+    State(state): State<ApiState>,
+    Path(params): Path<HashMap<String, String>>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let row = find(&state, &namespace(&params), &params["id"]).await?;
+    state.manager.terminate(&row, "user_request").await?;
+    Ok(Json(
+        serde_json::json!({"sandbox_id": row.id, "status": "terminated"}),
+    ))
+}
+
+async fn update(
+    State(state): State<ApiState>,
+    Path(params): Path<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Result<Json<UpdateSandboxRequest>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<SandboxInfo>> {
+    let Json(req) = body?;
+    let ns = namespace(&params);
+    let row = find(&state, &ns, &params["id"]).await?;
+    if let Some(Some(n)) = &req.name {
+        validate_name(n)?;
+    }
+    if let Some(ports) = &req.exposed_ports {
+        if ports.contains(&sbx_api::AGENT_PORT) {
+            return Err(ApiError::bad_request(
+                "port 9501 is the sandbox daemon's and cannot be exposed",
+            ));
+        }
+    }
+    let store = &state.manager.store;
+    if let Some(name) = &req.name {
+        store
+            .set_name(&row.id, name.as_deref())
+            .await
+            .map_err(|e| match e {
+                StoreError::NameTaken(n) => ApiError::conflict(format!(
+                    "a sandbox named {n:?} already exists in namespace {ns:?}"
+                )),
+                StoreError::Db(e) => e.into(),
+            })?;
+    }
+    let mut spec = row.spec.clone();
+    if let Some(v) = req.allow_unauthenticated_access {
+        spec.allow_unauthenticated_access = v;
+    }
+    if let Some(v) = &req.exposed_ports {
+        spec.exposed_ports = v.clone();
+    }
+    if let Some(v) = req.auto_resume {
+        spec.auto_resume = v;
+    }
+    store.set_spec(&row.id, &spec).await?;
+    let row = find(&state, &ns, &row.id).await?;
+    Ok(Json(info(&state, &headers, &row)))
+}
+
+async fn logs(
+    State(state): State<ApiState>,
+    Path(params): Path<HashMap<String, String>>,
+) -> ApiResult<Json<serde_json::Value>> {
+    find(&state, &namespace(&params), &params["id"]).await?;
+    Ok(Json(serde_json::json!({"logs": []})))
+}

@@ -1,0 +1,522 @@
+//! Sandbox lifecycle: validation, launch, termination, timeouts, health
+//! watch and recovery after a restart. Decides; the executor acts.
+
+use crate::error::{ApiError, ApiResult};
+use crate::store::{SandboxRow, SandboxSpec, Store, StoreError};
+use chrono::Utc;
+use sbx_api::sandbox::{CreateSandboxRequest, NetworkPolicy, Resources, SandboxStatus};
+use sbx_executor::{Executor, LaunchSpec};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+pub const DEFAULT_CPUS: f64 = 1.0;
+pub const DEFAULT_MEMORY_MB: u64 = 1024;
+pub const DEFAULT_DISK_MB: u64 = 10240;
+pub const MIN_DISK_MB: u64 = 128;
+pub const MAX_DISK_MB: u64 = 1024 * 1024;
+/// Memory per CPU, in MB.
+pub const MEMORY_PER_CPU: (u64, u64) = (1024, 8192);
+
+/// Host capacity that bounds what one sandbox may ask for.
+#[derive(Debug, Clone, Copy)]
+pub struct HostLimits {
+    pub cpus: f64,
+    pub memory_mb: u64,
+}
+
+impl HostLimits {
+    pub fn detect() -> Self {
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get() as f64)
+            .unwrap_or(1.0);
+        let memory_mb = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+            .map(|kb| kb / 1024)
+            .unwrap_or(1024);
+        Self { cpus, memory_mb }
+    }
+}
+
+/// Checks a create request and fills in defaults. Changes nothing.
+pub fn validate(
+    req: &CreateSandboxRequest,
+    host: HostLimits,
+    images: &[String],
+) -> ApiResult<(Option<String>, SandboxSpec)> {
+    if req.snapshot_id.is_some() {
+        return Err(ApiError::bad_request(
+            "restoring from a snapshot is not available in this version of sbx",
+        ));
+    }
+    let r = req.resources.clone().unwrap_or_default();
+    let cpus = r.cpus.unwrap_or(DEFAULT_CPUS);
+    if !cpus.is_finite() || cpus <= 0.0 {
+        return Err(ApiError::bad_request(format!(
+            "resources.cpus must be greater than 0 (got {cpus})"
+        )));
+    }
+    if cpus > host.cpus {
+        return Err(ApiError::bad_request(format!(
+            "resources.cpus {cpus} exceeds this host's {} cores",
+            host.cpus
+        )));
+    }
+    let memory_mb = r.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
+    let per_cpu = memory_mb as f64 / cpus;
+    if per_cpu < MEMORY_PER_CPU.0 as f64 - 1e-9 || per_cpu > MEMORY_PER_CPU.1 as f64 + 1e-9 {
+        return Err(ApiError::bad_request(format!(
+            "resources.memory_mb must be {}–{} MB per CPU: {:.0}–{:.0} MB for {cpus} cpus (got {memory_mb})",
+            MEMORY_PER_CPU.0,
+            MEMORY_PER_CPU.1,
+            MEMORY_PER_CPU.0 as f64 * cpus,
+            MEMORY_PER_CPU.1 as f64 * cpus,
+        )));
+    }
+    if memory_mb > host.memory_mb {
+        return Err(ApiError::bad_request(format!(
+            "resources.memory_mb {memory_mb} exceeds this host's {} MB",
+            host.memory_mb
+        )));
+    }
+    let disk_mb = r.disk_mb.unwrap_or(DEFAULT_DISK_MB);
+    if !(MIN_DISK_MB..=MAX_DISK_MB).contains(&disk_mb) {
+        return Err(ApiError::bad_request(format!(
+            "resources.disk_mb must be between {MIN_DISK_MB} and {MAX_DISK_MB} (got {disk_mb})"
+        )));
+    }
+    if r.gpus
+        .as_ref()
+        .is_some_and(|g| !g.is_null() && g != &serde_json::json!(0) && g != &serde_json::json!([]))
+    {
+        return Err(ApiError::bad_request("GPUs are not available on this host"));
+    }
+    let image = req
+        .image
+        .clone()
+        .unwrap_or_else(|| sbx_executor::image::DEFAULT_IMAGE.into());
+    if !images.contains(&image) {
+        return Err(ApiError::bad_request(format!(
+            "unknown image {image:?}; available images: {}",
+            if images.is_empty() {
+                "(none)".to_string()
+            } else {
+                images.join(", ")
+            }
+        )));
+    }
+    if let Some(ep) = &req.entrypoint {
+        if ep.is_empty() || ep[0].is_empty() {
+            return Err(ApiError::bad_request("entrypoint must name a command"));
+        }
+    }
+    let ports = req.exposed_ports.clone().unwrap_or_default();
+    if ports.contains(&sbx_api::AGENT_PORT) {
+        return Err(ApiError::bad_request(
+            "port 9501 is the sandbox daemon's and cannot be exposed",
+        ));
+    }
+    if let Some(name) = &req.name {
+        validate_name(name)?;
+    }
+    let timeout_secs = req.timeout_secs.filter(|t| *t > 0);
+    let spec = SandboxSpec {
+        image,
+        resources: Resources {
+            cpus,
+            memory_mb,
+            disk_mb,
+        },
+        timeout_secs,
+        entrypoint: req.entrypoint.clone(),
+        secret_names: req.secret_names.clone(),
+        network: req.network.clone().unwrap_or_default(),
+        allow_unauthenticated_access: req.allow_unauthenticated_access.unwrap_or(false),
+        exposed_ports: ports,
+        auto_resume: req.auto_resume.unwrap_or(true),
+    };
+    Ok((req.name.clone(), spec))
+}
+
+/// Names are DNS-label-like and never look like a sandbox id.
+pub fn validate_name(name: &str) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !ok {
+        return Err(ApiError::bad_request(format!(
+            "invalid name {name:?}: use 1–63 letters, digits, '-' or '_', starting with a letter or digit"
+        )));
+    }
+    if looks_like_id(name) {
+        return Err(ApiError::bad_request(format!(
+            "invalid name {name:?}: it has the form of a sandbox id"
+        )));
+    }
+    Ok(())
+}
+
+pub fn new_sandbox_id() -> String {
+    format!("sbx{}", random_hex(20))
+}
+
+fn looks_like_id(s: &str) -> bool {
+    s.len() == 23 && s.starts_with("sbx") && s[3..].chars().all(|c| c.is_ascii_hexdigit())
+}
+
+pub fn random_hex(n: usize) -> String {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    (0..n)
+        .map(|_| std::char::from_digit(rng.gen_range(0..16), 16).unwrap())
+        .collect()
+}
+
+/// Runs lifecycle operations; one lock per sandbox serialises launch and destroy.
+pub struct Manager {
+    pub store: Store,
+    pub executor: Arc<Executor>,
+    pub host: HostLimits,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+pub enum LaunchOutcome {
+    Running,
+    Failed(String),
+    /// Terminated while it was starting.
+    Gone,
+}
+
+impl Manager {
+    pub fn new(store: Store, executor: Arc<Executor>, host: HostLimits) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            executor,
+            host,
+            locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap()
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Records a new sandbox and starts it in the background.
+    pub async fn create(
+        self: &Arc<Self>,
+        namespace: &str,
+        req: &CreateSandboxRequest,
+    ) -> ApiResult<(SandboxRow, JoinHandle<LaunchOutcome>)> {
+        let images = self.executor.images().list();
+        let (name, spec) = validate(req, self.host, &images)?;
+        let row = SandboxRow {
+            id: new_sandbox_id(),
+            namespace: namespace.to_string(),
+            name,
+            status: SandboxStatus::Pending,
+            spec,
+            pending_reason: Some("waiting_for_container".into()),
+            termination_reason: None,
+            error: None,
+            created_at: Utc::now(),
+            terminated_at: None,
+        };
+        self.store.insert(&row).await.map_err(|e| match e {
+            StoreError::NameTaken(n) => ApiError::conflict(format!(
+                "a sandbox named {n:?} already exists in namespace {namespace:?}"
+            )),
+            StoreError::Db(e) => e.into(),
+        })?;
+        let me = self.clone();
+        let id = row.id.clone();
+        let spec = row.spec.clone();
+        let task = tokio::spawn(async move { me.launch(&id, &spec).await });
+        Ok((row, task))
+    }
+
+    async fn launch(&self, id: &str, spec: &SandboxSpec) -> LaunchOutcome {
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        match self.store.get(id).await {
+            Ok(Some(r)) if r.status == SandboxStatus::Pending => {}
+            _ => return LaunchOutcome::Gone,
+        }
+        let launch = LaunchSpec {
+            id: id.to_string(),
+            image: spec.image.clone(),
+            cpus: spec.resources.cpus,
+            memory_mb: spec.resources.memory_mb,
+            disk_mb: spec.resources.disk_mb,
+            entrypoint: spec.entrypoint.clone().unwrap_or_default(),
+            allow_internet: spec.network.allow_internet_access,
+        };
+        let started = std::time::Instant::now();
+        match self.executor.launch(&launch).await {
+            Ok(_) => {
+                let promoted = self
+                    .store
+                    .transition(
+                        id,
+                        &[SandboxStatus::Pending],
+                        SandboxStatus::Running,
+                        None,
+                        None,
+                    )
+                    .await
+                    .unwrap_or(false);
+                if promoted {
+                    tracing::info!(
+                        sandbox = id,
+                        ms = started.elapsed().as_millis() as u64,
+                        "sandbox running"
+                    );
+                    LaunchOutcome::Running
+                } else {
+                    let _ = self.executor.destroy(id).await;
+                    LaunchOutcome::Gone
+                }
+            }
+            Err(e) => {
+                let msg = format!("sandbox failed to start: {e}");
+                tracing::warn!(sandbox = id, "{msg}");
+                let _ = self
+                    .store
+                    .transition(
+                        id,
+                        &[SandboxStatus::Pending],
+                        SandboxStatus::Failed,
+                        Some("startup_failed"),
+                        Some(&msg),
+                    )
+                    .await;
+                LaunchOutcome::Failed(msg)
+            }
+        }
+    }
+
+    /// Marks the sandbox terminated now and removes it from the host in the
+    /// background. Idempotent.
+    pub async fn terminate(self: &Arc<Self>, row: &SandboxRow, reason: &str) -> ApiResult<()> {
+        if row.status.is_final() {
+            return Ok(());
+        }
+        let live = [
+            SandboxStatus::Pending,
+            SandboxStatus::Running,
+            SandboxStatus::Snapshotting,
+            SandboxStatus::Suspending,
+            SandboxStatus::Suspended,
+        ];
+        self.store
+            .transition(
+                &row.id,
+                &live,
+                SandboxStatus::Terminated,
+                Some(reason),
+                None,
+            )
+            .await?;
+        let me = self.clone();
+        let id = row.id.clone();
+        tokio::spawn(async move { me.destroy(&id).await });
+        Ok(())
+    }
+
+    async fn destroy(&self, id: &str) {
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        if let Err(e) = self.executor.destroy(id).await {
+            tracing::warn!(sandbox = id, "destroy: {e}");
+        }
+        tracing::info!(sandbox = id, "sandbox removed from host");
+        drop(_guard);
+        self.locks.lock().unwrap().remove(id);
+    }
+
+    /// Terminates sandboxes whose time ran out and those whose runtime died.
+    pub async fn sweep(self: &Arc<Self>) {
+        let Ok(rows) = self.store.with_status(&[SandboxStatus::Running]).await else {
+            return;
+        };
+        let now = Utc::now();
+        for row in rows {
+            if let Some(t) = row.spec.timeout_secs {
+                if now >= row.created_at + chrono::Duration::seconds(t as i64) {
+                    tracing::info!(sandbox = row.id, "timeout reached: terminating");
+                    let _ = self.terminate(&row, "timeout").await;
+                    continue;
+                }
+            }
+            if !self.executor.is_alive(&row.id) {
+                tracing::warn!(sandbox = row.id, "sandbox process exited: marking failed");
+                let _ = self
+                    .store
+                    .transition(
+                        &row.id,
+                        &[SandboxStatus::Running],
+                        SandboxStatus::Failed,
+                        Some("sandbox_exited"),
+                        Some("the sandbox stopped unexpectedly (out of memory or crashed)"),
+                    )
+                    .await;
+                let me = self.clone();
+                let id = row.id.clone();
+                tokio::spawn(async move { me.destroy(&id).await });
+            }
+        }
+    }
+
+    pub fn start_sweeper(self: &Arc<Self>) -> JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                me.sweep().await;
+            }
+        })
+    }
+
+    /// After a restart: adopt what still runs, fail what was mid-start,
+    /// terminate what is gone, and clean the host of everything else.
+    pub async fn recover(&self) -> Result<(), crate::Error> {
+        let rows = self
+            .store
+            .with_status(&[
+                SandboxStatus::Pending,
+                SandboxStatus::Running,
+                SandboxStatus::Snapshotting,
+                SandboxStatus::Suspending,
+            ])
+            .await?;
+        let keep: HashSet<String> = rows
+            .iter()
+            .filter(|r| r.status == SandboxStatus::Running)
+            .map(|r| r.id.clone())
+            .collect();
+        let report = self.executor.recover(&keep).await?;
+        let adopted: HashSet<&String> = report.adopted.iter().collect();
+        for r in &rows {
+            if adopted.contains(&r.id) {
+                continue;
+            }
+            let (to, reason, msg) = if r.status == SandboxStatus::Pending {
+                (
+                    SandboxStatus::Failed,
+                    "startup_failed",
+                    "the server restarted while the sandbox was starting",
+                )
+            } else {
+                (
+                    SandboxStatus::Terminated,
+                    "host_lost",
+                    "the sandbox did not survive a server restart",
+                )
+            };
+            self.store
+                .transition(&r.id, &[r.status], to, Some(reason), Some(msg))
+                .await?;
+        }
+        tracing::info!(
+            adopted = report.adopted.len(),
+            cleaned = report.cleaned.len(),
+            "recovered host state"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOST: HostLimits = HostLimits {
+        cpus: 2.0,
+        memory_mb: 24_000,
+    };
+
+    fn images() -> Vec<String> {
+        vec!["default".into()]
+    }
+
+    fn req(json: &str) -> CreateSandboxRequest {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn defaults_fill_an_empty_request() {
+        let (name, spec) = validate(&req("{}"), HOST, &images()).unwrap();
+        assert!(name.is_none());
+        assert_eq!(spec.resources.cpus, 1.0);
+        assert_eq!(spec.resources.memory_mb, 1024);
+        assert_eq!(spec.resources.disk_mb, 10240);
+        assert!(spec.network.allow_internet_access);
+        assert!(spec.auto_resume);
+    }
+
+    #[test]
+    fn resources_are_checked() {
+        for (body, needle) in [
+            (r#"{"resources":{"cpus":0}}"#, "greater than 0"),
+            (r#"{"resources":{"cpus":3}}"#, "exceeds"),
+            (r#"{"resources":{"memory_mb":512}}"#, "per CPU"),
+            (r#"{"resources":{"memory_mb":9000}}"#, "per CPU"),
+            (r#"{"resources":{"cpus":2,"memory_mb":1024}}"#, "per CPU"),
+            (r#"{"resources":{"disk_mb":10}}"#, "disk_mb"),
+            (r#"{"image":"nope"}"#, "available images: default"),
+            (r#"{"exposed_ports":[9501]}"#, "9501"),
+            (r#"{"name":"bad name"}"#, "invalid name"),
+            (
+                r#"{"name":"sbx0123456789abcdef0123"}"#,
+                "form of a sandbox id",
+            ),
+            (r#"{"entrypoint":[]}"#, "entrypoint"),
+        ] {
+            let e = validate(&req(body), HOST, &images()).unwrap_err();
+            assert_eq!(e.status, 400, "{body}");
+            assert!(
+                e.body.message.contains(needle),
+                "{body}: {}",
+                e.body.message
+            );
+        }
+        assert!(validate(
+            &req(r#"{"resources":{"cpus":2,"memory_mb":4096}}"#),
+            HOST,
+            &images()
+        )
+        .is_ok());
+        assert!(validate(
+            &req(r#"{"resources":{"cpus":0.5,"memory_mb":1024}}"#),
+            HOST,
+            &images()
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn ids_are_recognised_and_unique() {
+        let a = new_sandbox_id();
+        assert!(looks_like_id(&a));
+        assert_ne!(a, new_sandbox_id());
+        assert!(validate_name("my-box_1").is_ok());
+    }
+}

@@ -1,0 +1,166 @@
+//! The sandbox proxy (data plane): routes each request by
+//! `X-Tensorlake-Sandbox-Id` or `Host: {id}.local` to that sandbox's agent,
+//! streaming bodies both ways and splicing WebSocket upgrades.
+
+use crate::error::ApiError;
+use crate::lifecycle::Manager;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sbx_api::sandbox::SandboxStatus;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct ProxyState {
+    pub manager: Arc<Manager>,
+    client: Client<HttpConnector, Body>,
+}
+
+pub fn router(manager: Arc<Manager>) -> Router {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(30))
+        .build(connector);
+    Router::new()
+        .fallback(forward)
+        .with_state(ProxyState { manager, client })
+}
+
+/// The sandbox a request is for: the header wins over the Host label.
+pub fn target(req: &Request) -> Option<String> {
+    if let Some(v) = req
+        .headers()
+        .get("x-tensorlake-sandbox-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        return Some(v.trim().to_string()).filter(|s| !s.is_empty());
+    }
+    let host = req.headers().get(header::HOST)?.to_str().ok()?;
+    let host = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+    let label = host.strip_suffix(".local")?;
+    (!label.is_empty() && !label.contains('.')).then(|| label.to_string())
+}
+
+const HOP_BY_HOP: &[&str] = &[
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+async fn forward(State(state): State<ProxyState>, mut req: Request) -> Response {
+    let Some(key) = target(&req) else {
+        return ApiError::bad_request(
+            "name the sandbox with the X-Tensorlake-Sandbox-Id header or Host: {id}.local",
+        )
+        .into_response();
+    };
+    let row = match state.manager.store.find_any(&key).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return ApiError::not_found("sandbox", &key).into_response(),
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    if row.status != SandboxStatus::Running {
+        return ApiError::conflict(format!("sandbox {} is {}, not running", row.id, row.status))
+            .into_response();
+    }
+    let Some(addr) = state.manager.executor.agent_addr(&row.id) else {
+        return ApiError::unavailable(format!("sandbox {} is not reachable on this host", row.id))
+            .into_response();
+    };
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let uri: Uri = match format!("http://{addr}{path}").parse() {
+        Ok(u) => u,
+        Err(e) => return ApiError::bad_request(format!("bad path: {e}")).into_response(),
+    };
+    let is_upgrade = req.headers().contains_key(header::UPGRADE);
+    let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    parts.uri = uri;
+    parts.headers.remove(header::AUTHORIZATION);
+    if !is_upgrade {
+        parts.headers.remove(header::CONNECTION);
+        parts.headers.remove(header::UPGRADE);
+    }
+    for h in HOP_BY_HOP {
+        parts.headers.remove(*h);
+    }
+    if let Ok(v) = HeaderValue::from_str(&addr.to_string()) {
+        parts.headers.insert(header::HOST, v);
+    }
+    let backend_req = Request::from_parts(parts, body);
+    let mut resp = match state.client.request(backend_req).await {
+        Ok(r) => r,
+        Err(e) => {
+            return ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "sandbox_unreachable",
+                format!("sandbox {} did not answer: {e}", row.id),
+            )
+            .into_response()
+        }
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let backend_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                let (Ok(client), Ok(backend)) = tokio::join!(client_upgrade, backend_upgrade)
+                else {
+                    return;
+                };
+                let mut client = TokioIo::new(client);
+                let mut backend = TokioIo::new(backend);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+            });
+        }
+    }
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, Body::new(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)]) -> Request {
+        let mut b = Request::builder().uri("/api/v1/health");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn target_comes_from_header_or_host() {
+        assert_eq!(
+            target(&req(&[("host", "sbxabc.local:9443")])).as_deref(),
+            Some("sbxabc")
+        );
+        assert_eq!(
+            target(&req(&[("host", "web.local")])).as_deref(),
+            Some("web")
+        );
+        assert_eq!(
+            target(&req(&[
+                ("host", "localhost:9443"),
+                ("x-tensorlake-sandbox-id", "box1")
+            ]))
+            .as_deref(),
+            Some("box1")
+        );
+        assert_eq!(target(&req(&[("host", "localhost:9443")])), None);
+        assert_eq!(target(&req(&[("host", "a.b.local")])), None);
+    }
+}

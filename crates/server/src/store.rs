@@ -1,0 +1,365 @@
+//! The state store: the truth about sandboxes, in SQLite (WAL).
+
+use chrono::{DateTime, Utc};
+use sbx_api::sandbox::{NetworkPolicy, Resources, SandboxStatus};
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{Row, SqlitePool};
+use std::path::Path;
+use std::str::FromStr;
+
+/// What does not change over a sandbox's life, stored as one JSON column.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    pub image: String,
+    pub resources: Resources,
+    pub timeout_secs: Option<u64>,
+    pub entrypoint: Option<Vec<String>>,
+    pub secret_names: Option<Vec<String>>,
+    pub network: NetworkPolicy,
+    pub allow_unauthenticated_access: bool,
+    pub exposed_ports: Vec<u16>,
+    pub auto_resume: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SandboxRow {
+    pub id: String,
+    pub namespace: String,
+    pub name: Option<String>,
+    pub status: SandboxStatus,
+    pub spec: SandboxSpec,
+    pub pending_reason: Option<String>,
+    pub termination_reason: Option<String>,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub terminated_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS sandboxes (
+    id TEXT PRIMARY KEY,
+    namespace TEXT NOT NULL,
+    name TEXT,
+    status TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    pending_reason TEXT,
+    termination_reason TEXT,
+    error TEXT,
+    created_at TEXT NOT NULL,
+    terminated_at TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS sandboxes_live_name ON sandboxes(namespace, name)
+    WHERE name IS NOT NULL AND status NOT IN ('terminated', 'failed', 'timeout');
+CREATE INDEX IF NOT EXISTS sandboxes_status ON sandboxes(status);
+"#;
+
+/// The statuses in which a sandbox holds nothing and never will again.
+const FINAL: &str = "('terminated', 'failed', 'timeout')";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the name {0:?} is taken in this namespace")]
+    NameTaken(String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+impl Store {
+    pub async fn open(path: &Path) -> Result<Self, sqlx::Error> {
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await?;
+        sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub async fn insert(&self, row: &SandboxRow) -> Result<(), StoreError> {
+        let r = sqlx::query(
+            "INSERT INTO sandboxes (id, namespace, name, status, spec, pending_reason, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&row.id)
+        .bind(&row.namespace)
+        .bind(&row.name)
+        .bind(row.status.as_str())
+        .bind(serde_json::to_string(&row.spec).expect("json"))
+        .bind(&row.pending_reason)
+        .bind(row.created_at.to_rfc3339())
+        .execute(&self.pool)
+        .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::NameTaken(row.name.clone().unwrap_or_default()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A sandbox by id, or by name (the live one first, else the newest).
+    pub async fn find(
+        &self,
+        namespace: &str,
+        key: &str,
+    ) -> Result<Option<SandboxRow>, sqlx::Error> {
+        let row = sqlx::query(&format!(
+            "SELECT * FROM sandboxes WHERE namespace = ? AND (id = ? OR name = ?)
+             ORDER BY (id = ?) DESC, (status IN {FINAL}) ASC, created_at DESC LIMIT 1"
+        ))
+        .bind(namespace)
+        .bind(key)
+        .bind(key)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| decode(&r)).transpose()
+    }
+
+    /// Like [`find`](Self::find) across namespaces (the proxy has no namespace).
+    pub async fn find_any(&self, key: &str) -> Result<Option<SandboxRow>, sqlx::Error> {
+        let row = sqlx::query(&format!(
+            "SELECT * FROM sandboxes WHERE id = ? OR name = ?
+             ORDER BY (id = ?) DESC, (status IN {FINAL}) ASC, (namespace = 'default') DESC, created_at DESC LIMIT 1"
+        ))
+        .bind(key)
+        .bind(key)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| decode(&r)).transpose()
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<SandboxRow>, sqlx::Error> {
+        let row = sqlx::query("SELECT * FROM sandboxes WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| decode(&r)).transpose()
+    }
+
+    /// Sandboxes of a namespace, newest first; final ones only with `all`.
+    pub async fn list(
+        &self,
+        namespace: &str,
+        status: Option<SandboxStatus>,
+        all: bool,
+    ) -> Result<Vec<SandboxRow>, sqlx::Error> {
+        let mut sql = String::from("SELECT * FROM sandboxes WHERE namespace = ?");
+        if status.is_some() {
+            sql.push_str(" AND status = ?");
+        } else if !all {
+            sql.push_str(&format!(" AND status NOT IN {FINAL}"));
+        }
+        sql.push_str(" ORDER BY created_at DESC");
+        let mut q = sqlx::query(&sql).bind(namespace);
+        if let Some(s) = status {
+            q = q.bind(s.as_str());
+        }
+        q.fetch_all(&self.pool).await?.iter().map(decode).collect()
+    }
+
+    /// Every sandbox in one of `statuses`, across namespaces.
+    pub async fn with_status(
+        &self,
+        statuses: &[SandboxStatus],
+    ) -> Result<Vec<SandboxRow>, sqlx::Error> {
+        let list = statuses
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(",");
+        sqlx::query(&format!("SELECT * FROM sandboxes WHERE status IN ({list})"))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(decode)
+            .collect()
+    }
+
+    /// Moves a sandbox from one of `from` to `to`; false when it was in none of them.
+    pub async fn transition(
+        &self,
+        id: &str,
+        from: &[SandboxStatus],
+        to: SandboxStatus,
+        reason: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<bool, sqlx::Error> {
+        let list = from
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let terminated_at = to.is_final().then(|| Utc::now().to_rfc3339());
+        let r = sqlx::query(&format!(
+            "UPDATE sandboxes SET status = ?, pending_reason = NULL,
+                 termination_reason = COALESCE(?, termination_reason),
+                 error = COALESCE(?, error),
+                 terminated_at = COALESCE(?, terminated_at)
+             WHERE id = ? AND status IN ({list})"
+        ))
+        .bind(to.as_str())
+        .bind(reason)
+        .bind(error)
+        .bind(terminated_at)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn set_name(&self, id: &str, name: Option<&str>) -> Result<(), StoreError> {
+        let r = sqlx::query("UPDATE sandboxes SET name = ? WHERE id = ?")
+            .bind(name)
+            .bind(id)
+            .execute(&self.pool)
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::NameTaken(name.unwrap_or_default().to_string()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn set_spec(&self, id: &str, spec: &SandboxSpec) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE sandboxes SET spec = ? WHERE id = ?")
+            .bind(serde_json::to_string(spec).expect("json"))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+fn decode(r: &sqlx::sqlite::SqliteRow) -> Result<SandboxRow, sqlx::Error> {
+    let status: String = r.try_get("status")?;
+    let spec: String = r.try_get("spec")?;
+    let created: String = r.try_get("created_at")?;
+    let terminated: Option<String> = r.try_get("terminated_at")?;
+    let parse_time = |s: &str| {
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))
+    };
+    Ok(SandboxRow {
+        id: r.try_get("id")?,
+        namespace: r.try_get("namespace")?,
+        name: r.try_get("name")?,
+        status: SandboxStatus::parse(&status)
+            .ok_or_else(|| sqlx::Error::Decode(format!("bad status {status}").into()))?,
+        spec: serde_json::from_str(&spec).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        pending_reason: r.try_get("pending_reason")?,
+        termination_reason: r.try_get("termination_reason")?,
+        error: r.try_get("error")?,
+        created_at: parse_time(&created)?,
+        terminated_at: terminated.as_deref().map(parse_time).transpose()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, name: Option<&str>) -> SandboxRow {
+        SandboxRow {
+            id: id.into(),
+            namespace: "default".into(),
+            name: name.map(Into::into),
+            status: SandboxStatus::Pending,
+            spec: SandboxSpec {
+                image: "default".into(),
+                resources: Resources {
+                    cpus: 1.0,
+                    memory_mb: 1024,
+                    disk_mb: 10240,
+                },
+                timeout_secs: None,
+                entrypoint: None,
+                secret_names: None,
+                network: NetworkPolicy::default(),
+                allow_unauthenticated_access: false,
+                exposed_ports: vec![],
+                auto_resume: true,
+            },
+            pending_reason: None,
+            termination_reason: None,
+            error: None,
+            created_at: Utc::now(),
+            terminated_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn names_are_unique_among_live_sandboxes_only() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("state.db")).await.unwrap();
+        s.insert(&row("a", Some("web"))).await.unwrap();
+        assert!(matches!(
+            s.insert(&row("b", Some("web"))).await,
+            Err(StoreError::NameTaken(_))
+        ));
+        assert!(s
+            .transition(
+                "a",
+                &[SandboxStatus::Pending],
+                SandboxStatus::Terminated,
+                Some("user"),
+                None
+            )
+            .await
+            .unwrap());
+        s.insert(&row("b", Some("web"))).await.unwrap();
+        // The live sandbox wins a lookup by name.
+        assert_eq!(s.find("default", "web").await.unwrap().unwrap().id, "b");
+        assert_eq!(
+            s.find("default", "a").await.unwrap().unwrap().status,
+            SandboxStatus::Terminated
+        );
+        assert!(s.find("other", "b").await.unwrap().is_none());
+        assert_eq!(s.list("default", None, false).await.unwrap().len(), 1);
+        assert_eq!(s.list("default", None, true).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn transitions_only_from_the_given_states() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("state.db")).await.unwrap();
+        s.insert(&row("a", None)).await.unwrap();
+        assert!(!s
+            .transition(
+                "a",
+                &[SandboxStatus::Running],
+                SandboxStatus::Terminated,
+                None,
+                None
+            )
+            .await
+            .unwrap());
+        assert!(s
+            .transition(
+                "a",
+                &[SandboxStatus::Pending],
+                SandboxStatus::Running,
+                None,
+                None
+            )
+            .await
+            .unwrap());
+        let r = s.get("a").await.unwrap().unwrap();
+        assert_eq!(r.status, SandboxStatus::Running);
+        assert!(r.terminated_at.is_none());
+    }
+}
