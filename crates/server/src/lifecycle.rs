@@ -4,7 +4,7 @@
 use crate::error::{ApiError, ApiResult};
 use crate::store::{SandboxRow, SandboxSpec, Store, StoreError};
 use chrono::Utc;
-use sbx_api::sandbox::{CreateSandboxRequest, NetworkPolicy, Resources, SandboxStatus};
+use sbx_api::sandbox::{CreateSandboxRequest, Resources, SandboxStatus};
 use sbx_executor::{Executor, LaunchSpec};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
