@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""sbx benchmark: sbx beside raw runsc, measured in the same run.
+
+Measures, as median and p90:
+  - time to interactive: create -> first command finished
+      sbx: blocking POST /sandboxes + POST /api/v1/processes/run `true`
+      raw: runsc create + start + exec `true` on the same image rootfs
+  - command round trip: `true` through the API vs `runsc exec true`
+and prints the ratios against the targets of the issues.
+Needs root, runsc, and built binaries (`make build`).
+"""
+
+import argparse
+import http.client
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def summary(name, xs):
+    return f"{name:<34} median {statistics.median(xs):8.1f} ms   p90 {pct(xs, 90):8.1f} ms   (n={len(xs)})"
+
+
+class Sbx:
+    def __init__(self, sbx_bin, agent, images):
+        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="sbx-bench-", dir="/var/tmp"))
+        (self.dir / "images").symlink_to(images)
+        self.api_port, self.proxy_port = free_port(), free_port()
+        self.proc = subprocess.Popen(
+            [sbx_bin, "server", "--data-dir", str(self.dir),
+             "--api-addr", f"127.0.0.1:{self.api_port}",
+             "--proxy-addr", f"127.0.0.1:{self.proxy_port}",
+             "--agent-bin", agent],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 900
+        while time.time() < deadline:
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=2)
+                c.request("GET", "/healthz")
+                if c.getresponse().status == 200:
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("sbx server did not start")
+
+    def api(self, method, path, body=None):
+        c = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=120)
+        c.request(method, "/v1/namespaces/default" + path,
+                  body=json.dumps(body) if body is not None else None,
+                  headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        data = r.read()
+        return r.status, json.loads(data) if data else None
+
+    def run_true(self, conn, sid):
+        conn.request("POST", "/api/v1/processes/run", body=json.dumps({"command": "true"}),
+                     headers={"Content-Type": "application/json", "Accept": "text/event-stream",
+                              "X-Tensorlake-Sandbox-Id": sid})
+        r = conn.getresponse()
+        body = r.read().decode()
+        assert '"exit_code":0' in body.replace(" ", ""), body
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def runsc(root, *args):
+    subprocess.run(["runsc", f"--root={root}", *args], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def raw_bundle(rootfs, workdir, name):
+    b = workdir / name
+    b.mkdir()
+    cfg = {
+        "ociVersion": "1.0.2",
+        "process": {"args": ["/bin/sleep", "infinity"], "cwd": "/", "env": ["PATH=/usr/bin:/bin"],
+                    "user": {"uid": 0, "gid": 0}},
+        "root": {"path": str(rootfs), "readonly": True},
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+                                 {"type": "network"}]},
+    }
+    (b / "config.json").write_text(json.dumps(cfg))
+    return b
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sbx", default=str(ROOT / "target/release/sbx"))
+    ap.add_argument("--agent", default=str(ROOT / "target/x86_64-unknown-linux-gnu/release/sbx-agent"))
+    ap.add_argument("--images", default=str(ROOT / "target/sbx-test-images"))
+    ap.add_argument("-n", type=int, default=10, help="sandboxes per side")
+    ap.add_argument("--round-trips", type=int, default=50)
+    args = ap.parse_args()
+    images = pathlib.Path(args.images)
+    images.mkdir(parents=True, exist_ok=True)
+
+    s = Sbx(args.sbx, args.agent, images)
+    rootfs = images / "default" / "rootfs"
+    work = pathlib.Path(tempfile.mkdtemp(prefix="sbx-bench-raw-", dir="/var/tmp"))
+    raw_root = work / "state"
+    try:
+        # Warm both paths once (page cache, first-run costs).
+        _, v = s.api("POST", "/sandboxes", {})
+        s.api("DELETE", f"/sandboxes/{v['sandbox_id']}")
+
+        sbx_tti, raw_tti = [], []
+        for i in range(args.n):
+            t0 = time.perf_counter()
+            st, v = s.api("POST", "/sandboxes", {})
+            assert st == 200 and v["status"] == "running", v
+            conn = http.client.HTTPConnection("127.0.0.1", s.proxy_port, timeout=60)
+            s.run_true(conn, v["sandbox_id"])
+            sbx_tti.append((time.perf_counter() - t0) * 1000)
+            if i < args.n - 1:
+                s.api("DELETE", f"/sandboxes/{v['sandbox_id']}")
+            keep = v["sandbox_id"]
+
+            b = raw_bundle(rootfs, work, f"raw{i}")
+            t0 = time.perf_counter()
+            runsc(raw_root, "create", f"--bundle={b}", f"raw{i}")
+            runsc(raw_root, "start", f"raw{i}")
+            runsc(raw_root, "exec", f"raw{i}", "/bin/true")
+            raw_tti.append((time.perf_counter() - t0) * 1000)
+            if i < args.n - 1:
+                runsc(raw_root, "delete", "--force", f"raw{i}")
+        last_raw = f"raw{args.n - 1}"
+
+        sbx_rt, raw_rt = [], []
+        conn = http.client.HTTPConnection("127.0.0.1", s.proxy_port, timeout=60)
+        for _ in range(args.round_trips):
+            t0 = time.perf_counter()
+            s.run_true(conn, keep)
+            sbx_rt.append((time.perf_counter() - t0) * 1000)
+        for _ in range(min(args.round_trips, 20)):
+            t0 = time.perf_counter()
+            runsc(raw_root, "exec", last_raw, "/bin/true")
+            raw_rt.append((time.perf_counter() - t0) * 1000)
+        s.api("DELETE", f"/sandboxes/{keep}")
+        runsc(raw_root, "delete", "--force", last_raw)
+    finally:
+        s.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(summary("sbx create -> first command", sbx_tti))
+    print(summary("raw runsc create+start+exec", raw_tti))
+    r = statistics.median(sbx_tti) / statistics.median(raw_tti)
+    print(f"TTI ratio (median) {r:.2f}x   target <= 1.2x   {'OK' if r <= 1.2 else 'MISSED'}")
+    print(summary("sbx command round trip (true)", sbx_rt))
+    print(summary("raw runsc exec true", raw_rt))
+    m = statistics.median(sbx_rt)
+    print(f"round trip median {m:.1f} ms   target <= 10 ms   {'OK' if m <= 10 else 'MISSED'}   "
+          f"({statistics.median(raw_rt) / m:.1f}x faster than runsc exec)")
+
+
+if __name__ == "__main__":
+    main()

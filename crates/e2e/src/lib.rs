@@ -1,0 +1,397 @@
+//! Harness for the end-to-end tests: starts a real `sbx server` on free
+//! loopback ports with its own data directory (sharing one built default
+//! image between servers), and talks to it as a user would.
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use reqwest;
+pub use serde_json;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// The `sbx` binary under test: `SBX_BIN`, else the cargo build outputs.
+pub fn sbx_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SBX_BIN") {
+        return p.into();
+    }
+    let ws = workspace();
+    for p in ["target/release/sbx", "target/debug/sbx"] {
+        let p = ws.join(p);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("sbx binary not found: run `cargo build -p sbx-cli` or set SBX_BIN");
+}
+
+/// The static agent: `SBX_AGENT_BIN`, else the `make agent` output.
+pub fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SBX_AGENT_BIN") {
+        return p.into();
+    }
+    let p = workspace().join("target/x86_64-unknown-linux-gnu/release/sbx-agent");
+    assert!(
+        p.is_file(),
+        "static agent not found: run `make agent` or set SBX_AGENT_BIN"
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `sbx server`, stopped (and its sandboxes removed) on drop.
+pub struct Server {
+    pub child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub api: String,
+    pub proxy: String,
+    pub api_port: u16,
+    pub proxy_port: u16,
+    pub key: Option<String>,
+    pub http: reqwest::Client,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+pub struct Options {
+    pub key: Option<String>,
+}
+
+impl Server {
+    pub async fn start() -> Server {
+        Self::start_with(Options { key: None }).await
+    }
+
+    pub async fn start_with(opts: Options) -> Server {
+        let tmp = tempfile::Builder::new()
+            .prefix("sbx-e2e-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let data_dir = tmp.path().to_path_buf();
+        // One default image for every test server: built once, then shared.
+        let images = workspace().join("target/sbx-test-images");
+        std::fs::create_dir_all(&images).unwrap();
+        std::os::unix::fs::symlink(&images, data_dir.join("images")).unwrap();
+        let mut s = Server {
+            child: None,
+            data_dir,
+            api: String::new(),
+            proxy: String::new(),
+            api_port: free_port(),
+            proxy_port: free_port(),
+            key: opts.key,
+            http: reqwest::Client::builder().build().unwrap(),
+            _tmp: Some(tmp),
+        };
+        s.spawn().await;
+        s
+    }
+
+    /// Starts (or restarts) the server process on the same ports and data.
+    pub async fn spawn(&mut self) {
+        self.api = format!("http://127.0.0.1:{}", self.api_port);
+        self.proxy = format!("http://127.0.0.1:{}", self.proxy_port);
+        let mut cmd = Command::new(sbx_bin());
+        cmd.arg("server")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--api-addr")
+            .arg(format!("127.0.0.1:{}", self.api_port))
+            .arg("--proxy-addr")
+            .arg(format!("127.0.0.1:{}", self.proxy_port))
+            .arg("--agent-bin")
+            .arg(agent_bin())
+            .env_remove("SBX_API_KEY")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        if let Some(k) = &self.key {
+            cmd.arg("--api-key").arg(k);
+        }
+        self.child = Some(cmd.spawn().expect("start sbx server"));
+        // The first server may build the default image (about a minute).
+        let deadline = Instant::now() + Duration::from_secs(900);
+        loop {
+            if let Ok(r) = self
+                .http
+                .get(format!("{}/healthz", self.api))
+                .bearer(self.key.as_deref())
+                .send()
+                .await
+            {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("sbx server exited during start: {status}");
+            }
+            assert!(Instant::now() < deadline, "sbx server did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILLs the server, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERMs the server and waits for it.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(s)) = c.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/v1/namespaces/default{path}", self.api)
+    }
+
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .bearer(self.key.as_deref())
+    }
+
+    /// Creates a sandbox (blocking); panics unless it runs.
+    pub async fn create(&self, body: Value) -> String {
+        let r = self
+            .req(reqwest::Method::POST, "/sandboxes")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let v: Value = r.json().await.unwrap();
+        assert!(status.is_success(), "create failed: {status} {v}");
+        assert_eq!(v["status"], "running", "{v}");
+        v["sandbox_id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn get(&self, id: &str) -> (u16, Value) {
+        let r = self
+            .req(reqwest::Method::GET, &format!("/sandboxes/{id}"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn delete(&self, id: &str) -> u16 {
+        self.req(reqwest::Method::DELETE, &format!("/sandboxes/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// A request to a sandbox's daemon through the proxy.
+    pub fn daemon(&self, id: &str, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}/api/v1{path}", self.proxy))
+            .header("X-Tensorlake-Sandbox-Id", id)
+            .bearer(self.key.as_deref())
+    }
+
+    /// Runs a command to completion through `processes/run`.
+    pub async fn run(&self, id: &str, body: Value) -> RunResult {
+        let r = self
+            .daemon(id, reqwest::Method::POST, "/processes/run")
+            .header("Accept", "text/event-stream")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "run: {}", r.status());
+        let mut out = RunResult::default();
+        let mut buf = String::new();
+        let mut stream = r.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            while let Some(i) = buf.find("\n\n") {
+                let event: String = buf.drain(..i + 2).collect();
+                for line in event.lines() {
+                    if let Some(data) = line.strip_prefix("data:") {
+                        let v: Value = serde_json::from_str(data.trim()).unwrap();
+                        out.events.push(v);
+                    }
+                }
+            }
+        }
+        for e in &out.events {
+            if let Some(line) = e.get("line").and_then(Value::as_str) {
+                if e["stream"] == "stderr" {
+                    out.stderr.push_str(line);
+                    out.stderr.push('\n');
+                } else {
+                    out.stdout.push_str(line);
+                    out.stdout.push('\n');
+                }
+            } else if e.get("reason").is_some() {
+                out.exit = e.clone();
+            }
+        }
+        out
+    }
+
+    /// `sh -c SCRIPT` in the sandbox; panics unless it exits 0; returns stdout.
+    pub async fn sh(&self, id: &str, script: &str) -> String {
+        let r = self
+            .run(id, json!({"command": "sh", "args": ["-c", script]}))
+            .await;
+        assert_eq!(r.exit["exit_code"], 0, "`{script}` failed: {r:?}");
+        r.stdout
+    }
+
+    /// The `sbx` CLI pointed at this server.
+    pub fn cli(&self) -> Command {
+        let mut c = Command::new(sbx_bin());
+        c.env("SBX_API_URL", &self.api);
+        match &self.key {
+            Some(k) => c.env("SBX_API_KEY", k),
+            None => c.env_remove("SBX_API_KEY"),
+        };
+        c
+    }
+
+    /// Everything this server's sandboxes hold on the host.
+    pub fn host_leftovers(&self) -> Vec<String> {
+        leftovers(&self.data_dir)
+    }
+
+    /// Terminates every sandbox and waits until the host holds nothing of them.
+    pub async fn cleanup(&self) {
+        let r = self.req(reqwest::Method::GET, "/sandboxes").send().await;
+        if let Ok(r) = r {
+            if let Ok(v) = r.json::<Value>().await {
+                for s in v["sandboxes"].as_array().cloned().unwrap_or_default() {
+                    let _ = self.delete(s["sandbox_id"].as_str().unwrap()).await;
+                }
+            }
+        }
+        wait_until(Duration::from_secs(60), || self.host_leftovers().is_empty()).await;
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            // Best effort: the tests call cleanup() themselves where it matters.
+            self.stop();
+        }
+    }
+}
+
+/// What a sandbox of `data_dir` still holds on the host: sandbox dirs,
+/// mounts, netns named after them, runsc containers.
+pub fn leftovers(data_dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let sandboxes = data_dir.join("sandboxes");
+    if let Ok(rd) = std::fs::read_dir(&sandboxes) {
+        for e in rd.flatten() {
+            found.push(format!("dir {}", e.path().display()));
+        }
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for l in mountinfo.lines() {
+        if let Some(mp) = l.split(' ').nth(4) {
+            if Path::new(mp).starts_with(&sandboxes) {
+                found.push(format!("mount {mp}"));
+            }
+        }
+    }
+    let runsc_root = data_dir.join("runsc");
+    if let Ok(out) = Command::new("runsc")
+        .arg(format!("--root={}", runsc_root.display()))
+        .args(["list", "-quiet"])
+        .output()
+    {
+        for id in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+        {
+            found.push(format!("runsc container {id}"));
+            if let Ok(ns) = Command::new("ip").args(["netns", "list"]).output() {
+                if String::from_utf8_lossy(&ns.stdout).contains(&format!("sbx-{id}")) {
+                    found.push(format!("netns sbx-{id}"));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The network namespaces of these sandbox ids that still exist.
+pub fn netns_of(ids: &[String]) -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    ids.iter()
+        .filter(|id| text.contains(&format!("sbx-{id}")))
+        .cloned()
+        .collect()
+}
+
+/// Polls `cond` until true; panics after `limit`.
+pub async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "condition not reached in {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct RunResult {
+    pub events: Vec<Value>,
+    pub stdout: String,
+    pub stderr: String,
+    pub exit: Value,
+}
+
+/// Adds `Authorization: Bearer` when a key is set.
+pub trait Bearer {
+    fn bearer(self, key: Option<&str>) -> Self;
+}
+
+impl Bearer for reqwest::RequestBuilder {
+    fn bearer(self, key: Option<&str>) -> Self {
+        match key {
+            Some(k) => self.bearer_auth(k),
+            None => self,
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! Sandbox lifecycle over the HTTP API with real gVisor sandboxes.
+
+use reqwest::Method;
+use sbx_e2e::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+#[tokio::test]
+async fn create_get_list_rename_delete_by_id_and_name() {
+    let s = Server::start().await;
+    let id = s.create(json!({"name": "box1"})).await;
+    let (code, info) = s.get(&id).await;
+    assert_eq!(code, 200);
+    assert_eq!(info["status"], "running");
+    assert_eq!(info["name"], "box1");
+    assert_eq!(info["namespace"], "default");
+    assert_eq!(
+        info["resources"],
+        json!({"cpus": 1.0, "memory_mb": 1024, "disk_mb": 10240})
+    );
+    assert!(info["sandbox_url"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!(":{}", s.proxy_port)));
+    assert!(info["created_at"].is_string());
+    // By name, as the same sandbox.
+    let (_, by_name) = s.get("box1").await;
+    assert_eq!(by_name["sandbox_id"], id.as_str());
+    // A second sandbox may not take the name.
+    let r = s
+        .req(Method::POST, "/sandboxes")
+        .json(&json!({"name": "box1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["code"], "conflict");
+    // An ephemeral sandbox next to it; the list has both.
+    let eph = s.create(json!({})).await;
+    let list: Value = s
+        .req(Method::GET, "/sandboxes")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = list["sandboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["sandbox_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&id.as_str()) && ids.contains(&eph.as_str()),
+        "{list}"
+    );
+    let running: Value = s
+        .req(Method::GET, "/sandboxes?status=running")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(running["sandboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|x| x["status"] == "running"));
+    // Flat routes serve the default namespace too.
+    let flat: Value = s
+        .http
+        .get(format!("{}/sandboxes/{id}", s.api))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(flat["sandbox_id"], id.as_str());
+    // Rename, then the old name is gone and the new one works.
+    let r = s
+        .req(Method::PATCH, &format!("/sandboxes/{id}"))
+        .json(&json!({"name": "box2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(s.get("box1").await.0, 404);
+    assert_eq!(s.get("box2").await.1["sandbox_id"], id.as_str());
+    let r = s
+        .req(Method::PATCH, &format!("/sandboxes/{eph}"))
+        .json(&json!({"name": "box2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    // Delete by name, idempotently; it stays visible as terminated.
+    assert_eq!(s.delete("box2").await, 200);
+    assert_eq!(s.delete(&id).await, 200);
+    let (_, gone) = s.get(&id).await;
+    assert_eq!(gone["status"], "terminated");
+    assert!(gone["terminated_at"].is_string());
+    let all: Value = s
+        .req(Method::GET, "/sandboxes?all=true")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(all["sandboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["sandbox_id"] == id.as_str()));
+    let live: Value = s
+        .req(Method::GET, "/sandboxes")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(!live["sandboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["sandbox_id"] == id.as_str()));
+    // The name is free again once its holder is terminated.
+    let again = s.create(json!({"name": "box2"})).await;
+    assert_ne!(again, id);
+    assert_eq!(s.delete("nope-not-here").await, 404);
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_a_400_and_creates_nothing() {
+    let s = Server::start().await;
+    for body in [
+        json!({"resources": {"cpus": 0}}),
+        json!({"resources": {"cpus": 64}}),
+        json!({"resources": {"memory_mb": 100}}),
+        json!({"resources": {"cpus": 1, "memory_mb": 100000}}),
+        json!({"resources": {"disk_mb": 1}}),
+        json!({"image": "no-such-image"}),
+        json!({"name": "not a name"}),
+        json!({"exposed_ports": [9501]}),
+    ] {
+        let r = s
+            .req(Method::POST, "/sandboxes")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["code"], "invalid_argument", "{body}");
+        assert!(!e["message"].as_str().unwrap().is_empty());
+    }
+    let r = s
+        .req(Method::POST, "/sandboxes")
+        .json(&json!({"image": "no-such-image"}))
+        .send()
+        .await
+        .unwrap();
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["message"].as_str().unwrap().contains("default"),
+        "names the images: {e}"
+    );
+    let r = s
+        .req(Method::POST, "/sandboxes")
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let all: Value = s
+        .req(Method::GET, "/sandboxes?all=true")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(all["sandboxes"].as_array().unwrap().len(), 0, "{all}");
+    assert!(s.host_leftovers().is_empty());
+}
+
+#[tokio::test]
+async fn no_wait_create_answers_pending_then_runs() {
+    let s = Server::start().await;
+    let r = s
+        .req(Method::POST, "/sandboxes")
+        .json(&json!({"wait": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "pending");
+    let id = v["sandbox_id"].as_str().unwrap().to_string();
+    let mut status = String::new();
+    for _ in 0..300 {
+        status = s.get(&id).await.1["status"].as_str().unwrap().to_string();
+        if status == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "running");
+    assert_eq!(s.sh(&id, "echo ready").await, "ready\n");
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn terminate_leaves_nothing_on_the_host() {
+    let s = Server::start().await;
+    let a = s.create(json!({})).await;
+    let b = s.create(json!({"name": "keep"})).await;
+    assert_eq!(netns_of(&[a.clone(), b.clone()]).len(), 2);
+    assert_eq!(s.delete(&a).await, 200);
+    let dir = s.data_dir.join("sandboxes").join(&a);
+    wait_until(Duration::from_secs(30), || !dir.exists()).await;
+    assert!(netns_of(std::slice::from_ref(&a)).is_empty());
+    assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/memory/sbx/{a}")).exists());
+    let left = s.host_leftovers();
+    assert!(
+        left.iter().all(|l| l.contains(&b)),
+        "only b remains: {left:?}"
+    );
+    s.cleanup().await;
+    assert!(netns_of(&[b]).is_empty());
+}
+
+#[tokio::test]
+async fn sandbox_times_out_and_is_terminated() {
+    let s = Server::start().await;
+    let id = s.create(json!({"timeout_secs": 2})).await;
+    let mut info = Value::Null;
+    for _ in 0..100 {
+        info = s.get(&id).await.1;
+        if info["status"] == "terminated" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(info["status"], "terminated", "{info}");
+    assert_eq!(info["termination_reason"], "timeout");
+    wait_until(Duration::from_secs(30), || s.host_leftovers().is_empty()).await;
+}
+
+#[tokio::test]
+async fn crash_and_restart_adopts_running_sandboxes_and_cleans_the_rest() {
+    let mut s = Server::start().await;
+    let keep = s.create(json!({"name": "survivor"})).await;
+    s.sh(&keep, "echo kept > /root/mark").await;
+    s.kill9();
+    // A sandbox whose runtime died while the server was down: kill its runsc container.
+    s.spawn().await;
+    let (_, info) = s.get(&keep).await;
+    assert_eq!(info["status"], "running", "{info}");
+    assert_eq!(s.sh(&keep, "cat /root/mark").await, "kept\n");
+    // Now break one on purpose behind the server's back and crash again.
+    let doomed = s.create(json!({})).await;
+    s.kill9();
+    let runsc_root = s.data_dir.join("runsc");
+    let st = std::process::Command::new("runsc")
+        .arg(format!("--root={}", runsc_root.display()))
+        .args(["delete", "--force", &doomed])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    s.spawn().await;
+    let (_, d) = s.get(&doomed).await;
+    assert_eq!(d["status"], "terminated", "{d}");
+    let left = s.host_leftovers();
+    assert!(left.iter().all(|l| !l.contains(&doomed)), "{left:?}");
+    assert!(netns_of(&[doomed]).is_empty());
+    assert_eq!(s.get(&keep).await.1["status"], "running");
+    s.cleanup().await;
+    assert!(s.host_leftovers().is_empty());
+}
+
+#[tokio::test]
+async fn auth_is_required_when_keys_are_set() {
+    let s = Server::start_with(Options {
+        key: Some("sekret".into()),
+    })
+    .await;
+    let r = s.http.get(s.url("/sandboxes")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["code"], "unauthorized");
+    let r = s
+        .http
+        .get(s.url("/sandboxes"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let id = s.create(json!({})).await;
+    // The proxy checks too.
+    let r = s
+        .http
+        .get(format!("{}/api/v1/health", s.proxy))
+        .header("X-Tensorlake-Sandbox-Id", &id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = s.daemon(&id, Method::GET, "/health").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn proxy_answers_404_and_409_in_json() {
+    let s = Server::start().await;
+    let r = s
+        .daemon("sbx00000000000000000000", Method::GET, "/health")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "not_found");
+    let id = s.create(json!({})).await;
+    // Host: {id}.local routing works like the header.
+    let r = s
+        .http
+        .get(format!("{}/api/v1/health", s.proxy))
+        .header("Host", format!("{id}.local"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["healthy"], true);
+    s.delete(&id).await;
+    let r = s.daemon(&id, Method::GET, "/health").send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "conflict");
+    s.cleanup().await;
+}
+
+#[test]
+fn server_refuses_public_address_without_a_key() {
+    let out = std::process::Command::new(sbx_bin())
+        .args([
+            "server",
+            "--api-addr",
+            "0.0.0.0:0",
+            "--data-dir",
+            "/var/tmp/sbx-e2e-refuse",
+        ])
+        .env_remove("SBX_API_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("API key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
