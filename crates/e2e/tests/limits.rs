@@ -27,7 +27,7 @@ async fn a_process_over_the_memory_limit_is_oom_killed_and_the_sandbox_lives() {
     .trim()
     .parse()
     .unwrap();
-    assert!(mem >= 1024 << 20 && mem <= 2048 << 20, "{mem}");
+    assert!((1024 << 20..=2048 << 20).contains(&mem), "{mem}");
     s.cleanup().await;
 }
 
