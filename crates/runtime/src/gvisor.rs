@@ -70,15 +70,43 @@ impl Gvisor {
         }
     }
 
+    /// Runs a command whose children outlive it (`create`, `start`): the
+    /// sandbox inherits its stdio, so output goes to `log` (the sandbox's
+    /// console log) instead of pipes nobody would ever close.
+    async fn run_detached(&self, mut cmd: Command, what: &str, log: &Path) -> Result<()> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let start = file.metadata()?.len();
+        let status = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .status()
+            .await
+            .map_err(|e| RuntimeError::Unavailable(format!("cannot run runsc: {e}")))?;
+        if status.success() {
+            return Ok(());
+        }
+        let text = std::fs::read(log).unwrap_or_default();
+        let tail = String::from_utf8_lossy(&text[(start as usize).min(text.len())..]);
+        Err(RuntimeError::Command {
+            command: what.into(),
+            stderr: tail.trim().to_string(),
+        })
+    }
+
     /// `runsc start`, under a private mount namespace with a fresh
     /// `/proc/sys/net` when the sandbox has a network namespace: runsc
     /// otherwise believes every netns is the host's on this kernel family
     /// and refuses to start ("cannot run with network enabled in root
     /// network namespace").
-    async fn start_created(&self, id: &str, with_network: bool) -> Result<()> {
+    async fn start_created(&self, id: &str, with_network: bool, log: &Path) -> Result<()> {
         if !with_network {
-            self.run(&["start".into(), id.into()]).await?;
-            return Ok(());
+            let mut cmd = Command::new(&self.runsc);
+            cmd.args(self.base()).args(["start", id]);
+            return self.run_detached(cmd, "runsc start", log).await;
         }
         let mut runsc_cmd = vec![shell_quote(&self.runsc.display().to_string())];
         runsc_cmd.extend(self.base().iter().map(|a| shell_quote(a)));
@@ -88,18 +116,9 @@ impl Gvisor {
             "mount -t tmpfs none /proc/sys/net && exec {}",
             runsc_cmd.join(" ")
         );
-        let out = Command::new("unshare")
-            .args(["-m", "sh", "-c", &script])
-            .stdin(Stdio::null())
-            .output()
-            .await?;
-        if !out.status.success() {
-            return Err(RuntimeError::Command {
-                command: "runsc start".into(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        Ok(())
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-m", "sh", "-c", &script]);
+        self.run_detached(cmd, "runsc start", log).await
     }
 }
 
@@ -128,13 +147,21 @@ impl Runtime for Gvisor {
         let config = oci::config(spec);
         let path = spec.bundle_dir.join("config.json");
         tokio::fs::write(&path, serde_json::to_vec_pretty(&config).expect("json")).await?;
-        self.run(&[
-            "create".into(),
-            format!("--bundle={}", spec.bundle_dir.display()),
-            spec.id.clone(),
-        ])
-        .await?;
-        if let Err(e) = self.start_created(&spec.id, spec.netns.is_some()).await {
+        let log = spec.bundle_dir.join("console.log");
+        let mut create = Command::new(&self.runsc);
+        create
+            .args(self.base())
+            .arg("create")
+            .arg(format!("--bundle={}", spec.bundle_dir.display()))
+            .arg(&spec.id);
+        if let Err(e) = self.run_detached(create, "runsc create", &log).await {
+            let _ = self.destroy(&spec.id).await;
+            return Err(e);
+        }
+        if let Err(e) = self
+            .start_created(&spec.id, spec.netns.is_some(), &log)
+            .await
+        {
             let _ = self.destroy(&spec.id).await;
             return Err(e);
         }
