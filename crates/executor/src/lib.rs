@@ -84,6 +84,9 @@ pub struct Executor {
     images: Images,
     runtime: Arc<dyn Runtime>,
     live: Mutex<HashMap<String, Live>>,
+    /// Slots are handed out round-robin, so an address is not reused soon
+    /// after its sandbox went away (pooled proxy connections may still name it).
+    next_slot: Mutex<u32>,
 }
 
 impl Executor {
@@ -108,6 +111,7 @@ impl Executor {
             data_dir,
             runtime,
             live: Mutex::new(HashMap::new()),
+            next_slot: Mutex::new(0),
         })
     }
 
@@ -138,10 +142,13 @@ impl Executor {
     fn take_slot(&self, id: &str) -> Result<Slot, Error> {
         let mut live = self.live.lock().unwrap();
         let used: HashSet<u32> = live.values().map(|l| l.slot.0).collect();
+        let mut next = self.next_slot.lock().unwrap();
         let slot = (0..net::MAX_SLOTS)
+            .map(|i| (*next + i) % net::MAX_SLOTS)
             .find(|n| !used.contains(n))
             .map(Slot)
             .ok_or(Error::NoSlot(net::MAX_SLOTS))?;
+        *next = (slot.0 + 1) % net::MAX_SLOTS;
         live.insert(id.to_string(), Live { slot, pid: None });
         Ok(slot)
     }
@@ -182,6 +189,7 @@ impl Executor {
         )
         .await?;
         let layer = Layer::new(&dir);
+        let t0 = std::time::Instant::now();
         let lower = self.images.rootfs(&spec.image);
         let (l, n) = tokio::join!(
             layer.create(&lower, spec.disk_mb),
@@ -217,9 +225,18 @@ impl Executor {
             }],
             hostname: "sandbox".into(),
         };
+        let t1 = std::time::Instant::now();
         let state = self.runtime.start(&runtime_spec).await?;
+        let t2 = std::time::Instant::now();
         let addr = SocketAddr::new(slot.sandbox_ip().into(), AGENT_PORT);
         wait_for_agent(addr, std::time::Duration::from_secs(30)).await?;
+        tracing::debug!(
+            sandbox = spec.id,
+            layer_and_net_ms = (t1 - t0).as_millis() as u64,
+            runtime_ms = (t2 - t1).as_millis() as u64,
+            agent_ms = t2.elapsed().as_millis() as u64,
+            "launch phases"
+        );
         Ok(state.pid)
     }
 
@@ -295,6 +312,10 @@ impl Executor {
                 && meta.is_some();
             if intact {
                 let meta = meta.expect("checked");
+                {
+                    let mut next = self.next_slot.lock().unwrap();
+                    *next = (*next).max(meta.slot + 1) % net::MAX_SLOTS;
+                }
                 self.live.lock().unwrap().insert(
                     id.clone(),
                     Live {
