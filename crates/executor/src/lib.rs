@@ -106,6 +106,7 @@ impl Executor {
             })?;
         tokio::fs::rename(&tmp, agent_dir.join(AGENT_NAME)).await?;
         net::install_firewall().await?;
+        tokio::fs::write(data_dir.join("resolv.conf"), net::sandbox_resolv_conf()).await?;
         Ok(Self {
             images: Images::new(data_dir.join("images")),
             data_dir,
@@ -218,11 +219,18 @@ impl Executor {
                 format!("SBX_MEMORY_LIMIT_MB={}", spec.memory_mb),
                 format!("SBX_SANDBOX_ID={}", spec.id),
             ],
-            binds: vec![Bind {
-                source: self.data_dir.join("agent"),
-                destination: AGENT_MOUNT.into(),
-                read_only: true,
-            }],
+            binds: vec![
+                Bind {
+                    source: self.data_dir.join("agent"),
+                    destination: AGENT_MOUNT.into(),
+                    read_only: true,
+                },
+                Bind {
+                    source: self.data_dir.join("resolv.conf"),
+                    destination: "/etc/resolv.conf".into(),
+                    read_only: true,
+                },
+            ],
             hostname: "sandbox".into(),
         };
         let t1 = std::time::Instant::now();

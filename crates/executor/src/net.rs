@@ -246,8 +246,39 @@ pub async fn install_firewall() -> Result<(), Error> {
     Ok(())
 }
 
+/// IPv4 nameservers of the host a sandbox can use (loopback ones cannot be reached).
+pub fn host_nameservers() -> Vec<Ipv4Addr> {
+    parse_nameservers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+}
+
+fn parse_nameservers(text: &str) -> Vec<Ipv4Addr> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<Ipv4Addr>().ok())
+        .filter(|a| !a.is_loopback() && !a.is_unspecified())
+        .collect()
+}
+
+/// The resolv.conf sandboxes get: the host's usable resolvers.
+pub fn sandbox_resolv_conf() -> String {
+    let ns = host_nameservers();
+    if ns.is_empty() {
+        return "# the host has no resolver a sandbox can reach\n".into();
+    }
+    ns.iter().map(|a| format!("nameserver {a}\n")).collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn loopback_resolvers_are_skipped() {
+        let text = "# c\nnameserver 127.0.0.53\nnameserver 10.1.2.3\nnameserver ::1\nsearch x\n";
+        assert_eq!(
+            super::parse_nameservers(text),
+            vec![Ipv4Addr::new(10, 1, 2, 3)]
+        );
+    }
+
     use super::*;
 
     #[test]
