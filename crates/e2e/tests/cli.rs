@@ -1,0 +1,158 @@
+//! The `sbx` CLI against a real server.
+
+use sbx_e2e::*;
+use serde_json::Value;
+use std::io::Write;
+use std::process::{Output, Stdio};
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[tokio::test]
+async fn create_ls_exec_cp_name_describe_terminate() {
+    let s = Server::start().await;
+    let out = s
+        .cli()
+        .args(["create", "clibox", "-c", "1", "-m", "1024"])
+        .output()
+        .unwrap();
+    let printed = ok(&out);
+    let (_, info) = s.get("clibox").await;
+    let id = info["sandbox_id"].as_str().unwrap().to_string();
+    assert!(printed.contains(&id), "create prints the id: {printed}");
+
+    let table = ok(&s.cli().arg("ls").output().unwrap());
+    assert!(
+        table.contains(&id) && table.contains("clibox") && table.contains("running"),
+        "{table}"
+    );
+    let json: Value =
+        serde_json::from_str(&ok(&s.cli().args(["ls", "--json"]).output().unwrap())).unwrap();
+    let listed = json
+        .as_array()
+        .or_else(|| json["sandboxes"].as_array())
+        .unwrap()
+        .clone();
+    assert!(listed.iter().any(|x| x["sandbox_id"] == id.as_str()));
+
+    let out = s
+        .cli()
+        .args([
+            "exec",
+            "clibox",
+            "-w",
+            "/tmp",
+            "-e",
+            "A=1",
+            "--",
+            "sh",
+            "-c",
+            "echo $A; pwd; echo err >&2; exit 3",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n/tmp\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("err"));
+
+    // cp both ways, binary-safe.
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("in.bin");
+    let data: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(&src, &data).unwrap();
+    ok(&s
+        .cli()
+        .args(["cp", src.to_str().unwrap(), "clibox:/root/in.bin"])
+        .output()
+        .unwrap());
+    let back = dir.path().join("back.bin");
+    ok(&s
+        .cli()
+        .args(["cp", "clibox:/root/in.bin", back.to_str().unwrap()])
+        .output()
+        .unwrap());
+    assert!(std::fs::read(&back).unwrap() == data);
+
+    ok(&s
+        .cli()
+        .args(["name", "clibox", "clibox2"])
+        .output()
+        .unwrap());
+    assert_eq!(s.get("clibox2").await.1["sandbox_id"], id.as_str());
+    let described = ok(&s.cli().args(["describe", "clibox2"]).output().unwrap());
+    assert!(described.contains(&id));
+
+    ok(&s.cli().args(["terminate", "clibox2"]).output().unwrap());
+    assert_eq!(s.get(&id).await.1["status"], "terminated");
+    let out = s.cli().args(["describe", "no-such-box"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn run_creates_executes_and_terminates() {
+    let s = Server::start().await;
+    let out = s
+        .cli()
+        .args(["run", "--", "sh", "-c", "echo hello; exit 2"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+    let all: Value = s
+        .req(reqwest::Method::GET, "/sandboxes?all=true")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let list = all["sandboxes"].as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["status"], "terminated");
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn ssh_runs_a_shell_with_piped_input() {
+    let s = Server::start().await;
+    let id = s.create(serde_json::json!({})).await;
+    let mut child = s
+        .cli()
+        .args(["ssh", &id])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo hi-$((40+2))\nexit 3\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("hi-42"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(out.status.code(), Some(3));
+    s.cleanup().await;
+}
