@@ -1,1 +1,128 @@
-fn main() {}
+//! sbx-agent: PID 1 of every sandbox. Reaps zombies, starts the entrypoint
+//! and serves the daemon API (`/api/v1`, port 9501).
+
+mod error;
+mod files;
+mod oom;
+mod output;
+mod process;
+mod pty;
+mod reaper;
+mod routes;
+mod run;
+mod spawn;
+mod tunnel;
+mod users;
+
+use clap::Parser;
+use process::Processes;
+use reaper::Reaper;
+use sbx_api::daemon::{RestartPolicy, RestartPolicyKind, StartProcessRequest};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Debug, Parser)]
+#[command(name = "sbx-agent", version, about = "The sbx in-sandbox daemon")]
+struct Args {
+    /// Address to serve the daemon API on.
+    #[arg(long, env = "SBX_AGENT_LISTEN", default_value = "0.0.0.0:9501")]
+    listen: SocketAddr,
+    /// Soft memory limit: above it the largest process group is SIGKILLed.
+    #[arg(long, env = "SBX_MEMORY_LIMIT_MB")]
+    memory_limit_mb: Option<u64>,
+    /// The entrypoint, started as the managed process `entrypoint`.
+    #[arg(last = true)]
+    entrypoint: Vec<String>,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SBX_AGENT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(serve(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: Args) -> std::io::Result<()> {
+    let pid1 = std::process::id() == 1;
+    if !pid1 {
+        // Adopt orphaned grandchildren like PID 1 would, so they get reaped too.
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    }
+    let reaper = Reaper::default();
+    reaper.start()?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+
+    let procs = Processes::new(reaper);
+    let ptys = Arc::new(pty::Ptys::default());
+    if let Some(limit) = args.memory_limit_mb {
+        oom::start(limit, procs.clone());
+    }
+    if let Some((command, rest)) = args.entrypoint.split_first() {
+        let req = StartProcessRequest {
+            command: command.clone(),
+            args: rest.to_vec(),
+            name: Some("entrypoint".into()),
+            restart: Some(RestartPolicy {
+                policy: RestartPolicyKind::Never,
+                max_restarts: None,
+                initial_backoff_ms: 500,
+                max_backoff_ms: 30_000,
+            }),
+            ..Default::default()
+        };
+        match procs.start_background(req) {
+            Ok(run) => tracing::info!(pid = run.pid, "entrypoint started"),
+            Err(e) => tracing::error!("entrypoint failed to start: {}", e.message),
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, pid1, "sbx-agent listening");
+    let app = routes::router(routes::AppState {
+        procs: procs.clone(),
+        ptys: ptys.clone(),
+        started: Instant::now(),
+    });
+    let server = axum::serve(listener, app);
+    tokio::select! {
+        r = server => r?,
+        _ = sigterm.recv() => {}
+        _ = sigint.recv() => {}
+    }
+    tracing::info!("shutting down: terminating all processes");
+    procs.signal_all(libc::SIGTERM);
+    ptys.signal_all(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline && procs.counts().0 > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    procs.signal_all(libc::SIGKILL);
+    ptys.signal_all(libc::SIGKILL);
+    if pid1 {
+        // Everything left in the sandbox is ours to end.
+        // SAFETY: kill(-1) signals every process but ourselves.
+        unsafe { libc::kill(-1, libc::SIGKILL) };
+    }
+    Ok(())
+}
