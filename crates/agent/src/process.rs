@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Exited runs kept for lookups by pid; older ones are forgotten.
-const MAX_EXITED_RUNS: usize = 1000;
+const MAX_EXITED_RUNS: usize = 200;
 /// A run that lived this long resets the restart backoff.
 const BACKOFF_RESET: Duration = Duration::from_secs(10);
 

@@ -381,6 +381,45 @@ async fn entrypoint_is_a_managed_process() {
     assert_eq!(info["managed"]["status"], "stopped");
     let (_, out) = agent.get("/processes/entrypoint/stdout").await;
     assert_eq!(out["lines"], json!(["entry-"]));
+    // Following a finished process replays its output and ends.
+    let body = agent
+        .http
+        .get(agent.url("/processes/entrypoint/stdout/follow"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events = parse_sse(&body);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["line"], "entry-");
+    assert_eq!(events[0]["stream"], "stdout");
+}
+
+#[tokio::test]
+async fn run_client_disconnect_kills_process() {
+    let agent = Agent::start().await;
+    let r = agent
+        .http
+        .post(agent.url("/processes/run"))
+        .json(&json!({"command": "sleep", "args": ["30"]}))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = r.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    let started = parse_sse(std::str::from_utf8(&first).unwrap());
+    let pid = started[0]["pid"].as_i64().unwrap();
+    let (_, info) = agent.get(&format!("/processes/{pid}")).await;
+    assert_eq!(info["status"], "running");
+    drop(stream);
+    let info = agent
+        .wait_for(&format!("/processes/{pid}"), 10, |v| {
+            v["status"] != "running"
+        })
+        .await;
+    assert_eq!(info["signal"], 9);
 }
 
 #[tokio::test]
