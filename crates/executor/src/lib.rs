@@ -33,6 +33,8 @@ pub enum Error {
     UnknownImage { name: String, available: String },
     #[error("no free network slot: {0} sandboxes run on this host")]
     NoSlot(u32),
+    #[error("network slot {0} is held by another sbx server on this host")]
+    SlotTaken(u32),
     #[error("agent did not become healthy: {0}")]
     AgentTimeout(String),
     #[error(transparent)]
@@ -162,24 +164,50 @@ impl Executor {
                 available: self.images.list().join(", "),
             });
         }
-        let slot = self.take_slot(&spec.id)?;
-        match self.launch_in(spec, slot).await {
-            Ok(pid) => {
+        match self.launch_in(spec).await {
+            Ok((slot, pid)) => {
                 if let Some(l) = self.live.lock().unwrap().get_mut(&spec.id) {
                     l.pid = pid;
                 }
                 Ok(SocketAddr::new(slot.sandbox_ip().into(), AGENT_PORT))
             }
             Err(e) => {
-                self.teardown(&spec.id, slot).await;
+                let slot = self.live.lock().unwrap().get(&spec.id).map(|l| l.slot);
+                match slot {
+                    Some(slot) => self.teardown(&spec.id, slot).await,
+                    None => Layer::new(self.sandbox_dir(&spec.id)).destroy().await,
+                }
                 Err(e)
             }
         }
     }
 
-    async fn launch_in(&self, spec: &LaunchSpec, slot: Slot) -> Result<Option<i32>, Error> {
+    /// Claims a network slot and builds the sandbox's network in it.
+    async fn create_net(&self, spec: &LaunchSpec) -> Result<Slot, Error> {
+        for _ in 0..64 {
+            let slot = self.take_slot(&spec.id)?;
+            match net::create(&spec.id, slot, spec.allow_internet).await {
+                Ok(()) => return Ok(slot),
+                Err(Error::SlotTaken(_)) => {
+                    self.live.lock().unwrap().remove(&spec.id);
+                }
+                Err(e) => {
+                    self.live.lock().unwrap().remove(&spec.id);
+                    return Err(e);
+                }
+            }
+        }
+        Err(Error::NoSlot(net::MAX_SLOTS))
+    }
+
+    async fn launch_in(&self, spec: &LaunchSpec) -> Result<(Slot, Option<i32>), Error> {
         let dir = self.sandbox_dir(&spec.id);
         tokio::fs::create_dir_all(&dir).await?;
+        let layer = Layer::new(&dir);
+        let t0 = std::time::Instant::now();
+        let lower = self.images.rootfs(&spec.image);
+        let (l, n) = tokio::join!(layer.create(&lower, spec.disk_mb), self.create_net(spec));
+        let slot = n?;
         let meta = Meta {
             id: spec.id.clone(),
             slot: slot.0,
@@ -189,15 +217,7 @@ impl Executor {
             serde_json::to_vec(&meta).expect("json"),
         )
         .await?;
-        let layer = Layer::new(&dir);
-        let t0 = std::time::Instant::now();
-        let lower = self.images.rootfs(&spec.image);
-        let (l, n) = tokio::join!(
-            layer.create(&lower, spec.disk_mb),
-            net::create(&spec.id, slot, spec.allow_internet)
-        );
         l?;
-        n?;
         let mut args = vec![format!("{AGENT_MOUNT}/{AGENT_NAME}")];
         if !spec.entrypoint.is_empty() {
             args.push("--".into());
@@ -245,7 +265,7 @@ impl Executor {
             agent_ms = t2.elapsed().as_millis() as u64,
             "launch phases"
         );
-        Ok(state.pid)
+        Ok((slot, state.pid))
     }
 
     /// Stops a sandbox and removes everything it had on the host. Idempotent.
@@ -296,6 +316,8 @@ impl Executor {
             .filter(|s| s.status == "running")
             .map(|s| (s.id.clone(), s.pid))
             .collect();
+        // Other sbx servers may share this host: only what this one's data
+        // directory and runsc root name is ours.
         let netns: HashSet<String> = net::list_netns().await?.into_iter().collect();
         let mut dirs = Vec::new();
         if let Ok(mut rd) = tokio::fs::read_dir(self.data_dir.join("sandboxes")).await {
@@ -307,7 +329,6 @@ impl Executor {
         }
         let mut seen: HashSet<String> = HashSet::new();
         seen.extend(states.iter().map(|s| s.id.clone()));
-        seen.extend(netns.iter().cloned());
         seen.extend(dirs.iter().cloned());
         for id in seen {
             let dir = self.sandbox_dir(&id);
@@ -343,19 +364,6 @@ impl Executor {
                     }
                 }
                 report.cleaned.push(id);
-            }
-        }
-        // Host links whose netns is gone (a crash between the two steps).
-        let adopted: HashSet<u32> = self
-            .live
-            .lock()
-            .unwrap()
-            .values()
-            .map(|l| l.slot.0)
-            .collect();
-        for slot in net::list_host_links().await? {
-            if !adopted.contains(&slot.0) {
-                let _ = cmd::run("ip", &["link", "del", &slot.host_if()]).await;
             }
         }
         Ok(report)

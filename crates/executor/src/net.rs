@@ -75,9 +75,7 @@ pub async fn create(id: &str, slot: Slot, allow_internet: bool) -> Result<(), Er
     let ns = netns_name(id);
     let (h, c) = (slot.host_if(), slot.sandbox_if());
     let host = format!(
-        "netns add {ns}\n\
-         link add {h} type veth peer name {c} netns {ns}\n\
-         addr add {}/30 dev {h}\n\
+        "addr add {}/30 dev {h}\n\
          link set {h} up\n",
         slot.host_ip()
     );
@@ -89,6 +87,25 @@ pub async fn create(id: &str, slot: Slot, allow_internet: bool) -> Result<(), Er
         slot.sandbox_ip(),
         slot.host_ip()
     );
+    run("ip", &["netns", "add", &ns]).await?;
+    // The interface name is the host-wide claim on the slot: another sbx
+    // server on this host may hold it.
+    if let Err(e) = run(
+        "ip",
+        &[
+            "link", "add", &h, "type", "veth", "peer", "name", &c, "netns", &ns,
+        ],
+    )
+    .await
+    {
+        let _ = run("ip", &["netns", "del", &ns]).await;
+        return Err(match e {
+            Error::Host { reason, .. } if reason.contains("File exists") => {
+                Error::SlotTaken(slot.0)
+            }
+            e => e,
+        });
+    }
     let result = async {
         run_with_input("ip", &["-batch", "-"], Some(&host)).await?;
         run_with_input("ip", &["-n", &ns, "-batch", "-"], Some(&inside)).await?;
@@ -130,22 +147,13 @@ pub async fn list_netns() -> Result<Vec<String>, Error> {
         .collect())
 }
 
-/// Host-side veth interfaces sbx created, as slots.
-pub async fn list_host_links() -> Result<Vec<Slot>, Error> {
-    let out = run("ip", &["-o", "link", "show"]).await?;
-    Ok(out
-        .lines()
-        .filter_map(|l| l.split(':').nth(1))
-        .map(|n| n.trim().split('@').next().unwrap_or(""))
-        .filter_map(Slot::from_host_if)
-        .collect())
-}
-
 const CHAIN_FWD: &str = "SBX-FORWARD";
 const CHAIN_IN: &str = "SBX-INPUT";
 const CHAIN_NAT: &str = "SBX-POSTROUTING";
 
-/// Installs the host firewall rules shared by every sandbox. Idempotent.
+/// Installs the host firewall rules shared by every sandbox. Idempotent, and
+/// safe beside other sbx servers on the same host: rules are added when
+/// missing, never flushed.
 pub async fn install_firewall() -> Result<(), Error> {
     tokio::fs::write("/proc/sys/net/ipv4/ip_forward", "1").await?;
     for (table, chain, parent) in [
@@ -154,7 +162,6 @@ pub async fn install_firewall() -> Result<(), Error> {
         ("nat", CHAIN_NAT, "POSTROUTING"),
     ] {
         let _ = run("iptables", &["-w", "-t", table, "-N", chain]).await;
-        run("iptables", &["-w", "-t", table, "-F", chain]).await?;
         if run("iptables", &["-w", "-t", table, "-C", parent, "-j", chain])
             .await
             .is_err()
@@ -166,83 +173,67 @@ pub async fn install_firewall() -> Result<(), Error> {
             .await?;
         }
     }
-    // Replies to connections the host opened (the proxy) come back in.
-    run(
-        "iptables",
-        &[
-            "-w",
-            "-A",
-            CHAIN_IN,
-            "-i",
-            "sbx+",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "ESTABLISHED,RELATED",
-            "-j",
-            "ACCEPT",
-        ],
-    )
-    .await?;
-    run(
-        "iptables",
-        &["-w", "-A", CHAIN_IN, "-i", "sbx+", "-j", "DROP"],
-    )
-    .await?;
-    run(
-        "iptables",
-        &[
-            "-w",
-            "-A",
-            CHAIN_FWD,
-            "-o",
-            "sbx+",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "ESTABLISHED,RELATED",
-            "-j",
-            "ACCEPT",
-        ],
-    )
-    .await?;
-    run(
-        "iptables",
-        &[
-            "-w", "-A", CHAIN_FWD, "-i", "sbx+", "-o", "sbx+", "-j", "DROP",
-        ],
-    )
-    .await?;
-    for net in BLOCKED {
-        run(
-            "iptables",
-            &["-w", "-A", CHAIN_FWD, "-i", "sbx+", "-d", net, "-j", "DROP"],
-        )
-        .await?;
+    let established = [
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "ESTABLISHED,RELATED",
+        "-j",
+        "ACCEPT",
+    ];
+    let mut rules: Vec<(&str, &str, Vec<String>)> = Vec::new();
+    let v = |parts: &[&str]| parts.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+    // Replies to connections the host opened (the proxy) come back in; nothing else does.
+    rules.push((
+        "filter",
+        CHAIN_IN,
+        v(&[&["-i", "sbx+"][..], &established[..]].concat()),
+    ));
+    rules.push(("filter", CHAIN_IN, v(&["-i", "sbx+", "-j", "DROP"])));
+    rules.push((
+        "filter",
+        CHAIN_FWD,
+        v(&[&["-o", "sbx+"][..], &established[..]].concat()),
+    ));
+    rules.push((
+        "filter",
+        CHAIN_FWD,
+        v(&["-i", "sbx+", "-o", "sbx+", "-j", "DROP"]),
+    ));
+    // The host's resolvers may sit in a private range: let DNS through to them.
+    for ns in host_nameservers() {
+        for proto in ["udp", "tcp"] {
+            let ns = ns.to_string();
+            rules.push((
+                "filter",
+                CHAIN_FWD,
+                v(&[
+                    "-i", "sbx+", "-d", &ns, "-p", proto, "--dport", "53", "-j", "ACCEPT",
+                ]),
+            ));
+        }
     }
-    run(
-        "iptables",
-        &["-w", "-A", CHAIN_FWD, "-i", "sbx+", "-j", "ACCEPT"],
-    )
-    .await?;
-    run(
-        "iptables",
-        &[
-            "-w",
-            "-t",
-            "nat",
-            "-A",
-            CHAIN_NAT,
-            "-s",
-            RANGE,
-            "!",
-            "-d",
-            RANGE,
-            "-j",
-            "MASQUERADE",
-        ],
-    )
-    .await?;
+    for net in BLOCKED {
+        rules.push((
+            "filter",
+            CHAIN_FWD,
+            v(&["-i", "sbx+", "-d", net, "-j", "DROP"]),
+        ));
+    }
+    rules.push(("filter", CHAIN_FWD, v(&["-i", "sbx+", "-j", "ACCEPT"])));
+    rules.push((
+        "nat",
+        CHAIN_NAT,
+        v(&["-s", RANGE, "!", "-d", RANGE, "-j", "MASQUERADE"]),
+    ));
+    for (table, chain, rule) in &rules {
+        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+        let check = [&["-w", "-t", table, "-C", chain][..], &rule[..]].concat();
+        if run("iptables", &check).await.is_err() {
+            let add = [&["-w", "-t", table, "-A", chain][..], &rule[..]].concat();
+            run("iptables", &add).await?;
+        }
+    }
     Ok(())
 }
 
