@@ -233,7 +233,13 @@ impl Server {
             .send()
             .await
             .unwrap();
-        assert!(r.status().is_success(), "run: {}", r.status());
+        if !r.status().is_success() {
+            let status = r.status();
+            panic!(
+                "run {body}: {status} {}",
+                r.text().await.unwrap_or_default()
+            );
+        }
         let mut out = RunResult::default();
         let mut buf = String::new();
         let mut stream = r.bytes_stream();

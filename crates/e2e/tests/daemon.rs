@@ -50,12 +50,18 @@ async fn commands_report_output_exit_codes_env_cwd_and_user() {
     // The image has what the issue promises.
     let out = s.sh(&id, "python3 -c 'print(6*7)'; bash -c 'echo $BASH_VERSION' | cut -c1; pip --version | cut -d' ' -f1; ls /etc/ssl/certs | head -1 | wc -l; ls -l / > /dev/null && echo ls-ok").await;
     assert_eq!(out, "42\n5\npip\n1\nls-ok\n");
-    let r = s.run(&id, json!({"command": "no-such-command"})).await;
+    // A command that does not exist is the caller's mistake: a 400 that names it.
+    let r = s
+        .daemon(&id, Method::POST, "/processes/run")
+        .json(&json!({"command": "no-such-command"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
     assert!(
-        r.exit["exit_code"].as_i64().unwrap_or(0) != 0
-            || r.exit.is_null()
-            || r.exit["reason"] == "exited",
-        "{r:?}"
+        e["message"].as_str().unwrap().contains("no-such-command"),
+        "{e}"
     );
     s.cleanup().await;
 }
@@ -405,7 +411,11 @@ async fn tunnel_reaches_a_tcp_server_in_the_sandbox() {
         .await
         .unwrap();
     assert!(r.status().is_success());
-    s.sh(&id, "for i in $(seq 100); do (echo > /dev/tcp/127.0.0.1/7000) 2>/dev/null && exit 0; sleep 0.1; done; exit 1").await;
+    let wait = "import socket, time\nfor _ in range(100):\n    try:\n        socket.create_connection(('127.0.0.1', 7000), 1).close()\n        break\n    except OSError:\n        time.sleep(0.1)\nelse:\n    raise SystemExit(1)\n";
+    let r = s
+        .run(&id, json!({"command": "python3", "args": ["-c", wait]}))
+        .await;
+    assert_eq!(r.exit["exit_code"], 0, "echo server did not listen: {r:?}");
     let mut ws = ws_connect(&s, &id, "/tunnels/tcp?port=7000").await;
     let payload = b"hello through the tunnel".to_vec();
     ws.send(Message::Binary(payload.clone().into()))
