@@ -88,8 +88,9 @@ class Sbx:
 
 
 def runsc(root, *args):
+    # No pipes: the sandbox runsc create starts inherits its stdio and would hold them open.
     subprocess.run(["runsc", f"--root={root}", *args], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def raw_bundle(rootfs, workdir, name):

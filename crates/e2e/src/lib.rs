@@ -311,11 +311,47 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// A test that failed half-way leaves sandboxes behind (they outlive the
+    /// server by design): remove them through the server, then stop it.
     fn drop(&mut self) {
-        if self.child.is_some() {
-            // Best effort: the tests call cleanup() themselves where it matters.
-            self.stop();
+        if !self.host_leftovers().is_empty() {
+            let me = Server {
+                child: self.child.take(),
+                data_dir: self.data_dir.clone(),
+                api: self.api.clone(),
+                proxy: self.proxy.clone(),
+                api_port: self.api_port,
+                proxy_port: self.proxy_port,
+                key: self.key.clone(),
+                http: reqwest::Client::new(),
+                _tmp: None,
+            };
+            let me = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let mut me = me;
+                rt.block_on(async {
+                    if me
+                        .child
+                        .as_mut()
+                        .map(|c| c.try_wait().ok().flatten().is_some())
+                        .unwrap_or(true)
+                    {
+                        me.spawn().await;
+                    }
+                    me.cleanup().await;
+                });
+                me.stop();
+                me
+            })
+            .join();
+            if let Ok(mut me) = me {
+                me.child = None;
+            }
         }
+        self.stop();
     }
 }
 
