@@ -1,1 +1,178 @@
-fn main() {}
+//! `sbx`: run the all-in-one server, and manage and use its sandboxes.
+
+mod client;
+mod commands;
+mod table;
+
+use clap::{Parser, Subcommand};
+use commands::{cp, create, describe, exec, name, run, server, ssh, terminate};
+
+/// Exit status of a failed `sbx` verb (the command's own code wins in `exec`, `run`, `ssh`).
+const EXIT_FAILURE: i32 = 1;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sbx",
+    version,
+    about = "Self-hosted sandboxes: run the server, create sandboxes, run commands in them",
+    after_help = "Examples:\n  \
+        sbx server --data-dir /var/lib/sbx\n  \
+        sbx create my-box --cpus 2 --memory 2048\n  \
+        sbx exec my-box -- python3 -c 'print(1)'\n  \
+        sbx run -- uname -a\n  \
+        sbx ssh my-box\n  \
+        sbx cp ./data.csv my-box:/tmp/data.csv"
+)]
+pub struct Cli {
+    /// Control-plane URL of the sbx server.
+    #[arg(
+        long,
+        env = "SBX_API_URL",
+        default_value = "http://localhost:8900",
+        global = true,
+        value_name = "URL"
+    )]
+    pub api_url: String,
+
+    /// API key, sent as `Authorization: Bearer KEY`.
+    #[arg(
+        long,
+        env = "SBX_API_KEY",
+        global = true,
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub api_key: Option<String>,
+
+    /// Namespace of the sandboxes.
+    #[arg(
+        long,
+        env = "SBX_NAMESPACE",
+        default_value = "default",
+        global = true,
+        value_name = "NS"
+    )]
+    pub namespace: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sbx server: control plane, sandbox proxy and local executor.
+    Server(server::ServerArgs),
+    /// Create a sandbox and print its id.
+    #[command(visible_alias = "new")]
+    Create(create::CreateArgs),
+    /// List sandboxes (not terminated ones unless --all).
+    #[command(visible_alias = "list")]
+    Ls(commands::ls::LsArgs),
+    /// Show one sandbox.
+    Describe(describe::DescribeArgs),
+    /// Run a command in a sandbox, streaming its output; exits with its code.
+    Exec(exec::ExecArgs),
+    /// Create an ephemeral sandbox, run one command in it, terminate it.
+    Run(run::RunArgs),
+    /// Open an interactive shell in a sandbox.
+    Ssh(ssh::SshArgs),
+    /// Copy a file to or from a sandbox (one side is ID:/path).
+    Cp(cp::CpArgs),
+    /// Rename a sandbox.
+    Name(name::NameArgs),
+    /// Terminate sandboxes.
+    #[command(visible_alias = "rm")]
+    Terminate(terminate::TerminateArgs),
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let code = match dispatch(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            EXIT_FAILURE
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let command = match cli.command {
+        Command::Server(args) => return server::run(args).await,
+        other => other,
+    };
+    let client = client::Client::new(&cli.api_url, cli.api_key, &cli.namespace)?;
+    match command {
+        Command::Server(_) => unreachable!("handled above"),
+        Command::Create(args) => create::run(&client, args).await,
+        Command::Ls(args) => commands::ls::run(&client, args).await,
+        Command::Describe(args) => describe::run(&client, args).await,
+        Command::Exec(args) => exec::run(&client, args).await,
+        Command::Run(args) => run::run(&client, args).await,
+        Command::Ssh(args) => ssh::run(&client, args).await,
+        Command::Cp(args) => cp::run(&client, args).await,
+        Command::Name(args) => name::run(&client, args).await,
+        Command::Terminate(args) => terminate::run(&client, args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    pub fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("sbx").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn globals_go_anywhere() {
+        let cli = parse(&["ls", "--api-url", "http://h:1", "--namespace", "ns"]);
+        assert_eq!(cli.api_url, "http://h:1");
+        assert_eq!(cli.namespace, "ns");
+        let cli = parse(&["--api-key", "k", "ls"]);
+        assert_eq!(cli.api_key.as_deref(), Some("k"));
+    }
+
+    #[test]
+    fn every_verb_has_help() {
+        for verb in [
+            "server",
+            "create",
+            "new",
+            "ls",
+            "describe",
+            "exec",
+            "run",
+            "ssh",
+            "cp",
+            "name",
+            "terminate",
+            "rm",
+        ] {
+            let err = Cli::try_parse_from(["sbx", verb, "--help"]).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp, "{verb}");
+        }
+    }
+
+    #[test]
+    fn name_and_terminate_parse() {
+        match parse(&["name", "sb1", "web"]).command {
+            Command::Name(a) => assert_eq!((a.id.as_str(), a.name.as_str()), ("sb1", "web")),
+            c => panic!("{c:?}"),
+        }
+        match parse(&["rm", "a", "b"]).command {
+            Command::Terminate(a) => assert_eq!(a.ids, vec!["a", "b"]),
+            c => panic!("{c:?}"),
+        }
+        assert!(Cli::try_parse_from(["sbx", "terminate"]).is_err());
+    }
+}

@@ -1,0 +1,229 @@
+//! `sbx create [NAME]` (alias `new`).
+
+use crate::client::Client;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use sbx_api::sandbox::{
+    CreateSandboxRequest, CreateSandboxResponse, ResourcesRequest, SandboxInfo, SandboxStatus,
+};
+use std::time::{Duration, Instant};
+
+/// Sandbox settings shared by `create` and `run`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CreateOpts {
+    /// CPUs (fractions allowed, e.g. 0.5).
+    #[arg(short = 'c', long, value_name = "N")]
+    pub cpus: Option<f64>,
+
+    /// Memory in MB.
+    #[arg(short = 'm', long, value_name = "MB")]
+    pub memory: Option<u64>,
+
+    /// Disk size in MB.
+    #[arg(long, value_name = "MB")]
+    pub disk_mb: Option<u64>,
+
+    /// Seconds of inactivity before the sandbox is stopped (named ones suspend).
+    #[arg(short = 't', long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+
+    /// Entrypoint command line, split like a shell would ("CMD ARGS").
+    #[arg(short = 'e', long, value_name = "CMD")]
+    pub entrypoint: Option<String>,
+
+    /// Image to boot (default: the server's default image).
+    #[arg(short = 'i', long, value_name = "NAME")]
+    pub image: Option<String>,
+}
+
+impl CreateOpts {
+    pub fn request(&self, name: Option<String>) -> Result<CreateSandboxRequest> {
+        let resources = (self.cpus.is_some() || self.memory.is_some() || self.disk_mb.is_some())
+            .then_some(ResourcesRequest {
+                cpus: self.cpus,
+                memory_mb: self.memory,
+                disk_mb: self.disk_mb,
+                gpus: None,
+            });
+        let entrypoint = match &self.entrypoint {
+            Some(e) => {
+                let words = shell_words::split(e)
+                    .with_context(|| format!("cannot split --entrypoint {e:?}"))?;
+                if words.is_empty() {
+                    bail!("--entrypoint is empty");
+                }
+                Some(words)
+            }
+            None => None,
+        };
+        Ok(CreateSandboxRequest {
+            image: self.image.clone(),
+            resources,
+            timeout_secs: self.timeout,
+            entrypoint,
+            name,
+            ..Default::default()
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Name of the sandbox (optional; named sandboxes can be suspended).
+    pub name: Option<String>,
+
+    #[command(flatten)]
+    pub opts: CreateOpts,
+
+    /// Return at once while the sandbox is still pending.
+    #[arg(long)]
+    pub no_wait: bool,
+
+    /// Print the server's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(client: &Client, args: CreateArgs) -> Result<i32> {
+    let mut req = args.opts.request(args.name)?;
+    if args.no_wait {
+        req.wait = Some(false);
+    }
+    let resp = create_sandbox(client, &req, !args.no_wait).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&resp)?);
+    } else {
+        match &resp.name {
+            Some(name) => println!("{}\t{}", resp.sandbox_id, name),
+            None => println!("{}", resp.sandbox_id),
+        }
+        if resp.status == SandboxStatus::Pending {
+            let why = resp.pending_reason.as_deref().unwrap_or("scheduling");
+            eprintln!("sandbox {} is pending ({why})", resp.sandbox_id);
+        }
+    }
+    Ok(0)
+}
+
+/// Creates a sandbox; with `wait`, polls a pending one until it runs. A
+/// sandbox that failed or stopped is an error.
+pub async fn create_sandbox(
+    client: &Client,
+    req: &CreateSandboxRequest,
+    wait: bool,
+) -> Result<CreateSandboxResponse> {
+    let resp = client.create(req).await?;
+    settle(client, resp, wait).await
+}
+
+/// Follows a create answer: with `wait`, polls while pending; a failed or
+/// stopped sandbox is an error.
+pub async fn settle(
+    client: &Client,
+    mut resp: CreateSandboxResponse,
+    wait: bool,
+) -> Result<CreateSandboxResponse> {
+    let started = Instant::now();
+    let mut told = false;
+    while wait && resp.status == SandboxStatus::Pending {
+        if !told && started.elapsed() > Duration::from_secs(5) {
+            let why = resp.pending_reason.as_deref().unwrap_or("scheduling");
+            eprintln!("waiting for sandbox {} ({why})…", resp.sandbox_id);
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        resp = response_of(client.get(&resp.sandbox_id).await?);
+    }
+    if resp.status.is_final() || resp.status == SandboxStatus::Suspended {
+        let why = resp
+            .error_details
+            .as_ref()
+            .map(|e| e.message.clone())
+            .or(resp.reason.clone())
+            .or(resp.termination_reason.clone())
+            .unwrap_or_else(|| "no reason given".into());
+        bail!("sandbox {} is {}: {why}", resp.sandbox_id, resp.status);
+    }
+    Ok(resp)
+}
+
+fn response_of(info: SandboxInfo) -> CreateSandboxResponse {
+    CreateSandboxResponse {
+        sandbox_id: info.sandbox_id,
+        status: info.status,
+        sandbox_url: info.sandbox_url,
+        name: info.name,
+        pending_reason: info.pending_reason,
+        reason: None,
+        termination_reason: info.termination_reason,
+        error_details: info.error_details,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests::parse;
+    use crate::Command;
+    use clap::Parser;
+
+    fn create_args(argv: &[&str]) -> CreateArgs {
+        match parse(argv).command {
+            Command::Create(a) => a,
+            c => panic!("{c:?}"),
+        }
+    }
+
+    #[test]
+    fn create_flags() {
+        let a = create_args(&[
+            "create",
+            "web",
+            "-c",
+            "0.5",
+            "-m",
+            "2048",
+            "--disk-mb",
+            "4096",
+            "-t",
+            "600",
+            "-e",
+            "python3 -m http.server 'a b'",
+            "-i",
+            "ubuntu",
+            "--no-wait",
+            "--json",
+        ]);
+        assert_eq!(a.name.as_deref(), Some("web"));
+        assert!(a.no_wait && a.json);
+        let req = a.opts.request(a.name.clone()).unwrap();
+        let v = serde_json::to_value(&req).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "image": "ubuntu",
+                "resources": {"cpus": 0.5, "memory_mb": 2048, "disk_mb": 4096},
+                "timeout_secs": 600,
+                "entrypoint": ["python3", "-m", "http.server", "a b"],
+                "name": "web",
+            })
+        );
+    }
+
+    #[test]
+    fn new_is_an_alias_and_defaults_send_nothing() {
+        let a = create_args(&["new"]);
+        assert!(a.name.is_none() && !a.no_wait && !a.json);
+        let v = serde_json::to_value(a.opts.request(None).unwrap()).unwrap();
+        assert_eq!(v, serde_json::json!({}));
+    }
+
+    #[test]
+    fn bad_entrypoints_are_refused() {
+        let a = create_args(&["create", "-e", "echo 'unclosed"]);
+        assert!(a.opts.request(None).is_err());
+        let a = create_args(&["create", "-e", ""]);
+        assert!(a.opts.request(None).is_err());
+        assert!(crate::Cli::try_parse_from(["sbx", "create", "-c", "lots"]).is_err());
+    }
+}

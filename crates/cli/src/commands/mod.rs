@@ -1,0 +1,13 @@
+//! One module per verb: its clap arguments and its `run`, which returns the
+//! process exit code.
+
+pub mod cp;
+pub mod create;
+pub mod describe;
+pub mod exec;
+pub mod ls;
+pub mod name;
+pub mod run;
+pub mod server;
+pub mod ssh;
+pub mod terminate;

@@ -1,0 +1,119 @@
+//! `sbx server`: the all-in-one server in the foreground.
+
+use anyhow::Result;
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Where sbx keeps its state, images and sandboxes.
+    #[arg(long, default_value = "/var/lib/sbx", value_name = "DIR")]
+    pub data_dir: PathBuf,
+
+    /// Control-plane listen address.
+    #[arg(long, default_value = "127.0.0.1:8900", value_name = "ADDR")]
+    pub api_addr: SocketAddr,
+
+    /// Sandbox proxy (data plane) listen address.
+    #[arg(long, default_value = "127.0.0.1:9443", value_name = "ADDR")]
+    pub proxy_addr: SocketAddr,
+
+    /// Accepted API key; repeat for several. SBX_API_KEY adds one more.
+    /// Without any key the server answers loopback clients only.
+    // Same id as the global --api-key: clap then does not propagate the
+    // global one here and the flag can be repeated.
+    #[arg(long = "api-key", id = "api_key", value_name = "KEY", action = clap::ArgAction::Append)]
+    pub api_keys: Vec<String>,
+
+    /// Static sbx-agent binary (default: beside this executable).
+    #[arg(long, env = "SBX_AGENT_BIN", value_name = "PATH")]
+    pub agent_bin: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    pub fn config(&self) -> sbx_server::ServerConfig {
+        let env_key = std::env::var("SBX_API_KEY").ok();
+        sbx_server::ServerConfig {
+            data_dir: self.data_dir.clone(),
+            api_addr: self.api_addr,
+            proxy_addr: self.proxy_addr,
+            api_keys: merge_keys(&self.api_keys, env_key.as_deref()),
+            agent_bin: self.agent_bin.clone(),
+        }
+    }
+}
+
+/// Flag keys plus the environment's, without blanks or duplicates.
+fn merge_keys(flags: &[String], env: Option<&str>) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    for k in flags.iter().map(String::as_str).chain(env) {
+        let k = k.trim();
+        if !k.is_empty() && !keys.iter().any(|x| x == k) {
+            keys.push(k.to_string());
+        }
+    }
+    keys
+}
+
+pub async fn run(args: ServerArgs) -> Result<i32> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    sbx_server::run(args.config()).await?;
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests::parse;
+    use crate::Command;
+    use clap::Parser;
+
+    #[test]
+    fn server_defaults() {
+        let Command::Server(a) = parse(&["server"]).command else {
+            panic!()
+        };
+        assert_eq!(a.data_dir, PathBuf::from("/var/lib/sbx"));
+        assert_eq!(a.api_addr.to_string(), "127.0.0.1:8900");
+        assert_eq!(a.proxy_addr.to_string(), "127.0.0.1:9443");
+    }
+
+    #[test]
+    fn server_flags_and_repeated_keys() {
+        let Command::Server(a) = parse(&[
+            "server",
+            "--data-dir",
+            "/tmp/d",
+            "--api-addr",
+            "0.0.0.0:1",
+            "--proxy-addr",
+            "0.0.0.0:2",
+            "--api-key",
+            "k1",
+            "--api-key",
+            "k2",
+            "--agent-bin",
+            "/bin/agent",
+        ])
+        .command
+        else {
+            panic!()
+        };
+        assert_eq!(a.api_keys, vec!["k1", "k2"]);
+        assert_eq!(a.agent_bin, Some(PathBuf::from("/bin/agent")));
+        assert_eq!(a.api_addr.port(), 1);
+        assert!(crate::Cli::try_parse_from(["sbx", "server", "--api-addr", "nope"]).is_err());
+    }
+
+    #[test]
+    fn keys_merge_with_the_environment() {
+        let flags = vec!["a".to_string(), "b".to_string()];
+        assert_eq!(merge_keys(&flags, Some("c")), vec!["a", "b", "c"]);
+        assert_eq!(merge_keys(&flags, Some("a")), vec!["a", "b"]);
+        assert_eq!(merge_keys(&[], Some("")), Vec::<String>::new());
+        assert_eq!(merge_keys(&[], None), Vec::<String>::new());
+    }
+}
