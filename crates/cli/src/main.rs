@@ -30,6 +30,7 @@ pub struct Cli {
         env = "SBX_API_URL",
         default_value = "http://localhost:8900",
         global = true,
+        help_heading = "Global options",
         value_name = "URL"
     )]
     pub api_url: String,
@@ -39,6 +40,7 @@ pub struct Cli {
         long,
         env = "SBX_API_KEY",
         global = true,
+        help_heading = "Global options",
         hide_env_values = true,
         value_name = "KEY"
     )]
@@ -50,6 +52,7 @@ pub struct Cli {
         env = "SBX_NAMESPACE",
         default_value = "default",
         global = true,
+        help_heading = "Global options",
         value_name = "NS"
     )]
     pub namespace: String,
