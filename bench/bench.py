@@ -89,7 +89,7 @@ class Sbx:
 
 def runsc(root, *args):
     # No pipes: the sandbox runsc create starts inherits its stdio and would hold them open.
-    subprocess.run(["runsc", f"--root={root}", *args], check=True,
+    subprocess.run(["runsc", f"--root={root}", "--network=none", *args], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

@@ -220,7 +220,12 @@ async fn no_wait_create_answers_pending_then_runs() {
 #[tokio::test]
 async fn terminate_leaves_nothing_on_the_host() {
     let s = Server::start().await;
-    let a = s.create(json!({})).await;
+    // A bodyless POST (no content type either) creates with defaults.
+    let r = s.req(Method::POST, "/sandboxes").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "running", "{v}");
+    let a = v["sandbox_id"].as_str().unwrap().to_string();
     let b = s.create(json!({"name": "keep"})).await;
     assert_eq!(netns_of(&[a.clone(), b.clone()]).len(), 2);
     assert_eq!(s.delete(&a).await, 200);

@@ -1,6 +1,6 @@
 //! Control-plane routes, under `/v1/namespaces/{ns}` and flat (namespace `default`).
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, JsonBody};
 use crate::lifecycle::{validate_name, LaunchOutcome, Manager};
 use crate::store::{SandboxRow, StoreError};
 use axum::extract::{Path, Query, State};
@@ -120,9 +120,8 @@ async fn create(
     State(state): State<ApiState>,
     Path(params): Path<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Result<Json<CreateSandboxRequest>, axum::extract::rejection::JsonRejection>,
+    JsonBody(req): JsonBody<CreateSandboxRequest>,
 ) -> ApiResult<Response> {
-    let Json(req) = body?;
     let ns = namespace(&params);
     let (row, task) = state.manager.create(&ns, &req).await?;
     let url = sandbox_url(&state, &headers);
@@ -219,9 +218,8 @@ async fn update(
     State(state): State<ApiState>,
     Path(params): Path<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Result<Json<UpdateSandboxRequest>, axum::extract::rejection::JsonRejection>,
+    JsonBody(req): JsonBody<UpdateSandboxRequest>,
 ) -> ApiResult<Json<SandboxInfo>> {
-    let Json(req) = body?;
     let ns = namespace(&params);
     let row = find(&state, &ns, &params["id"]).await?;
     if let Some(Some(n)) = &req.name {
