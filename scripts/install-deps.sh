@@ -24,7 +24,7 @@ EOT
   apt-get install -y -q -t bookworm-backports runsc
 fi
 need=()
-for p in debootstrap:debootstrap ip:iproute2 iptables:iptables mkfs.ext4:e2fsprogs unshare:util-linux curl:curl; do
+for p in debootstrap:debootstrap ip:iproute2 iptables:iptables mkfs.ext4:e2fsprogs unshare:util-linux curl:curl tmux:tmux; do
   command -v "${p%%:*}" >/dev/null || need+=("${p#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

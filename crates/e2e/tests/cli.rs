@@ -156,3 +156,76 @@ async fn ssh_runs_a_shell_with_piped_input() {
     assert_eq!(out.status.code(), Some(3));
     s.cleanup().await;
 }
+
+/// `sbx ssh` in a real terminal (tmux): raw mode, the terminal's size, and
+/// a resize reaching the remote shell.
+#[tokio::test]
+async fn ssh_in_a_real_terminal_follows_resizes() {
+    use std::process::Command;
+    let s = Server::start().await;
+    let id = s.create(serde_json::json!({})).await;
+    let session = format!("sbx-ssh-{}", std::process::id());
+    let tmux = |args: &[&str]| Command::new("tmux").args(args).output().unwrap();
+    let screen = || {
+        String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout).to_string()
+    };
+    let cmd = format!(
+        "SBX_API_URL={} {} ssh {id}; echo ssh-exited-$?; sleep 30",
+        s.api,
+        sbx_bin().display()
+    );
+    let out = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "100",
+        "-y",
+        "30",
+        &cmd,
+    ]);
+    assert!(
+        out.status.success(),
+        "tmux: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wait_for = |needle: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let text = screen();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never saw {needle:?} on screen:\n{text}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    tmux(&[
+        "send-keys",
+        "-t",
+        &session,
+        "stty size; echo size-$((1+1))",
+        "Enter",
+    ]);
+    let text = wait_for("size-2");
+    assert!(text.contains("30 100"), "initial size:\n{text}");
+    tmux(&["resize-window", "-t", &session, "-x", "120", "-y", "40"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    tmux(&[
+        "send-keys",
+        "-t",
+        &session,
+        "clear; stty size; echo resized-$((2+2))",
+        "Enter",
+    ]);
+    let text = wait_for("resized-4");
+    assert!(text.contains("40 120"), "after resize:\n{text}");
+    tmux(&["send-keys", "-t", &session, "exit 6", "Enter"]);
+    wait_for("ssh-exited-6");
+    tmux(&["kill-session", "-t", &session]);
+    s.cleanup().await;
+}
