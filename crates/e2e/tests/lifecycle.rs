@@ -372,3 +372,30 @@ fn server_refuses_public_address_without_a_key() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn a_sandbox_that_cannot_start_is_a_503_and_leaves_nothing() {
+    let mut s = Server::start().await;
+    // Break the runtime's input behind the server's back: no agent to boot.
+    std::fs::remove_file(s.data_dir.join("agent/sbx-agent")).unwrap();
+    let r = s
+        .req(Method::POST, "/sandboxes")
+        .json(&json!({"name": "doomed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["code"], "unavailable");
+    assert!(
+        e["message"].as_str().unwrap().contains("failed to start"),
+        "{e}"
+    );
+    let (_, info) = s.get("doomed").await;
+    assert_eq!(info["status"], "failed");
+    assert!(info["error_details"]["message"].is_string(), "{info}");
+    assert!(s.host_leftovers().is_empty(), "{:?}", s.host_leftovers());
+    // SIGTERM stops the server cleanly.
+    let status = s.stop().unwrap();
+    assert!(status.success(), "{status:?}");
+}
