@@ -100,19 +100,15 @@ impl Images {
         let stderr = child.stderr.take().expect("piped");
         let progress = tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
-            let mut n = 0u32;
+            let (mut phase, mut steps) = (String::new(), 0u32);
             while let Ok(Some(line)) = lines.next_line().await {
-                n += 1;
-                // debootstrap prints one line per step; show the milestones.
-                if line.starts_with("I: Retrieving Release")
-                    || line.starts_with("I: Validating Packages")
-                    || line.starts_with("I: Extracting")
-                    || line.starts_with("I: Installing core")
-                    || line.starts_with("I: Configuring")
-                    || line.starts_with("I: Base system installed")
-                    || n.is_multiple_of(50)
-                {
-                    tracing::info!("image build: {line}");
+                steps += 1;
+                // debootstrap prints a line per package and step: show each
+                // phase once (Retrieving, Extracting, Configuring, …).
+                let this = build_phase(&line);
+                if this != phase {
+                    tracing::info!(steps, "image build: {line}");
+                    phase = this;
                 }
             }
         });
@@ -138,6 +134,14 @@ impl Images {
         tracing::info!("default image ready");
         Ok(())
     }
+}
+
+/// The phase of a debootstrap progress line: its first two words.
+fn build_phase(line: &str) -> String {
+    line.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Trims caches and lets `pip install` work system-wide, as users of a
@@ -231,6 +235,19 @@ mod tests {
         assert_eq!(
             mirror_from_sources("deb https://other.example/apt stable main"),
             None
+        );
+    }
+
+    #[test]
+    fn progress_is_shown_per_phase() {
+        assert_eq!(build_phase("I: Extracting bash..."), "I: Extracting");
+        assert_eq!(
+            build_phase("I: Extracting dash..."),
+            build_phase("I: Extracting bash...")
+        );
+        assert_ne!(
+            build_phase("I: Configuring bash..."),
+            build_phase("I: Extracting bash...")
         );
     }
 
