@@ -104,6 +104,10 @@ async fn serve(args: Args) -> std::io::Result<()> {
         ptys: ptys.clone(),
         started: Instant::now(),
     });
+    // No Nagle: SSE events are small writes that must not wait for an ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, app);
     tokio::select! {
         r = server => r?,

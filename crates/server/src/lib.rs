@@ -114,6 +114,10 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let serve = |listener: tokio::net::TcpListener, app: axum::Router| {
         let mut rx = stop_rx.clone();
+        // No Nagle: streamed events are small writes that must not wait for an ACK.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         async move {
             axum::serve(
                 listener,
