@@ -73,6 +73,16 @@ class Sbx:
         data = r.read()
         return r.status, json.loads(data) if data else None
 
+    def delete_and_wait(self, sid):
+        """Terminates and waits until the host holds nothing of it, so that
+        the background teardown does not compete with the next measurement
+        (the raw baseline deletes synchronously too)."""
+        self.api("DELETE", f"/sandboxes/{sid}")
+        d = self.dir / "sandboxes" / sid
+        deadline = time.time() + 60
+        while d.exists() and time.time() < deadline:
+            time.sleep(0.02)
+
     def run_true(self, conn, sid):
         conn.request("POST", "/api/v1/processes/run", body=json.dumps({"command": "true"}),
                      headers={"Content-Type": "application/json", "Accept": "text/event-stream",
@@ -166,7 +176,7 @@ def main():
     try:
         # Warm both paths once (page cache, first-run costs).
         _, v = s.api("POST", "/sandboxes", {})
-        s.api("DELETE", f"/sandboxes/{v['sandbox_id']}")
+        s.delete_and_wait(v["sandbox_id"])
 
         sbx_tti = []
         raw = {k: [] for k in BASELINES}
@@ -179,7 +189,7 @@ def main():
             s.run_true(conn, v["sandbox_id"])
             sbx_tti.append((time.perf_counter() - t0) * 1000)
             if i < args.n - 1:
-                s.api("DELETE", f"/sandboxes/{v['sandbox_id']}")
+                s.delete_and_wait(v["sandbox_id"])
             keep = v["sandbox_id"]
             for kind in BASELINES:
                 ms, cleanup = raw_tti(rootfs, work, raw_root, kind, i)
