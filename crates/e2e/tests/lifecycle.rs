@@ -395,7 +395,11 @@ async fn a_sandbox_that_cannot_start_is_a_503_and_leaves_nothing() {
     assert_eq!(info["status"], "failed");
     assert!(info["error_details"]["message"].is_string(), "{info}");
     assert!(s.host_leftovers().is_empty(), "{:?}", s.host_leftovers());
-    // SIGTERM stops the server cleanly.
+    // SIGTERM stops the server cleanly, and it leaves no mount behind
+    // (its spare volumes included).
     let status = s.stop().unwrap();
     assert!(status.success(), "{status:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let data_dir = s.data_dir.to_string_lossy().to_string();
+    assert!(!mounts.contains(&data_dir), "mounts left under {data_dir}");
 }

@@ -34,16 +34,29 @@ impl Layer {
 
     /// Creates the volume and mounts the overlay on `lower`.
     pub async fn create(&self, lower: &Path, disk_mb: u64) -> Result<(), Error> {
-        let result = self.create_inner(lower, disk_mb).await;
+        let result = async {
+            self.make_volume(disk_mb).await?;
+            self.mount_overlay(lower).await
+        }
+        .await;
         if result.is_err() {
             self.destroy().await;
         }
         result
     }
 
-    async fn create_inner(&self, lower: &Path, disk_mb: u64) -> Result<(), Error> {
+    /// Creates the sparse ext4 volume of `disk_mb` and mounts it, with empty
+    /// `upper` and `work` directories. Cleans up after itself on failure.
+    pub async fn make_volume(&self, disk_mb: u64) -> Result<(), Error> {
+        let result = self.make_volume_inner(disk_mb).await;
+        if result.is_err() {
+            self.destroy().await;
+        }
+        result
+    }
+
+    async fn make_volume_inner(&self, disk_mb: u64) -> Result<(), Error> {
         tokio::fs::create_dir_all(self.volume()).await?;
-        tokio::fs::create_dir_all(self.rootfs()).await?;
         let img = self.image_file();
         let file = tokio::fs::File::create(&img).await?;
         file.set_len(disk_mb * 1024 * 1024).await?;
@@ -69,28 +82,61 @@ impl Layer {
             &["-o", "loop", &img_s, &self.volume().to_string_lossy()],
         )
         .await?;
-        let work = self.volume().join("work");
         tokio::fs::create_dir_all(self.upper()).await?;
-        tokio::fs::create_dir_all(&work).await?;
+        tokio::fs::create_dir_all(self.volume().join("work")).await?;
+        Ok(())
+    }
+
+    /// Takes over the ready volume of `spare` (made by [`make_volume`]):
+    /// its image file is renamed and its mount moved here, without copying.
+    pub async fn adopt_volume(&self, spare: &Layer) -> Result<(), Error> {
+        tokio::fs::create_dir_all(self.volume()).await?;
+        tokio::fs::rename(spare.image_file(), self.image_file()).await?;
+        let (from, to) = (spare.volume(), self.volume());
+        tokio::task::spawn_blocking(move || {
+            nix::mount::mount(
+                Some(&from),
+                &to,
+                None::<&str>,
+                nix::mount::MsFlags::MS_MOVE,
+                None::<&str>,
+            )
+        })
+        .await
+        .expect("mount task")
+        .map_err(|e| Error::Host {
+            what: format!("move mount of {}", spare.volume().display()),
+            reason: e.to_string(),
+        })?;
+        let _ = tokio::fs::remove_dir_all(&spare.dir).await;
+        Ok(())
+    }
+
+    /// Mounts the overlay of `lower` and the volume's upper dir at [`rootfs`](Self::rootfs).
+    pub async fn mount_overlay(&self, lower: &Path) -> Result<(), Error> {
+        tokio::fs::create_dir_all(self.rootfs()).await?;
         let opts = format!(
             "lowerdir={},upperdir={},workdir={}",
             lower.display(),
             self.upper().display(),
-            work.display()
+            self.volume().join("work").display()
         );
-        run(
-            "mount",
-            &[
-                "-t",
-                "overlay",
-                "overlay",
-                "-o",
-                &opts,
-                &self.rootfs().to_string_lossy(),
-            ],
-        )
-        .await?;
-        Ok(())
+        let target = self.rootfs();
+        tokio::task::spawn_blocking(move || {
+            nix::mount::mount(
+                Some("overlay"),
+                &target,
+                Some("overlay"),
+                nix::mount::MsFlags::empty(),
+                Some(opts.as_str()),
+            )
+        })
+        .await
+        .expect("mount task")
+        .map_err(|e| Error::Host {
+            what: format!("overlay mount on {}", self.rootfs().display()),
+            reason: e.to_string(),
+        })
     }
 
     /// Unmounts everything and removes the directory. Best effort, idempotent.

@@ -6,6 +6,7 @@ mod cmd;
 pub mod image;
 pub mod layer;
 pub mod net;
+mod pool;
 
 use image::Images;
 use layer::Layer;
@@ -47,6 +48,10 @@ pub struct ExecutorConfig {
     pub data_dir: PathBuf,
     /// The static `sbx-agent` binary to mount into sandboxes.
     pub agent_bin: PathBuf,
+    /// Spare writable volumes kept ready (0 = make each on demand).
+    pub spare_volumes: usize,
+    /// Size of the spare volumes: the default `disk_mb`.
+    pub spare_disk_mb: u64,
 }
 
 /// What the executor needs to launch one sandbox.
@@ -86,6 +91,8 @@ pub struct Executor {
     images: Images,
     runtime: Arc<dyn Runtime>,
     live: Mutex<HashMap<String, Live>>,
+    /// Spare volumes of the default disk size.
+    pool: Arc<pool::VolumePool>,
     /// Slots are handed out round-robin, so an address is not reused soon
     /// after its sandbox went away (pooled proxy connections may still name it).
     next_slot: Mutex<u32>,
@@ -109,11 +116,18 @@ impl Executor {
         tokio::fs::rename(&tmp, agent_dir.join(AGENT_NAME)).await?;
         net::install_firewall().await?;
         tokio::fs::write(data_dir.join("resolv.conf"), net::sandbox_resolv_conf()).await?;
+        let pool = pool::VolumePool::new(
+            data_dir.join("pool"),
+            config.spare_disk_mb,
+            config.spare_volumes,
+        )
+        .await;
         Ok(Self {
             images: Images::new(data_dir.join("images")),
             data_dir,
             runtime,
             live: Mutex::new(HashMap::new()),
+            pool,
             next_slot: Mutex::new(0),
         })
     }
@@ -206,7 +220,24 @@ impl Executor {
         let layer = Layer::new(&dir);
         let t0 = std::time::Instant::now();
         let lower = self.images.rootfs(&spec.image);
-        let (l, n) = tokio::join!(layer.create(&lower, spec.disk_mb), self.create_net(spec));
+        let make_layer = async {
+            match self.pool.take(spec.disk_mb) {
+                Some(spare) => {
+                    let r = async {
+                        layer.adopt_volume(&spare).await?;
+                        layer.mount_overlay(&lower).await
+                    }
+                    .await;
+                    if r.is_err() {
+                        spare.destroy().await;
+                        layer.destroy().await;
+                    }
+                    r
+                }
+                None => layer.create(&lower, spec.disk_mb).await,
+            }
+        };
+        let (l, n) = tokio::join!(make_layer, self.create_net(spec));
         let slot = n?;
         let meta = Meta {
             id: spec.id.clone(),
@@ -294,6 +325,11 @@ impl Executor {
         tokio::join!(net::destroy(id, slot), layer.destroy());
         remove_cgroups(id).await;
         self.live.lock().unwrap().remove(id);
+    }
+
+    /// Removes the spare volumes (on shutdown; sandboxes keep running).
+    pub async fn shutdown(&self) {
+        self.pool.drain().await;
     }
 
     /// Whether the sandbox's runtime process still exists.

@@ -67,11 +67,13 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     tracing::info!(runtime = runtime.name(), %version, data_dir = %data_dir.display(), "starting sbx");
 
     let store = store::Store::open(&data_dir.join("state.db")).await?;
-    let executor = Arc::new(
+    let executor: Arc<Executor> = Arc::new(
         Executor::new(
             ExecutorConfig {
                 data_dir: data_dir.clone(),
                 agent_bin,
+                spare_volumes: 2,
+                spare_disk_mb: lifecycle::DEFAULT_DISK_MB,
             },
             runtime,
         )
@@ -135,6 +137,7 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     sweeper.abort();
+    manager.executor.shutdown().await;
     // Open streams (follow, PTY) do not hold the shutdown up for long.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         let _ = api_task.await;
