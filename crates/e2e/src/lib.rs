@@ -198,6 +198,28 @@ impl Server {
         v["sandbox_id"].as_str().unwrap().to_string()
     }
 
+    /// A control-plane request answered with JSON (any status).
+    pub async fn api_json(&self, method: reqwest::Method, path: &str) -> Value {
+        self.req(method, path)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// A daemon request through the proxy answered with JSON (any status).
+    pub async fn daemon_json(&self, id: &str, method: reqwest::Method, path: &str) -> Value {
+        self.daemon(id, method, path)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn get(&self, id: &str) -> (u16, Value) {
         let r = self
             .req(reqwest::Method::GET, &format!("/sandboxes/{id}"))

@@ -116,13 +116,8 @@ async fn run_creates_executes_and_terminates() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
     let all: Value = s
-        .req(reqwest::Method::GET, "/sandboxes?all=true")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .api_json(reqwest::Method::GET, "/sandboxes?all=true")
+        .await;
     let list = all["sandboxes"].as_array().unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0]["status"], "terminated");

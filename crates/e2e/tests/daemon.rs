@@ -133,23 +133,9 @@ async fn background_process_with_stdin_follow_and_signal() {
     assert_eq!(got, Ok(true), "{seen}");
     assert!(seen.contains("echo:hello"));
     // By name too.
-    let by_name: Value = s
-        .daemon(&id, Method::GET, "/processes/worker")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let by_name: Value = s.daemon_json(&id, Method::GET, "/processes/worker").await;
     assert_eq!(by_name["pid"], pid);
-    let list: Value = s
-        .daemon(&id, Method::GET, "/processes")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = s.daemon_json(&id, Method::GET, "/processes").await;
     assert!(list["processes"]
         .as_array()
         .unwrap()
@@ -168,13 +154,8 @@ async fn background_process_with_stdin_follow_and_signal() {
     let mut info = Value::Null;
     for _ in 0..100 {
         info = s
-            .daemon(&id, Method::GET, &format!("/processes/{pid}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .daemon_json(&id, Method::GET, &format!("/processes/{pid}"))
+            .await;
         if info["status"] != "running" {
             break;
         }
@@ -183,13 +164,8 @@ async fn background_process_with_stdin_follow_and_signal() {
     assert_eq!(info["status"], "exited", "{info}");
     assert_eq!(info["exit_code"], 7);
     let out: Value = s
-        .daemon(&id, Method::GET, &format!("/processes/{pid}/stdout"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .daemon_json(&id, Method::GET, &format!("/processes/{pid}/stdout"))
+        .await;
     let lines: Vec<&str> = out["lines"]
         .as_array()
         .unwrap()
@@ -247,13 +223,8 @@ async fn files_round_trip_list_and_delete() {
         data.len().to_string()
     );
     let list: Value = s
-        .daemon(&id, Method::GET, "/files/list?path=/root/dir")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .daemon_json(&id, Method::GET, "/files/list?path=/root/dir")
+        .await;
     assert_eq!(list["entries"][0]["name"], "blob.bin");
     assert_eq!(list["entries"][0]["is_dir"], false);
     assert_eq!(list["entries"][0]["size"], data.len());

@@ -38,14 +38,7 @@ async fn create_get_list_rename_delete_by_id_and_name() {
     assert_eq!(e["code"], "conflict");
     // An ephemeral sandbox next to it; the list has both.
     let eph = s.create(json!({})).await;
-    let list: Value = s
-        .req(Method::GET, "/sandboxes")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = s.api_json(Method::GET, "/sandboxes").await;
     let ids: Vec<&str> = list["sandboxes"]
         .as_array()
         .unwrap()
@@ -56,14 +49,7 @@ async fn create_get_list_rename_delete_by_id_and_name() {
         ids.contains(&id.as_str()) && ids.contains(&eph.as_str()),
         "{list}"
     );
-    let running: Value = s
-        .req(Method::GET, "/sandboxes?status=running")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let running: Value = s.api_json(Method::GET, "/sandboxes?status=running").await;
     assert!(running["sandboxes"]
         .as_array()
         .unwrap()
@@ -103,27 +89,13 @@ async fn create_get_list_rename_delete_by_id_and_name() {
     let (_, gone) = s.get(&id).await;
     assert_eq!(gone["status"], "terminated");
     assert!(gone["terminated_at"].is_string());
-    let all: Value = s
-        .req(Method::GET, "/sandboxes?all=true")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all: Value = s.api_json(Method::GET, "/sandboxes?all=true").await;
     assert!(all["sandboxes"]
         .as_array()
         .unwrap()
         .iter()
         .any(|x| x["sandbox_id"] == id.as_str()));
-    let live: Value = s
-        .req(Method::GET, "/sandboxes")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let live: Value = s.api_json(Method::GET, "/sandboxes").await;
     assert!(!live["sandboxes"]
         .as_array()
         .unwrap()
@@ -179,14 +151,7 @@ async fn bad_input_is_a_400_and_creates_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    let all: Value = s
-        .req(Method::GET, "/sandboxes?all=true")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all: Value = s.api_json(Method::GET, "/sandboxes?all=true").await;
     assert_eq!(all["sandboxes"].as_array().unwrap().len(), 0, "{all}");
     assert!(s.host_leftovers().is_empty());
 }

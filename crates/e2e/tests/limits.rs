@@ -172,14 +172,7 @@ async fn entrypoint_runs_as_a_managed_process() {
         .await;
     let mut found = false;
     for _ in 0..50 {
-        let list: Value = s
-            .daemon(&id, Method::GET, "/processes")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list: Value = s.daemon_json(&id, Method::GET, "/processes").await;
         if list["processes"]
             .as_array()
             .unwrap()

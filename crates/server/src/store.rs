@@ -113,30 +113,40 @@ impl Store {
         namespace: &str,
         key: &str,
     ) -> Result<Option<SandboxRow>, sqlx::Error> {
-        let row = sqlx::query(&format!(
-            "SELECT * FROM sandboxes WHERE namespace = ? AND (id = ? OR name = ?)
-             ORDER BY (id = ?) DESC, (status IN {FINAL}) ASC, created_at DESC LIMIT 1"
-        ))
-        .bind(namespace)
-        .bind(key)
-        .bind(key)
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| decode(&r)).transpose()
+        self.lookup(Some(namespace), key).await
     }
 
-    /// Like [`find`](Self::find) across namespaces (the proxy has no namespace).
+    /// Like [`find`](Self::find) across namespaces (the proxy has no
+    /// namespace); a name in `default` wins over the same name elsewhere.
     pub async fn find_any(&self, key: &str) -> Result<Option<SandboxRow>, sqlx::Error> {
-        let row = sqlx::query(&format!(
-            "SELECT * FROM sandboxes WHERE id = ? OR name = ?
-             ORDER BY (id = ?) DESC, (status IN {FINAL}) ASC, (namespace = 'default') DESC, created_at DESC LIMIT 1"
-        ))
-        .bind(key)
-        .bind(key)
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await?;
+        self.lookup(None, key).await
+    }
+
+    async fn lookup(
+        &self,
+        namespace: Option<&str>,
+        key: &str,
+    ) -> Result<Option<SandboxRow>, sqlx::Error> {
+        let scope = if namespace.is_some() {
+            "namespace = ? AND"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT * FROM sandboxes WHERE {scope} (id = ? OR name = ?)
+             ORDER BY (id = ?) DESC, (status IN {FINAL}) ASC, (namespace = 'default') DESC,
+                      created_at DESC LIMIT 1"
+        );
+        let mut q = sqlx::query(&sql);
+        if let Some(ns) = namespace {
+            q = q.bind(ns);
+        }
+        let row = q
+            .bind(key)
+            .bind(key)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|r| decode(&r)).transpose()
     }
 
@@ -174,17 +184,15 @@ impl Store {
         &self,
         statuses: &[SandboxStatus],
     ) -> Result<Vec<SandboxRow>, sqlx::Error> {
-        let list = statuses
-            .iter()
-            .map(|s| format!("'{}'", s.as_str()))
-            .collect::<Vec<_>>()
-            .join(",");
-        sqlx::query(&format!("SELECT * FROM sandboxes WHERE status IN ({list})"))
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(decode)
-            .collect()
+        sqlx::query(&format!(
+            "SELECT * FROM sandboxes WHERE status IN ({})",
+            sql_set(statuses)
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(decode)
+        .collect()
     }
 
     /// Moves a sandbox from one of `from` to `to`; false when it was in none of them.
@@ -196,11 +204,7 @@ impl Store {
         reason: Option<&str>,
         error: Option<&str>,
     ) -> Result<bool, sqlx::Error> {
-        let list = from
-            .iter()
-            .map(|s| format!("'{}'", s.as_str()))
-            .collect::<Vec<_>>()
-            .join(",");
+        let list = sql_set(from);
         let terminated_at = to.is_final().then(|| Utc::now().to_rfc3339());
         let r = sqlx::query(&format!(
             "UPDATE sandboxes SET status = ?, pending_reason = NULL,
@@ -242,6 +246,15 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// `'a','b'` for an SQL `IN (…)`: status strings are fixed identifiers, never user input.
+fn sql_set(statuses: &[SandboxStatus]) -> String {
+    statuses
+        .iter()
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn decode(r: &sqlx::sqlite::SqliteRow) -> Result<SandboxRow, sqlx::Error> {
