@@ -192,3 +192,110 @@ async fn entrypoint_runs_as_a_managed_process() {
     );
     s.cleanup().await;
 }
+
+/// A stand-in "outside" host in a network namespace of the test's own, on
+/// an address of the benchmarking range 198.18.0.0/15, with a route to it
+/// from the host. Removed on drop; no packet leaves the machine.
+struct OutsideHost {
+    netns: String,
+    host_if: String,
+    addr: String,
+    server: Option<std::process::Child>,
+}
+
+impl OutsideHost {
+    fn start(tag: u8) -> OutsideHost {
+        let netns = format!("test-outside{tag}");
+        let host_if = format!("tout{tag}");
+        let peer = format!("tpeer{tag}");
+        let host_ip = format!("198.18.{tag}.1");
+        let addr = format!("198.18.{tag}.2");
+        let sh = |args: &[&str]| {
+            let st = Command::new(args[0]).args(&args[1..]).status().unwrap();
+            assert!(st.success(), "{args:?}");
+        };
+        let _ = Command::new("ip").args(["netns", "del", &netns]).status();
+        sh(&["ip", "netns", "add", &netns]);
+        sh(&[
+            "ip", "link", "add", &host_if, "type", "veth", "peer", "name", &peer, "netns", &netns,
+        ]);
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{host_ip}/30"),
+            "dev",
+            &host_if,
+        ]);
+        sh(&["ip", "link", "set", &host_if, "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{addr}/30"),
+            "dev",
+            &peer,
+        ]);
+        sh(&["ip", "-n", &netns, "link", "set", &peer, "up"]);
+        sh(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
+        let server = Command::new("ip")
+            .args(["netns", "exec", &netns, "python3", "-c"])
+            .arg(format!(
+                "import http.server\nclass H(http.server.BaseHTTPRequestHandler):\n    def do_GET(self):\n        self.send_response(200); self.end_headers(); self.wfile.write(b'outside-ok')\n    def log_message(self, *a): pass\nhttp.server.HTTPServer(('{addr}', 8080), H).serve_forever()\n"
+            ))
+            .spawn()
+            .unwrap();
+        OutsideHost {
+            netns,
+            host_if,
+            addr,
+            server: Some(server),
+        }
+    }
+}
+
+impl Drop for OutsideHost {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn egress_goes_out_through_nat_unless_internet_access_is_off() {
+    let outside = OutsideHost::start(7);
+    let s = Server::start().await;
+    let open = s.create(json!({})).await;
+    let closed = s
+        .create(json!({"network": {"allow_internet_access": false}}))
+        .await;
+    let fetch = format!(
+        "import urllib.request, time\nfor i in range(20):\n    try:\n        print(urllib.request.urlopen('http://{}:8080/', timeout=1).read().decode()); break\n    except Exception as e:\n        err = e; time.sleep(0.1)\nelse:\n    print('blocked')\n",
+        outside.addr
+    );
+    let r = s
+        .run(&open, json!({"command": "python3", "args": ["-c", fetch]}))
+        .await;
+    assert_eq!(r.stdout, "outside-ok\n", "{r:?}");
+    let once = fetch.replace("range(20)", "range(1)");
+    let r = s
+        .run(&closed, json!({"command": "python3", "args": ["-c", once]}))
+        .await;
+    assert_eq!(r.stdout, "blocked\n", "{r:?}");
+    assert_eq!(
+        s.get(&closed).await.1["network_policy"]["allow_internet_access"],
+        false
+    );
+    s.cleanup().await;
+    drop(outside);
+}
