@@ -31,22 +31,17 @@ async fn commands_report_output_exit_codes_env_cwd_and_user() {
         .run(&id, json!({"command": "sh", "args": ["-c", "echo $A; pwd"], "env": {"A": "1"}, "working_dir": "/tmp"}))
         .await;
     assert_eq!(r.stdout, "1\n/tmp\n");
-    let r = s
-        .run(
-            &id,
-            json!({"command": "id", "args": ["-u"], "user": "nobody"}),
-        )
-        .await;
-    assert_eq!(r.stdout, "65534\n");
-    let r = s
-        .run(
-            &id,
-            json!({"command": "id", "args": ["-u"], "user": "1000:1000"}),
-        )
-        .await;
-    assert_eq!(r.stdout, "1000\n");
-    let r = s.run(&id, json!({"command": "id", "args": ["-un"]})).await;
-    assert_eq!(r.stdout, "root\n");
+    for (user, uid) in [
+        (json!("nobody"), "65534\n"),
+        (json!("1000:1000"), "1000\n"),
+        (json!({"uid": 1234}), "1234\n"),
+        (Value::Null, "0\n"),
+    ] {
+        let r = s
+            .run(&id, json!({"command": "id", "args": ["-u"], "user": user}))
+            .await;
+        assert_eq!(r.stdout, uid, "user {user}");
+    }
     // The image has what the issue promises.
     let out = s.sh(&id, "python3 -c 'print(6*7)'; bash -c 'echo $BASH_VERSION' | cut -c1; pip --version | cut -d' ' -f1; ls /etc/ssl/certs | head -1 | wc -l; ls -l / > /dev/null && echo ls-ok").await;
     assert_eq!(out, "42\n5\npip\n1\nls-ok\n");
