@@ -68,6 +68,8 @@ async fn serve(args: Args) -> std::io::Result<()> {
         // SAFETY: prctl with integer arguments.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     }
+    // Read the environment (and, if HOME is unset, /etc/passwd) once, now.
+    spawn::init();
     let reaper = Reaper::default();
     reaper.start()?;
     let mut sigterm = signal(SignalKind::terminate())?;

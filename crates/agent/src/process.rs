@@ -378,7 +378,7 @@ impl Processes {
             state: Mutex::default(),
             exit: watch::Sender::new(None),
         });
-        tracing::info!(pid = run.pid, command = %run.command, "started process");
+        tracing::info!(pid = run.pid, command = %run.command, fast = spawned.fast, "started process");
         if let Some(sink) = &sink {
             let _ = sink.try_send(RunEvent::Started(StartedEvent {
                 pid: run.pid,

@@ -10,7 +10,7 @@ use rand::Rng;
 use sbx_api::daemon::{pty_op, CreatePtyRequest, CreatePtyResponse};
 use serde::Serialize;
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
@@ -67,6 +67,28 @@ fn set_winsize(fd: i32, rows: u16, cols: u16) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Opens a pty pair with both ends close-on-exec from the start, so that a
+/// process spawned concurrently on another thread never inherits them.
+fn open_pty(rows: u16, cols: u16) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use nix::fcntl::OFlag;
+    use std::os::unix::fs::OpenOptionsExt;
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+    nix::pty::grantpt(&master)?;
+    nix::pty::unlockpt(&master)?;
+    let name = nix::pty::ptsname_r(&master)?;
+    // std opens with O_CLOEXEC.
+    let slave: OwnedFd = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(name)?
+        .into();
+    // SAFETY: `into_raw_fd` hands over the only owner of an open descriptor.
+    let master = unsafe { OwnedFd::from_raw_fd(master.into_raw_fd()) };
+    set_winsize(master.as_raw_fd(), rows, cols)?;
+    Ok((master, slave))
 }
 
 fn set_flags(fd: i32, cloexec: bool, nonblock: bool) -> std::io::Result<()> {
@@ -141,17 +163,9 @@ impl Ptys {
     ) -> Result<CreatePtyResponse, AppError> {
         let rows = if req.rows == 0 { 24 } else { req.rows };
         let cols = if req.cols == 0 { 80 } else { req.cols };
-        let ws = nix::pty::Winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        let pty = nix::pty::openpty(Some(&ws), None)
-            .map_err(|e| AppError::internal(format!("openpty: {e}")))?;
-        let (master, slave) = (pty.master, pty.slave);
-        set_flags(master.as_raw_fd(), true, true).map_err(|e| AppError::io("pty", &e))?;
-        set_flags(slave.as_raw_fd(), true, false).map_err(|e| AppError::io("pty", &e))?;
+        let (master, slave) =
+            open_pty(rows, cols).map_err(|e| AppError::internal(format!("openpty: {e}")))?;
+        set_flags(master.as_raw_fd(), false, true).map_err(|e| AppError::io("pty", &e))?;
         let spawned = spawn(
             reaper,
             SpawnSpec {

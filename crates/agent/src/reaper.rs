@@ -7,8 +7,8 @@
 //!
 //! Spawning happens under the reaper lock and the reaper holds the same lock
 //! while it calls `waitpid`, so a child is always registered before it can be
-//! reaped, and std's own `waitpid` on a child whose `exec` failed never races
-//! with ours.
+//! reaped, and the `waitpid` that std (or glibc's `posix_spawn`) does on a
+//! child whose `exec` failed never races with ours.
 
 use nix::errno::Errno;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -69,6 +69,19 @@ impl Reaper {
         Ok((child, rx))
     }
 
+    /// Runs `spawn` (which returns the new child's pid) under the reaper lock
+    /// and registers the pid; the receiver yields its exit status.
+    pub fn spawn_with(
+        &self,
+        spawn: impl FnOnce() -> std::io::Result<i32>,
+    ) -> std::io::Result<(i32, oneshot::Receiver<Exit>)> {
+        let mut waiters = self.waiters.lock().unwrap();
+        let pid = spawn()?;
+        let (tx, rx) = oneshot::channel();
+        waiters.insert(pid, tx);
+        Ok((pid, rx))
+    }
+
     /// Reaps every exited child without blocking.
     pub fn reap(&self) {
         let mut waiters = self.waiters.lock().unwrap();
@@ -91,12 +104,18 @@ impl Reaper {
     }
 }
 
+/// Serialises the tests that run a reaper: two reapers in one process would
+/// steal each other's children.
+#[cfg(test)]
+pub static TEST_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test]
     async fn reaps_registered_children() {
+        let _serial = TEST_LOCK.lock().await;
         let reaper = Reaper::default();
         reaper.start().unwrap();
         let (_c, rx) = reaper
