@@ -193,9 +193,21 @@ async fn terminate_leaves_nothing_on_the_host() {
     let a = v["sandbox_id"].as_str().unwrap().to_string();
     let b = s.create(json!({"name": "keep"})).await;
     assert_eq!(netns_of(&[a.clone(), b.clone()]).len(), 2);
+    let a_ip = sandbox_ip(&a);
     assert_eq!(s.delete(&a).await, 200);
     let dir = s.data_dir.join("sandboxes").join(&a);
     wait_until(Duration::from_secs(30), || !dir.exists()).await;
+    // Its address now leads nowhere (the host's blackhole for the sandbox
+    // range): `ip route get` finds no route, so nothing can leave the host.
+    let route = std::process::Command::new("ip")
+        .args(["route", "get", &a_ip])
+        .output()
+        .unwrap();
+    assert!(
+        !route.status.success(),
+        "{}",
+        String::from_utf8_lossy(&route.stdout)
+    );
     assert!(netns_of(std::slice::from_ref(&a)).is_empty());
     assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/memory/sbx/{a}")).exists());
     let left = s.host_leftovers();

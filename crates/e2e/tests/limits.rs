@@ -70,41 +70,6 @@ async fn writing_past_the_disk_limit_fails_with_enospc() {
     s.cleanup().await;
 }
 
-/// The sandbox's address: runsc takes it off the netns interface, so read
-/// the host end of the veth pair (`sbx{n}h`, .1 of the /30) and add one.
-fn sandbox_ip(id: &str) -> String {
-    let out = Command::new("ip")
-        .args(["-n", &format!("sbx-{id}"), "-o", "link", "show"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let inner = text
-        .lines()
-        .filter_map(|l| l.split(':').nth(1))
-        .map(|n| n.trim().split('@').next().unwrap().to_string())
-        .find(|n| n.starts_with("sbx") && n.ends_with('c'))
-        .unwrap_or_else(|| panic!("no veth in netns of {id}: {text}"));
-    let host_if = format!("{}h", inner.trim_end_matches('c'));
-    let out = Command::new("ip")
-        .args(["-4", "-o", "addr", "show", "dev", &host_if])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let cidr = text
-        .split_whitespace()
-        .nth(3)
-        .unwrap_or_else(|| panic!("no address on {host_if}: {text}"));
-    let mut octets: Vec<u8> = cidr
-        .split('/')
-        .next()
-        .unwrap()
-        .split('.')
-        .map(|x| x.parse().unwrap())
-        .collect();
-    octets[3] += 1;
-    format!("{}.{}.{}.{}", octets[0], octets[1], octets[2], octets[3])
-}
-
 #[tokio::test]
 async fn sandboxes_cannot_reach_each_other_or_the_host() {
     let s = Server::start().await;

@@ -318,13 +318,14 @@ impl Executor {
     }
 
     async fn teardown(&self, id: &str, slot: Slot) {
+        // First: the proxy must no longer route to this address.
+        self.live.lock().unwrap().remove(id);
         if let Err(e) = self.runtime.destroy(id).await {
             tracing::warn!(sandbox = id, "runtime destroy: {e}");
         }
         let layer = Layer::new(self.sandbox_dir(id));
         tokio::join!(net::destroy(id, slot), layer.destroy());
         remove_cgroups(id).await;
-        self.live.lock().unwrap().remove(id);
     }
 
     /// Removes the spare volumes (on shutdown; sandboxes keep running).

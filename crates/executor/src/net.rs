@@ -156,6 +156,10 @@ const CHAIN_NAT: &str = "SBX-POSTROUTING";
 /// missing, never flushed.
 pub async fn install_firewall() -> Result<(), Error> {
     tokio::fs::write("/proc/sys/net/ipv4/ip_forward", "1").await?;
+    // Traffic to a sandbox address with no sandbox behind it (gone, not yet
+    // made) dies here instead of following the default route off the host:
+    // each live sandbox's /30 is more specific and wins.
+    run("ip", &["route", "replace", "blackhole", RANGE]).await?;
     for (table, chain, parent) in [
         ("filter", CHAIN_FWD, "FORWARD"),
         ("filter", CHAIN_IN, "INPUT"),
