@@ -196,11 +196,11 @@ impl Executor {
         }
     }
 
-    /// Claims a network slot and builds the sandbox's network in it.
+    /// Claims a network slot: its netns and veth pair, not yet configured.
     async fn create_net(&self, spec: &LaunchSpec) -> Result<Slot, Error> {
         for _ in 0..64 {
             let slot = self.take_slot(&spec.id)?;
-            match net::create(&spec.id, slot, spec.allow_internet).await {
+            match net::create_link(&spec.id, slot).await {
                 Ok(()) => return Ok(slot),
                 Err(Error::SlotTaken(_)) => {
                     self.live.lock().unwrap().remove(&spec.id);
@@ -285,6 +285,19 @@ impl Executor {
             hostname: "sandbox".into(),
         };
         let t1 = std::time::Instant::now();
+        // runsc create and the interfaces' configuration overlap: only
+        // `start` reads the interfaces.
+        let (created, configured) = tokio::join!(
+            self.runtime.create(&runtime_spec),
+            net::configure(&spec.id, slot, spec.allow_internet)
+        );
+        if let Err(e) = configured {
+            if created.is_ok() {
+                let _ = self.runtime.destroy(&spec.id).await;
+            }
+            return Err(e);
+        }
+        created?;
         let state = self.runtime.start(&runtime_spec).await?;
         let t2 = std::time::Instant::now();
         let addr = SocketAddr::new(slot.sandbox_ip().into(), AGENT_PORT);
@@ -457,7 +470,7 @@ async fn wait_for_agent(addr: SocketAddr, limit: std::time::Duration) -> Result<
         if tokio::time::Instant::now() >= deadline {
             return Err(Error::AgentTimeout(format!("{addr}: {last}")));
         }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
 }
 

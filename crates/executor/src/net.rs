@@ -70,23 +70,11 @@ pub fn netns_path(id: &str) -> std::path::PathBuf {
     format!("/var/run/netns/{}", netns_name(id)).into()
 }
 
-/// Creates netns `sbx-{id}` with its veth pair and default route.
-pub async fn create(id: &str, slot: Slot, allow_internet: bool) -> Result<(), Error> {
+/// Creates netns `sbx-{id}` with the veth pair of `slot`, unconfigured.
+/// Fails with [`Error::SlotTaken`] when another server holds the slot.
+pub async fn create_link(id: &str, slot: Slot) -> Result<(), Error> {
     let ns = netns_name(id);
     let (h, c) = (slot.host_if(), slot.sandbox_if());
-    let host = format!(
-        "addr add {}/30 dev {h}\n\
-         link set {h} up\n",
-        slot.host_ip()
-    );
-    let inside = format!(
-        "addr add {}/30 dev {c}\n\
-         link set {c} up\n\
-         link set lo up\n\
-         route add default via {}\n",
-        slot.sandbox_ip(),
-        slot.host_ip()
-    );
     run("ip", &["netns", "add", &ns]).await?;
     // The interface name is the host-wide claim on the slot: another sbx
     // server on this host may hold it.
@@ -106,6 +94,27 @@ pub async fn create(id: &str, slot: Slot, allow_internet: bool) -> Result<(), Er
             e => e,
         });
     }
+    Ok(())
+}
+
+/// Addresses both ends, adds the default route and the sandbox's firewall
+/// rule. On failure the netns and link are removed.
+pub async fn configure(id: &str, slot: Slot, allow_internet: bool) -> Result<(), Error> {
+    let ns = netns_name(id);
+    let (h, c) = (slot.host_if(), slot.sandbox_if());
+    let host = format!(
+        "addr add {}/30 dev {h}\n\
+         link set {h} up\n",
+        slot.host_ip()
+    );
+    let inside = format!(
+        "addr add {}/30 dev {c}\n\
+         link set {c} up\n\
+         link set lo up\n\
+         route add default via {}\n",
+        slot.sandbox_ip(),
+        slot.host_ip()
+    );
     let result = async {
         run_with_input("ip", &["-batch", "-"], Some(&host)).await?;
         run_with_input("ip", &["-n", &ns, "-batch", "-"], Some(&inside)).await?;

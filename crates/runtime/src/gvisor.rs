@@ -143,7 +143,7 @@ impl Runtime for Gvisor {
         Ok(version.lines().next().unwrap_or("").to_string())
     }
 
-    async fn start(&self, spec: &SandboxSpec) -> Result<SandboxState> {
+    async fn create(&self, spec: &SandboxSpec) -> Result<()> {
         let config = oci::config(spec);
         let path = spec.bundle_dir.join("config.json");
         tokio::fs::write(&path, serde_json::to_vec_pretty(&config).expect("json")).await?;
@@ -158,6 +158,11 @@ impl Runtime for Gvisor {
             let _ = self.destroy(&spec.id).await;
             return Err(e);
         }
+        Ok(())
+    }
+
+    async fn start(&self, spec: &SandboxSpec) -> Result<SandboxState> {
+        let log = spec.bundle_dir.join("console.log");
         if let Err(e) = self
             .start_created(&spec.id, spec.netns.is_some(), &log)
             .await

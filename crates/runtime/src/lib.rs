@@ -75,7 +75,12 @@ pub trait Runtime: Send + Sync {
     fn name(&self) -> &'static str;
     /// Checks the runtime can run sandboxes on this host.
     async fn check(&self) -> Result<String>;
-    /// Creates and starts the sandbox; returns once its PID 1 runs.
+    /// Creates the sandbox without starting it (its network namespace must
+    /// exist; its interfaces may still be configured until [`start`](Self::start)).
+    /// On failure nothing is left.
+    async fn create(&self, spec: &SandboxSpec) -> Result<()>;
+    /// Starts a created sandbox; returns once its PID 1 runs. On failure the
+    /// sandbox is destroyed.
     async fn start(&self, spec: &SandboxSpec) -> Result<SandboxState>;
     /// The sandbox's state, or `None` when the runtime does not know it.
     async fn state(&self, id: &str) -> Result<Option<SandboxState>>;
