@@ -1,0 +1,537 @@
+//! Content-addressed blob store for sbx images and snapshots.
+//!
+//! Input streams are cut into content-defined chunks with FastCDC (2020),
+//! min 64 KiB / avg 256 KiB / max 1 MiB: small enough that a changed page
+//! range in a memory image or a rewritten file costs a few chunks, large
+//! enough that a 500 MB checkpoint is ~2000 objects. Each chunk is named by
+//! the BLAKE3 hash of its content and stored zstd-compressed once; a second
+//! snapshot of a mostly unchanged input stores only the chunks that changed.
+//!
+//! A [`Manifest`] names what a snapshot or image consists of: byte streams
+//! (e.g. a gVisor `pages.img`) and directory trees (e.g. an overlay upper
+//! dir), each file an ordered list of chunk refs. Chunks no manifest
+//! references are removed by [`Store::gc`].
+//!
+//! Writes go through a [`Writer`], which holds the store's shared lock from
+//! the first chunk to the manifest commit, so gc (exclusive lock) never
+//! deletes chunks of a snapshot that is still being written. Do not call
+//! [`Store::gc`] on a thread that holds a `Writer`: it would wait forever.
+
+mod backend;
+mod tree;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+
+use fastcdc::v2020::StreamCDC;
+use serde::{Deserialize, Serialize};
+
+pub use backend::{Backend, Kind, LocalDir, LockGuard, LockMode, ObjectInfo};
+pub use tree::{Entry, EntryKind, Tree};
+
+/// Smallest chunk FastCDC cuts (except a stream's last one).
+pub const MIN_CHUNK: u32 = 64 * 1024;
+/// Target average chunk size.
+pub const AVG_CHUNK: u32 = 256 * 1024;
+/// Largest chunk; also the bound on a chunk ref's `len` accepted on read.
+pub const MAX_CHUNK: u32 = 1024 * 1024;
+const ZSTD_LEVEL: i32 = 3;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("chunk {0} is missing from the store")]
+    MissingChunk(String),
+    #[error("chunk {hash} is corrupt: {reason}")]
+    CorruptChunk { hash: String, reason: String },
+    #[error("manifest {0:?} not found")]
+    ManifestNotFound(String),
+    #[error("invalid manifest id {0:?} (1-200 of [A-Za-z0-9._-], not starting with '.')")]
+    InvalidId(String),
+    #[error("invalid manifest: {0}")]
+    InvalidManifest(String),
+    #[error("{}: {reason}", path.display())]
+    InvalidInput { path: PathBuf, reason: String },
+    #[error("restore destination {} already exists", .0.display())]
+    DestinationExists(PathBuf),
+}
+
+/// Adds the operation and path to an I/O error.
+pub(crate) trait Ctx<T> {
+    fn ctx(self, op: &'static str, path: &Path) -> Result<T>;
+}
+
+impl<T> Ctx<T> for io::Result<T> {
+    fn ctx(self, op: &'static str, path: &Path) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+/// One chunk of a stream: its BLAKE3 hash and uncompressed length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    #[serde(with = "hex_hash")]
+    pub hash: blake3::Hash,
+    pub len: u32,
+}
+
+/// A byte stream: `size` bytes, the concatenation of `chunks`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamRef {
+    pub size: u64,
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// What a snapshot or image consists of; stored as `manifests/<id>.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Named byte streams, e.g. `"pages.img"`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub streams: BTreeMap<String, StreamRef>,
+    /// Named directory trees, e.g. `"upper"`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub trees: BTreeMap<String, Tree>,
+    /// The caller's own data (base image, resources, …); opaque to the store.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub meta: serde_json::Value,
+}
+
+impl Manifest {
+    /// Every stream of the manifest, tree files included.
+    pub fn all_streams(&self) -> impl Iterator<Item = &StreamRef> {
+        self.streams.values().chain(
+            self.trees
+                .values()
+                .flat_map(|t| t.entries.iter())
+                .filter_map(|e| match &e.kind {
+                    EntryKind::File { stream } => Some(stream),
+                    _ => None,
+                }),
+        )
+    }
+}
+
+/// What a put read and what it added to the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PutStats {
+    /// Bytes read from the input.
+    pub logical_bytes: u64,
+    /// Uncompressed bytes of chunks that were not in the store before.
+    pub new_bytes: u64,
+    /// Compressed bytes written for those chunks.
+    pub stored_bytes: u64,
+    pub chunks: u64,
+    pub new_chunks: u64,
+    /// `put_dir` entries left out: sockets and device nodes other than
+    /// overlay whiteouts.
+    pub skipped_entries: u64,
+}
+
+/// What [`Store::gc`] found and removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GcStats {
+    pub manifests: u64,
+    pub chunks_kept: u64,
+    pub chunks_deleted: u64,
+    /// Stored (compressed) bytes freed.
+    pub bytes_deleted: u64,
+    /// Leftovers of interrupted writes removed.
+    pub temporaries_removed: u64,
+}
+
+/// A chunk store; cheap to clone, usable from many threads.
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+fn validate_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 200
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidId(id.to_owned()))
+    }
+}
+
+fn validate_stream(s: &StreamRef) -> Result<()> {
+    let mut total = 0u64;
+    for c in &s.chunks {
+        if c.len == 0 || c.len > MAX_CHUNK {
+            return Err(Error::InvalidManifest(format!(
+                "chunk {} has length {}",
+                c.hash, c.len
+            )));
+        }
+        total += u64::from(c.len);
+    }
+    if total != s.size {
+        return Err(Error::InvalidManifest(format!(
+            "stream size {} but chunks add up to {total}",
+            s.size
+        )));
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Opens (creating if needed) a store in a local directory.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Store> {
+        Ok(Store::with_backend(Arc::new(LocalDir::open(dir)?)))
+    }
+
+    pub fn with_backend(backend: Arc<dyn Backend>) -> Store {
+        Store { backend }
+    }
+
+    /// Starts writing: holds the shared lock until the `Writer` is dropped,
+    /// so gc waits for it.
+    pub fn writer(&self) -> Result<Writer<'_>> {
+        Ok(Writer {
+            store: self,
+            _lock: self.backend.lock(LockMode::Shared)?,
+        })
+    }
+
+    pub fn manifest(&self, id: &str) -> Result<Manifest> {
+        validate_id(id)?;
+        let data = self
+            .backend
+            .get(Kind::Manifest, id)?
+            .ok_or_else(|| Error::ManifestNotFound(id.to_owned()))?;
+        serde_json::from_slice(&data)
+            .map_err(|e| Error::InvalidManifest(format!("manifest {id:?}: {e}")))
+    }
+
+    /// Ids of all committed manifests, sorted.
+    pub fn list_manifests(&self) -> Result<Vec<String>> {
+        Ok(self
+            .backend
+            .list(Kind::Manifest)?
+            .into_iter()
+            .map(|o| o.name)
+            .filter(|n| validate_id(n).is_ok())
+            .collect())
+    }
+
+    /// Deletes a manifest (its chunks go at the next gc); `false` if there
+    /// was none.
+    pub fn delete_manifest(&self, id: &str) -> Result<bool> {
+        validate_id(id)?;
+        self.backend.delete(Kind::Manifest, id)
+    }
+
+    /// Writes a stream's bytes to `out`, verifying every chunk; returns the
+    /// number of bytes written.
+    pub fn read_stream(&self, stream: &StreamRef, out: &mut impl Write) -> Result<u64> {
+        let _lock = self.backend.lock(LockMode::Shared)?;
+        self.read_stream_locked(stream, out, Path::new("<output>"))
+    }
+
+    fn read_stream_locked(
+        &self,
+        stream: &StreamRef,
+        out: &mut impl Write,
+        out_path: &Path,
+    ) -> Result<u64> {
+        validate_stream(stream)?;
+        let mut dec = zstd::bulk::Decompressor::new().ctx("zstd", out_path)?;
+        for c in &stream.chunks {
+            let data = self.read_chunk(&mut dec, c)?;
+            out.write_all(&data).ctx("write", out_path)?;
+        }
+        Ok(stream.size)
+    }
+
+    fn read_chunk(&self, dec: &mut zstd::bulk::Decompressor<'_>, c: &ChunkRef) -> Result<Vec<u8>> {
+        let name = c.hash.to_hex();
+        let z = self
+            .backend
+            .get(Kind::Chunk, &name)?
+            .ok_or_else(|| Error::MissingChunk(name.to_string()))?;
+        let corrupt = |reason: String| Error::CorruptChunk {
+            hash: name.to_string(),
+            reason,
+        };
+        let data = dec
+            .decompress(&z, c.len as usize)
+            .map_err(|e| corrupt(format!("zstd: {e}")))?;
+        if data.len() != c.len as usize {
+            return Err(corrupt(format!("{} bytes, expected {}", data.len(), c.len)));
+        }
+        if blake3::hash(&data) != c.hash {
+            return Err(corrupt("content does not match its hash".into()));
+        }
+        Ok(data)
+    }
+
+    /// Recreates a tree at `dest`, which must not exist. The tree is built
+    /// under a temporary name beside `dest` and renamed into place when
+    /// whole; on failure it is removed.
+    pub fn restore_dir(&self, tree: &Tree, dest: impl AsRef<Path>) -> Result<()> {
+        let _lock = self.backend.lock(LockMode::Shared)?;
+        tree::restore(self, tree, dest.as_ref())
+    }
+
+    /// Deletes every chunk that no manifest references, and leftovers of
+    /// interrupted writes. Waits for running writers; a manifest that cannot
+    /// be parsed aborts gc before anything is deleted.
+    pub fn gc(&self) -> Result<GcStats> {
+        let _lock = self.backend.lock(LockMode::Exclusive)?;
+        let mut stats = GcStats {
+            temporaries_removed: self.backend.remove_temporaries()?,
+            ..GcStats::default()
+        };
+        let mut live = HashSet::new();
+        for id in self.list_manifests()? {
+            let m = match self.manifest(&id) {
+                Err(Error::ManifestNotFound(_)) => continue, // deleted meanwhile
+                r => r?,
+            };
+            stats.manifests += 1;
+            live.extend(
+                m.all_streams()
+                    .flat_map(|s| s.chunks.iter().map(|c| c.hash)),
+            );
+        }
+        for obj in self.backend.list(Kind::Chunk)? {
+            let keep = blake3::Hash::from_hex(&obj.name)
+                .map(|h| live.contains(&h))
+                .unwrap_or(true); // not ours: leave it
+            if keep {
+                stats.chunks_kept += 1;
+            } else if self.backend.delete(Kind::Chunk, &obj.name)? {
+                stats.chunks_deleted += 1;
+                stats.bytes_deleted += obj.size;
+            }
+        }
+        Ok(stats)
+    }
+}
+
+/// Writes chunks and commits manifests while holding the store's shared lock.
+pub struct Writer<'a> {
+    store: &'a Store,
+    _lock: LockGuard,
+}
+
+impl Writer<'_> {
+    /// Chunks and stores a stream; memory stays bounded by a few chunks per
+    /// worker whatever the input size.
+    pub fn put_stream(&self, input: impl Read) -> Result<(StreamRef, PutStats)> {
+        self.with_chunker(|c| c.stream(input, Path::new("<input>")))
+    }
+
+    pub fn put_file(&self, path: impl AsRef<Path>) -> Result<(StreamRef, PutStats)> {
+        let path = path.as_ref();
+        let f = File::open(path).ctx("open", path)?;
+        self.with_chunker(|c| c.stream(f, path))
+    }
+
+    /// Stores a directory tree: regular files, directories, symlinks, FIFOs
+    /// and overlayfs whiteouts (character devices 0/0), with mode, uid/gid,
+    /// mtime and xattrs (so overlay opaque markers are kept). Sockets and
+    /// other device nodes are skipped and counted in
+    /// [`PutStats::skipped_entries`]. Hard links are stored as separate files
+    /// (their content is deduplicated).
+    pub fn put_dir(&self, path: impl AsRef<Path>) -> Result<(Tree, PutStats)> {
+        self.with_chunker(|c| tree::walk(c, path.as_ref()))
+    }
+
+    /// Makes a manifest visible under `id` (replacing any with that id) once
+    /// every chunk it references is durably in the store.
+    pub fn commit_manifest(&self, id: &str, manifest: &Manifest) -> Result<()> {
+        validate_id(id)?;
+        let mut checked = HashSet::new();
+        for s in manifest.all_streams() {
+            validate_stream(s)?;
+            for c in &s.chunks {
+                if checked.insert(c.hash)
+                    && !self.store.backend.exists(Kind::Chunk, &c.hash.to_hex())?
+                {
+                    return Err(Error::MissingChunk(c.hash.to_string()));
+                }
+            }
+        }
+        for t in manifest.trees.values() {
+            tree::validate(t)?;
+        }
+        let json = serde_json::to_vec(manifest)
+            .map_err(|e| Error::InvalidManifest(format!("serialize: {e}")))?;
+        self.store.backend.sync()?;
+        self.store.backend.put(Kind::Manifest, id, &json)
+    }
+
+    /// Runs `f` with a chunker whose hashing, compression and chunk writes
+    /// happen on a small pool of threads.
+    fn with_chunker<T>(&self, f: impl FnOnce(&mut Chunker) -> Result<T>) -> Result<(T, PutStats)> {
+        let workers = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(1, 4);
+        let backend = &*self.store.backend;
+        let seen = Mutex::new(HashSet::new());
+        let (tx, rx) = mpsc::sync_channel::<Job>(workers * 2);
+        let rx = Mutex::new(rx);
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                let (rx, seen) = (&rx, &seen);
+                s.spawn(move || loop {
+                    let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok(job) = job else { break };
+                    let r = store_chunk(backend, seen, &job.data).map(|(hash, new, stored)| Done {
+                        idx: job.idx,
+                        chunk: ChunkRef {
+                            hash,
+                            len: job.data.len() as u32,
+                        },
+                        new,
+                        stored,
+                    });
+                    let _ = job.reply.send(r);
+                });
+            }
+            let mut chunker = Chunker {
+                jobs: tx,
+                stats: PutStats::default(),
+            };
+            let out = f(&mut chunker);
+            let stats = chunker.stats;
+            drop(chunker); // closes the job queue: workers end
+            out.map(|t| (t, stats))
+        })
+    }
+}
+
+struct Job {
+    data: Vec<u8>,
+    idx: usize,
+    reply: mpsc::Sender<Result<Done>>,
+}
+
+struct Done {
+    idx: usize,
+    chunk: ChunkRef,
+    new: bool,
+    stored: u64,
+}
+
+/// Hashes a chunk and stores it unless the store (or this put) has it:
+/// returns (hash, newly stored, compressed bytes written).
+fn store_chunk(
+    backend: &dyn Backend,
+    seen: &Mutex<HashSet<blake3::Hash>>,
+    data: &[u8],
+) -> Result<(blake3::Hash, bool, u64)> {
+    let hash = blake3::hash(data);
+    if !seen.lock().unwrap_or_else(|e| e.into_inner()).insert(hash) {
+        return Ok((hash, false, 0));
+    }
+    let name = hash.to_hex();
+    if backend.exists(Kind::Chunk, &name)? {
+        return Ok((hash, false, 0));
+    }
+    let z =
+        zstd::bulk::compress(data, ZSTD_LEVEL).ctx("zstd compress", Path::new(name.as_str()))?;
+    backend.put(Kind::Chunk, &name, &z)?;
+    Ok((hash, true, z.len() as u64))
+}
+
+/// Feeds streams to the worker pool of one put.
+pub(crate) struct Chunker {
+    jobs: mpsc::SyncSender<Job>,
+    stats: PutStats,
+}
+
+impl Chunker {
+    pub(crate) fn stream(&mut self, input: impl Read, path: &Path) -> Result<StreamRef> {
+        let (reply, replies) = mpsc::channel();
+        let mut chunks: Vec<Option<ChunkRef>> = Vec::new();
+        let mut size = 0u64;
+        for (idx, c) in StreamCDC::new(input, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK).enumerate() {
+            let c = c.map_err(io::Error::from).ctx("read", path)?;
+            size += c.length as u64;
+            chunks.push(None);
+            while let Ok(done) = replies.try_recv() {
+                self.accept(done, &mut chunks)?;
+            }
+            let job = Job {
+                data: c.data,
+                idx,
+                reply: reply.clone(),
+            };
+            if self.jobs.send(job).is_err() {
+                return Err(io::Error::other("chunk workers stopped")).ctx("store", path);
+            }
+        }
+        drop(reply);
+        for done in replies {
+            self.accept(done, &mut chunks)?;
+        }
+        self.stats.logical_bytes += size;
+        let chunks = chunks
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| io::Error::other("a chunk was lost"))
+            .ctx("store", path)?;
+        Ok(StreamRef { size, chunks })
+    }
+
+    fn accept(&mut self, done: Result<Done>, chunks: &mut [Option<ChunkRef>]) -> Result<()> {
+        let d = done?;
+        self.stats.chunks += 1;
+        if d.new {
+            self.stats.new_chunks += 1;
+            self.stats.new_bytes += u64::from(d.chunk.len);
+            self.stats.stored_bytes += d.stored;
+        }
+        chunks[d.idx] = Some(d.chunk);
+        Ok(())
+    }
+
+    pub(crate) fn skipped(&mut self) {
+        self.stats.skipped_entries += 1;
+    }
+}
+
+mod hex_hash {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(h: &blake3::Hash, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(h.to_hex().as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<blake3::Hash, D::Error> {
+        let s = String::deserialize(d)?;
+        blake3::Hash::from_hex(&s).map_err(D::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests;
