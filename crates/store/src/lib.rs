@@ -12,6 +12,9 @@
 //! dir), each file an ordered list of chunk refs. Chunks no manifest
 //! references are removed by [`Store::gc`].
 //!
+//! On disk (see [`LocalDir`]): `chunks/ab/abcdef….zst`,
+//! `manifests/<id>.json`, `tmp/`, and a `lock` file.
+//!
 //! Writes go through a [`Writer`], which holds the store's shared lock from
 //! the first chunk to the manifest commit, so gc (exclusive lock) never
 //! deletes chunks of a snapshot that is still being written. Do not call
@@ -294,7 +297,9 @@ impl Store {
 
     /// Recreates a tree at `dest`, which must not exist. The tree is built
     /// under a temporary name beside `dest` and renamed into place when
-    /// whole; on failure it is removed.
+    /// whole (and synced); on failure it is removed. Ownership, whiteouts
+    /// and `trusted.*` xattrs need root; without root, ownership is left as
+    /// is and the rest fails.
     pub fn restore_dir(&self, tree: &Tree, dest: impl AsRef<Path>) -> Result<()> {
         let _lock = self.backend.lock(LockMode::Shared)?;
         tree::restore(self, tree, dest.as_ref())

@@ -184,7 +184,9 @@ pub(crate) fn restore(store: &Store, tree: &Tree, dest: &Path) -> Result<()> {
         .mode(0o700)
         .create(&tmp)
         .ctx("create directory", &tmp)?;
+    // Durable before visible: one syncfs instead of an fsync per file.
     let r = restore_into(store, tree, &tmp)
+        .and_then(|()| sys::syncfs(&tmp))
         .and_then(|()| fs::rename(&tmp, dest).ctx("rename into place", dest));
     if r.is_err() {
         let _ = fs::remove_dir_all(&tmp);
@@ -273,6 +275,13 @@ pub(crate) mod sys {
             "mknod",
             p,
         )
+    }
+
+    pub fn syncfs(p: &Path) -> Result<()> {
+        let f = fs::File::open(p).ctx("open", p)?;
+        // SAFETY: plain syscall on a valid open descriptor.
+        let r = unsafe { libc::syncfs(std::os::unix::io::AsRawFd::as_raw_fd(&f)) };
+        check(r, "syncfs", p)
     }
 
     pub fn lchown(p: &Path, uid: u32, gid: u32) -> Result<()> {
