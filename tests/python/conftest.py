@@ -27,6 +27,13 @@ class SbxServer:
         images = ROOT / "target" / "sbx-test-images"
         images.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "images").symlink_to(images)
+        # A port picked free may be taken before the server binds it: retry.
+        for _ in range(5):
+            if self._start():
+                return
+        raise RuntimeError("sbx server did not start on free ports")
+
+    def _start(self) -> bool:
         self.api_port = _free_port()
         self.proxy_port = _free_port()
         self.api_url = f"http://localhost:{self.api_port}"
@@ -51,11 +58,11 @@ class SbxServer:
             try:
                 with urllib.request.urlopen(f"{self.api_url}/healthz", timeout=2) as r:
                     if r.status == 200:
-                        break
+                        return True
             except OSError:
                 pass
             if self.proc.poll() is not None:
-                raise RuntimeError(f"sbx server exited with {self.proc.returncode}")
+                return False
             if time.time() > deadline:
                 raise RuntimeError("sbx server did not start")
             time.sleep(0.1)

@@ -99,12 +99,25 @@ impl Server {
             http: reqwest::Client::builder().build().unwrap(),
             _tmp: Some(tmp),
         };
-        s.spawn().await;
-        s
+        // A free port picked here may be taken by a parallel test before
+        // the server binds it: then try again with other ports.
+        for _ in 0..5 {
+            if s.try_spawn().await {
+                return s;
+            }
+            s.api_port = free_port();
+            s.proxy_port = free_port();
+        }
+        panic!("sbx server did not start on free ports");
     }
 
     /// Starts (or restarts) the server process on the same ports and data.
     pub async fn spawn(&mut self) {
+        assert!(self.try_spawn().await, "sbx server exited during start");
+    }
+
+    /// Like [`spawn`](Self::spawn); false when the server exited during start.
+    async fn try_spawn(&mut self) -> bool {
         self.api = format!("http://127.0.0.1:{}", self.api_port);
         self.proxy = format!("http://127.0.0.1:{}", self.proxy_port);
         let mut cmd = Command::new(sbx_bin());
@@ -137,11 +150,13 @@ impl Server {
                 .await
             {
                 if r.status().is_success() {
-                    return;
+                    return true;
                 }
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("sbx server exited during start: {status}");
+                eprintln!("sbx server exited during start: {status}");
+                self.child = None;
+                return false;
             }
             assert!(Instant::now() < deadline, "sbx server did not come up");
             tokio::time::sleep(Duration::from_millis(50)).await;
