@@ -321,13 +321,18 @@ impl Executor {
         };
         match slot {
             Some(slot) => self.teardown(id, slot).await,
-            None => {
-                let _ = self.runtime.destroy(id).await;
-                Layer::new(self.sandbox_dir(id)).destroy().await;
-                let _ = cmd::run("ip", &["netns", "del", &net::netns_name(id)]).await;
-            }
+            None => self.teardown_without_slot(id).await,
         }
         Ok(())
+    }
+
+    /// Teardown of a sandbox whose network slot is unknown (no metadata):
+    /// deleting its netns removes the veth pair with it.
+    async fn teardown_without_slot(&self, id: &str) {
+        let _ = self.runtime.destroy(id).await;
+        let _ = cmd::run("ip", &["netns", "del", &net::netns_name(id)]).await;
+        Layer::new(self.sandbox_dir(id)).destroy().await;
+        remove_cgroups(id).await;
     }
 
     async fn teardown(&self, id: &str, slot: Slot) {
@@ -406,12 +411,7 @@ impl Executor {
             } else {
                 match meta {
                     Some(m) => self.teardown(&id, Slot(m.slot)).await,
-                    None => {
-                        let _ = self.runtime.destroy(&id).await;
-                        let _ = cmd::run("ip", &["netns", "del", &net::netns_name(&id)]).await;
-                        layer.destroy().await;
-                        remove_cgroups(&id).await;
-                    }
+                    None => self.teardown_without_slot(&id).await,
                 }
                 report.cleaned.push(id);
             }
