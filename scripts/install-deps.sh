@@ -6,10 +6,13 @@ set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 export DEBIAN_FRONTEND=noninteractive
 
-if ! runsc --version 2>/dev/null | grep -q '0.0~2024'; then
+# Read whole outputs before matching: with pipefail, `runsc --version | head`
+# fails with SIGPIPE whenever runsc writes after head has exited.
+version=$(runsc --version 2>/dev/null || true)
+if [[ "$version" != *'0.0~2024'* ]]; then
   # The backports suite on the same mirror apt already uses.
   mirror=$(grep -hsE '^(URIs:|deb )' /etc/apt/sources.list.d/* /etc/apt/sources.list \
-    | grep -v security | grep -o 'https\?://[^ ]*debian[^ ]*' | head -1)
+    | grep -v security | grep -o 'https\?://[^ ]*debian[^ ]*' | sed -n 1p)
   mirror=${mirror:-http://deb.debian.org/debian}
   if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list.d/ /etc/apt/sources.list; then
     cat > /etc/apt/sources.list.d/sbx-backports.sources <<EOT
@@ -31,4 +34,5 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -q
   apt-get install -y -q "${need[@]}"
 fi
-runsc --version | head -1
+version=$(runsc --version)
+echo "${version%%$'\n'*}"
