@@ -3,6 +3,7 @@
 
 mod error;
 mod files;
+mod listener;
 mod oom;
 mod output;
 mod process;
@@ -99,20 +100,17 @@ async fn serve(args: Args) -> std::io::Result<()> {
         }
     }
 
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    tracing::info!(addr = %listener.local_addr()?, pid1, "sbx-agent listening");
-    let app = routes::router(routes::AppState {
-        procs: procs.clone(),
-        ptys: ptys.clone(),
-        started: Instant::now(),
-    });
-    // No Nagle: SSE events are small writes that must not wait for an ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, app);
+    listener::serve(
+        args.listen,
+        routes::router(routes::AppState {
+            procs: procs.clone(),
+            ptys: ptys.clone(),
+            started: Instant::now(),
+        }),
+        tokio::runtime::Handle::current(),
+    )?;
+    tracing::info!(addr = %args.listen, pid1, "sbx-agent listening");
     tokio::select! {
-        r = server => r?,
         _ = sigterm.recv() => {}
         _ = sigint.recv() => {}
     }

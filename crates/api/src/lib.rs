@@ -5,6 +5,7 @@
 pub mod daemon;
 pub mod error;
 pub mod sandbox;
+pub mod snapshot;
 
 pub use error::ErrorBody;
 

@@ -32,11 +32,11 @@ impl Layer {
         self.dir.join("rootfs")
     }
 
-    /// Creates the volume and mounts the overlay on `lower`.
-    pub async fn create(&self, lower: &Path, disk_mb: u64) -> Result<(), Error> {
+    /// Creates the volume and mounts the overlay on `lowers`.
+    pub async fn create(&self, lowers: &[PathBuf], disk_mb: u64) -> Result<(), Error> {
         let result = async {
             self.make_volume(disk_mb).await?;
-            self.mount_overlay(lower).await
+            self.mount_overlay(lowers).await
         }
         .await;
         if result.is_err() {
@@ -112,12 +112,34 @@ impl Layer {
         Ok(())
     }
 
-    /// Mounts the overlay of `lower` and the volume's upper dir at [`rootfs`](Self::rootfs).
-    pub async fn mount_overlay(&self, lower: &Path) -> Result<(), Error> {
+    /// Mounts the volume of an existing layer again (after [`unmount`](Self::unmount)).
+    pub async fn mount_volume(&self) -> Result<(), Error> {
+        tokio::fs::create_dir_all(self.volume()).await?;
+        run(
+            "mount",
+            &[
+                "-o",
+                "loop",
+                &self.image_file().to_string_lossy(),
+                &self.volume().to_string_lossy(),
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Mounts the overlay of `lowers` (top-most first: snapshot layers, then
+    /// the image) and the volume's upper dir at [`rootfs`](Self::rootfs).
+    pub async fn mount_overlay(&self, lowers: &[PathBuf]) -> Result<(), Error> {
         tokio::fs::create_dir_all(self.rootfs()).await?;
+        let lower = lowers
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":");
         let opts = format!(
             "lowerdir={},upperdir={},workdir={}",
-            lower.display(),
+            lower,
             self.upper().display(),
             self.volume().join("work").display()
         );
@@ -139,8 +161,9 @@ impl Layer {
         })
     }
 
-    /// Unmounts everything and removes the directory. Best effort, idempotent.
-    pub async fn destroy(&self) {
+    /// Unmounts the overlay and the volume; the volume's file stays. Best
+    /// effort, idempotent.
+    pub async fn unmount(&self) {
         for m in [self.rootfs(), self.volume()] {
             if is_mountpoint(&m) {
                 let s = m.to_string_lossy().to_string();
@@ -149,6 +172,16 @@ impl Layer {
                 }
             }
         }
+    }
+
+    /// Whether the overlay is mounted.
+    pub fn is_mounted(&self) -> bool {
+        is_mountpoint(&self.rootfs())
+    }
+
+    /// Unmounts everything and removes the directory. Best effort, idempotent.
+    pub async fn destroy(&self) {
+        self.unmount().await;
         let _ = tokio::fs::remove_dir_all(&self.dir).await;
     }
 }

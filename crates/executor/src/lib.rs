@@ -7,6 +7,7 @@ pub mod image;
 pub mod layer;
 pub mod net;
 mod pool;
+pub mod snapshot;
 
 use image::Images;
 use layer::Layer;
@@ -23,6 +24,10 @@ pub const AGENT_PORT: u16 = 9501;
 /// Where the agent's directory is mounted inside the sandbox.
 const AGENT_MOUNT: &str = "/.sbx";
 const AGENT_NAME: &str = "sbx-agent";
+/// Marks a deleted snapshot's directory kept for sandboxes still using its layer.
+const DELETED_MARK: &str = "deleted";
+/// A suspended sandbox's memory image, in its directory.
+const SUSPEND_DIR: &str = "suspend";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -38,6 +43,10 @@ pub enum Error {
     SlotTaken(u32),
     #[error("agent did not become healthy: {0}")]
     AgentTimeout(String),
+    #[error("sandbox {0} does not run on this host")]
+    NotRunning(String),
+    #[error("sandbox {0} is not suspended on this host")]
+    NotSuspended(String),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
@@ -55,7 +64,7 @@ pub struct ExecutorConfig {
 }
 
 /// What the executor needs to launch one sandbox.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LaunchSpec {
     pub id: String,
     pub image: String,
@@ -64,13 +73,42 @@ pub struct LaunchSpec {
     pub disk_mb: u64,
     pub entrypoint: Vec<String>,
     pub allow_internet: bool,
+    /// A snapshot's layer, between the image and the writable layer.
+    #[serde(default)]
+    pub layer: Option<PathBuf>,
+    /// Start from this checkpoint (a warm restore) instead of booting.
+    #[serde(default)]
+    pub checkpoint: Option<PathBuf>,
+    /// Addresses the memory image had where it was captured (set by the
+    /// executor from the snapshot; see [`net::configure`]).
+    #[serde(default)]
+    pub aliases: Vec<Ipv4Addr>,
 }
 
-/// Facts about a sandbox kept beside it on disk, for re-adoption after a crash.
+/// Facts about a sandbox kept beside it on disk, for re-adoption after a
+/// crash and for resuming it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Meta {
     id: String,
     slot: u32,
+    #[serde(default)]
+    spec: Option<LaunchSpec>,
+    /// Its memory is in `suspend/` and nothing of it runs.
+    #[serde(default)]
+    suspended: bool,
+}
+
+/// What [`Executor::capture`] made.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    /// The snapshot's directory: `layer/` and, for memory, `checkpoint/`.
+    pub dir: PathBuf,
+    /// How long the sandbox was paused.
+    pub pause_ms: u64,
+    /// Bytes of the files in the layer.
+    pub layer_bytes: u64,
+    /// Bytes of the memory checkpoint.
+    pub checkpoint_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -83,6 +121,8 @@ struct Live {
 #[derive(Debug, Default)]
 pub struct Recovery {
     pub adopted: Vec<String>,
+    /// Suspended sandboxes whose memory and disk are intact.
+    pub suspended: Vec<String>,
     pub cleaned: Vec<String>,
 }
 
@@ -103,6 +143,7 @@ impl Executor {
     pub async fn new(config: ExecutorConfig, runtime: Arc<dyn Runtime>) -> Result<Self, Error> {
         let data_dir = config.data_dir;
         tokio::fs::create_dir_all(data_dir.join("sandboxes")).await?;
+        tokio::fs::create_dir_all(data_dir.join("snapshots")).await?;
         let agent_dir = data_dir.join("agent");
         tokio::fs::create_dir_all(&agent_dir).await?;
         // Copy then rename: sandboxes that run keep the binary they booted with.
@@ -215,17 +256,22 @@ impl Executor {
     }
 
     async fn launch_in(&self, spec: &LaunchSpec) -> Result<(Slot, Option<i32>), Error> {
+        let mut spec = spec.clone();
+        if let Some(ck) = &spec.checkpoint {
+            spec.aliases = read_addresses(ck).await;
+        }
+        let spec = &spec;
         let dir = self.sandbox_dir(&spec.id);
         tokio::fs::create_dir_all(&dir).await?;
         let layer = Layer::new(&dir);
         let t0 = std::time::Instant::now();
-        let lower = self.images.rootfs(&spec.image);
+        let lowers = self.lowers(spec);
         let make_layer = async {
             match self.pool.take(spec.disk_mb) {
                 Some(spare) => {
                     let r = async {
                         layer.adopt_volume(&spare).await?;
-                        layer.mount_overlay(&lower).await
+                        layer.mount_overlay(&lowers).await
                     }
                     .await;
                     if r.is_err() {
@@ -234,7 +280,7 @@ impl Executor {
                     }
                     r
                 }
-                None => layer.create(&lower, spec.disk_mb).await,
+                None => layer.create(&lowers, spec.disk_mb).await,
             }
         };
         let (l, n) = tokio::join!(make_layer, self.create_net(spec));
@@ -242,22 +288,63 @@ impl Executor {
         let meta = Meta {
             id: spec.id.clone(),
             slot: slot.0,
+            spec: Some(spec.clone()),
+            suspended: false,
         };
-        tokio::fs::write(
-            dir.join("meta.json"),
-            serde_json::to_vec(&meta).expect("json"),
-        )
-        .await?;
+        write_meta(&dir, &meta).await?;
         l?;
+        let runtime_spec = self.runtime_spec(spec);
+        let t1 = std::time::Instant::now();
+        // runsc create and the interfaces' configuration overlap: only
+        // `start` reads the interfaces.
+        let (created, configured) = tokio::join!(
+            self.runtime.create(&runtime_spec),
+            net::configure(&spec.id, slot, spec.allow_internet, &spec.aliases)
+        );
+        if let Err(e) = configured {
+            if created.is_ok() {
+                let _ = self.runtime.destroy(&spec.id).await;
+            }
+            return Err(e);
+        }
+        created?;
+        let state = match &spec.checkpoint {
+            Some(ck) => self.runtime.restore(&runtime_spec, ck).await?,
+            None => self.runtime.start(&runtime_spec).await?,
+        };
+        let t2 = std::time::Instant::now();
+        let addr = SocketAddr::new(slot.sandbox_ip().into(), AGENT_PORT);
+        wait_for_agent(addr, std::time::Duration::from_secs(30)).await?;
+        tracing::debug!(
+            sandbox = spec.id,
+            layer_and_net_ms = (t1 - t0).as_millis() as u64,
+            runtime_ms = (t2 - t1).as_millis() as u64,
+            agent_ms = t2.elapsed().as_millis() as u64,
+            "launch phases"
+        );
+        Ok((slot, state.pid))
+    }
+
+    /// Overlay lower layers of a sandbox, top-most first.
+    fn lowers(&self, spec: &LaunchSpec) -> Vec<PathBuf> {
+        spec.layer
+            .iter()
+            .cloned()
+            .chain([self.images.rootfs(&spec.image)])
+            .collect()
+    }
+
+    fn runtime_spec(&self, spec: &LaunchSpec) -> SandboxSpec {
+        let dir = self.sandbox_dir(&spec.id);
         let mut args = vec![format!("{AGENT_MOUNT}/{AGENT_NAME}")];
         if !spec.entrypoint.is_empty() {
             args.push("--".into());
             args.extend(spec.entrypoint.iter().cloned());
         }
-        let runtime_spec = SandboxSpec {
+        SandboxSpec {
             id: spec.id.clone(),
             bundle_dir: dir.clone(),
-            rootfs: layer.rootfs(),
+            rootfs: Layer::new(&dir).rootfs(),
             netns: Some(net::netns_path(&spec.id)),
             cgroup_path: format!("/sbx/{}", spec.id),
             cpus: spec.cpus,
@@ -283,33 +370,291 @@ impl Executor {
                 },
             ],
             hostname: "sandbox".into(),
-        };
-        let t1 = std::time::Instant::now();
-        // runsc create and the interfaces' configuration overlap: only
-        // `start` reads the interfaces.
-        let (created, configured) = tokio::join!(
-            self.runtime.create(&runtime_spec),
-            net::configure(&spec.id, slot, spec.allow_internet)
-        );
-        if let Err(e) = configured {
-            if created.is_ok() {
-                let _ = self.runtime.destroy(&spec.id).await;
-            }
-            return Err(e);
         }
-        created?;
-        let state = self.runtime.start(&runtime_spec).await?;
-        let t2 = std::time::Instant::now();
-        let addr = SocketAddr::new(slot.sandbox_ip().into(), AGENT_PORT);
-        wait_for_agent(addr, std::time::Duration::from_secs(30)).await?;
-        tracing::debug!(
-            sandbox = spec.id,
-            layer_and_net_ms = (t1 - t0).as_millis() as u64,
-            runtime_ms = (t2 - t1).as_millis() as u64,
-            agent_ms = t2.elapsed().as_millis() as u64,
-            "launch phases"
-        );
-        Ok((slot, state.pid))
+    }
+
+    /// Where a snapshot's files live on this host.
+    pub fn snapshot_dir(&self, snapshot_id: &str) -> PathBuf {
+        self.data_dir.join("snapshots").join(snapshot_id)
+    }
+
+    /// Captures a running sandbox as snapshot `snapshot_id`: its writable
+    /// layer and, with `memory`, its memory and processes, at one instant
+    /// (the sandbox is paused meanwhile). The sandbox runs on afterwards,
+    /// also when the capture fails; a failed capture leaves nothing.
+    pub async fn capture(
+        &self,
+        id: &str,
+        snapshot_id: &str,
+        memory: bool,
+    ) -> Result<Captured, Error> {
+        let addr = self
+            .agent_addr(id)
+            .ok_or_else(|| Error::NotRunning(id.into()))?;
+        let parent = read_meta(&self.sandbox_dir(id))
+            .await
+            .and_then(|m| m.spec)
+            .and_then(|s| s.layer);
+        let dir = self.snapshot_dir(snapshot_id);
+        let tmp = self
+            .data_dir
+            .join("snapshots")
+            .join(format!(".tmp-{snapshot_id}"));
+        let _ = tokio::fs::remove_dir_all(&tmp).await;
+        let result = async {
+            tokio::fs::create_dir_all(&tmp).await?;
+            let pause_ms = self.capture_into(id, addr, &tmp, memory).await?;
+            if memory {
+                let slot = self
+                    .live
+                    .lock()
+                    .unwrap()
+                    .get(id)
+                    .map(|l| l.slot)
+                    .ok_or_else(|| Error::NotRunning(id.into()))?;
+                let meta = read_meta(&self.sandbox_dir(id)).await;
+                write_addresses(&tmp.join("checkpoint"), slot, meta.as_ref()).await?;
+            }
+            let upper = tmp.join("upper");
+            let layer = tmp.join("layer");
+            match &parent {
+                Some(parent) => {
+                    snapshot::link_tree(parent, &layer).await?;
+                    let (u, l) = (upper.clone(), layer.clone());
+                    tokio::task::spawn_blocking(move || snapshot::apply_upper(&u, &l))
+                        .await
+                        .expect("apply task")?;
+                    tokio::fs::remove_dir_all(&upper).await?;
+                }
+                None => tokio::fs::rename(&upper, &layer).await?,
+            }
+            let (l, c) = (layer.clone(), tmp.join("checkpoint"));
+            let (layer_bytes, checkpoint_bytes) = tokio::task::spawn_blocking(move || {
+                (snapshot::tree_bytes(&l), snapshot::tree_bytes(&c))
+            })
+            .await
+            .expect("size task");
+            tokio::fs::rename(&tmp, &dir).await?;
+            Ok(Captured {
+                dir: dir.clone(),
+                pause_ms,
+                layer_bytes,
+                checkpoint_bytes,
+            })
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_dir_all(&tmp).await;
+        }
+        result
+    }
+
+    /// Pauses the sandbox, copies its upper dir to `tmp/upper` and, with
+    /// `memory`, checkpoints it into `tmp/checkpoint`; then resumes it.
+    /// Returns the pause in milliseconds.
+    async fn capture_into(
+        &self,
+        id: &str,
+        addr: SocketAddr,
+        tmp: &Path,
+        memory: bool,
+    ) -> Result<u64, Error> {
+        // Data the sandbox's kernel still caches goes to the layer first.
+        if let Err(e) = agent_sync(addr).await {
+            tracing::warn!(sandbox = id, "sync before capture: {e}");
+        }
+        let upper = Layer::new(self.sandbox_dir(id)).upper();
+        let started = std::time::Instant::now();
+        self.runtime.pause(id).await?;
+        let captured = async {
+            snapshot::copy_tree(&upper, &tmp.join("upper")).await?;
+            if memory {
+                self.runtime
+                    .checkpoint(id, &tmp.join("checkpoint"), true)
+                    .await?;
+            }
+            Ok::<(), Error>(())
+        }
+        .await;
+        let mut resumed = self.runtime.resume(id).await;
+        if resumed.is_err() {
+            resumed = self.runtime.resume(id).await;
+        }
+        let pause_ms = started.elapsed().as_millis() as u64;
+        captured?;
+        resumed?;
+        tracing::info!(sandbox = id, pause_ms, memory, "captured");
+        Ok(pause_ms)
+    }
+
+    /// Forgets a snapshot's files. A layer that sandboxes still run on (or
+    /// are suspended on) stays until the last of them is gone.
+    pub async fn delete_snapshot(&self, snapshot_id: &str) {
+        let dir = self.snapshot_dir(snapshot_id);
+        if !dir.exists() {
+            return;
+        }
+        let _ = tokio::fs::write(dir.join(DELETED_MARK), b"").await;
+        self.release_layers().await;
+    }
+
+    /// Removes deleted snapshots' directories that no sandbox uses any more.
+    async fn release_layers(&self) {
+        let mut used = HashSet::new();
+        if let Ok(mut rd) = tokio::fs::read_dir(self.data_dir.join("sandboxes")).await {
+            while let Ok(Some(e)) = rd.next_entry().await {
+                if let Some(layer) = read_meta(&e.path())
+                    .await
+                    .and_then(|m| m.spec)
+                    .and_then(|s| s.layer)
+                {
+                    used.insert(layer);
+                }
+            }
+        }
+        let Ok(mut rd) = tokio::fs::read_dir(self.data_dir.join("snapshots")).await else {
+            return;
+        };
+        while let Ok(Some(e)) = rd.next_entry().await {
+            let dir = e.path();
+            if dir.join(DELETED_MARK).exists() && !used.contains(&dir.join("layer")) {
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+            }
+        }
+    }
+
+    /// Removes capture temporaries a crash left (at recovery only).
+    async fn remove_capture_temporaries(&self) {
+        let Ok(mut rd) = tokio::fs::read_dir(self.data_dir.join("snapshots")).await else {
+            return;
+        };
+        while let Ok(Some(e)) = rd.next_entry().await {
+            if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                let _ = tokio::fs::remove_dir_all(e.path()).await;
+            }
+        }
+    }
+
+    /// Checkpoints a sandbox to disk and stops it: no process and no memory
+    /// stay on the host; its disk and memory image stay in its directory.
+    /// When the checkpoint fails the sandbox keeps running.
+    pub async fn suspend(&self, id: &str) -> Result<u64, Error> {
+        let (slot, addr) = {
+            let live = self.live.lock().unwrap();
+            let l = live.get(id).ok_or_else(|| Error::NotRunning(id.into()))?;
+            (
+                l.slot,
+                SocketAddr::new(l.slot.sandbox_ip().into(), AGENT_PORT),
+            )
+        };
+        let dir = self.sandbox_dir(id);
+        let mut meta = read_meta(&dir)
+            .await
+            .filter(|m| m.spec.is_some())
+            .ok_or_else(|| Error::Host {
+                what: format!("suspend {id}"),
+                reason: "the sandbox has no launch record (started by an older sbx)".into(),
+            })?;
+        let image = dir.join(SUSPEND_DIR);
+        let tmp = dir.join(format!(".{SUSPEND_DIR}.tmp"));
+        let _ = tokio::fs::remove_dir_all(&tmp).await;
+        let _ = tokio::fs::remove_dir_all(&image).await;
+        if let Err(e) = agent_sync(addr).await {
+            tracing::warn!(sandbox = id, "sync before suspend: {e}");
+        }
+        let started = std::time::Instant::now();
+        if let Err(e) = self.runtime.checkpoint(id, &tmp, false).await {
+            let _ = tokio::fs::remove_dir_all(&tmp).await;
+            return Err(e.into());
+        }
+        write_addresses(&tmp, slot, &meta).await?;
+        tokio::fs::rename(&tmp, &image).await?;
+        meta.suspended = true;
+        write_meta(&dir, &meta).await?;
+        self.live.lock().unwrap().remove(id);
+        if let Err(e) = self.runtime.destroy(id).await {
+            tracing::warn!(sandbox = id, "runtime destroy after suspend: {e}");
+        }
+        let layer = Layer::new(&dir);
+        tokio::join!(net::destroy(id, slot), layer.unmount());
+        remove_cgroups(id).await;
+        Ok(started.elapsed().as_millis() as u64)
+    }
+
+    /// Restores a suspended sandbox under its id, with a new network slot.
+    /// On failure it stays suspended, its disk and memory image intact.
+    pub async fn resume(&self, id: &str) -> Result<SocketAddr, Error> {
+        let dir = self.sandbox_dir(id);
+        let image = dir.join(SUSPEND_DIR);
+        let meta = read_meta(&dir)
+            .await
+            .filter(|m| m.suspended && image.is_dir())
+            .ok_or_else(|| Error::NotSuspended(id.into()))?;
+        let mut spec = meta.spec.clone().expect("suspended sandboxes have a spec");
+        spec.checkpoint = Some(image.clone());
+        spec.aliases = read_addresses(&image).await;
+        let layer = Layer::new(&dir);
+        let result = async {
+            if !layer.is_mounted() {
+                layer.mount_volume().await?;
+                layer.mount_overlay(&self.lowers(&spec)).await?;
+            }
+            let slot = self.create_net(&spec).await?;
+            write_meta(
+                &dir,
+                &Meta {
+                    slot: slot.0,
+                    ..meta.clone()
+                },
+            )
+            .await?;
+            let runtime_spec = self.runtime_spec(&spec);
+            let (created, configured) = tokio::join!(
+                self.runtime.create(&runtime_spec),
+                net::configure(id, slot, spec.allow_internet, &spec.aliases)
+            );
+            if let Err(e) = configured {
+                if created.is_ok() {
+                    let _ = self.runtime.destroy(id).await;
+                }
+                return Err(e);
+            }
+            created?;
+            let state = self.runtime.restore(&runtime_spec, &image).await?;
+            let addr = SocketAddr::new(slot.sandbox_ip().into(), AGENT_PORT);
+            wait_for_agent(addr, std::time::Duration::from_secs(30)).await?;
+            Ok::<_, Error>((slot, state.pid, addr))
+        }
+        .await;
+        match result {
+            Ok((slot, pid, addr)) => {
+                write_meta(
+                    &dir,
+                    &Meta {
+                        slot: slot.0,
+                        suspended: false,
+                        ..meta
+                    },
+                )
+                .await?;
+                if let Some(l) = self.live.lock().unwrap().get_mut(id) {
+                    l.pid = pid;
+                }
+                let _ = tokio::fs::remove_dir_all(&image).await;
+                Ok(addr)
+            }
+            Err(e) => {
+                let slot = self.live.lock().unwrap().remove(id).map(|l| l.slot);
+                let _ = self.runtime.destroy(id).await;
+                if let Some(slot) = slot {
+                    net::destroy(id, slot).await;
+                }
+                layer.unmount().await;
+                remove_cgroups(id).await;
+                let _ = write_meta(&dir, &meta).await;
+                Err(e)
+            }
+        }
     }
 
     /// Stops a sandbox and removes everything it had on the host. Idempotent.
@@ -317,12 +662,17 @@ impl Executor {
         let slot = self.live.lock().unwrap().get(id).map(|l| l.slot);
         let slot = match slot {
             Some(s) => Some(s),
-            None => read_meta(&self.sandbox_dir(id)).await.map(|m| Slot(m.slot)),
+            // A suspended sandbox holds no slot: its number may be another's now.
+            None => read_meta(&self.sandbox_dir(id))
+                .await
+                .filter(|m| !m.suspended)
+                .map(|m| Slot(m.slot)),
         };
         match slot {
             Some(slot) => self.teardown(id, slot).await,
             None => self.teardown_without_slot(id).await,
         }
+        self.release_layers().await;
         Ok(())
     }
 
@@ -360,16 +710,20 @@ impl Executor {
         }
     }
 
-    /// Reconciles the host with the sandboxes that should run (`keep`):
-    /// those whose runtime sandbox, layer and network are all intact are
-    /// adopted; everything else sbx left on this host is removed.
+    /// Reconciles the host with the sandboxes the server still has
+    /// (`keep`): suspended ones whose disk and memory image are intact stay
+    /// suspended (whatever a crash mid-resume started is undone); running
+    /// ones whose runtime sandbox, layer and network are all intact are
+    /// adopted (resumed first when a crash mid-capture left them paused);
+    /// everything else sbx left on this host is removed.
     pub async fn recover(&self, keep: &HashSet<String>) -> Result<Recovery, Error> {
         let mut report = Recovery::default();
+        self.remove_capture_temporaries().await;
         let states = self.runtime.list().await?;
-        let running: HashMap<String, Option<i32>> = states
+        let running: HashMap<String, (String, Option<i32>)> = states
             .iter()
-            .filter(|s| s.status == "running")
-            .map(|s| (s.id.clone(), s.pid))
+            .filter(|s| s.status == "running" || s.status == "paused")
+            .map(|s| (s.id.clone(), (s.status.clone(), s.pid)))
             .collect();
         // Other sbx servers may share this host: only what this one's data
         // directory and runsc root name is ours.
@@ -389,12 +743,25 @@ impl Executor {
             let dir = self.sandbox_dir(&id);
             let layer = Layer::new(&dir);
             let meta = read_meta(&dir).await;
+            let suspended = meta.as_ref().is_some_and(|m| m.suspended)
+                && dir.join(SUSPEND_DIR).is_dir()
+                && layer.image_file().exists();
+            if keep.contains(&id) && suspended {
+                let _ = self.runtime.destroy(&id).await;
+                let _ = cmd::run("ip", &["netns", "del", &net::netns_name(&id)]).await;
+                layer.unmount().await;
+                remove_cgroups(&id).await;
+                report.suspended.push(id);
+                continue;
+            }
             let intact = keep.contains(&id)
                 && running.contains_key(&id)
                 && netns.contains(&id)
                 && layer::mounts_below(&dir).contains(&layer.rootfs())
                 && meta.is_some();
-            if intact {
+            let resumed =
+                intact && (running[&id].0 != "paused" || self.runtime.resume(&id).await.is_ok());
+            if intact && resumed {
                 let meta = meta.expect("checked");
                 {
                     let mut next = self.next_slot.lock().unwrap();
@@ -404,18 +771,19 @@ impl Executor {
                     id.clone(),
                     Live {
                         slot: Slot(meta.slot),
-                        pid: running[&id],
+                        pid: running[&id].1,
                     },
                 );
                 report.adopted.push(id);
             } else {
-                match meta {
+                match meta.filter(|m| !m.suspended) {
                     Some(m) => self.teardown(&id, Slot(m.slot)).await,
                     None => self.teardown_without_slot(&id).await,
                 }
                 report.cleaned.push(id);
             }
         }
+        self.release_layers().await;
         Ok(report)
     }
 }
@@ -425,6 +793,72 @@ impl Executor {
 /// kills the whole sandbox.
 pub fn hard_memory_limit_mb(memory_mb: u64) -> u64 {
     memory_mb + (memory_mb / 4).max(256)
+}
+
+/// Beside a checkpoint: the addresses its memory image had.
+const ADDRESSES: &str = "sbx-addresses.json";
+
+async fn write_addresses(
+    checkpoint: &Path,
+    slot: Slot,
+    meta: impl Into<Option<&Meta>>,
+) -> Result<(), Error> {
+    let mut all = vec![slot.sandbox_ip()];
+    if let Some(spec) = meta.into().and_then(|m| m.spec.as_ref()) {
+        all.extend(spec.aliases.iter().copied());
+    }
+    all.sort();
+    all.dedup();
+    tokio::fs::write(
+        checkpoint.join(ADDRESSES),
+        serde_json::to_vec(&all).expect("json"),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn read_addresses(checkpoint: &Path) -> Vec<Ipv4Addr> {
+    match tokio::fs::read(checkpoint.join(ADDRESSES)).await {
+        Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
+}
+
+async fn write_meta(dir: &Path, meta: &Meta) -> Result<(), Error> {
+    let tmp = dir.join(".meta.json.tmp");
+    tokio::fs::write(&tmp, serde_json::to_vec(meta).expect("json")).await?;
+    tokio::fs::rename(&tmp, dir.join("meta.json")).await?;
+    Ok(())
+}
+
+/// Asks the agent to `sync`, so that data the sandbox's kernel caches
+/// reaches the writable layer.
+async fn agent_sync(addr: SocketAddr) -> Result<(), Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = r#"{"command":"sync"}"#;
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let req = format!(
+            "POST /api/v1/processes/run HTTP/1.0\r\nHost: agent\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await?;
+        Ok::<Vec<u8>, std::io::Error>(out)
+    };
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), attempt)
+        .await
+        .map_err(|_| Error::AgentTimeout(format!("{addr}: sync timed out")))??;
+    let text = String::from_utf8_lossy(&out);
+    if text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200") {
+        Ok(())
+    } else {
+        Err(Error::AgentTimeout(format!(
+            "{addr}: sync answered {}",
+            text.lines().next().unwrap_or("nothing")
+        )))
+    }
 }
 
 async fn read_meta(dir: &Path) -> Option<Meta> {

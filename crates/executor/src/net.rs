@@ -99,7 +99,17 @@ pub async fn create_link(id: &str, slot: Slot) -> Result<(), Error> {
 
 /// Addresses both ends, adds the default route and the sandbox's firewall
 /// rule. On failure the netns and link are removed.
-pub async fn configure(id: &str, slot: Slot, allow_internet: bool) -> Result<(), Error> {
+///
+/// `aliases` are further addresses of the sandbox's interface: the
+/// addresses a restored memory image had where it was captured. Its
+/// sockets stay bound to them (gVisor cannot restore a socket whose
+/// address has no route); new connections use the slot's own address.
+pub async fn configure(
+    id: &str,
+    slot: Slot,
+    allow_internet: bool,
+    aliases: &[Ipv4Addr],
+) -> Result<(), Error> {
     let ns = netns_name(id);
     let (h, c) = (slot.host_if(), slot.sandbox_if());
     let host = format!(
@@ -107,7 +117,7 @@ pub async fn configure(id: &str, slot: Slot, allow_internet: bool) -> Result<(),
          link set {h} up\n",
         slot.host_ip()
     );
-    let inside = format!(
+    let mut inside = format!(
         "addr add {}/30 dev {c}\n\
          link set {c} up\n\
          link set lo up\n\
@@ -115,6 +125,9 @@ pub async fn configure(id: &str, slot: Slot, allow_internet: bool) -> Result<(),
         slot.sandbox_ip(),
         slot.host_ip()
     );
+    for a in aliases.iter().filter(|a| **a != slot.sandbox_ip()) {
+        inside.push_str(&format!("addr add {a}/32 dev {c}\n"));
+    }
     let result = async {
         run_with_input("ip", &["-batch", "-"], Some(&host)).await?;
         run_with_input("ip", &["-n", &ns, "-batch", "-"], Some(&inside)).await?;

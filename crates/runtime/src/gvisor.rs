@@ -97,28 +97,48 @@ impl Gvisor {
         })
     }
 
-    /// `runsc start`, under a private mount namespace with a fresh
-    /// `/proc/sys/net` when the sandbox has a network namespace: runsc
-    /// otherwise believes every netns is the host's on this kernel family
-    /// and refuses to start ("cannot run with network enabled in root
+    /// Runs `runsc start` or `runsc restore`, under a private mount
+    /// namespace with a fresh `/proc/sys/net` when the sandbox has a network
+    /// namespace: runsc otherwise believes every netns is the host's on this
+    /// kernel family and refuses ("cannot run with network enabled in root
     /// network namespace").
-    async fn start_created(&self, id: &str, with_network: bool, log: &Path) -> Result<()> {
+    async fn run_in_netns_workaround(
+        &self,
+        args: &[String],
+        with_network: bool,
+        log: &Path,
+    ) -> Result<()> {
+        let what = format!("runsc {}", args.first().map(String::as_str).unwrap_or(""));
         if !with_network {
             let mut cmd = Command::new(&self.runsc);
-            cmd.args(self.base()).args(["start", id]);
-            return self.run_detached(cmd, "runsc start", log).await;
+            cmd.args(self.base()).args(args);
+            return self.run_detached(cmd, &what, log).await;
         }
         let mut runsc_cmd = vec![shell_quote(&self.runsc.display().to_string())];
         runsc_cmd.extend(self.base().iter().map(|a| shell_quote(a)));
-        runsc_cmd.push("start".into());
-        runsc_cmd.push(shell_quote(id));
+        runsc_cmd.extend(args.iter().map(|a| shell_quote(a)));
         let script = format!(
             "mount -t tmpfs none /proc/sys/net && exec {}",
             runsc_cmd.join(" ")
         );
         let mut cmd = Command::new("unshare");
         cmd.args(["-m", "sh", "-c", &script]);
-        self.run_detached(cmd, "runsc start", log).await
+        self.run_detached(cmd, &what, log).await
+    }
+
+    /// Runs a start-like command, destroying the sandbox when it fails.
+    async fn launch(&self, spec: &SandboxSpec, args: &[String]) -> Result<SandboxState> {
+        let log = spec.bundle_dir.join("console.log");
+        if let Err(e) = self
+            .run_in_netns_workaround(args, spec.netns.is_some(), &log)
+            .await
+        {
+            let _ = self.destroy(&spec.id).await;
+            return Err(e);
+        }
+        self.state(&spec.id)
+            .await?
+            .ok_or_else(|| RuntimeError::Parse(format!("sandbox {} vanished after start", spec.id)))
     }
 }
 
@@ -162,17 +182,7 @@ impl Runtime for Gvisor {
     }
 
     async fn start(&self, spec: &SandboxSpec) -> Result<SandboxState> {
-        let log = spec.bundle_dir.join("console.log");
-        if let Err(e) = self
-            .start_created(&spec.id, spec.netns.is_some(), &log)
-            .await
-        {
-            let _ = self.destroy(&spec.id).await;
-            return Err(e);
-        }
-        self.state(&spec.id)
-            .await?
-            .ok_or_else(|| RuntimeError::Parse(format!("sandbox {} vanished after start", spec.id)))
+        self.launch(spec, &["start".into(), spec.id.clone()]).await
     }
 
     async fn state(&self, id: &str) -> Result<Option<SandboxState>> {
@@ -207,6 +217,40 @@ impl Runtime for Gvisor {
             Err(RuntimeError::Command { stderr, .. }) if is_not_found(&stderr) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    async fn pause(&self, id: &str) -> Result<()> {
+        self.run(&["pause".into(), id.into()]).await.map(drop)
+    }
+
+    async fn resume(&self, id: &str) -> Result<()> {
+        self.run(&["resume".into(), id.into()]).await.map(drop)
+    }
+
+    /// Uncompressed pages (`pages.img`): fast to write and good input for
+    /// content-defined chunking in the store.
+    async fn checkpoint(&self, id: &str, image_dir: &Path, leave_running: bool) -> Result<()> {
+        let mut args = vec![
+            "checkpoint".to_string(),
+            "--compression=none".into(),
+            format!("--image-path={}", image_dir.display()),
+        ];
+        if leave_running {
+            args.push("--leave-running".into());
+        }
+        args.push(id.into());
+        self.run(&args).await.map(drop)
+    }
+
+    async fn restore(&self, spec: &SandboxSpec, image_dir: &Path) -> Result<SandboxState> {
+        let args = [
+            "restore".to_string(),
+            "--detach".into(),
+            format!("--image-path={}", image_dir.display()),
+            format!("--bundle={}", spec.bundle_dir.display()),
+            spec.id.clone(),
+        ];
+        self.launch(spec, &args).await
     }
 }
 

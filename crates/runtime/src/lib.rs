@@ -9,7 +9,7 @@ pub mod gvisor;
 pub mod oci;
 
 use async_trait::async_trait;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Everything a runtime needs to boot one sandbox.
 #[derive(Debug, Clone)]
@@ -88,4 +88,15 @@ pub trait Runtime: Send + Sync {
     async fn list(&self) -> Result<Vec<SandboxState>>;
     /// Kills and forgets the sandbox. Idempotent.
     async fn destroy(&self, id: &str) -> Result<()>;
+    /// Freezes every process of the sandbox (its files stop changing).
+    async fn pause(&self, id: &str) -> Result<()>;
+    /// Thaws a paused sandbox.
+    async fn resume(&self, id: &str) -> Result<()>;
+    /// Saves memory and processes into `image_dir` (which must not exist
+    /// yet or be empty). With `leave_running` the sandbox continues (paused
+    /// ones stay paused); otherwise it stops once saved.
+    async fn checkpoint(&self, id: &str, image_dir: &Path, leave_running: bool) -> Result<()>;
+    /// Starts a created sandbox from a checkpoint instead of booting it:
+    /// processes continue where they were. On failure the sandbox is destroyed.
+    async fn restore(&self, spec: &SandboxSpec, image_dir: &Path) -> Result<SandboxState>;
 }

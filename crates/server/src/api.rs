@@ -2,15 +2,19 @@
 
 use crate::error::{ApiError, ApiResult, JsonBody};
 use crate::lifecycle::{validate_name, LaunchOutcome, Manager};
-use crate::store::{SandboxRow, StoreError};
+use crate::store::{SandboxRow, SnapshotRow, StoreError};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use sbx_api::sandbox::{
     CreateSandboxRequest, CreateSandboxResponse, ErrorDetails, ListSandboxesResponse, SandboxInfo,
     SandboxStatus, UpdateSandboxRequest,
+};
+use sbx_api::snapshot::{
+    CopySandboxResponse, CreateSnapshotRequest, CreateSnapshotResponse, ListSnapshotsResponse,
+    SnapshotInfo,
 };
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -31,7 +35,17 @@ pub fn router(state: ApiState) -> Router {
             "/sandboxes/{id}",
             get(get_one).delete(terminate).patch(update),
         )
-        .route("/sandboxes/{id}/logs", get(logs));
+        .route("/sandboxes/{id}/logs", get(logs))
+        .route("/sandboxes/{id}/snapshot", post(snapshot))
+        .route("/sandboxes/{id}/snapshots", get(sandbox_snapshots))
+        .route("/sandboxes/{id}/suspend", post(suspend))
+        .route("/sandboxes/{id}/resume", post(resume))
+        .route("/sandboxes/{id}/copy", post(copy))
+        .route("/snapshots", get(list_snapshots))
+        .route(
+            "/snapshots/{sid}",
+            get(get_snapshot).delete(delete_snapshot),
+        );
     Router::new()
         .route(
             "/healthz",
@@ -90,8 +104,35 @@ fn info(state: &ApiState, headers: &HeaderMap, r: &SandboxRow) -> SandboxInfo {
         exposed_ports: r.spec.exposed_ports.clone(),
         sandbox_url: (!r.status.is_final()).then(|| sandbox_url(state, headers)),
         auto_resume: r.spec.auto_resume,
-        snapshot_id: None,
+        snapshot_id: r.spec.snapshot_id.clone(),
     }
+}
+
+fn snapshot_info(s: &SnapshotRow) -> SnapshotInfo {
+    SnapshotInfo {
+        snapshot_id: s.id.clone(),
+        namespace: s.namespace.clone(),
+        sandbox_id: s.sandbox_id.clone(),
+        snapshot_type: s.snapshot_type,
+        status: s.status,
+        base_image: Some(s.spec.image.clone()),
+        error: s.error.clone(),
+        size_bytes: s.size_bytes,
+        stored_bytes: s.stored_bytes,
+        rootfs_disk_bytes: Some(s.spec.resources.disk_mb * 1024 * 1024),
+        pause_ms: s.pause_ms,
+        snapshot_uri: None,
+        created_at: s.created_at,
+    }
+}
+
+async fn find_snapshot(state: &ApiState, ns: &str, sid: &str) -> ApiResult<SnapshotRow> {
+    state
+        .manager
+        .store
+        .snapshot(Some(ns), sid)
+        .await?
+        .ok_or_else(|| ApiError::not_found("snapshot", sid))
 }
 
 async fn find(state: &ApiState, ns: &str, id: &str) -> ApiResult<SandboxRow> {
@@ -138,30 +179,42 @@ async fn create(
         };
         return Ok((StatusCode::ACCEPTED, Json(resp)).into_response());
     }
-    let outcome = tokio::time::timeout(create_deadline(&headers), task).await;
+    let outcome = match tokio::time::timeout(create_deadline(&headers), task).await {
+        Ok(Ok(LaunchOutcome::Failed(msg))) => return Err(ApiError::unavailable(msg)),
+        Ok(Ok(o)) => Some(o),
+        Ok(Err(e)) => return Err(ApiError::internal(format!("launch task: {e}"))),
+        Err(_) => None,
+    };
+    Ok(Json(create_response(&row, outcome.as_ref(), url)).into_response())
+}
+
+/// The answer for a sandbox whose launch ended with `outcome` (`None`: still pending).
+fn create_response(
+    row: &SandboxRow,
+    outcome: Option<&LaunchOutcome>,
+    url: String,
+) -> CreateSandboxResponse {
     let (status, reason) = match outcome {
-        Ok(Ok(LaunchOutcome::Running)) => (SandboxStatus::Running, None),
-        Ok(Ok(LaunchOutcome::Failed(msg))) => {
-            return Err(ApiError::unavailable(msg));
-        }
-        Ok(Ok(LaunchOutcome::Gone)) => (
+        Some(LaunchOutcome::Running) => (SandboxStatus::Running, None),
+        Some(LaunchOutcome::Failed(msg)) => (SandboxStatus::Failed, Some(msg.clone())),
+        Some(LaunchOutcome::Gone) => (
             SandboxStatus::Terminated,
             Some("terminated while starting".to_string()),
         ),
-        Ok(Err(e)) => return Err(ApiError::internal(format!("launch task: {e}"))),
-        Err(_) => (SandboxStatus::Pending, None),
+        None => (SandboxStatus::Pending, None),
     };
-    let resp = CreateSandboxResponse {
+    CreateSandboxResponse {
         sandbox_id: row.id.clone(),
         status,
         sandbox_url: Some(url),
         name: row.name.clone(),
         pending_reason: (status == SandboxStatus::Pending).then(|| "waiting_for_container".into()),
+        error_details: (status == SandboxStatus::Failed)
+            .then(|| reason.clone().map(|message| ErrorDetails { message }))
+            .flatten(),
         reason,
         termination_reason: None,
-        error_details: None,
-    };
-    Ok(Json(resp).into_response())
+    }
 }
 
 async fn get_one(
@@ -265,4 +318,142 @@ async fn logs(
 ) -> ApiResult<Json<serde_json::Value>> {
     find(&state, &namespace(&params), &params["id"]).await?;
     Ok(Json(serde_json::json!({"logs": []})))
+}
+
+async fn snapshot(
+    State(state): State<ApiState>,
+    Path(params): Path<HashMap<String, String>>,
+    JsonBody(req): JsonBody<CreateSnapshotRequest>,
+) -> ApiResult<Json<CreateSnapshotResponse>> {
+    let row = find(&state, &namespace(&params), &params["id"]).await?;
+    let kind = req.snapshot_type.unwrap_or_default();
+    let (snap, _capture) = state.manager.start_snapshot(&row, kind).await?;
+    Ok(Json(CreateSnapshotResponse {
+        snapshot_id: snap.id,
+        status: snap.status,
+    }))
+}
+
+async fn list_snapshots(
+    State(state): State<ApiState>,
+    Path(params): Path<HashMap<String, String>>,
+) -> ApiResult<Json<ListSnapshotsResponse>> {
+    let rows = state
+        .manager
+        .store
+        .snapshots(&namespace(&params), None)
+        .await?;
+    Ok(Json(ListSnapshotsResponse {
+        snapshots: rows.iter().map(snapshot_info).collect(),
+    }))
+}
+
+async fn sandbox_snapshots(
+    State(state): State<ApiState>,
+    Path(params): Path<HashMap<String, String>>,
+) -> ApiResult<Json<ListSnapshotsResponse>> {
+    let ns = namespace(&params);
+    let row = find(&state, &ns, &params["id"]).await?;
+    let rows = state.manager.store.snapshots(&ns, Some(&row.id)).await?;
+    Ok(Json(ListSnapshotsResponse {
+        snapshots: rows.iter().map(snapshot_info).collect(),
+    }))
+}
+
+async fn get_snapshot(
+    State(state): State<ApiState>,
+    Path(params): Path<HashMap<String, String>>,
+) -> ApiResult<Json<SnapshotInfo>> {
+    let snap = find_snapshot(&state, &namespace(&params), &params["sid"]).await?;
+    Ok(Json(snapshot_info(&snap)))
+}
+
+async fn delete_snapshot(
+    State(state): State<ApiState>,
+    Path(params): Path<HashMap<String, String>>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let snap = find_snapshot(&state, &namespace(&params), &params["sid"]).await?;
+    state.manager.delete_snapshot(&snap).await?;
+    Ok(Json(
+        serde_json::json!({"snapshot_id": snap.id, "status": "deleted"}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct WaitQuery {
+    wait_ms: Option<u64>,
+}
+
+/// Most a suspend or resume call waits for its target state.
+const MAX_WAIT_MS: u64 = 30_000;
+
+/// 200 with the sandbox once it reached `target` within `wait_ms`, else 202.
+async fn lifecycle_answer(
+    state: &ApiState,
+    headers: &HeaderMap,
+    id: &str,
+    target: SandboxStatus,
+    wait_ms: Option<u64>,
+) -> ApiResult<Response> {
+    let wait = Duration::from_millis(wait_ms.unwrap_or(0).min(MAX_WAIT_MS));
+    let row = state.manager.wait_for_status(id, target, wait).await?;
+    let code = if row.status == target {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((code, Json(info(state, headers, &row))).into_response())
+}
+
+async fn suspend(
+    State(state): State<ApiState>,
+    Path(params): Path<HashMap<String, String>>,
+    Query(q): Query<WaitQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let row = find(&state, &namespace(&params), &params["id"]).await?;
+    state.manager.suspend(&row, "user_request").await?;
+    lifecycle_answer(
+        &state,
+        &headers,
+        &row.id,
+        SandboxStatus::Suspended,
+        q.wait_ms,
+    )
+    .await
+}
+
+async fn resume(
+    State(state): State<ApiState>,
+    Path(params): Path<HashMap<String, String>>,
+    Query(q): Query<WaitQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let row = find(&state, &namespace(&params), &params["id"]).await?;
+    state.manager.resume(&row).await?;
+    lifecycle_answer(&state, &headers, &row.id, SandboxStatus::Running, q.wait_ms).await
+}
+
+#[derive(Debug, Deserialize)]
+struct CopyQuery {
+    times: Option<u32>,
+}
+
+async fn copy(
+    State(state): State<ApiState>,
+    Path(params): Path<HashMap<String, String>>,
+    Query(q): Query<CopyQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Json<CopySandboxResponse>> {
+    let row = find(&state, &namespace(&params), &params["id"]).await?;
+    let (snap, copies) = state.manager.copy(&row, q.times.unwrap_or(1)).await?;
+    let url = sandbox_url(&state, &headers);
+    Ok(Json(CopySandboxResponse {
+        source_sandbox_id: row.id,
+        snapshot_id: Some(snap.id),
+        sandboxes: copies
+            .iter()
+            .map(|(r, o)| create_response(r, Some(o), url.clone()))
+            .collect(),
+    }))
 }

@@ -7,6 +7,7 @@ mod auth;
 mod error;
 mod lifecycle;
 mod proxy;
+mod snapshots;
 mod store;
 
 use axum::extract::connect_info::ConnectInfo;
@@ -80,7 +81,11 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
         .await?,
     );
     executor.images().ensure_default().await?;
-    let manager = lifecycle::Manager::new(store, executor, lifecycle::HostLimits::detect());
+    let blobs = Arc::new(
+        sbx_store::Store::open(data_dir.join("store"))
+            .map_err(|e| Error::Config(format!("snapshot store: {e}")))?,
+    );
+    let manager = lifecycle::Manager::new(store, executor, lifecycle::HostLimits::detect(), blobs);
     manager.recover().await?;
     let sweeper = manager.start_sweeper();
 

@@ -2,9 +2,10 @@
 //! watch and recovery after a restart. Decides; the executor acts.
 
 use crate::error::{ApiError, ApiResult};
-use crate::store::{SandboxRow, SandboxSpec, Store, StoreError};
-use chrono::Utc;
-use sbx_api::sandbox::{CreateSandboxRequest, Resources, SandboxStatus};
+use crate::store::{SandboxRow, SandboxSpec, SnapshotRow, Store, StoreError};
+use chrono::{DateTime, Utc};
+use sbx_api::sandbox::{CreateSandboxRequest, Resources, ResourcesRequest, SandboxStatus};
+use sbx_api::snapshot::SnapshotType;
 use sbx_executor::{Executor, LaunchSpec};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -45,17 +46,91 @@ impl HostLimits {
     }
 }
 
+/// Checks a restore from `snap` and merges the request into what the
+/// snapshot fixes. Changes nothing.
+pub fn restore_request(
+    req: &CreateSandboxRequest,
+    snap: &SnapshotRow,
+) -> ApiResult<CreateSandboxRequest> {
+    if !snap.status.is_restorable() {
+        return Err(ApiError::conflict(format!(
+            "snapshot {} is {}: only local_ready or completed snapshots can be restored{}",
+            snap.id,
+            snap.status,
+            snap.error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        )));
+    }
+    let base = &snap.spec;
+    if req.image.as_ref().is_some_and(|i| *i != base.image) {
+        return Err(ApiError::bad_request(format!(
+            "a restore boots the snapshot's image {:?}; leave image out",
+            base.image
+        )));
+    }
+    let r = req.resources.clone().unwrap_or_default();
+    let memory = snap.snapshot_type == SnapshotType::Memory;
+    if memory {
+        let changed = r.cpus.is_some_and(|c| c != base.resources.cpus)
+            || r.memory_mb.is_some_and(|m| m != base.resources.memory_mb)
+            || r.disk_mb.is_some_and(|d| d != base.resources.disk_mb);
+        if changed {
+            return Err(ApiError::bad_request(format!(
+                "a memory snapshot restores its processes as they were, so its resources are fixed \
+                 (cpus {}, memory_mb {}, disk_mb {}); leave resources out or take a filesystem snapshot",
+                base.resources.cpus, base.resources.memory_mb, base.resources.disk_mb
+            )));
+        }
+        if req
+            .entrypoint
+            .as_ref()
+            .is_some_and(|e| Some(e) != base.entrypoint.as_ref())
+        {
+            return Err(ApiError::bad_request(
+                "a memory snapshot restores its processes as they were: its entrypoint cannot change",
+            ));
+        }
+    }
+    if let Some(d) = r.disk_mb {
+        if d < base.resources.disk_mb {
+            return Err(ApiError::bad_request(format!(
+                "disk_mb can only grow on restore: the snapshot has {} MB (asked for {d})",
+                base.resources.disk_mb
+            )));
+        }
+    }
+    let mut merged = req.clone();
+    merged.snapshot_id = None;
+    merged.image = Some(base.image.clone());
+    merged.resources = Some(ResourcesRequest {
+        cpus: Some(r.cpus.unwrap_or(base.resources.cpus)),
+        memory_mb: Some(r.memory_mb.unwrap_or(base.resources.memory_mb)),
+        disk_mb: Some(r.disk_mb.unwrap_or(base.resources.disk_mb)),
+        gpus: None,
+    });
+    if merged.entrypoint.is_none() {
+        merged.entrypoint = base.entrypoint.clone();
+    }
+    if merged.secret_names.is_none() {
+        merged.secret_names = base.secret_names.clone();
+    }
+    if merged.network.is_none() {
+        merged.network = Some(base.network.clone());
+    }
+    if merged.timeout_secs.is_none() {
+        merged.timeout_secs = base.timeout_secs;
+    }
+    Ok(merged)
+}
+
 /// Checks a create request and fills in defaults. Changes nothing.
 pub fn validate(
     req: &CreateSandboxRequest,
     host: HostLimits,
     images: &[String],
 ) -> ApiResult<(Option<String>, SandboxSpec)> {
-    if req.snapshot_id.is_some() {
-        return Err(ApiError::bad_request(
-            "restoring from a snapshot is not available in this version of sbx",
-        ));
-    }
     let r = req.resources.clone().unwrap_or_default();
     let cpus = r.cpus.unwrap_or(DEFAULT_CPUS);
     if !cpus.is_finite() || cpus <= 0.0 {
@@ -141,6 +216,8 @@ pub fn validate(
         allow_unauthenticated_access: req.allow_unauthenticated_access.unwrap_or(false),
         exposed_ports: ports,
         auto_resume: req.auto_resume.unwrap_or(true),
+        snapshot_id: None,
+        active_since: None,
     };
     Ok((req.name.clone(), spec))
 }
@@ -190,7 +267,12 @@ pub struct Manager {
     pub store: Store,
     pub executor: Arc<Executor>,
     pub host: HostLimits,
+    /// Content-addressed store of snapshots.
+    pub blobs: Arc<sbx_store::Store>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Last proxy traffic per sandbox: a named sandbox's timeout counts
+    /// from its last activity.
+    activity: Mutex<HashMap<String, DateTime<Utc>>>,
 }
 
 pub enum LaunchOutcome {
@@ -201,16 +283,35 @@ pub enum LaunchOutcome {
 }
 
 impl Manager {
-    pub fn new(store: Store, executor: Arc<Executor>, host: HostLimits) -> Arc<Self> {
+    pub fn new(
+        store: Store,
+        executor: Arc<Executor>,
+        host: HostLimits,
+        blobs: Arc<sbx_store::Store>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             executor,
             host,
+            blobs,
             locks: Mutex::new(HashMap::new()),
+            activity: Mutex::new(HashMap::new()),
         })
     }
 
-    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    /// Notes traffic to a sandbox (it is in use: no idle timeout now).
+    pub fn touch(&self, id: &str) {
+        self.activity
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), Utc::now());
+    }
+
+    pub(crate) fn last_activity(&self, id: &str) -> Option<DateTime<Utc>> {
+        self.activity.lock().unwrap().get(id).copied()
+    }
+
+    pub(crate) fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.locks
             .lock()
             .unwrap()
@@ -226,7 +327,20 @@ impl Manager {
         req: &CreateSandboxRequest,
     ) -> ApiResult<(SandboxRow, JoinHandle<LaunchOutcome>)> {
         let images = self.executor.images().list();
-        let (name, spec) = validate(req, self.host, &images)?;
+        let (name, spec) = match &req.snapshot_id {
+            Some(sid) => {
+                let snap = self
+                    .store
+                    .snapshot(Some(namespace), sid)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found("snapshot", sid))?;
+                let merged = restore_request(req, &snap)?;
+                let (name, mut spec) = validate(&merged, self.host, &images)?;
+                spec.snapshot_id = Some(snap.id.clone());
+                (name, spec)
+            }
+            None => validate(req, self.host, &images)?,
+        };
         let row = SandboxRow {
             id: new_sandbox_id(),
             namespace: namespace.to_string(),
@@ -267,9 +381,27 @@ impl Manager {
             disk_mb: spec.resources.disk_mb,
             entrypoint: spec.entrypoint.clone().unwrap_or_default(),
             allow_internet: spec.network.allow_internet_access,
+            layer: None,
+            checkpoint: None,
+            aliases: Vec::new(),
         };
         let started = std::time::Instant::now();
-        match self.executor.launch(&launch).await {
+        let launched = async {
+            let mut launch = launch;
+            if let Some(sid) = &spec.snapshot_id {
+                let (layer, checkpoint) = self
+                    .snapshot_files(sid)
+                    .await
+                    .map_err(|e| format!("snapshot {sid}: {e}"))?;
+                launch.layer = Some(layer);
+                launch.checkpoint = checkpoint;
+            }
+            self.executor
+                .launch(&launch)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match launched.await {
             Ok(_) => {
                 let promoted = self
                     .store
@@ -359,9 +491,28 @@ impl Manager {
         let now = Utc::now();
         for row in rows {
             if let Some(t) = row.spec.timeout_secs {
-                if now >= row.created_at + chrono::Duration::seconds(t as i64) {
-                    tracing::info!(sandbox = row.id, "timeout reached: terminating");
-                    let _ = self.terminate(&row, "timeout").await;
+                // Ephemeral: from creation. Named: from the last start or
+                // resume, or the last proxy traffic, whichever is later.
+                let since = match &row.name {
+                    None => row.created_at,
+                    Some(_) => [
+                        Some(row.created_at),
+                        row.spec.active_since,
+                        self.last_activity(&row.id),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .max()
+                    .unwrap_or(row.created_at),
+                };
+                if now >= since + chrono::Duration::seconds(t as i64) {
+                    if row.name.is_some() {
+                        tracing::info!(sandbox = row.id, "timeout reached: suspending");
+                        let _ = self.suspend(&row, "timeout").await;
+                    } else {
+                        tracing::info!(sandbox = row.id, "timeout reached: terminating");
+                        let _ = self.terminate(&row, "timeout").await;
+                    }
                     continue;
                 }
             }
@@ -395,9 +546,11 @@ impl Manager {
         })
     }
 
-    /// After a restart: adopt what still runs, fail what was mid-start,
-    /// terminate what is gone, and clean the host of everything else.
-    pub async fn recover(&self) -> Result<(), crate::Error> {
+    /// After a restart: adopt what still runs, keep what is suspended,
+    /// fail what was mid-start, and clean the host of everything else.
+    /// Nothing stays `snapshotting` or `suspending`: each ends running,
+    /// suspended or terminated.
+    pub async fn recover(self: &Arc<Self>) -> Result<(), crate::Error> {
         let rows = self
             .store
             .with_status(&[
@@ -405,38 +558,45 @@ impl Manager {
                 SandboxStatus::Running,
                 SandboxStatus::Snapshotting,
                 SandboxStatus::Suspending,
+                SandboxStatus::Suspended,
             ])
             .await?;
         let keep: HashSet<String> = rows
             .iter()
-            .filter(|r| r.status == SandboxStatus::Running)
+            .filter(|r| r.status != SandboxStatus::Pending)
             .map(|r| r.id.clone())
             .collect();
         let report = self.executor.recover(&keep).await?;
         let adopted: HashSet<&String> = report.adopted.iter().collect();
+        let suspended: HashSet<&String> = report.suspended.iter().collect();
         for r in &rows {
-            if adopted.contains(&r.id) {
-                continue;
-            }
-            let (to, reason, msg) = if r.status == SandboxStatus::Pending {
+            let (to, reason, msg) = if adopted.contains(&r.id) {
+                (SandboxStatus::Running, None, None)
+            } else if suspended.contains(&r.id) {
+                (SandboxStatus::Suspended, None, None)
+            } else if r.status == SandboxStatus::Pending {
                 (
                     SandboxStatus::Failed,
-                    "startup_failed",
-                    "the server restarted while the sandbox was starting",
+                    Some("startup_failed"),
+                    Some("the server restarted while the sandbox was starting"),
                 )
             } else {
                 (
                     SandboxStatus::Terminated,
-                    "host_lost",
-                    "the sandbox did not survive a server restart",
+                    Some("host_lost"),
+                    Some("the sandbox did not survive a server restart"),
                 )
             };
-            self.store
-                .transition(&r.id, &[r.status], to, Some(reason), Some(msg))
-                .await?;
+            if to != r.status {
+                self.store
+                    .transition(&r.id, &[r.status], to, reason, msg)
+                    .await?;
+            }
         }
+        self.recover_snapshots().await?;
         tracing::info!(
             adopted = report.adopted.len(),
+            suspended = report.suspended.len(),
             cleaned = report.cleaned.len(),
             "recovered host state"
         );

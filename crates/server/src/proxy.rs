@@ -68,10 +68,15 @@ async fn forward(State(state): State<ProxyState>, mut req: Request) -> Response 
         Ok(None) => return ApiError::not_found("sandbox", &key).into_response(),
         Err(e) => return ApiError::from(e).into_response(),
     };
+    let row = match auto_resume(&state.manager, row).await {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
     if row.status != SandboxStatus::Running {
         return ApiError::conflict(format!("sandbox {} is {}, not running", row.id, row.status))
             .into_response();
     }
+    state.manager.touch(&row.id);
     let Some(addr) = state.manager.executor.agent_addr(&row.id) else {
         return ApiError::unavailable(format!("sandbox {} is not reachable on this host", row.id))
             .into_response();
@@ -100,8 +105,23 @@ async fn forward(State(state): State<ProxyState>, mut req: Request) -> Response 
     if let Ok(v) = HeaderValue::from_str(&addr.to_string()) {
         parts.headers.insert(header::HOST, v);
     }
+    // A request without a body can be sent again: the first attempt may
+    // meet a pooled connection that a capture cut (gVisor drops open TCP
+    // connections when it checkpoints).
+    let replay = (!is_upgrade && has_no_body(&parts.headers)).then(|| parts.clone());
     let backend_req = Request::from_parts(parts, body);
-    let mut resp = match state.client.request(backend_req).await {
+    let first = state.client.request(backend_req).await;
+    let result = match (first, replay) {
+        (Err(e), Some(parts)) if !e.is_connect() => {
+            tracing::debug!(sandbox = row.id, "retrying on a fresh connection: {e}");
+            state
+                .client
+                .request(Request::from_parts(parts, Body::empty()))
+                .await
+        }
+        (r, _) => r,
+    };
+    let mut resp = match result {
         Ok(r) => r,
         Err(e) => {
             return ApiError::new(
@@ -128,6 +148,47 @@ async fn forward(State(state): State<ProxyState>, mut req: Request) -> Response 
     }
     let (parts, body) = resp.into_parts();
     Response::from_parts(parts, Body::new(body))
+}
+
+fn has_no_body(headers: &axum::http::HeaderMap) -> bool {
+    !headers.contains_key(header::TRANSFER_ENCODING)
+        && headers
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() == b"0")
+}
+
+/// A suspended sandbox with `auto_resume` is resumed for the request
+/// (waiting out a suspend that is under way first).
+async fn auto_resume(
+    manager: &Arc<Manager>,
+    row: crate::store::SandboxRow,
+) -> Result<crate::store::SandboxRow, ApiError> {
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+    let waiting = matches!(
+        row.status,
+        SandboxStatus::Suspended | SandboxStatus::Suspending
+    );
+    if !waiting || !row.spec.auto_resume {
+        return Ok(row);
+    }
+    let row = if row.status == SandboxStatus::Suspending {
+        manager
+            .wait_for_status(&row.id, SandboxStatus::Suspended, LIMIT)
+            .await?
+    } else {
+        row
+    };
+    if row.status != SandboxStatus::Suspended {
+        return Ok(row);
+    }
+    tracing::info!(
+        sandbox = row.id,
+        "request for a suspended sandbox: resuming it"
+    );
+    manager.resume(&row).await?;
+    manager
+        .wait_for_status(&row.id, SandboxStatus::Running, LIMIT)
+        .await
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use sbx_api::sandbox::{NetworkPolicy, Resources, SandboxStatus};
+use sbx_api::snapshot::{SnapshotStatus, SnapshotType};
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Row, SqlitePool};
@@ -20,6 +21,13 @@ pub struct SandboxSpec {
     pub allow_unauthenticated_access: bool,
     pub exposed_ports: Vec<u16>,
     pub auto_resume: bool,
+    /// The snapshot it was restored from.
+    #[serde(default)]
+    pub snapshot_id: Option<String>,
+    /// When it last started running (created or resumed): a named
+    /// sandbox's timeout counts from here.
+    #[serde(default)]
+    pub active_since: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone)]
@@ -57,7 +65,38 @@ CREATE TABLE IF NOT EXISTS sandboxes (
 CREATE UNIQUE INDEX IF NOT EXISTS sandboxes_live_name ON sandboxes(namespace, name)
     WHERE name IS NOT NULL AND status NOT IN ('terminated', 'failed', 'timeout');
 CREATE INDEX IF NOT EXISTS sandboxes_status ON sandboxes(status);
+CREATE TABLE IF NOT EXISTS snapshots (
+    id TEXT PRIMARY KEY,
+    namespace TEXT NOT NULL,
+    sandbox_id TEXT NOT NULL,
+    snapshot_type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT,
+    spec TEXT NOT NULL,
+    size_bytes INTEGER,
+    stored_bytes INTEGER,
+    pause_ms INTEGER,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS snapshots_sandbox ON snapshots(namespace, sandbox_id);
 "#;
+
+/// A snapshot in the catalog.
+#[derive(Debug, Clone)]
+pub struct SnapshotRow {
+    pub id: String,
+    pub namespace: String,
+    pub sandbox_id: String,
+    pub snapshot_type: SnapshotType,
+    pub status: SnapshotStatus,
+    pub error: Option<String>,
+    /// The source sandbox's spec when it was captured: what a restore inherits.
+    pub spec: SandboxSpec,
+    pub size_bytes: Option<u64>,
+    pub stored_bytes: Option<u64>,
+    pub pause_ms: Option<u64>,
+    pub created_at: DateTime<Utc>,
+}
 
 /// The statuses in which a sandbox holds nothing and never will again.
 const FINAL: &str = "('terminated', 'failed', 'timeout')";
@@ -248,6 +287,143 @@ impl Store {
     }
 }
 
+impl Store {
+    pub async fn insert_snapshot(&self, s: &SnapshotRow) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO snapshots (id, namespace, sandbox_id, snapshot_type, status, spec, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&s.id)
+        .bind(&s.namespace)
+        .bind(&s.sandbox_id)
+        .bind(s.snapshot_type.as_str())
+        .bind(s.status.as_str())
+        .bind(serde_json::to_string(&s.spec).expect("json"))
+        .bind(s.created_at.to_rfc3339())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn snapshot(
+        &self,
+        namespace: Option<&str>,
+        id: &str,
+    ) -> Result<Option<SnapshotRow>, sqlx::Error> {
+        let row =
+            sqlx::query("SELECT * FROM snapshots WHERE id = ? AND (? IS NULL OR namespace = ?)")
+                .bind(id)
+                .bind(namespace)
+                .bind(namespace)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| decode_snapshot(&r)).transpose()
+    }
+
+    /// Snapshots of a namespace (of one sandbox with `sandbox_id`), newest first.
+    pub async fn snapshots(
+        &self,
+        namespace: &str,
+        sandbox_id: Option<&str>,
+    ) -> Result<Vec<SnapshotRow>, sqlx::Error> {
+        sqlx::query(
+            "SELECT * FROM snapshots WHERE namespace = ? AND (? IS NULL OR sandbox_id = ?)
+             ORDER BY created_at DESC",
+        )
+        .bind(namespace)
+        .bind(sandbox_id)
+        .bind(sandbox_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(decode_snapshot)
+        .collect()
+    }
+
+    pub async fn snapshots_with_status(
+        &self,
+        status: SnapshotStatus,
+    ) -> Result<Vec<SnapshotRow>, sqlx::Error> {
+        sqlx::query("SELECT * FROM snapshots WHERE status = ?")
+            .bind(status.as_str())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(decode_snapshot)
+            .collect()
+    }
+
+    /// Moves a snapshot from `from` to `to`, with what is known by then;
+    /// false when it was not in `from`.
+    pub async fn snapshot_transition(
+        &self,
+        id: &str,
+        from: SnapshotStatus,
+        to: SnapshotStatus,
+        update: SnapshotUpdate<'_>,
+    ) -> Result<bool, sqlx::Error> {
+        let r = sqlx::query(
+            "UPDATE snapshots SET status = ?, error = COALESCE(?, error),
+                 size_bytes = COALESCE(?, size_bytes), stored_bytes = COALESCE(?, stored_bytes),
+                 pause_ms = COALESCE(?, pause_ms)
+             WHERE id = ? AND status = ?",
+        )
+        .bind(to.as_str())
+        .bind(update.error)
+        .bind(update.size_bytes.map(|v| v as i64))
+        .bind(update.stored_bytes.map(|v| v as i64))
+        .bind(update.pause_ms.map(|v| v as i64))
+        .bind(id)
+        .bind(from.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn delete_snapshot(&self, id: &str) -> Result<bool, sqlx::Error> {
+        let r = sqlx::query("DELETE FROM snapshots WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+}
+
+/// Facts learnt while a snapshot is made; `None` keeps the stored value.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SnapshotUpdate<'a> {
+    pub error: Option<&'a str>,
+    pub size_bytes: Option<u64>,
+    pub stored_bytes: Option<u64>,
+    pub pause_ms: Option<u64>,
+}
+
+fn decode_snapshot(r: &sqlx::sqlite::SqliteRow) -> Result<SnapshotRow, sqlx::Error> {
+    let bad = |what: &str, v: &str| sqlx::Error::Decode(format!("bad {what} {v}").into());
+    let kind: String = r.try_get("snapshot_type")?;
+    let status: String = r.try_get("status")?;
+    let spec: String = r.try_get("spec")?;
+    let created: String = r.try_get("created_at")?;
+    let num = |c: &str| -> Result<Option<u64>, sqlx::Error> {
+        Ok(r.try_get::<Option<i64>, _>(c)?.map(|v| v as u64))
+    };
+    Ok(SnapshotRow {
+        id: r.try_get("id")?,
+        namespace: r.try_get("namespace")?,
+        sandbox_id: r.try_get("sandbox_id")?,
+        snapshot_type: SnapshotType::parse(&kind).ok_or_else(|| bad("type", &kind))?,
+        status: SnapshotStatus::parse(&status).ok_or_else(|| bad("status", &status))?,
+        error: r.try_get("error")?,
+        spec: serde_json::from_str(&spec).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        size_bytes: num("size_bytes")?,
+        stored_bytes: num("stored_bytes")?,
+        pause_ms: num("pause_ms")?,
+        created_at: DateTime::parse_from_rfc3339(&created)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+    })
+}
+
 /// `'a','b'` for an SQL `IN (…)`: status strings are fixed identifiers, never user input.
 fn sql_set(statuses: &[SandboxStatus]) -> String {
     statuses
@@ -306,6 +482,8 @@ mod tests {
                 allow_unauthenticated_access: false,
                 exposed_ports: vec![],
                 auto_resume: true,
+                snapshot_id: None,
+                active_since: None,
             },
             pending_reason: None,
             termination_reason: None,

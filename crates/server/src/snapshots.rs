@@ -1,0 +1,523 @@
+//! Snapshots, suspend/resume and live copies: the control plane's side.
+//! The executor captures and restores; this decides, keeps the catalog and
+//! moves finished snapshots into the content-addressed store.
+
+use crate::error::{ApiError, ApiResult};
+use crate::lifecycle::{LaunchOutcome, Manager};
+use crate::store::{SandboxRow, SnapshotRow, SnapshotUpdate};
+use chrono::Utc;
+use sbx_api::sandbox::{CreateSandboxRequest, SandboxStatus};
+use sbx_api::snapshot::{SnapshotStatus, SnapshotType};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// Most copies one `copy` call makes.
+pub const MAX_COPIES: u32 = 32;
+
+pub fn new_snapshot_id() -> String {
+    format!("snap{}", crate::lifecycle::random_hex(20))
+}
+
+impl Manager {
+    /// Starts a snapshot of a running sandbox; the task ends when the
+    /// capture did (the snapshot is then `local_ready` or `failed`).
+    pub async fn start_snapshot(
+        self: &Arc<Self>,
+        row: &SandboxRow,
+        kind: SnapshotType,
+    ) -> ApiResult<(SnapshotRow, JoinHandle<Result<(), String>>)> {
+        let moved = self
+            .store
+            .transition(
+                &row.id,
+                &[SandboxStatus::Running],
+                SandboxStatus::Snapshotting,
+                None,
+                None,
+            )
+            .await?;
+        if !moved {
+            return Err(ApiError::conflict(format!(
+                "sandbox {} is {}: only a running sandbox can be snapshotted",
+                row.id, row.status
+            )));
+        }
+        let snap = SnapshotRow {
+            id: new_snapshot_id(),
+            namespace: row.namespace.clone(),
+            sandbox_id: row.id.clone(),
+            snapshot_type: kind,
+            status: SnapshotStatus::InProgress,
+            error: None,
+            spec: row.spec.clone(),
+            size_bytes: None,
+            stored_bytes: None,
+            pause_ms: None,
+            created_at: Utc::now(),
+        };
+        if let Err(e) = self.store.insert_snapshot(&snap).await {
+            self.back_to_running(&row.id).await;
+            return Err(e.into());
+        }
+        let me = self.clone();
+        let s = snap.clone();
+        let task = tokio::spawn(async move { me.capture(&s).await });
+        Ok((snap, task))
+    }
+
+    async fn back_to_running(&self, id: &str) {
+        let _ = self
+            .store
+            .transition(
+                id,
+                &[SandboxStatus::Snapshotting],
+                SandboxStatus::Running,
+                None,
+                None,
+            )
+            .await;
+    }
+
+    async fn capture(self: &Arc<Self>, snap: &SnapshotRow) -> Result<(), String> {
+        let lock = self.lock_for(&snap.sandbox_id);
+        let guard = lock.lock().await;
+        let memory = snap.snapshot_type == SnapshotType::Memory;
+        let result = self
+            .executor
+            .capture(&snap.sandbox_id, &snap.id, memory)
+            .await;
+        self.back_to_running(&snap.sandbox_id).await;
+        drop(guard);
+        match result {
+            Ok(c) => {
+                tracing::info!(
+                    snapshot = snap.id,
+                    sandbox = snap.sandbox_id,
+                    pause_ms = c.pause_ms,
+                    layer_bytes = c.layer_bytes,
+                    memory_bytes = c.checkpoint_bytes,
+                    "snapshot captured"
+                );
+                let update = SnapshotUpdate {
+                    size_bytes: Some(c.layer_bytes + c.checkpoint_bytes),
+                    pause_ms: Some(c.pause_ms),
+                    ..Default::default()
+                };
+                let ok = self
+                    .store
+                    .snapshot_transition(
+                        &snap.id,
+                        SnapshotStatus::InProgress,
+                        SnapshotStatus::LocalReady,
+                        update,
+                    )
+                    .await
+                    .unwrap_or(false);
+                if !ok {
+                    // Deleted while it was captured.
+                    self.executor.delete_snapshot(&snap.id).await;
+                    return Err("the snapshot was deleted while it was captured".into());
+                }
+                let me = self.clone();
+                let id = snap.id.clone();
+                tokio::spawn(async move { me.store_snapshot(&id, &c.dir).await });
+                Ok(())
+            }
+            Err(e) => {
+                let msg = format!("capture failed: {e}");
+                tracing::warn!(snapshot = snap.id, sandbox = snap.sandbox_id, "{msg}");
+                let _ = self
+                    .store
+                    .snapshot_transition(
+                        &snap.id,
+                        SnapshotStatus::InProgress,
+                        SnapshotStatus::Failed,
+                        SnapshotUpdate {
+                            error: Some(&msg),
+                            ..Default::default()
+                        },
+                    )
+                    .await;
+                Err(msg)
+            }
+        }
+    }
+
+    /// Puts a captured snapshot into the content-addressed store:
+    /// `local_ready` → `completed`, or `failed` (nothing partial stays).
+    pub(crate) async fn store_snapshot(&self, id: &str, dir: &Path) {
+        let blobs = self.blobs.clone();
+        let (sid, d) = (id.to_string(), dir.to_path_buf());
+        let result = tokio::task::spawn_blocking(move || ingest(&blobs, &sid, &d))
+            .await
+            .unwrap_or_else(|e| Err(format!("store task: {e}")));
+        match result {
+            Ok((logical, stored)) => {
+                tracing::info!(snapshot = id, logical, stored, "snapshot stored");
+                let _ = self
+                    .store
+                    .snapshot_transition(
+                        id,
+                        SnapshotStatus::LocalReady,
+                        SnapshotStatus::Completed,
+                        SnapshotUpdate {
+                            size_bytes: Some(logical),
+                            stored_bytes: Some(stored),
+                            ..Default::default()
+                        },
+                    )
+                    .await;
+            }
+            Err(e) => {
+                let msg = format!("storing the snapshot failed: {e}");
+                tracing::warn!(snapshot = id, "{msg}");
+                let failed = self
+                    .store
+                    .snapshot_transition(
+                        id,
+                        SnapshotStatus::LocalReady,
+                        SnapshotStatus::Failed,
+                        SnapshotUpdate {
+                            error: Some(&msg),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .unwrap_or(false);
+                if failed {
+                    self.executor.delete_snapshot(id).await;
+                }
+            }
+        }
+    }
+
+    /// The snapshot's layer and, for memory snapshots, checkpoint on this
+    /// host, fetched from the store when they are not here.
+    pub(crate) async fn snapshot_files(
+        &self,
+        sid: &str,
+    ) -> Result<(PathBuf, Option<PathBuf>), String> {
+        let dir = self.executor.snapshot_dir(sid);
+        if !dir.join("layer").is_dir() {
+            let lock = self.lock_for(&format!("snapshot:{sid}"));
+            let _guard = lock.lock().await;
+            if !dir.join("layer").is_dir() {
+                let blobs = self.blobs.clone();
+                let (s, d) = (sid.to_string(), dir.clone());
+                tokio::task::spawn_blocking(move || materialize(&blobs, &s, &d))
+                    .await
+                    .map_err(|e| e.to_string())??;
+            }
+        }
+        let ck = dir.join("checkpoint");
+        Ok((dir.join("layer"), ck.is_dir().then_some(ck)))
+    }
+
+    /// Deletes a snapshot from the catalog, the store and this host.
+    /// Sandboxes restored from it keep running.
+    pub async fn delete_snapshot(&self, snap: &SnapshotRow) -> ApiResult<()> {
+        if snap.status == SnapshotStatus::InProgress {
+            return Err(ApiError::conflict(format!(
+                "snapshot {} is still being captured; delete it once it is done",
+                snap.id
+            )));
+        }
+        self.store.delete_snapshot(&snap.id).await?;
+        self.executor.delete_snapshot(&snap.id).await;
+        let blobs = self.blobs.clone();
+        let id = snap.id.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = blobs.delete_manifest(&id);
+            if let Err(e) = blobs.gc() {
+                tracing::warn!("store gc: {e}");
+            }
+        });
+        Ok(())
+    }
+
+    /// Starts suspending a named, running sandbox (idempotent for one that
+    /// is suspending or suspended).
+    pub async fn suspend(self: &Arc<Self>, row: &SandboxRow, reason: &str) -> ApiResult<()> {
+        if row.name.is_none() {
+            return Err(ApiError::bad_request(format!(
+                "sandbox {} is ephemeral (it has no name) and cannot be suspended; name it first (PATCH name) or terminate it",
+                row.id
+            )));
+        }
+        match row.status {
+            SandboxStatus::Suspending | SandboxStatus::Suspended => return Ok(()),
+            SandboxStatus::Running => {}
+            s => {
+                return Err(ApiError::conflict(format!(
+                    "sandbox {} is {s}: only a running sandbox can be suspended",
+                    row.id
+                )))
+            }
+        }
+        let moved = self
+            .store
+            .transition(
+                &row.id,
+                &[SandboxStatus::Running],
+                SandboxStatus::Suspending,
+                None,
+                None,
+            )
+            .await?;
+        if !moved {
+            return Err(ApiError::conflict(format!(
+                "sandbox {} changed state meanwhile; try again",
+                row.id
+            )));
+        }
+        let me = self.clone();
+        let id = row.id.clone();
+        let reason = reason.to_string();
+        tokio::spawn(async move {
+            let lock = me.lock_for(&id);
+            let _guard = lock.lock().await;
+            match me.executor.suspend(&id).await {
+                Ok(ms) => {
+                    tracing::info!(sandbox = id, ms, reason, "sandbox suspended");
+                    let _ = me
+                        .store
+                        .transition(
+                            &id,
+                            &[SandboxStatus::Suspending],
+                            SandboxStatus::Suspended,
+                            None,
+                            None,
+                        )
+                        .await;
+                }
+                Err(e) => {
+                    tracing::warn!(sandbox = id, "suspend failed: {e}");
+                    let alive = me.executor.agent_addr(&id).is_some() && me.executor.is_alive(&id);
+                    let (to, err) = if alive {
+                        (SandboxStatus::Running, None)
+                    } else {
+                        (SandboxStatus::Failed, Some(format!("suspend failed: {e}")))
+                    };
+                    let _ = me
+                        .store
+                        .transition(&id, &[SandboxStatus::Suspending], to, None, err.as_deref())
+                        .await;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Starts resuming a suspended sandbox (idempotent for a running one).
+    pub async fn resume(self: &Arc<Self>, row: &SandboxRow) -> ApiResult<()> {
+        match row.status {
+            SandboxStatus::Running | SandboxStatus::Suspended => {}
+            SandboxStatus::Suspending => {}
+            s => {
+                return Err(ApiError::conflict(format!(
+                    "sandbox {} is {s}: only a suspended sandbox can be resumed",
+                    row.id
+                )))
+            }
+        }
+        if row.status == SandboxStatus::Running {
+            return Ok(());
+        }
+        let me = self.clone();
+        let id = row.id.clone();
+        tokio::spawn(async move {
+            let lock = me.lock_for(&id);
+            let _guard = lock.lock().await;
+            // A suspend may have been under way; resume what it left.
+            match me.store.get(&id).await {
+                Ok(Some(r)) if r.status == SandboxStatus::Suspended => {}
+                _ => return,
+            }
+            let started = std::time::Instant::now();
+            match me.executor.resume(&id).await {
+                Ok(_) => {
+                    if let Ok(Some(mut r)) = me.store.get(&id).await {
+                        r.spec.active_since = Some(Utc::now());
+                        let _ = me.store.set_spec(&id, &r.spec).await;
+                    }
+                    let _ = me
+                        .store
+                        .transition(
+                            &id,
+                            &[SandboxStatus::Suspended],
+                            SandboxStatus::Running,
+                            None,
+                            None,
+                        )
+                        .await;
+                    tracing::info!(
+                        sandbox = id,
+                        ms = started.elapsed().as_millis() as u64,
+                        "sandbox resumed"
+                    );
+                }
+                Err(e) => tracing::warn!(sandbox = id, "resume failed (still suspended): {e}"),
+            }
+        });
+        Ok(())
+    }
+
+    /// Waits up to `limit` for the sandbox to reach `target`; returns its row.
+    pub async fn wait_for_status(
+        &self,
+        id: &str,
+        target: SandboxStatus,
+        limit: Duration,
+    ) -> ApiResult<SandboxRow> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let row = self
+                .store
+                .get(id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("sandbox", id))?;
+            if row.status == target
+                || row.status.is_final()
+                || tokio::time::Instant::now() >= deadline
+            {
+                return Ok(row);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// One memory snapshot of `row`, restored `times` times.
+    pub async fn copy(
+        self: &Arc<Self>,
+        row: &SandboxRow,
+        times: u32,
+    ) -> ApiResult<(SnapshotRow, Vec<(SandboxRow, LaunchOutcome)>)> {
+        if times == 0 || times > MAX_COPIES {
+            return Err(ApiError::bad_request(format!(
+                "times must be between 1 and {MAX_COPIES} (got {times})"
+            )));
+        }
+        let (snap, capture) = self.start_snapshot(row, SnapshotType::Memory).await?;
+        match capture.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(ApiError::unavailable(format!("copy of {}: {e}", row.id))),
+            Err(e) => return Err(ApiError::internal(format!("capture task: {e}"))),
+        }
+        let req = CreateSandboxRequest {
+            snapshot_id: Some(snap.id.clone()),
+            ..Default::default()
+        };
+        let mut started = Vec::new();
+        for _ in 0..times {
+            started.push(self.create(&row.namespace, &req).await?);
+        }
+        let mut out = Vec::new();
+        for (r, task) in started {
+            let outcome = task
+                .await
+                .unwrap_or_else(|e| LaunchOutcome::Failed(format!("launch task: {e}")));
+            out.push((r, outcome));
+        }
+        Ok((snap, out))
+    }
+
+    /// After a restart: captures that were under way failed; captured ones
+    /// not yet stored are stored now.
+    pub async fn recover_snapshots(self: &Arc<Self>) -> Result<(), sqlx::Error> {
+        for s in self
+            .store
+            .snapshots_with_status(SnapshotStatus::InProgress)
+            .await?
+        {
+            self.store
+                .snapshot_transition(
+                    &s.id,
+                    SnapshotStatus::InProgress,
+                    SnapshotStatus::Failed,
+                    SnapshotUpdate {
+                        error: Some("the server restarted during the capture"),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            self.executor.delete_snapshot(&s.id).await;
+        }
+        for s in self
+            .store
+            .snapshots_with_status(SnapshotStatus::LocalReady)
+            .await?
+        {
+            let dir = self.executor.snapshot_dir(&s.id);
+            let me = self.clone();
+            tokio::spawn(async move { me.store_snapshot(&s.id, &dir).await });
+        }
+        Ok(())
+    }
+}
+
+/// Stores a snapshot directory (`layer/`, `checkpoint/*`) under manifest
+/// `sid`; returns (logical bytes, newly stored compressed bytes).
+fn ingest(blobs: &sbx_store::Store, sid: &str, dir: &Path) -> Result<(u64, u64), String> {
+    let w = blobs.writer().map_err(|e| e.to_string())?;
+    let mut manifest = sbx_store::Manifest::default();
+    let (tree, stats) = w.put_dir(dir.join("layer")).map_err(|e| e.to_string())?;
+    let (mut logical, mut stored) = (stats.logical_bytes, stats.stored_bytes);
+    manifest.trees.insert("layer".into(), tree);
+    let ck = dir.join("checkpoint");
+    if ck.is_dir() {
+        let mut names: Vec<_> = std::fs::read_dir(&ck)
+            .map_err(|e| e.to_string())?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        for name in names {
+            let (stream, stats) = w.put_file(ck.join(&name)).map_err(|e| e.to_string())?;
+            logical += stats.logical_bytes;
+            stored += stats.stored_bytes;
+            manifest
+                .streams
+                .insert(format!("checkpoint/{name}"), stream);
+        }
+    }
+    manifest.meta = serde_json::json!({"snapshot_id": sid});
+    w.commit_manifest(sid, &manifest)
+        .map_err(|e| e.to_string())?;
+    Ok((logical, stored))
+}
+
+/// Writes a stored snapshot back into `dir` (through a temporary).
+fn materialize(blobs: &sbx_store::Store, sid: &str, dir: &Path) -> Result<(), String> {
+    let manifest = blobs
+        .manifest(sid)
+        .map_err(|e| format!("not on this host and not in the store: {e}"))?;
+    let tmp = dir.with_file_name(format!(".tmp-{sid}"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let result = (|| {
+        std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+        let tree = manifest
+            .trees
+            .get("layer")
+            .ok_or("the stored snapshot has no layer")?;
+        blobs
+            .restore_dir(tree, tmp.join("layer"))
+            .map_err(|e| e.to_string())?;
+        for (name, stream) in &manifest.streams {
+            if let Some(file) = name.strip_prefix("checkpoint/") {
+                std::fs::create_dir_all(tmp.join("checkpoint")).map_err(|e| e.to_string())?;
+                let mut out = std::fs::File::create(tmp.join("checkpoint").join(file))
+                    .map_err(|e| e.to_string())?;
+                blobs
+                    .read_stream(stream, &mut out)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        std::fs::rename(&tmp, dir).map_err(|e| e.to_string())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
