@@ -11,13 +11,12 @@
 //! child whose `exec` failed never races with ours.
 
 use nix::errno::Errno;
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 use std::collections::HashMap;
 use std::process::{Child, Command};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
 
 /// How a child ended.
@@ -40,32 +39,61 @@ impl Exit {
 #[derive(Clone, Default)]
 pub struct Reaper {
     waiters: Arc<Mutex<HashMap<i32, oneshot::Sender<Exit>>>>,
+    /// Signalled when a child is spawned (the reaper waits for one).
+    spawned: Arc<Condvar>,
 }
 
 impl Reaper {
     /// Installs the SIGCHLD handler and starts the reaping task.
+    /// Reaps on a thread blocked in `waitpid`: independent of any tokio
+    /// runtime, so exits are seen also after a restore, when the runtime
+    /// that started the process may no longer run (see `listener`).
     pub fn start(&self) -> std::io::Result<()> {
-        let mut sigchld = signal(SignalKind::child())?;
         let this = self.clone();
-        tokio::spawn(async move {
-            loop {
-                // The periodic tick is a safety net for coalesced signals.
-                tokio::select! {
-                    _ = sigchld.recv() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-                this.reap();
-            }
-        });
+        std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || this.reap_forever())?;
         Ok(())
     }
 
-    /// Spawns `cmd` and registers its pid; the receiver yields its exit status.
+    fn reap_forever(&self) {
+        loop {
+            let (pid, exit) = match waitpid(Pid::from_raw(-1), None) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, Exit::Signal(sig as i32)),
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(Errno::ECHILD) => {
+                    // No children: wait until one is spawned.
+                    let guard = self.waiters.lock().unwrap();
+                    let _ = self
+                        .spawned
+                        .wait_timeout(guard, Duration::from_secs(1))
+                        .unwrap();
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!("waitpid: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            };
+            // Spawners register under this lock, so the waiter is in place.
+            let tx = self.waiters.lock().unwrap().remove(&pid.as_raw());
+            match tx {
+                Some(tx) => {
+                    let _ = tx.send(exit);
+                }
+                None => tracing::debug!(pid = pid.as_raw(), ?exit, "reaped orphan"),
+            }
+        }
+    }
+
     pub fn spawn(&self, cmd: &mut Command) -> std::io::Result<(Child, oneshot::Receiver<Exit>)> {
         let mut waiters = self.waiters.lock().unwrap();
         let child = cmd.spawn()?;
         let (tx, rx) = oneshot::channel();
         waiters.insert(child.id() as i32, tx);
+        self.spawned.notify_all();
         Ok((child, rx))
     }
 
@@ -79,28 +107,8 @@ impl Reaper {
         let pid = spawn()?;
         let (tx, rx) = oneshot::channel();
         waiters.insert(pid, tx);
+        self.spawned.notify_all();
         Ok((pid, rx))
-    }
-
-    /// Reaps every exited child without blocking.
-    pub fn reap(&self) {
-        let mut waiters = self.waiters.lock().unwrap();
-        loop {
-            let (pid, exit) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, Exit::Signal(sig as i32)),
-                Ok(WaitStatus::StillAlive) => break,
-                Ok(_) => continue,
-                Err(Errno::EINTR) => continue,
-                Err(_) => break,
-            };
-            match waiters.remove(&pid.as_raw()) {
-                Some(tx) => {
-                    let _ = tx.send(exit);
-                }
-                None => tracing::debug!(pid = pid.as_raw(), ?exit, "reaped orphan"),
-            }
-        }
     }
 }
 

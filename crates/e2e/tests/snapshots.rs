@@ -1,0 +1,439 @@
+//! Snapshots, restore, suspend/resume and live copies with real gVisor sandboxes.
+
+use reqwest::Method;
+use sbx_e2e::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// A loop inside the sandbox that writes an increasing number to /tmp/count.
+const COUNTER: &str = "i=0; while true; do echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; i=$((i+1)); sleep 0.1; done";
+
+async fn start_bg(s: &Server, id: &str, script: &str) {
+    let r = s
+        .daemon(id, Method::POST, "/processes")
+        .json(&json!({"command": "sh", "args": ["-c", script]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+}
+
+async fn count(s: &Server, id: &str) -> u64 {
+    let out = s
+        .sh(
+            id,
+            "while [ ! -s /tmp/count ]; do sleep 0.05; done; cat /tmp/count",
+        )
+        .await;
+    out.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("count: {out:?}"))
+}
+
+/// Takes a snapshot and waits until it is restorable; returns its info.
+async fn snapshot(s: &Server, id: &str, kind: &str) -> Value {
+    let r = s
+        .req(Method::POST, &format!("/sandboxes/{id}/snapshot"))
+        .json(&json!({"snapshot_type": kind}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["status"], "in_progress", "{v}");
+    let sid = v["snapshot_id"].as_str().unwrap().to_string();
+    wait_snapshot(s, &sid, &["completed"]).await
+}
+
+async fn wait_snapshot(s: &Server, sid: &str, want: &[&str]) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let v = s.api_json(Method::GET, &format!("/snapshots/{sid}")).await;
+        let st = v["status"].as_str().unwrap_or("").to_string();
+        if want.contains(&st.as_str()) {
+            return v;
+        }
+        assert!(st != "failed" || want.contains(&"failed"), "{v}");
+        assert!(Instant::now() < deadline, "snapshot stuck: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_status(s: &Server, id: &str, want: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (_, v) = s.get(id).await;
+        if v["status"] == want {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{id} never became {want}: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn post_status(s: &Server, path: &str, body: Value) -> (u16, Value) {
+    let r = s.req(Method::POST, path).json(&body).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn filesystem_snapshot_outlives_its_source_and_restores_bigger() {
+    let s = Server::start().await;
+    let id = s.create(json!({"resources": {"disk_mb": 1024}})).await;
+    s.sh(
+        &id,
+        "mkdir -p /data && seq 1 10000 > /data/numbers && echo hello > /root/greeting && rm /etc/motd",
+    )
+    .await;
+    let snap = snapshot(&s, &id, "filesystem").await;
+    let sid = snap["snapshot_id"].as_str().unwrap().to_string();
+    assert_eq!(snap["snapshot_type"], "filesystem");
+    assert_eq!(snap["sandbox_id"], id.as_str());
+    assert_eq!(snap["base_image"], "default");
+    assert!(snap["size_bytes"].as_u64().unwrap() > 48_000, "{snap}");
+    assert!(snap["stored_bytes"].as_u64().is_some(), "{snap}");
+    assert_eq!(snap["rootfs_disk_bytes"], 1024u64 * 1024 * 1024);
+    assert!(snap["pause_ms"].as_u64().is_some(), "{snap}");
+    // The source runs on, and is listed with its snapshot.
+    assert_eq!(s.get(&id).await.1["status"], "running");
+    let mine = s
+        .api_json(Method::GET, &format!("/sandboxes/{id}/snapshots"))
+        .await;
+    assert_eq!(mine["snapshots"][0]["snapshot_id"], sid.as_str());
+    assert_eq!(s.delete(&id).await, 200);
+
+    // Shrinking the disk is refused and creates nothing.
+    let before = s.api_json(Method::GET, "/sandboxes?all=true").await["sandboxes"]
+        .as_array()
+        .unwrap()
+        .len();
+    let (code, e) = post_status(
+        &s,
+        "/sandboxes",
+        json!({"snapshot_id": sid, "resources": {"disk_mb": 512}}),
+    )
+    .await;
+    assert_eq!(code, 400, "{e}");
+    assert!(e["message"].as_str().unwrap().contains("only grow"), "{e}");
+    let after = s.api_json(Method::GET, "/sandboxes?all=true").await["sandboxes"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(before, after);
+    let (code, _) = post_status(&s, "/sandboxes", json!({"snapshot_id": "snapnope"})).await;
+    assert_eq!(code, 404);
+
+    // Restore with more of everything: a cold boot on the snapshot's files.
+    let restored = s
+        .create(json!({"snapshot_id": sid, "resources": {"cpus": 2.0, "memory_mb": 2048, "disk_mb": 2048}}))
+        .await;
+    let (_, info) = s.get(&restored).await;
+    assert_eq!(
+        info["resources"],
+        json!({"cpus": 2.0, "memory_mb": 2048, "disk_mb": 2048})
+    );
+    assert_eq!(info["snapshot_id"], sid.as_str());
+    let out = s
+        .sh(
+            &restored,
+            "wc -l < /data/numbers; cat /root/greeting; test -e /etc/motd && echo motd; nproc",
+        )
+        .await;
+    assert_eq!(out, "10000\nhello\n2\n");
+
+    // Deleting the snapshot leaves the sandbox restored from it working.
+    let r = s
+        .req(Method::DELETE, &format!("/snapshots/{sid}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let r = s
+        .req(Method::GET, &format!("/snapshots/{sid}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let out = s
+        .sh(
+            &restored,
+            "tail -1 /data/numbers; echo more >> /data/numbers; tail -1 /data/numbers",
+        )
+        .await;
+    assert_eq!(out, "10000\nmore\n");
+    s.cleanup().await;
+    assert!(s.host_leftovers().is_empty(), "{:?}", s.host_leftovers());
+}
+
+#[tokio::test]
+async fn memory_snapshot_restores_processes_twice_in_parallel() {
+    let s = Server::start().await;
+    let id = s.create(json!({})).await;
+    start_bg(&s, &id, COUNTER).await;
+    start_bg(&s, &id, "echo served > /root/index.html && cd /root && exec python3 -m http.server 8000 --bind 0.0.0.0").await;
+    // Wait until the server answers before capturing it.
+    s.sh(
+        &id,
+        "until python3 -c 'import urllib.request; urllib.request.urlopen(\"http://127.0.0.1:8000/index.html\")' 2>/dev/null; do sleep 0.1; done",
+    )
+    .await;
+    let snap = snapshot(&s, &id, "memory").await;
+    let captured = count(&s, &id).await;
+    let sid = snap["snapshot_id"].as_str().unwrap().to_string();
+    assert_eq!(snap["snapshot_type"], "memory");
+    assert!(snap["pause_ms"].as_u64().is_some(), "{snap}");
+    // The source keeps counting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(count(&s, &id).await > captured);
+
+    // Resources are fixed for a memory snapshot.
+    let (code, e) = post_status(
+        &s,
+        "/sandboxes",
+        json!({"snapshot_id": sid, "resources": {"memory_mb": 2048}}),
+    )
+    .await;
+    assert_eq!(code, 400, "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("resources are fixed"),
+        "{e}"
+    );
+
+    let body = json!({"snapshot_id": sid});
+    let (a, b) = tokio::join!(s.create(body.clone()), s.create(body));
+    assert_ne!(a, b);
+    for copy in [&a, &b] {
+        let first = count(&s, copy).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let later = count(&s, copy).await;
+        assert!(
+            later > first,
+            "{copy}: the counter does not run ({first} → {later})"
+        );
+        let page = s
+            .sh(
+                copy,
+                "for i in $(seq 100); do python3 -c 'import urllib.request; print(urllib.request.urlopen(\"http://127.0.0.1:8000/index.html\").read().decode(), end=\"\")' && exit 0; sleep 0.2; done; exit 1",
+            )
+            .await;
+        assert_eq!(page, "served\n");
+    }
+    // Each copy has its own address and writable layer.
+    s.sh(&a, "echo only-a > /root/mine").await;
+    let r = s
+        .run(&b, json!({"command": "cat", "args": ["/root/mine"]}))
+        .await;
+    assert_ne!(r.exit["exit_code"], 0);
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn snapshot_while_the_source_keeps_writing() {
+    let s = Server::start().await;
+    let id = s.create(json!({})).await;
+    start_bg(
+        &s,
+        &id,
+        "i=0; while true; do echo line-$i >> /root/log; i=$((i+1)); done",
+    )
+    .await;
+    s.sh(&id, "until [ -s /root/log ]; do sleep 0.05; done")
+        .await;
+    let snap = snapshot(&s, &id, "filesystem").await;
+    let restored = s.create(json!({"snapshot_id": snap["snapshot_id"]})).await;
+    // The captured log is whole: every line complete and in order.
+    let out = s
+        .sh(
+            &restored,
+            "awk '$0 != \"line-\" NR-1 { print \"bad line \" NR \": \" $0; exit 1 } END { print NR }' /root/log",
+        )
+        .await;
+    assert!(out.trim().parse::<u64>().unwrap() > 0, "{out}");
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn suspend_and_resume_ten_times_keep_files_and_processes() {
+    let s = Server::start().await;
+    let eph = s.create(json!({})).await;
+    let (code, e) = post_status(&s, &format!("/sandboxes/{eph}/suspend"), json!({})).await;
+    assert_eq!(code, 400, "{e}");
+    assert!(e["message"].as_str().unwrap().contains("ephemeral"), "{e}");
+
+    let id = s.create(json!({"name": "keeper"})).await;
+    start_bg(&s, &id, COUNTER).await;
+    let mut last = count(&s, "keeper").await;
+    for round in 0..10 {
+        s.sh("keeper", &format!("echo {round} > /root/round-{round}"))
+            .await;
+        let (code, v) = post_status(&s, "/sandboxes/keeper/suspend?wait_ms=30000", json!({})).await;
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(v["status"], "suspended");
+        // Nothing of it runs on the host.
+        assert!(netns_of(&[id.clone()]).is_empty(), "round {round}");
+        let (code, v) = post_status(&s, "/sandboxes/keeper/resume?wait_ms=30000", json!({})).await;
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(v["status"], "running");
+        assert_eq!(v["sandbox_id"], id.as_str());
+        let files = s.sh("keeper", "cat /root/round-*").await;
+        let want: String = (0..=round).map(|i| format!("{i}\n")).collect();
+        assert_eq!(files, want, "round {round}");
+        let now = count(&s, "keeper").await;
+        assert!(
+            now >= last,
+            "round {round}: counter went back {last} → {now}"
+        );
+        last = now;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(count(&s, "keeper").await > last, "the counter stopped");
+    s.cleanup().await;
+    assert!(s.host_leftovers().is_empty(), "{:?}", s.host_leftovers());
+}
+
+#[tokio::test]
+async fn timeouts_suspend_named_and_terminate_ephemeral_and_proxy_resumes() {
+    let s = Server::start().await;
+    let named = s.create(json!({"name": "sleepy", "timeout_secs": 2})).await;
+    let eph = s.create(json!({"timeout_secs": 2})).await;
+    s.sh(&named, "echo kept > /root/kept").await;
+    let v = wait_status(&s, &eph, "terminated", Duration::from_secs(30)).await;
+    assert_eq!(v["termination_reason"], "timeout");
+    wait_status(&s, &named, "suspended", Duration::from_secs(30)).await;
+    // Traffic through the proxy resumes it and is served.
+    let out = s.sh("sleepy", "cat /root/kept").await;
+    assert_eq!(out, "kept\n");
+    assert_eq!(s.get(&named).await.1["status"], "running");
+    // With auto_resume off, the proxy answers 409 instead.
+    let r = s
+        .req(Method::PATCH, "/sandboxes/sleepy")
+        .json(&json!({"auto_resume": false}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let (code, _) = post_status(&s, "/sandboxes/sleepy/suspend?wait_ms=30000", json!({})).await;
+    assert_eq!(code, 200);
+    let r = s
+        .daemon("sleepy", Method::GET, "/health")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn copy_makes_running_copies_from_one_memory_snapshot() {
+    let s = Server::start().await;
+    let id = s.create(json!({})).await;
+    start_bg(&s, &id, COUNTER).await;
+    s.sh(&id, "echo from-source > /root/origin").await;
+    let (code, e) = post_status(&s, &format!("/sandboxes/{id}/copy?times=0"), json!({})).await;
+    assert_eq!(code, 400, "{e}");
+    let (code, v) = post_status(&s, &format!("/sandboxes/{id}/copy?times=3"), json!({})).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["source_sandbox_id"], id.as_str());
+    let copies: Vec<String> = v["sandboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert_eq!(c["status"], "running", "{c}");
+            c["sandbox_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(copies.len(), 3);
+    for c in &copies {
+        assert_eq!(s.sh(c, "cat /root/origin").await, "from-source\n");
+        let first = count(&s, c).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(count(&s, c).await > first);
+    }
+    // The intermediate snapshot stays listed.
+    let sid = v["snapshot_id"].as_str().unwrap();
+    let snap = s.api_json(Method::GET, &format!("/snapshots/{sid}")).await;
+    assert_eq!(snap["snapshot_type"], "memory");
+    assert_eq!(s.get(&id).await.1["status"], "running");
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_failed_capture_leaves_the_source_running_and_nothing_partial() {
+    let s = Server::start().await;
+    let id = s.create(json!({})).await;
+    let snaps = s.data_dir.join("snapshots");
+    // Root ignores permissions; the immutable flag stops even root.
+    let chattr = |flag: &str| {
+        std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(&snaps)
+            .status()
+            .unwrap()
+    };
+    assert!(chattr("+i").success());
+    let r = s
+        .req(Method::POST, &format!("/sandboxes/{id}/snapshot"))
+        .json(&json!({"snapshot_type": "memory"}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    let sid = v["snapshot_id"].as_str().unwrap().to_string();
+    let failed = wait_snapshot(&s, &sid, &["failed"]).await;
+    assert!(chattr("-i").success());
+    assert!(
+        failed["error"].as_str().unwrap().contains("capture"),
+        "{failed}"
+    );
+    wait_status(&s, &id, "running", Duration::from_secs(10)).await;
+    assert_eq!(s.sh(&id, "echo alive").await, "alive\n");
+    let left: Vec<_> = std::fs::read_dir(&snaps).unwrap().collect();
+    assert!(left.is_empty(), "partial artifacts: {left:?}");
+    let (code, _) = post_status(&s, "/sandboxes", json!({"snapshot_id": sid})).await;
+    assert_eq!(code, 409);
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn killing_the_server_mid_snapshot_leaves_a_clean_state() {
+    let mut s = Server::start().await;
+    let id = s.create(json!({"name": "victim"})).await;
+    // Enough memory that the capture is still under way when the server dies.
+    start_bg(
+        &s,
+        &id,
+        "exec python3 -c 'import os, time; b = bytearray(os.urandom(200 << 20)); time.sleep(3600)'",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = s
+        .req(Method::POST, &format!("/sandboxes/{id}/snapshot"))
+        .json(&json!({"snapshot_type": "memory"}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    let sid = v["snapshot_id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.kill9();
+    s.spawn().await;
+    let snap = s.api_json(Method::GET, &format!("/snapshots/{sid}")).await;
+    let st = snap["status"].as_str().unwrap();
+    assert!(
+        ["failed", "local_ready", "completed"].contains(&st),
+        "{snap}"
+    );
+    let (_, info) = s.get(&id).await;
+    assert_eq!(info["status"], "running", "{info}");
+    assert_eq!(s.sh(&id, "echo alive").await, "alive\n");
+    let tmp: Vec<_> = std::fs::read_dir(s.data_dir.join("snapshots"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp"))
+        .collect();
+    assert!(tmp.is_empty(), "{tmp:?}");
+    s.cleanup().await;
+}
