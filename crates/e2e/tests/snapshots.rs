@@ -272,7 +272,10 @@ async fn suspend_and_resume_ten_times_keep_files_and_processes() {
         assert_eq!(code, 200, "{v}");
         assert_eq!(v["status"], "suspended");
         // Nothing of it runs on the host.
-        assert!(netns_of(std::slice::from_ref(&id)).is_empty(), "round {round}");
+        assert!(
+            netns_of(std::slice::from_ref(&id)).is_empty(),
+            "round {round}"
+        );
         let (code, v) = post_status(&s, "/sandboxes/keeper/resume?wait_ms=30000", json!({})).await;
         assert_eq!(code, 200, "{v}");
         assert_eq!(v["status"], "running");
