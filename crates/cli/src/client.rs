@@ -9,6 +9,10 @@ use sbx_api::sandbox::{
     CreateSandboxRequest, CreateSandboxResponse, ListSandboxesResponse, SandboxInfo, SandboxStatus,
     UpdateSandboxRequest,
 };
+use sbx_api::snapshot::{
+    CopySandboxResponse, CreateSnapshotRequest, CreateSnapshotResponse, ListSnapshotsResponse,
+    SnapshotInfo, SnapshotType,
+};
 use sbx_api::ErrorBody;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -170,6 +174,71 @@ impl Client {
         self.send(self.api(Method::DELETE, url)).await?;
         self.targets.lock().unwrap().remove(id);
         Ok(())
+    }
+
+    /// `{api}/v1/namespaces/{ns}/snapshots{suffix}`.
+    fn snapshots_url(&self, suffix: &str) -> String {
+        format!(
+            "{}/v1/namespaces/{}/snapshots{}",
+            self.api_url,
+            encode_segment(&self.namespace),
+            suffix
+        )
+    }
+
+    /// Starts a snapshot of sandbox `id` (the server's default type when `None`).
+    pub async fn snapshot(
+        &self,
+        id: &str,
+        snapshot_type: Option<SnapshotType>,
+    ) -> Result<CreateSnapshotResponse> {
+        let url = self.sandboxes_url(&format!("/{}/snapshot", encode_segment(id)));
+        let rb = self
+            .api(Method::POST, url)
+            .json(&CreateSnapshotRequest { snapshot_type });
+        Ok(self.send(rb).await?.json().await?)
+    }
+
+    pub async fn snapshot_info(&self, snapshot_id: &str) -> Result<SnapshotInfo> {
+        let url = self.snapshots_url(&format!("/{}", encode_segment(snapshot_id)));
+        Ok(self.send(self.api(Method::GET, url)).await?.json().await?)
+    }
+
+    /// Snapshots of the namespace, or only those taken from sandbox `of`.
+    pub async fn snapshots(&self, of: Option<&str>) -> Result<Vec<SnapshotInfo>> {
+        let url = match of {
+            Some(id) => self.sandboxes_url(&format!("/{}/snapshots", encode_segment(id))),
+            None => self.snapshots_url(""),
+        };
+        let list: ListSnapshotsResponse =
+            self.send(self.api(Method::GET, url)).await?.json().await?;
+        Ok(list.snapshots)
+    }
+
+    pub async fn delete_snapshot(&self, snapshot_id: &str) -> Result<()> {
+        let url = self.snapshots_url(&format!("/{}", encode_segment(snapshot_id)));
+        self.send(self.api(Method::DELETE, url)).await?;
+        Ok(())
+    }
+
+    /// `POST …/sandboxes/{id}/{verb}?wait_ms=…` for `suspend` and `resume`:
+    /// the sandbox as the server left it when it answered.
+    pub async fn lifecycle(&self, id: &str, verb: &str, wait: Duration) -> Result<SandboxInfo> {
+        let url = self.sandboxes_url(&format!("/{}/{verb}", encode_segment(id)));
+        let rb = self
+            .api(Method::POST, url)
+            .query(&[("wait_ms", wait.as_millis().to_string())]);
+        self.targets.lock().unwrap().remove(id);
+        Ok(self.send(rb).await?.json().await?)
+    }
+
+    /// `times` running copies of sandbox `id`, from one memory snapshot.
+    pub async fn copy(&self, id: &str, times: u32) -> Result<CopySandboxResponse> {
+        let url = self.sandboxes_url(&format!("/{}/copy", encode_segment(id)));
+        let rb = self
+            .api(Method::POST, url)
+            .query(&[("times", times.to_string())]);
+        Ok(self.send(rb).await?.json().await?)
     }
 
     /// Where to reach the daemon of sandbox `id` (an id or a name); looked

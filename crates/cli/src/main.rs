@@ -5,7 +5,9 @@ mod commands;
 mod table;
 
 use clap::{Parser, Subcommand};
-use commands::{cp, create, describe, exec, name, run, server, ssh, terminate};
+use commands::{
+    copy, cp, create, describe, exec, name, run, server, snapshot, ssh, suspend, terminate,
+};
 
 /// Exit status of a failed `sbx` verb (the command's own code wins in `exec`, `run`, `ssh`).
 const EXIT_FAILURE: i32 = 1;
@@ -21,7 +23,11 @@ const EXIT_FAILURE: i32 = 1;
         sbx exec my-box -- python3 -c 'print(1)'\n  \
         sbx run -- uname -a\n  \
         sbx ssh my-box\n  \
-        sbx cp ./data.csv my-box:/tmp/data.csv"
+        sbx cp ./data.csv my-box:/tmp/data.csv\n  \
+        sbx checkpoint my-box --checkpoint-type memory\n  \
+        sbx create --snapshot SNAPSHOT_ID\n  \
+        sbx suspend my-box && sbx resume my-box\n  \
+        sbx copy my-box -n 3"
 )]
 pub struct Cli {
     /// Control-plane URL of the sbx server.
@@ -86,6 +92,16 @@ pub enum Command {
     /// Terminate sandboxes.
     #[command(visible_alias = "rm")]
     Terminate(terminate::TerminateArgs),
+    /// Snapshot a sandbox and print the snapshot id; `ls` and `rm` manage snapshots.
+    #[command(visible_alias = "checkpoint")]
+    Snapshot(snapshot::SnapshotArgs),
+    /// Suspend named sandboxes: memory and files go to disk, nothing runs.
+    Suspend(suspend::SuspendArgs),
+    /// Resume suspended sandboxes where they left off.
+    Resume(suspend::SuspendArgs),
+    /// Make running copies of a running sandbox (one memory snapshot, restored N times).
+    #[command(visible_alias = "clone")]
+    Copy(copy::CopyArgs),
 }
 
 #[tokio::main]
@@ -118,6 +134,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Cp(args) => cp::run(&client, args).await,
         Command::Name(args) => name::run(&client, args).await,
         Command::Terminate(args) => terminate::run(&client, args).await,
+        Command::Snapshot(args) => snapshot::run(&client, args).await,
+        Command::Suspend(args) => suspend::run(&client, args, suspend::Direction::Suspend).await,
+        Command::Resume(args) => suspend::run(&client, args, suspend::Direction::Resume).await,
+        Command::Copy(args) => copy::run(&client, args).await,
     }
 }
 
@@ -160,6 +180,12 @@ mod tests {
             "name",
             "terminate",
             "rm",
+            "snapshot",
+            "checkpoint",
+            "suspend",
+            "resume",
+            "copy",
+            "clone",
         ] {
             let err = Cli::try_parse_from(["sbx", verb, "--help"]).unwrap_err();
             assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp, "{verb}");

@@ -57,6 +57,22 @@ pub fn memory(mb: u64) -> String {
     }
 }
 
+/// Bytes in the largest unit that keeps a whole part: `512B`, `1.5KB`, `12.3MB`, `2GB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 || value >= 100.0 || value.fract() < 0.05 {
+        format!("{}{}", value.round() as u64, UNITS[unit])
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +118,11 @@ mod tests {
         assert_eq!(memory(1024), "1GB");
         assert_eq!(memory(1536), "1536MB");
         assert_eq!(memory(512), "512MB");
+        assert_eq!(bytes(0), "0B");
+        assert_eq!(bytes(1023), "1023B");
+        assert_eq!(bytes(1536), "1.5KB");
+        assert_eq!(bytes(2 * 1024 * 1024), "2MB");
+        assert_eq!(bytes(12_900_000), "12.3MB");
+        assert_eq!(bytes(300 * 1024 * 1024), "300MB");
     }
 }

@@ -4,6 +4,7 @@ use sbx_e2e::*;
 use serde_json::Value;
 use std::io::Write;
 use std::process::{Output, Stdio};
+use std::time::Duration;
 
 fn ok(out: &Output) -> String {
     assert!(
@@ -222,5 +223,162 @@ async fn ssh_in_a_real_terminal_follows_resizes() {
     tmux(&["send-keys", "-t", &session, "exit 6", "Enter"]);
     wait_for("ssh-exited-6");
     tmux(&["kill-session", "-t", &session]);
+    s.cleanup().await;
+}
+
+/// The first line of a CLI's stdout, which must succeed.
+fn line(out: &Output) -> String {
+    ok(out)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+#[tokio::test]
+async fn snapshot_restore_suspend_resume_copy() {
+    let s = Server::start().await;
+    let counter = "sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done'";
+    ok(&s
+        .cli()
+        .args(["create", "clisnap", "-e", counter])
+        .output()
+        .unwrap());
+    s.sh("clisnap", "echo kept > /root/f").await;
+
+    // A memory checkpoint: waits, prints the id, says what it captured.
+    let out = s
+        .cli()
+        .args([
+            "checkpoint",
+            "clisnap",
+            "--checkpoint-type",
+            "memory",
+            "-t",
+            "120",
+        ])
+        .output()
+        .unwrap();
+    let mem = line(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("memory snapshot"), "{stderr}");
+    let info = s
+        .api_json(reqwest::Method::GET, &format!("/snapshots/{mem}"))
+        .await;
+    assert_eq!(info["status"], "completed", "{info}");
+    assert_eq!(info["snapshot_type"], "memory");
+
+    // A filesystem snapshot (the default type), listed both ways.
+    let fs = line(&s.cli().args(["snapshot", "clisnap"]).output().unwrap());
+    let table = ok(&s
+        .cli()
+        .args(["checkpoint", "ls", "--sandbox", "clisnap"])
+        .output()
+        .unwrap());
+    assert!(table.contains(&mem) && table.contains(&fs), "{table}");
+    let json: Value = serde_json::from_str(&ok(&s
+        .cli()
+        .args(["snapshot", "ls", "--json"])
+        .output()
+        .unwrap()))
+    .unwrap();
+    let listed: Vec<&str> = json["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["snapshot_id"].as_str().unwrap())
+        .collect();
+    assert!(listed.contains(&mem.as_str()) && listed.contains(&fs.as_str()));
+
+    // Warm restore: the file is there and the counter counts on.
+    let warm = line(
+        &s.cli()
+            .args(["create", "--snapshot", &mem])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(s.sh(&warm, "cat /root/f").await, "kept\n");
+    let first: u64 = s.sh(&warm, "cat /tmp/count").await.trim().parse().unwrap();
+    let mut later = first;
+    for _ in 0..50 {
+        later = s.sh(&warm, "cat /tmp/count").await.trim().parse().unwrap();
+        if later > first {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(later > first, "counter stuck at {first}");
+    // Resources of a memory restore are fixed.
+    let out = s
+        .cli()
+        .args(["create", "--snapshot", &mem, "-m", "2048"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resources"));
+
+    // Cold restore with a bigger disk.
+    let cold = line(
+        &s.cli()
+            .args(["create", "--snapshot", &fs, "--disk-mb", "20480"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(s.sh(&cold, "cat /root/f").await, "kept\n");
+    assert_eq!(s.get(&cold).await.1["resources"]["disk_mb"], 20480);
+    ok(&s.cli().args(["rm", &warm, &cold]).output().unwrap());
+
+    // Suspend and resume by name.
+    let out = ok(&s.cli().args(["suspend", "clisnap"]).output().unwrap());
+    assert_eq!(out.trim(), "clisnap\tsuspended");
+    assert_eq!(s.get("clisnap").await.1["status"], "suspended");
+    let out = ok(&s.cli().args(["resume", "clisnap"]).output().unwrap());
+    assert_eq!(out.trim(), "clisnap\trunning");
+    assert_eq!(s.sh("clisnap", "cat /root/f").await, "kept\n");
+
+    // Two running copies; their snapshot stays listed until removed.
+    let out = s
+        .cli()
+        .args(["clone", "clisnap", "-n", "2"])
+        .output()
+        .unwrap();
+    let copies: Vec<String> = ok(&out).lines().map(str::to_string).collect();
+    assert_eq!(copies.len(), 2, "{copies:?}");
+    for id in &copies {
+        assert_eq!(s.get(id).await.1["status"], "running");
+        assert_eq!(s.sh(id, "cat /root/f").await, "kept\n");
+    }
+    let json: Value = serde_json::from_str(&ok(&s
+        .cli()
+        .args(["snapshot", "ls", "-s", "clisnap", "--json"])
+        .output()
+        .unwrap()))
+    .unwrap();
+    let copy_snap = json["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["snapshot_id"].as_str().unwrap().to_string())
+        .find(|sid| *sid != mem && *sid != fs)
+        .expect("the copies' snapshot is listed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&copy_snap), "{stderr}");
+
+    // rm deletes snapshots; an unknown one is an error, reported.
+    let removed = ok(&s
+        .cli()
+        .args(["checkpoint", "rm", &mem, &fs, &copy_snap])
+        .output()
+        .unwrap());
+    assert_eq!(removed.lines().count(), 3, "{removed}");
+    let gone = s
+        .req(reqwest::Method::GET, &format!("/snapshots/{mem}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status().as_u16(), 404);
+    let out = s.cli().args(["snapshot", "rm", &mem]).output().unwrap();
+    assert!(!out.status.success());
     s.cleanup().await;
 }

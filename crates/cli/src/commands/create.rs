@@ -34,6 +34,11 @@ pub struct CreateOpts {
     /// Image to boot (default: the server's default image).
     #[arg(short = 'i', long, value_name = "NAME")]
     pub image: Option<String>,
+
+    /// Restore this snapshot: its files (and, for a memory snapshot, its
+    /// running processes); image and settings come from the snapshot.
+    #[arg(short = 's', long, value_name = "SID")]
+    pub snapshot: Option<String>,
 }
 
 impl CreateOpts {
@@ -62,6 +67,7 @@ impl CreateOpts {
             timeout_secs: self.timeout,
             entrypoint,
             name,
+            snapshot_id: self.snapshot.clone(),
             ..Default::default()
         })
     }
@@ -207,6 +213,16 @@ mod tests {
                 "entrypoint": ["python3", "-m", "http.server", "a b"],
                 "name": "web",
             })
+        );
+    }
+
+    #[test]
+    fn restore_sends_only_what_is_given() {
+        let a = create_args(&["create", "--snapshot", "snap-1", "-m", "2048"]);
+        let v = serde_json::to_value(a.opts.request(None).unwrap()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"snapshot_id": "snap-1", "resources": {"memory_mb": 2048}})
         );
     }
 

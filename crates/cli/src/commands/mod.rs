@@ -1,6 +1,7 @@
 //! One module per verb: its clap arguments and its `run`, which returns the
 //! process exit code.
 
+pub mod copy;
 pub mod cp;
 pub mod create;
 pub mod describe;
@@ -9,5 +10,7 @@ pub mod ls;
 pub mod name;
 pub mod run;
 pub mod server;
+pub mod snapshot;
 pub mod ssh;
+pub mod suspend;
 pub mod terminate;
