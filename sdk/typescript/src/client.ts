@@ -1,0 +1,418 @@
+/** The control-plane client: sandbox lifecycle, snapshots, suspend/resume, copies. */
+
+import {
+  ConflictError,
+  SandboxFailedError,
+  SbxError,
+  SbxTimeoutError,
+  SnapshotFailedError,
+  SnapshotTimeoutError,
+} from "./errors.js";
+import { camelize, HttpClient, sleep } from "./http.js";
+import { Sandbox } from "./sandbox.js";
+import type {
+  CopyResult,
+  CreateSandboxResult,
+  CreateSnapshotResult,
+  SandboxInfo,
+  SandboxStatus,
+  SnapshotInfo,
+  SnapshotStatus,
+  SnapshotType,
+} from "./types.js";
+
+export interface ClientOptions {
+  /** Control-plane URL; default `SBX_API_URL` or `http://localhost:8900`. */
+  apiUrl?: string;
+  /** Sent as `Authorization: Bearer …`; default `SBX_API_KEY`. */
+  apiKey?: string;
+  /** Default `SBX_NAMESPACE` or `default`. */
+  namespace?: string;
+  /**
+   * Sandbox proxy URL, used only when the server's answer carries no
+   * `sandbox_url`; default `SBX_PROXY_URL`.
+   */
+  proxyUrl?: string;
+}
+
+export interface CreateSandboxOptions {
+  /** A name makes the sandbox addressable by it and suspendable. */
+  name?: string;
+  image?: string;
+  cpus?: number;
+  memoryMb?: number;
+  diskMb?: number;
+  /** Idle time after which the sandbox is suspended (named) or terminated (ephemeral). */
+  timeoutSecs?: number;
+  entrypoint?: string[];
+  secretNames?: string[];
+  allowInternetAccess?: boolean;
+  allowOut?: string[];
+  denyOut?: string[];
+  /**
+   * Restore from this snapshot. Everything not given here is inherited from
+   * it; a memory snapshot also fixes image and resources.
+   */
+  snapshotId?: string;
+  allowUnauthenticatedAccess?: boolean;
+  exposedPorts?: number[];
+  /** Resume a suspended sandbox when traffic reaches it (server default: true). */
+  autoResume?: boolean;
+  /**
+   * Wait until the sandbox runs (default). With `false` the call returns at
+   * once with status `pending`.
+   */
+  wait?: boolean;
+  maxPendingSecs?: number;
+  /** Seconds to wait for a pending sandbox to run (default 300). */
+  timeout?: number;
+}
+
+export interface SnapshotWaitOptions {
+  snapshotType?: SnapshotType;
+  /** Seconds (default 300). */
+  timeout?: number;
+  /** Seconds between polls (default 1). */
+  pollInterval?: number;
+  /**
+   * `local_ready` (default) is enough to restore from; `completed` waits
+   * until the snapshot is in the store.
+   */
+  waitUntil?: "local_ready" | "completed";
+}
+
+export interface CheckpointOptions extends Omit<SnapshotWaitOptions, "snapshotType"> {
+  /** `filesystem` (server default) or `memory` (processes and memory too). */
+  checkpointType?: SnapshotType;
+  /** Wait until restorable (default true); otherwise return the snapshot as just started. */
+  wait?: boolean;
+}
+
+export interface LifecycleWaitOptions {
+  /**
+   * How long the server may hold the call until the target state (ms,
+   * at most 30000; default 30000).
+   */
+  waitMs?: number;
+  /** Wait for the target state at all (default true). */
+  wait?: boolean;
+  /** Seconds to wait in total, polling after the server's wait (default 300). */
+  timeout?: number;
+}
+
+export interface UpdateSandboxOptions {
+  /** A new name; `null` removes it. */
+  name?: string | null;
+  allowUnauthenticatedAccess?: boolean;
+  exposedPorts?: number[];
+  autoResume?: boolean;
+}
+
+const FINAL_STATUSES: ReadonlySet<SandboxStatus> = new Set(["terminated", "failed", "timeout"]);
+
+export class SandboxClient {
+  readonly apiUrl: string;
+  readonly namespace: string;
+  /** @internal */
+  readonly http: HttpClient;
+  /** @internal */
+  readonly proxyUrl?: string;
+
+  constructor(options: ClientOptions = {}) {
+    this.apiUrl = (options.apiUrl ?? process.env.SBX_API_URL ?? "http://localhost:8900").replace(/\/+$/, "");
+    this.namespace = options.namespace ?? process.env.SBX_NAMESPACE ?? "default";
+    this.proxyUrl = options.proxyUrl ?? process.env.SBX_PROXY_URL;
+    this.http = new HttpClient(options.apiKey ?? process.env.SBX_API_KEY);
+  }
+
+  private url(path: string): string {
+    return `${this.apiUrl}/v1/namespaces/${encodeURIComponent(this.namespace)}${path}`;
+  }
+
+  private sandboxPath(id: string, rest = ""): string {
+    return this.url(`/sandboxes/${encodeURIComponent(id)}${rest}`);
+  }
+
+  // ---- sandboxes ----
+
+  /**
+   * Creates a sandbox (or restores one with `snapshotId`). Unless
+   * `wait: false`, returns once it runs; throws {@link SandboxFailedError}
+   * when it fails to start.
+   */
+  async create(options: CreateSandboxOptions = {}): Promise<CreateSandboxResult> {
+    const result = camelize<CreateSandboxResult>(
+      await this.http.json(this.url("/sandboxes"), {
+        method: "POST",
+        json: createBody(options),
+        headers: { "X-Tensorlake-Request-Timeout-Grace-Ms": "5000" },
+      }),
+    );
+    if (options.wait === false || result.status === "running") return result;
+    if (result.status !== "pending") throw sandboxFailed(result);
+    const info = await this.waitForStatus(result.sandboxId, "running", options.timeout ?? 300);
+    return { ...result, status: info.status, sandboxUrl: info.sandboxUrl, name: info.name };
+  }
+
+  /** Creates a sandbox and returns a {@link Sandbox} to work in it. */
+  async createAndConnect(options: CreateSandboxOptions = {}): Promise<Sandbox> {
+    const result = await this.create({ ...options, wait: true });
+    return new Sandbox(this, {
+      sandboxId: result.sandboxId,
+      name: result.name ?? options.name,
+      sandboxUrl: result.sandboxUrl,
+    });
+  }
+
+  /** A {@link Sandbox} for an existing sandbox (by id or name). */
+  async connect(identifier: string): Promise<Sandbox> {
+    const info = await this.get(identifier);
+    if (FINAL_STATUSES.has(info.status)) throw sandboxFailed(info);
+    return new Sandbox(this, info);
+  }
+
+  async get(identifier: string): Promise<SandboxInfo> {
+    return normalizeSandbox(await this.http.json(this.sandboxPath(identifier), { notFound: "sandbox" }));
+  }
+
+  /** Sandboxes of the namespace, optionally only those with this status. */
+  async list(options: { status?: SandboxStatus } = {}): Promise<SandboxInfo[]> {
+    const body = await this.http.json<{ sandboxes: unknown[] }>(this.url("/sandboxes"), {
+      query: { status: options.status },
+    });
+    return (body?.sandboxes ?? []).map(normalizeSandbox);
+  }
+
+  /** Terminates a sandbox. Idempotent on the server; throws SandboxNotFoundError for an unknown id. */
+  async delete(identifier: string): Promise<void> {
+    await this.http.request(this.sandboxPath(identifier), { method: "DELETE", notFound: "sandbox" });
+  }
+
+  async update(identifier: string, changes: UpdateSandboxOptions): Promise<SandboxInfo> {
+    const body: Record<string, unknown> = {};
+    if (changes.name !== undefined) body.name = changes.name;
+    if (changes.allowUnauthenticatedAccess !== undefined)
+      body.allow_unauthenticated_access = changes.allowUnauthenticatedAccess;
+    if (changes.exposedPorts !== undefined) body.exposed_ports = changes.exposedPorts;
+    if (changes.autoResume !== undefined) body.auto_resume = changes.autoResume;
+    return normalizeSandbox(
+      await this.http.json(this.sandboxPath(identifier), { method: "PATCH", json: body, notFound: "sandbox" }),
+    );
+  }
+
+  /** Gives the sandbox a new name (`null` removes it). */
+  rename(identifier: string, name: string | null): Promise<SandboxInfo> {
+    return this.update(identifier, { name });
+  }
+
+  /** Suspends a named sandbox (ephemeral ones answer 400) and waits until it is `suspended`. */
+  suspend(identifier: string, options: LifecycleWaitOptions = {}): Promise<SandboxInfo> {
+    return this.changeLifecycle(identifier, "suspend", "suspended", options);
+  }
+
+  /** Resumes a suspended sandbox and waits until it is `running`. */
+  resume(identifier: string, options: LifecycleWaitOptions = {}): Promise<SandboxInfo> {
+    return this.changeLifecycle(identifier, "resume", "running", options);
+  }
+
+  private async changeLifecycle(
+    identifier: string,
+    action: "suspend" | "resume",
+    target: SandboxStatus,
+    options: LifecycleWaitOptions,
+  ): Promise<SandboxInfo> {
+    const wait = options.wait ?? true;
+    const waitMs = wait ? Math.min(options.waitMs ?? 30_000, 30_000) : undefined;
+    let res: Response;
+    try {
+      res = await this.http.request(this.sandboxPath(identifier, `/${action}`), {
+        method: "POST",
+        query: { wait_ms: waitMs },
+        notFound: "sandbox",
+      });
+    } catch (e) {
+      // Already there (or on the way): accept, as the Tensorlake client does.
+      if (!(e instanceof ConflictError)) throw e;
+      const info = await this.get(identifier);
+      if (info.status !== target && !wait) throw e;
+      if (info.status === target) return info;
+      return this.waitForStatus(identifier, target, options.timeout ?? 300);
+    }
+    const text = await res.text();
+    let info: SandboxInfo | undefined;
+    if (text.trim()) {
+      const body = JSON.parse(text) as Record<string, unknown>;
+      if (body && typeof body.status === "string" && body.resources) info = normalizeSandbox(body);
+    }
+    if (!wait) return info ?? this.get(identifier);
+    if (res.status === 200 && info?.status === target) return info;
+    return this.waitForStatus(identifier, target, options.timeout ?? 300);
+  }
+
+  /**
+   * Polls until the sandbox has `status`; throws {@link SandboxFailedError}
+   * if it ends instead and {@link SbxTimeoutError} after `timeout` seconds.
+   */
+  async waitForStatus(identifier: string, status: SandboxStatus, timeout = 300): Promise<SandboxInfo> {
+    const deadline = Date.now() + timeout * 1000;
+    for (;;) {
+      const info = await this.get(identifier);
+      if (info.status === status) return info;
+      if (FINAL_STATUSES.has(info.status)) throw sandboxFailed(info);
+      if (Date.now() > deadline) {
+        throw new SbxTimeoutError(
+          `sandbox ${identifier} did not become ${status} within ${timeout}s (it is ${info.status})`,
+        );
+      }
+      await sleep(250);
+    }
+  }
+
+  /**
+   * Live copies: `times` new running sandboxes booted from a memory
+   * checkpoint of this one. The checkpoint (`snapshotId`) stays until deleted.
+   */
+  async copy(identifier: string, options: { times?: number } = {}): Promise<CopyResult> {
+    return camelize<CopyResult>(
+      await this.http.json(this.sandboxPath(identifier, "/copy"), {
+        method: "POST",
+        query: { times: options.times ?? 1 },
+        notFound: "sandbox",
+      }),
+    );
+  }
+
+  // ---- snapshots ----
+
+  /** Starts a snapshot and returns at once (status `in_progress`). */
+  async snapshot(identifier: string, options: { snapshotType?: SnapshotType } = {}): Promise<CreateSnapshotResult> {
+    return camelize<CreateSnapshotResult>(
+      await this.http.json(this.sandboxPath(identifier, "/snapshot"), {
+        method: "POST",
+        json: options.snapshotType ? { snapshot_type: options.snapshotType } : undefined,
+        notFound: "sandbox",
+      }),
+    );
+  }
+
+  async getSnapshot(snapshotId: string): Promise<SnapshotInfo> {
+    return normalizeSnapshot(
+      await this.http.json(this.url(`/snapshots/${encodeURIComponent(snapshotId)}`), { notFound: "snapshot" }),
+    );
+  }
+
+  /** Snapshots of the namespace, or only those taken from one sandbox. */
+  async listSnapshots(options: { sandboxId?: string } = {}): Promise<SnapshotInfo[]> {
+    const url = options.sandboxId ? this.sandboxPath(options.sandboxId, "/snapshots") : this.url("/snapshots");
+    const body = await this.http.json<{ snapshots: unknown[] }>(url, { notFound: "sandbox" });
+    return (body?.snapshots ?? []).map(normalizeSnapshot);
+  }
+
+  async deleteSnapshot(snapshotId: string): Promise<void> {
+    await this.http.request(this.url(`/snapshots/${encodeURIComponent(snapshotId)}`), {
+      method: "DELETE",
+      notFound: "snapshot",
+    });
+  }
+
+  /**
+   * Takes a snapshot and waits until it can be restored from. Throws
+   * {@link SnapshotFailedError} or {@link SnapshotTimeoutError}.
+   */
+  async snapshotAndWait(identifier: string, options: SnapshotWaitOptions = {}): Promise<SnapshotInfo> {
+    const started = await this.snapshot(identifier, { snapshotType: options.snapshotType });
+    return this.waitForSnapshot(started.snapshotId, options);
+  }
+
+  /** Waits until a snapshot reaches `waitUntil` (default `local_ready`). */
+  async waitForSnapshot(snapshotId: string, options: Omit<SnapshotWaitOptions, "snapshotType"> = {}): Promise<SnapshotInfo> {
+    const timeout = options.timeout ?? 300;
+    const pollMs = (options.pollInterval ?? 1) * 1000;
+    const ready: ReadonlySet<SnapshotStatus> =
+      options.waitUntil === "completed" ? new Set(["completed"]) : new Set(["local_ready", "completed"]);
+    const deadline = Date.now() + timeout * 1000;
+    for (;;) {
+      const info = await this.getSnapshot(snapshotId);
+      if (ready.has(info.status)) return info;
+      if (info.status === "failed") {
+        throw new SnapshotFailedError(`snapshot ${snapshotId} failed: ${info.error ?? "no reason given"}`);
+      }
+      if (info.status === "deleting") throw new SnapshotFailedError(`snapshot ${snapshotId} is being deleted`);
+      if (Date.now() + pollMs > deadline) {
+        throw new SnapshotTimeoutError(
+          `snapshot ${snapshotId} did not become ${options.waitUntil ?? "local_ready"} within ${timeout}s (it is ${info.status})`,
+        );
+      }
+      await sleep(pollMs);
+    }
+  }
+
+  /**
+   * A checkpoint: a snapshot to come back to, by default waited for until
+   * restorable. `checkpointType: "memory"` captures running processes too.
+   */
+  async checkpoint(identifier: string, options: CheckpointOptions = {}): Promise<SnapshotInfo> {
+    if (options.wait === false) {
+      const started = await this.snapshot(identifier, { snapshotType: options.checkpointType });
+      return this.getSnapshot(started.snapshotId);
+    }
+    return this.snapshotAndWait(identifier, { ...options, snapshotType: options.checkpointType });
+  }
+}
+
+function createBody(o: CreateSandboxOptions): Record<string, unknown> {
+  const body: Record<string, unknown> = {};
+  const set = (k: string, v: unknown) => {
+    if (v !== undefined && v !== null) body[k] = v;
+  };
+  set("image", o.image);
+  if (o.cpus !== undefined || o.memoryMb !== undefined || o.diskMb !== undefined) {
+    const r: Record<string, unknown> = {};
+    if (o.cpus !== undefined) r.cpus = o.cpus;
+    if (o.memoryMb !== undefined) r.memory_mb = o.memoryMb;
+    if (o.diskMb !== undefined) r.disk_mb = o.diskMb;
+    body.resources = r;
+  }
+  set("timeout_secs", o.timeoutSecs);
+  set("entrypoint", o.entrypoint);
+  set("secret_names", o.secretNames);
+  if (o.allowInternetAccess !== undefined || o.allowOut !== undefined || o.denyOut !== undefined) {
+    body.network = {
+      allow_internet_access: o.allowInternetAccess ?? true,
+      allow_out: o.allowOut ?? [],
+      deny_out: o.denyOut ?? [],
+    };
+  }
+  set("snapshot_id", o.snapshotId);
+  set("name", o.name);
+  set("allow_unauthenticated_access", o.allowUnauthenticatedAccess);
+  set("exposed_ports", o.exposedPorts);
+  set("auto_resume", o.autoResume);
+  set("wait", o.wait);
+  set("max_pending_secs", o.maxPendingSecs);
+  return body;
+}
+
+function normalizeSandbox(raw: unknown): SandboxInfo {
+  const info = camelize<SandboxInfo & { id?: string }>(raw);
+  if (!info.sandboxId && info.id) info.sandboxId = info.id;
+  if (!info.networkPolicy && info.network) info.networkPolicy = info.network as SandboxInfo["networkPolicy"];
+  return info;
+}
+
+function normalizeSnapshot(raw: unknown): SnapshotInfo {
+  const info = camelize<SnapshotInfo & { id?: string }>(raw);
+  if (!info.snapshotId && info.id) info.snapshotId = info.id;
+  return info;
+}
+
+function sandboxFailed(info: {
+  sandboxId: string;
+  status: string;
+  reason?: string;
+  terminationReason?: string;
+  errorDetails?: { message: string };
+}): SbxError {
+  const why = info.errorDetails?.message ?? info.reason ?? info.terminationReason;
+  return new SandboxFailedError(`sandbox ${info.sandboxId} is ${info.status}${why ? `: ${why}` : ""}`);
+}
