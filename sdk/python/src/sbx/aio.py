@@ -150,6 +150,13 @@ class AsyncSandboxClient:
         )
         if not wait:
             return info
+        return await self._wait_running(info, deadline)
+
+    async def wait_until_running(self, identifier: str, timeout: float = 300.0) -> SandboxInfo:
+        """Polls a sandbox (for example one created with ``wait=False``) until it runs."""
+        return await self._wait_running(await self.get(identifier), time.monotonic() + timeout)
+
+    async def _wait_running(self, info: SandboxInfo, deadline: float) -> SandboxInfo:
         while True:
             if info.status == SandboxStatus.RUNNING:
                 return info

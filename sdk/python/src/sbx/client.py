@@ -192,6 +192,10 @@ class SandboxClient:
             return info
         return self._wait_running(info, deadline)
 
+    def wait_until_running(self, identifier: str, timeout: float = 300.0) -> SandboxInfo:
+        """Polls a sandbox (for example one created with ``wait=False``) until it runs."""
+        return self._wait_running(self.get(identifier), time.monotonic() + timeout)
+
     def _wait_running(self, info: SandboxInfo, deadline: float) -> SandboxInfo:
         while True:
             if info.status == SandboxStatus.RUNNING:

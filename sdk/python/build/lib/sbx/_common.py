@@ -1,0 +1,302 @@
+"""What the sync and async clients share: configuration, request bodies,
+answer parsing and the server-sent-events decoder. No I/O here."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
+from urllib.parse import quote, urlsplit
+
+from . import __version__
+from .errors import SbxError
+from .models import CommandResult, OutputLine, SnapshotInfo, SnapshotStatus, SnapshotType
+
+DEFAULT_API_URL = "http://localhost:8900"
+SANDBOX_HEADER = "X-Tensorlake-Sandbox-Id"
+#: Statuses from which a sandbox never comes back to running.
+FINAL_SANDBOX_STATUSES = frozenset({"terminated", "failed", "timeout"})
+#: GETs are retried on these answers and on connection errors.
+RETRY_STATUSES = frozenset({502, 503, 504})
+RETRIES = 3
+#: Most a suspend/resume call may ask the server to wait (its limit).
+MAX_WAIT_MS = 30_000
+
+
+@dataclass(frozen=True)
+class Config:
+    api_url: str
+    api_key: Optional[str]
+    namespace: str
+    #: Overrides the ``sandbox_url`` the server returns (``SBX_PROXY_URL``).
+    proxy_url: Optional[str]
+
+    @classmethod
+    def resolve(
+        cls,
+        api_url: Optional[str],
+        api_key: Optional[str],
+        namespace: Optional[str],
+        proxy_url: Optional[str],
+    ) -> "Config":
+        url = api_url or os.environ.get("SBX_API_URL") or DEFAULT_API_URL
+        return cls(
+            api_url=url.rstrip("/"),
+            api_key=api_key if api_key is not None else os.environ.get("SBX_API_KEY") or None,
+            namespace=namespace or os.environ.get("SBX_NAMESPACE") or "default",
+            proxy_url=(proxy_url or os.environ.get("SBX_PROXY_URL") or "").rstrip("/") or None,
+        )
+
+    def headers(self) -> dict[str, str]:
+        h = {"User-Agent": f"sbx-python/{__version__}"}
+        if self.api_key:
+            h["Authorization"] = f"Bearer {self.api_key}"
+        return h
+
+    def api(self, path: str) -> str:
+        """A control-plane URL under this namespace."""
+        return f"{self.api_url}/v1/namespaces/{seg(self.namespace)}{path}"
+
+    def daemon_base(self, sandbox_url: Optional[str]) -> str:
+        """Base URL of the daemon routes for a sandbox reached through the proxy."""
+        base = self.proxy_url or sandbox_url
+        if not base:
+            # The server sends sandbox_url for every live sandbox; fall back to
+            # the conventional proxy port on the API host.
+            parts = urlsplit(self.api_url)
+            base = f"{parts.scheme}://{parts.hostname}:9443"
+        return base.rstrip("/") + "/api/v1"
+
+
+def seg(value: str) -> str:
+    """Percent-encodes one path segment."""
+    return quote(str(value), safe="")
+
+
+def create_body(
+    *,
+    image: Optional[str] = None,
+    cpus: Optional[float] = None,
+    memory_mb: Optional[int] = None,
+    disk_mb: Optional[int] = None,
+    timeout_secs: Optional[int] = None,
+    name: Optional[str] = None,
+    entrypoint: Optional[list[str]] = None,
+    snapshot_id: Optional[str] = None,
+    allow_internet_access: Optional[bool] = None,
+    allow_out: Optional[list[str]] = None,
+    deny_out: Optional[list[str]] = None,
+    secret_names: Optional[list[str]] = None,
+    auto_resume: Optional[bool] = None,
+    allow_unauthenticated_access: Optional[bool] = None,
+    exposed_ports: Optional[list[int]] = None,
+    wait: bool = True,
+) -> dict[str, Any]:
+    """The JSON of ``POST /sandboxes``; unset fields are left out (server defaults)."""
+    body: dict[str, Any] = {}
+    resources = {k: v for k, v in (("cpus", cpus), ("memory_mb", memory_mb), ("disk_mb", disk_mb)) if v is not None}
+    if resources:
+        body["resources"] = resources
+    network = {
+        k: v
+        for k, v in (("allow_internet_access", allow_internet_access), ("allow_out", allow_out), ("deny_out", deny_out))
+        if v is not None
+    }
+    if network:
+        body["network"] = network
+    for key, value in (
+        ("image", image),
+        ("timeout_secs", timeout_secs),
+        ("name", name),
+        ("entrypoint", entrypoint),
+        ("snapshot_id", snapshot_id),
+        ("secret_names", secret_names),
+        ("auto_resume", auto_resume),
+        ("allow_unauthenticated_access", allow_unauthenticated_access),
+        ("exposed_ports", exposed_ports),
+    ):
+        if value is not None:
+            body[key] = value
+    if not wait:
+        body["wait"] = False
+    return body
+
+
+def update_body(**fields: Any) -> dict[str, Any]:
+    """PATCH body: only the given fields (``_UNSET`` = keep; None = clear the name)."""
+    return {k: v for k, v in fields.items() if v is not _UNSET}
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+_UNSET: Any = _Unset()
+
+
+def snapshot_type_value(kind: Union[SnapshotType, str, None]) -> Optional[str]:
+    if kind is None:
+        return None
+    value = kind.value if isinstance(kind, SnapshotType) else str(kind)
+    if value not in ("memory", "filesystem"):
+        raise ValueError(f"snapshot type must be 'memory' or 'filesystem', not {kind!r}")
+    return value
+
+
+def check_snapshot(info: SnapshotInfo, require_completed: bool) -> bool:
+    """True when a waited-for snapshot is ready; raises when it never will be."""
+    from .errors import SnapshotError
+
+    if info.status in (SnapshotStatus.FAILED, SnapshotStatus.DELETING):
+        raise SnapshotError(
+            f"snapshot {info.snapshot_id} is {info.status}" + (f": {info.error}" if info.error else ""),
+            body=info.raw,
+        )
+    if require_completed:
+        return info.status == SnapshotStatus.COMPLETED
+    return info.is_ready
+
+
+def command_argv(cmd: str, args: Optional[Iterable[str]]) -> tuple[str, list[str]]:
+    """``run("ls -l /tmp")`` goes through ``/bin/sh -c``; ``run("ls", args=[...])`` executes ``ls`` directly."""
+    if args is None:
+        return "/bin/sh", ["-c", cmd]
+    return cmd, [str(a) for a in args]
+
+
+def process_body(
+    cmd: str,
+    args: Optional[Iterable[str]],
+    env: Optional[Mapping[str, str]],
+    cwd: Optional[str],
+    user: Optional[Union[str, dict]] = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    command, argv = command_argv(cmd, args)
+    body: dict[str, Any] = {"command": command, "args": argv}
+    if env:
+        body["env"] = {str(k): str(v) for k, v in env.items()}
+    if cwd is not None:
+        body["working_dir"] = cwd
+    if user is not None:
+        body["user"] = user
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return body
+
+
+def merge_env(default: Optional[Mapping[str, str]], env: Optional[Mapping[str, str]]) -> Optional[dict[str, str]]:
+    if not default and not env:
+        return None
+    merged = dict(default or {})
+    merged.update(env or {})
+    return merged
+
+
+def signal_number(sig: Union[int, str]) -> int:
+    """15, "TERM", "SIGTERM" -> 15."""
+    if isinstance(sig, int):
+        return sig
+    import signal as _signal
+
+    name = sig.upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return int(getattr(_signal, name))
+    except AttributeError:
+        raise ValueError(f"unknown signal {sig!r}") from None
+
+
+class SSEDecoder:
+    """Turns the lines of a ``text/event-stream`` into the JSON of each event."""
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> Optional[dict]:
+        line = line.rstrip("\r\n")
+        if line == "":
+            if not self._data:
+                return None
+            payload = "\n".join(self._data)
+            self._data = []
+            try:
+                event = json.loads(payload)
+            except ValueError:
+                raise SbxError(f"bad event from the sandbox: {payload[:200]!r}") from None
+            return event if isinstance(event, dict) else None
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        if name == "data":
+            self._data.append(value[1:] if value.startswith(" ") else value)
+        return None
+
+    def flush(self) -> Optional[dict]:
+        return self.feed("") if self._data else None
+
+
+Callback = Callable[[str], Any]
+
+
+class RunAccumulator:
+    """Collects the events of ``processes/run`` into a :class:`CommandResult`."""
+
+    def __init__(self) -> None:
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self.pid: Optional[int] = None
+        self.exit: Optional[dict] = None
+
+    def add(self, event: dict) -> Optional[OutputLine]:
+        """Records one event; returns it when it is an output line."""
+        if "line" in event:
+            out = OutputLine.from_json(event)
+            (self.stderr if out.stream == "stderr" else self.stdout).append(out.line + "\n")
+            return out
+        if "reason" in event or "exit_code" in event:
+            self.exit = event
+        elif "pid" in event:
+            self.pid = event["pid"]
+        return None
+
+    def result(self, what: str) -> CommandResult:
+        if self.exit is None:
+            raise SbxError(f"the output stream of `{what}` ended before the process exited")
+        e = self.exit
+        return CommandResult(
+            stdout="".join(self.stdout),
+            stderr="".join(self.stderr),
+            exit_code=e.get("exit_code"),
+            signal=e.get("signal"),
+            reason=e.get("reason") or ("exited" if e.get("exit_code") is not None else "signaled"),
+            oom_killed=bool(e.get("oom_killed", False)),
+            pid=self.pid,
+        )
+
+
+def describe(cmd: str, args: Optional[Iterable[str]]) -> str:
+    return cmd if args is None else shlex.join([cmd, *map(str, args)])
+
+
+def create_timeout_headers(timeout: float) -> dict[str, str]:
+    """Tells a blocking create how long we wait (the server answers pending before that)."""
+    return {
+        "X-Tensorlake-Request-Timeout-Ms": str(int(timeout * 1000)),
+        "X-Tensorlake-Request-Timeout-Grace-Ms": "5000",
+    }
+
+
+CHUNK = 256 * 1024
+
+
+def file_chunks(f: Any) -> Iterable[bytes]:
+    """Reads a binary file object in chunks (httpx would split it on newlines)."""
+    while True:
+        chunk = f.read(CHUNK)
+        if not chunk:
+            return
+        yield chunk.encode() if isinstance(chunk, str) else chunk

@@ -1,0 +1,421 @@
+"""The synchronous control-plane client."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Union
+
+import httpx
+
+from . import _common as c
+from .errors import (
+    ConflictError,
+    CopyError,
+    NotFoundError,
+    SandboxError,
+    SandboxNotFoundError,
+    SbxConnectionError,
+    SbxTimeoutError,
+    SnapshotNotFoundError,
+    error_from_response,
+)
+from .models import (
+    CheckpointType,
+    CopyResult,
+    SandboxInfo,
+    SandboxStatus,
+    SnapshotInfo,
+    SnapshotType,
+)
+
+if TYPE_CHECKING:
+    from .sandbox import Sandbox
+
+__all__ = ["SandboxClient"]
+
+
+class _Transport:
+    """httpx plus the SDK's error mapping and retries of idempotent calls."""
+
+    def __init__(self, cfg: c.Config, timeout: float) -> None:
+        self.cfg = cfg
+        self.http = httpx.Client(headers=cfg.headers(), timeout=httpx.Timeout(timeout, connect=10.0))
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        not_found: type[NotFoundError] = NotFoundError,
+        ok_statuses: tuple[int, ...] = (),
+        **kw: Any,
+    ) -> httpx.Response:
+        idempotent = method in ("GET", "HEAD") and "content" not in kw
+        attempts = c.RETRIES if idempotent else 1
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                resp = self.http.request(method, url, **kw)
+            except httpx.TransportError as e:
+                if last:
+                    raise SbxConnectionError(f"{method} {url}: {e}") from e
+            else:
+                if resp.status_code in c.RETRY_STATUSES and not last:
+                    resp.close()
+                elif resp.is_success or resp.status_code in ok_statuses:
+                    return resp
+                else:
+                    raise error_from_response(resp.status_code, resp.content, not_found)
+            time.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    @contextlib.contextmanager
+    def stream(
+        self, method: str, url: str, *, not_found: type[NotFoundError] = NotFoundError, **kw: Any
+    ) -> Iterator[httpx.Response]:
+        try:
+            with self.http.stream(method, url, **kw) as resp:
+                if not resp.is_success:
+                    resp.read()
+                    raise error_from_response(resp.status_code, resp.content, not_found)
+                yield resp
+        except httpx.TransportError as e:
+            raise SbxConnectionError(f"{method} {url}: {e}") from e
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class SandboxClient:
+    """Lifecycle of sandboxes and snapshots.
+
+    ``api_url``, ``api_key`` and ``namespace`` default to the environment
+    (``SBX_API_URL``, default ``http://localhost:8900``; ``SBX_API_KEY``;
+    ``SBX_NAMESPACE``, default ``default``). ``proxy_url`` (``SBX_PROXY_URL``)
+    overrides the ``sandbox_url`` the server hands out, for clients that reach
+    the proxy under another address. ``timeout`` bounds each control-plane request.
+    """
+
+    def __init__(
+        self,
+        api_url: Optional[str] = None,
+        api_key: Optional[str] = None,
+        namespace: Optional[str] = None,
+        *,
+        proxy_url: Optional[str] = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self._cfg = c.Config.resolve(api_url, api_key, namespace, proxy_url)
+        self._t = _Transport(self._cfg, timeout)
+
+    @property
+    def api_url(self) -> str:
+        return self._cfg.api_url
+
+    @property
+    def namespace(self) -> str:
+        return self._cfg.namespace
+
+    def close(self) -> None:
+        self._t.close()
+
+    def __enter__(self) -> "SandboxClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _json(self, method: str, path: str, **kw: Any) -> Any:
+        return self._t.request(method, self._cfg.api(path), **kw).json()
+
+    # --- sandboxes ---------------------------------------------------------
+
+    def create(
+        self,
+        image: Optional[str] = None,
+        *,
+        cpus: Optional[float] = None,
+        memory_mb: Optional[int] = None,
+        disk_mb: Optional[int] = None,
+        timeout_secs: Optional[int] = None,
+        name: Optional[str] = None,
+        entrypoint: Optional[list[str]] = None,
+        snapshot_id: Optional[str] = None,
+        allow_internet_access: Optional[bool] = None,
+        allow_out: Optional[list[str]] = None,
+        deny_out: Optional[list[str]] = None,
+        secret_names: Optional[list[str]] = None,
+        auto_resume: Optional[bool] = None,
+        allow_unauthenticated_access: Optional[bool] = None,
+        exposed_ports: Optional[list[int]] = None,
+        wait: bool = True,
+        wait_timeout: float = 300.0,
+    ) -> SandboxInfo:
+        """Creates a sandbox (or restores ``snapshot_id``) and, with ``wait``,
+        returns once it runs. Unset fields take the server's defaults (or,
+        on a restore, the snapshot's). ``wait=False`` returns it ``pending``.
+
+        Raises :class:`SandboxError` when it fails to start and
+        :class:`SbxTimeoutError` when it is not running after ``wait_timeout`` s.
+        """
+        body = c.create_body(
+            image=image,
+            cpus=cpus,
+            memory_mb=memory_mb,
+            disk_mb=disk_mb,
+            timeout_secs=timeout_secs,
+            name=name,
+            entrypoint=entrypoint,
+            snapshot_id=snapshot_id,
+            allow_internet_access=allow_internet_access,
+            allow_out=allow_out,
+            deny_out=deny_out,
+            secret_names=secret_names,
+            auto_resume=auto_resume,
+            allow_unauthenticated_access=allow_unauthenticated_access,
+            exposed_ports=exposed_ports,
+            wait=wait,
+        )
+        deadline = time.monotonic() + wait_timeout
+        info = SandboxInfo.from_json(
+            self._json(
+                "POST",
+                "/sandboxes",
+                json=body,
+                headers=c.create_timeout_headers(wait_timeout) if wait else None,
+                timeout=wait_timeout + 10 if wait else httpx.USE_CLIENT_DEFAULT,
+                not_found=SnapshotNotFoundError if snapshot_id else SandboxNotFoundError,
+            )
+        )
+        if not wait:
+            return info
+        return self._wait_running(info, deadline)
+
+    def wait_until_running(self, identifier: str, timeout: float = 300.0) -> SandboxInfo:
+        """Polls a sandbox (for example one created with ``wait=False``) until it runs."""
+        return self._wait_running(self.get(identifier), time.monotonic() + timeout)
+
+    def _wait_running(self, info: SandboxInfo, deadline: float) -> SandboxInfo:
+        while True:
+            if info.status == SandboxStatus.RUNNING:
+                return info
+            if info.status in c.FINAL_SANDBOX_STATUSES or info.status == SandboxStatus.SUSPENDED:
+                raise SandboxError(
+                    f"sandbox {info.sandbox_id} is {info.status}" + (f": {info.error}" if info.error else ""),
+                    body=info.raw,
+                )
+            if time.monotonic() > deadline:
+                raise SbxTimeoutError(f"sandbox {info.sandbox_id} still {info.status} after the wait timeout")
+            time.sleep(0.5)
+            info = self.get(info.sandbox_id)
+
+    def create_and_connect(
+        self, image: Optional[str] = None, *, env: Optional[Mapping[str, str]] = None, **kwargs: Any
+    ) -> "Sandbox":
+        """:meth:`create`, then :meth:`connect`. ``env`` becomes the default
+        environment of every command, process and PTY started through the
+        returned object (sbx has no sandbox-wide environment). Using the
+        result as a context manager terminates the sandbox on exit."""
+        from .sandbox import Sandbox
+
+        kwargs.pop("wait", None)
+        info = self.create(image, **kwargs)
+        return Sandbox(self, info, env=env, owns_sandbox=True)
+
+    def connect(self, identifier: str, *, env: Optional[Mapping[str, str]] = None) -> "Sandbox":
+        """A handle on an existing sandbox (id or name) for commands, files and PTYs."""
+        from .sandbox import Sandbox
+
+        return Sandbox(self, self.get(identifier), env=env)
+
+    def get(self, identifier: str) -> SandboxInfo:
+        return SandboxInfo.from_json(
+            self._json("GET", f"/sandboxes/{c.seg(identifier)}", not_found=SandboxNotFoundError)
+        )
+
+    def list(self, status: Union[SandboxStatus, str, None] = None, *, all: bool = False) -> list[SandboxInfo]:
+        """Live sandboxes (pending to suspended); ``all=True`` adds ended ones,
+        ``status`` filters on one status."""
+        params: dict[str, Any] = {}
+        if status is not None:
+            params["status"] = str(status)
+        if all:
+            params["all"] = "true"
+        data = self._json("GET", "/sandboxes", params=params)
+        return [SandboxInfo.from_json(s) for s in data.get("sandboxes", [])]
+
+    def delete(self, identifier: str) -> None:
+        """Terminates a sandbox. Idempotent: deleting an ended sandbox is fine."""
+        self._t.request("DELETE", self._cfg.api(f"/sandboxes/{c.seg(identifier)}"), not_found=SandboxNotFoundError)
+
+    terminate = delete
+
+    def update(
+        self,
+        identifier: str,
+        *,
+        name: Optional[str] = c._UNSET,
+        auto_resume: Optional[bool] = c._UNSET,
+        allow_unauthenticated_access: Optional[bool] = c._UNSET,
+        exposed_ports: Optional[list[int]] = c._UNSET,
+    ) -> SandboxInfo:
+        """Changes the given fields (``name=None`` removes the name)."""
+        body = c.update_body(
+            name=name,
+            auto_resume=auto_resume,
+            allow_unauthenticated_access=allow_unauthenticated_access,
+            exposed_ports=exposed_ports,
+        )
+        return SandboxInfo.from_json(
+            self._json("PATCH", f"/sandboxes/{c.seg(identifier)}", json=body, not_found=SandboxNotFoundError)
+        )
+
+    def rename(self, identifier: str, name: Optional[str]) -> SandboxInfo:
+        return self.update(identifier, name=name)
+
+    def suspend(
+        self, identifier: str, *, wait: bool = True, wait_ms: int = c.MAX_WAIT_MS, timeout: float = 120.0
+    ) -> SandboxInfo:
+        """Suspends a named sandbox (memory and disk are kept; it stops using CPU
+        and RAM). With ``wait`` returns once it is ``suspended``."""
+        return self._lifecycle(identifier, "suspend", SandboxStatus.SUSPENDED, wait, wait_ms, timeout)
+
+    def resume(
+        self, identifier: str, *, wait: bool = True, wait_ms: int = c.MAX_WAIT_MS, timeout: float = 120.0
+    ) -> SandboxInfo:
+        """Resumes a suspended sandbox. With ``wait`` returns once it runs."""
+        return self._lifecycle(identifier, "resume", SandboxStatus.RUNNING, wait, wait_ms, timeout)
+
+    def _lifecycle(
+        self, identifier: str, action: str, target: SandboxStatus, wait: bool, wait_ms: int, timeout: float
+    ) -> SandboxInfo:
+        deadline = time.monotonic() + timeout
+        wait_ms = max(0, min(wait_ms, c.MAX_WAIT_MS, int(timeout * 1000))) if wait else 0
+        try:
+            info = SandboxInfo.from_json(
+                self._json(
+                    "POST",
+                    f"/sandboxes/{c.seg(identifier)}/{action}",
+                    params={"wait_ms": wait_ms} if wait_ms else None,
+                    timeout=wait_ms / 1000 + 30,
+                    not_found=SandboxNotFoundError,
+                )
+            )
+        except ConflictError:
+            # Already there (or on its way): the call is done if the state is.
+            info = self.get(identifier)
+            if info.status != target:
+                raise
+        while wait and info.status != target:
+            if info.status in c.FINAL_SANDBOX_STATUSES:
+                raise SandboxError(f"sandbox {info.sandbox_id} is {info.status}", body=info.raw)
+            if time.monotonic() > deadline:
+                raise SbxTimeoutError(f"sandbox {info.sandbox_id} is {info.status}, not {target}, after {timeout} s")
+            time.sleep(0.25)
+            info = self.get(info.sandbox_id)
+        return info
+
+    def copy(self, identifier: str, times: int = 1) -> CopyResult:
+        """Live copies: a memory checkpoint of the sandbox booted ``times`` times.
+        The copies run on with the source's memory, processes and files. The
+        intermediate snapshot (``snapshot_id``) stays until deleted."""
+        resp = self._t.request(
+            "POST",
+            self._cfg.api(f"/sandboxes/{c.seg(identifier)}/copy"),
+            params={"times": times},
+            timeout=600.0,
+            not_found=SandboxNotFoundError,
+            ok_statuses=(422, 504),
+        )
+        result = CopyResult.from_json(resp.json())
+        if not resp.is_success:
+            raise CopyError(
+                f"{len(result.sandboxes)} of {times} copies started",
+                result=result,
+                status=resp.status_code,
+                body=resp.json(),
+            )
+        return result
+
+    # --- snapshots ---------------------------------------------------------
+
+    def snapshot(self, identifier: str, snapshot_type: Union[SnapshotType, str, None] = None) -> SnapshotInfo:
+        """Starts a snapshot (``filesystem`` by default) and returns it ``in_progress``;
+        see :meth:`snapshot_and_wait`."""
+        kind = c.snapshot_type_value(snapshot_type)
+        data = self._json(
+            "POST",
+            f"/sandboxes/{c.seg(identifier)}/snapshot",
+            json={"snapshot_type": kind} if kind else {},
+            timeout=120.0,
+            not_found=SandboxNotFoundError,
+        )
+        data.setdefault("snapshot_type", kind or "filesystem")
+        info = SnapshotInfo.from_json(data)
+        if info.sandbox_id is None:
+            info.sandbox_id = identifier
+        return info
+
+    def get_snapshot(self, snapshot_id: str) -> SnapshotInfo:
+        return SnapshotInfo.from_json(
+            self._json("GET", f"/snapshots/{c.seg(snapshot_id)}", not_found=SnapshotNotFoundError)
+        )
+
+    def list_snapshots(self, sandbox_id: Optional[str] = None) -> list[SnapshotInfo]:
+        """Every snapshot in the namespace, or those of one sandbox."""
+        if sandbox_id is None:
+            data = self._json("GET", "/snapshots")
+        else:
+            data = self._json("GET", f"/sandboxes/{c.seg(sandbox_id)}/snapshots", not_found=SandboxNotFoundError)
+        return [SnapshotInfo.from_json(s) for s in data.get("snapshots", [])]
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        self._t.request("DELETE", self._cfg.api(f"/snapshots/{c.seg(snapshot_id)}"), not_found=SnapshotNotFoundError)
+
+    def wait_for_snapshot(
+        self,
+        snapshot_id: str,
+        *,
+        timeout: float = 300.0,
+        poll_interval: float = 1.0,
+        require_completed: bool = False,
+    ) -> SnapshotInfo:
+        """Polls until the snapshot can be restored (``local_ready`` or
+        ``completed``; only ``completed`` with ``require_completed``). Raises
+        :class:`SnapshotError` if it fails, :class:`SbxTimeoutError` after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.get_snapshot(snapshot_id)
+            if c.check_snapshot(info, require_completed):
+                return info
+            if time.monotonic() > deadline:
+                raise SbxTimeoutError(f"snapshot {snapshot_id} still {info.status} after {timeout} s")
+            time.sleep(poll_interval)
+
+    def snapshot_and_wait(
+        self,
+        identifier: str,
+        snapshot_type: Union[SnapshotType, str, None] = None,
+        *,
+        timeout: float = 300.0,
+        poll_interval: float = 1.0,
+        require_completed: bool = False,
+    ) -> SnapshotInfo:
+        """:meth:`snapshot` then :meth:`wait_for_snapshot`."""
+        snap = self.snapshot(identifier, snapshot_type)
+        return self.wait_for_snapshot(
+            snap.snapshot_id, timeout=timeout, poll_interval=poll_interval, require_completed=require_completed
+        )
+
+    def checkpoint(
+        self,
+        identifier: str,
+        checkpoint_type: Union[CheckpointType, str] = CheckpointType.MEMORY,
+        *,
+        timeout: float = 300.0,
+        poll_interval: float = 1.0,
+    ) -> SnapshotInfo:
+        """A snapshot to come back to, ready to restore when this returns.
+        ``MEMORY`` (default) also keeps running processes and memory."""
+        return self.snapshot_and_wait(identifier, checkpoint_type, timeout=timeout, poll_interval=poll_interval)
