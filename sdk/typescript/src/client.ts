@@ -164,10 +164,14 @@ export class SandboxClient {
     });
   }
 
-  /** A {@link Sandbox} for an existing sandbox (by id or name). */
+  /**
+   * A {@link Sandbox} for an existing sandbox (by id or name); waits for a
+   * pending one to run. A suspended one resumes on its first request.
+   */
   async connect(identifier: string): Promise<Sandbox> {
-    const info = await this.get(identifier);
+    let info = await this.get(identifier);
     if (FINAL_STATUSES.has(info.status)) throw sandboxFailed(info);
+    if (info.status === "pending") info = await this.waitForStatus(identifier, "running");
     return new Sandbox(this, info);
   }
 
@@ -394,9 +398,9 @@ function createBody(o: CreateSandboxOptions): Record<string, unknown> {
 }
 
 function normalizeSandbox(raw: unknown): SandboxInfo {
-  const info = camelize<SandboxInfo & { id?: string }>(raw);
+  const info = camelize<SandboxInfo & { id?: string; network?: SandboxInfo["networkPolicy"] }>(raw);
   if (!info.sandboxId && info.id) info.sandboxId = info.id;
-  if (!info.networkPolicy && info.network) info.networkPolicy = info.network as SandboxInfo["networkPolicy"];
+  if (!info.networkPolicy && info.network) info.networkPolicy = info.network;
   return info;
 }
 

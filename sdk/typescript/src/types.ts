@@ -1,6 +1,6 @@
 /**
  * Objects the SDK returns: the server's JSON answers with `camelCase` keys.
- * Fields the server may add later are kept (as camelCase) but not typed.
+ * Fields the server may add later are kept at run time (as camelCase), untyped.
  */
 
 export type SandboxStatus =
@@ -61,7 +61,6 @@ export interface SandboxInfo {
   autoResume?: boolean;
   /** The snapshot it was restored from. */
   snapshotId?: string;
-  [extra: string]: unknown;
 }
 
 /** Answer to create (and each sandbox of a copy). */
@@ -74,7 +73,6 @@ export interface CreateSandboxResult {
   reason?: string;
   terminationReason?: string;
   errorDetails?: { message: string };
-  [extra: string]: unknown;
 }
 
 /** `GET …/snapshots/{sid}`. */
@@ -96,7 +94,6 @@ export interface SnapshotInfo {
   pauseMs?: number;
   snapshotUri?: string;
   createdAt?: string;
-  [extra: string]: unknown;
 }
 
 /** Answer to `POST …/sandboxes/{id}/snapshot`. */
@@ -130,7 +127,6 @@ export interface ProcessInfo {
   name?: string;
   /** Restart and health state of a managed process. */
   managed?: Record<string, unknown>;
-  [extra: string]: unknown;
 }
 
 export type OutputStreamName = "stdout" | "stderr";

@@ -1,19 +1,33 @@
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { after, before, describe, test } from "node:test";
-import { CommandEvent, NotFoundError, Sandbox } from "@sbx/sdk";
+import { AuthenticationError, CommandEvent, NotFoundError, Sandbox, SandboxClient } from "@sbx/sdk";
 import { startServer, TestServer } from "./helpers/server.js";
 
 let server: TestServer;
 let sb: Sandbox;
 
 before(async () => {
-  server = await startServer();
+  // With an API key: the proxy, file and terminal routes must carry it too.
+  server = await startServer({ apiKey: "sdk-test-key" });
   sb = await Sandbox.create({ client: server.client });
 });
 after(async () => {
   await sb?.kill().catch(() => {});
   await server?.stop();
+});
+
+describe("authentication", () => {
+  test("a wrong or missing key is an AuthenticationError, on the API and the proxy", async () => {
+    for (const apiKey of ["wrong-key", ""]) {
+      const other = new SandboxClient({ apiUrl: server.apiUrl, apiKey });
+      const err = await other.get(sb.sandboxId).catch((e: unknown) => e);
+      assert.ok(err instanceof AuthenticationError, `expected AuthenticationError, got ${err}`);
+      assert.ok(err.status === 401 || err.status === 403);
+      const viaProxy = new Sandbox(other, { sandboxId: sb.sandboxId, sandboxUrl: sb.sandboxUrl });
+      await assert.rejects(viaProxy.files.list("/"), AuthenticationError);
+    }
+  });
 });
 
 describe("commands", () => {

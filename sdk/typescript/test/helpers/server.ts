@@ -13,6 +13,7 @@ import { SandboxClient } from "@sbx/sdk";
 
 export interface TestServer {
   apiUrl: string;
+  apiKey?: string;
   proxyUrl: string;
   client: SandboxClient;
   /** Deletes what is left, SIGTERMs the server and removes its data dir. */
@@ -56,7 +57,12 @@ process.once("exit", () => {
   for (const c of children) c.kill("SIGTERM");
 });
 
-export async function startServer(): Promise<TestServer> {
+export interface ServerOptions {
+  /** Start the server with this API key (`--api-key`); the client sends it. */
+  apiKey?: string;
+}
+
+export async function startServer(options: ServerOptions = {}): Promise<TestServer> {
   const sbx = requiredEnv("SBX_BIN");
   const agent = requiredEnv("SBX_AGENT_BIN");
   const images = resolve(packageRoot(), "../../target/sbx-test-images");
@@ -80,6 +86,7 @@ export async function startServer(): Promise<TestServer> {
         "--api-addr", `127.0.0.1:${apiPort}`,
         "--proxy-addr", `127.0.0.1:${proxyPort}`,
         "--agent-bin", agent,
+        ...(options.apiKey ? ["--api-key", options.apiKey] : []),
       ],
       { stdio: ["ignore", log, log], env },
     );
@@ -90,7 +97,10 @@ export async function startServer(): Promise<TestServer> {
     const deadline = Date.now() + START_TIMEOUT_MS;
     while (!exited && Date.now() < deadline) {
       try {
-        const r = await fetch(`${apiUrl}/healthz`, { signal: AbortSignal.timeout(2000) });
+        const r = await fetch(`${apiUrl}/healthz`, {
+          headers: options.apiKey ? { Authorization: `Bearer ${options.apiKey}` } : {},
+          signal: AbortSignal.timeout(2000),
+        });
         if (r.ok) break;
       } catch {
         // not up yet
@@ -102,9 +112,10 @@ export async function startServer(): Promise<TestServer> {
       child.kill("SIGKILL");
       throw new Error(`sbx server did not come up; log:\n${tail(logPath)}`);
     }
-    const client = new SandboxClient({ apiUrl, apiKey: "", namespace: "default" });
+    const client = new SandboxClient({ apiUrl, apiKey: options.apiKey ?? "", namespace: "default" });
     return {
       apiUrl,
+      apiKey: options.apiKey,
       proxyUrl: `http://127.0.0.1:${proxyPort}`,
       client,
       async stop() {
