@@ -6,6 +6,13 @@ Measures, as median and p90:
       sbx: blocking POST /sandboxes + POST /api/v1/processes/run `true`
       raw: runsc create + start + exec `true` on the same image rootfs
   - command round trip: `true` through the API vs `runsc exec true`
+  - snapshots (skip with --no-snapshots):
+      memory-snapshot pause of a sandbox holding 256 MB of random memory
+        (sbx's pause_ms) vs raw runsc pause + checkpoint --leave-running + resume
+      bytes newly stored by a second snapshot of that unchanged sandbox
+      warm restore -> first command: POST /sandboxes {snapshot_id} + `true`
+        vs raw runsc restore --detach + exec `true`
+      copy x10: POST /sandboxes/{id}/copy?times=10 until all run
 and prints the ratios against the targets of the issues.
 Needs root, runsc, and built binaries (`make build`).
 """
@@ -91,6 +98,37 @@ class Sbx:
         body = r.read().decode()
         assert '"exit_code":0' in body.replace(" ", ""), body
 
+    def daemon(self, sid, method, path, body):
+        conn = http.client.HTTPConnection("127.0.0.1", self.proxy_port, timeout=120)
+        conn.request(method, "/api/v1" + path, body=json.dumps(body),
+                     headers={"Content-Type": "application/json", "X-Tensorlake-Sandbox-Id": sid})
+        r = conn.getresponse()
+        data = r.read()
+        assert r.status < 300, (r.status, data)
+        return json.loads(data) if data else None
+
+    def sh_ok(self, sid, script):
+        """True when `sh -c script` exits 0 in the sandbox."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.proxy_port, timeout=120)
+        conn.request("POST", "/api/v1/processes/run",
+                     body=json.dumps({"command": "sh", "args": ["-c", script]}),
+                     headers={"Content-Type": "application/json", "Accept": "text/event-stream",
+                              "X-Tensorlake-Sandbox-Id": sid})
+        return '"exit_code":0' in conn.getresponse().read().decode().replace(" ", "")
+
+    def snapshot(self, sid, kind="memory"):
+        """Takes a snapshot and waits until it is stored; returns its SnapshotInfo."""
+        st, v = self.api("POST", f"/sandboxes/{sid}/snapshot", {"snapshot_type": kind})
+        assert st == 200, v
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            _, info = self.api("GET", f"/snapshots/{v['snapshot_id']}")
+            if info["status"] in ("completed", "failed"):
+                assert info["status"] == "completed", info
+                return info
+            time.sleep(0.05)
+        raise RuntimeError(f"snapshot {v['snapshot_id']} did not complete")
+
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=30)
@@ -158,6 +196,133 @@ def raw_tti(rootfs, work, root, kind, i):
     return ms, cleanup
 
 
+# Holds 256 MB of random (incompressible, non-zero) memory, then sleeps.
+HOLD_256MB = ("import os, time; b = os.urandom(256 << 20); "
+              "open('/tmp/ready', 'w').write('1'); time.sleep(1e9)")
+
+
+def wait_for(cond, what, limit=120):
+    deadline = time.time() + limit
+    while not cond():
+        if time.time() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def raw_container(rootfs, work, root, name, args):
+    """A raw runsc sandbox (minimal baseline) running `args`."""
+    b = raw_bundle(rootfs, work, name, "minimal")
+    cfg = json.loads((b / "config.json").read_text())
+    cfg["process"]["args"] = args
+    (b / "config.json").write_text(json.dumps(cfg))
+    runsc(root, "minimal", "create", f"--bundle={b}", name)
+    runsc(root, "minimal", "start", name)
+    return b
+
+
+def raw_ok(root, name, *cmd):
+    r = subprocess.run(["runsc", f"--root={root}", "exec", name, *cmd],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return r.returncode == 0
+
+
+def bench_snapshots(s, rootfs, work, raw_root, n):
+    """Snapshot measurements, sbx and raw runsc side by side; returns a dict."""
+    out = {}
+    # 1. Pause of a memory snapshot with 256 MB touched, and dedup of the second one.
+    _, v = s.api("POST", "/sandboxes", {})
+    big = v["sandbox_id"]
+    s.daemon(big, "POST", "/processes", {"command": "python3", "args": ["-c", HOLD_256MB]})
+    wait_for(lambda: s.sh_ok(big, "test -f /tmp/ready"), "256 MB in the sandbox")
+    snaps = [s.snapshot(big) for _ in range(3)]
+    out["pause"] = [x["pause_ms"] for x in snaps]
+    out["first_stored"] = snaps[0]["stored_bytes"]
+    out["first_size"] = snaps[0]["size_bytes"]
+    out["again_stored"] = [x["stored_bytes"] for x in snaps[1:]]
+    for x in snaps:
+        s.api("DELETE", f"/snapshots/{x['snapshot_id']}")
+    s.delete_and_wait(big)
+
+    b = raw_container(rootfs, work, raw_root, "rawbig", ["/usr/bin/python3", "-c", HOLD_256MB])
+    wait_for(lambda: raw_ok(raw_root, "rawbig", "test", "-f", "/tmp/ready"), "256 MB raw")
+    out["raw_pause"] = []
+    for i in range(3):
+        img = work / f"rawbig-img{i}"
+        img.mkdir()
+        t0 = time.perf_counter()
+        runsc(raw_root, "minimal", "pause", "rawbig")
+        # The flags sbx uses: no compression, O_DIRECT writes.
+        runsc(raw_root, "minimal", "checkpoint", "--leave-running", "--compression=none",
+              "--direct", f"--image-path={img}", "rawbig")
+        runsc(raw_root, "minimal", "resume", "rawbig")
+        out["raw_pause"].append((time.perf_counter() - t0) * 1000)
+        shutil.rmtree(img)
+    runsc(raw_root, "minimal", "delete", "--force", "rawbig")
+
+    # 2. Warm restore -> first command, of a small sandbox.
+    _, v = s.api("POST", "/sandboxes", {})
+    small = v["sandbox_id"]
+    snap = s.snapshot(small)["snapshot_id"]
+    out["restore"] = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        st, r = s.api("POST", "/sandboxes", {"snapshot_id": snap})
+        assert st == 200 and r["status"] == "running", r
+        conn = http.client.HTTPConnection("127.0.0.1", s.proxy_port, timeout=60)
+        s.run_true(conn, r["sandbox_id"])
+        out["restore"].append((time.perf_counter() - t0) * 1000)
+        s.delete_and_wait(r["sandbox_id"])
+
+    b = raw_container(rootfs, work, raw_root, "rawsmall", ["/bin/sleep", "infinity"])
+    img = work / "rawsmall-img"
+    img.mkdir()
+    runsc(raw_root, "minimal", "checkpoint", "--compression=none", "--direct",
+          f"--image-path={img}", "rawsmall")
+    runsc(raw_root, "minimal", "delete", "--force", "rawsmall")
+    out["raw_restore"] = []
+    for i in range(n):
+        name = f"rawrestore{i}"
+        t0 = time.perf_counter()
+        runsc(raw_root, "minimal", "restore", "--detach", f"--image-path={img}", f"--bundle={b}", name)
+        runsc(raw_root, "minimal", "exec", name, "/bin/true")
+        out["raw_restore"].append((time.perf_counter() - t0) * 1000)
+        runsc(raw_root, "minimal", "delete", "--force", name)
+
+    # 3. Ten running copies of a running sandbox.
+    t0 = time.perf_counter()
+    st, r = s.api("POST", f"/sandboxes/{small}/copy?times=10")
+    out["copy10"] = (time.perf_counter() - t0) * 1000
+    assert st == 200, r
+    out["copies_running"] = sum(1 for c in r["sandboxes"] if c["status"] == "running")
+    for c in r["sandboxes"]:
+        s.delete_and_wait(c["sandbox_id"])
+    s.api("DELETE", f"/snapshots/{r['snapshot_id']}")
+    s.api("DELETE", f"/snapshots/{snap}")
+    s.delete_and_wait(small)
+    return out
+
+
+def print_snapshots(r):
+    med = statistics.median
+    print(summary("sbx memory-snapshot pause (256MB)", r["pause"]))
+    print(summary("raw pause+checkpoint+resume", r["raw_pause"]))
+    m = med(r["pause"])
+    print(f"snapshot pause median {m:.0f} ms   target <= 300 ms   {'OK' if m <= 300 else 'MISSED'}   "
+          f"({m / med(r['raw_pause']):.2f}x raw)")
+    again = max(r["again_stored"])
+    share = again / r["first_stored"] * 100
+    print(f"second snapshot of unchanged sandbox: {again / 1e6:.2f} MB new of {r['first_stored'] / 1e6:.1f} MB "
+          f"first ({r['first_size'] / 1e6:.0f} MB logical) = {share:.2f}%   target <= 5%   "
+          f"{'OK' if share <= 5 else 'MISSED'}")
+    print(summary("sbx warm restore -> first command", r["restore"]))
+    print(summary("raw runsc restore + exec true", r["raw_restore"]))
+    ratio = med(r["restore"]) / med(r["raw_restore"])
+    print(f"warm restore ratio (median) {ratio:.2f}x   target <= 1.2x   {'OK' if ratio <= 1.2 else 'MISSED'}")
+    ok = r["copy10"] <= 3000 and r["copies_running"] == 10
+    print(f"copy x10: {r['copy10']:.0f} ms, {r['copies_running']}/10 running   target <= 3000 ms   "
+          f"{'OK' if ok else 'MISSED'}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sbx", default=str(ROOT / "target/release/sbx"))
@@ -165,6 +330,7 @@ def main():
     ap.add_argument("--images", default=str(ROOT / "target/sbx-test-images"))
     ap.add_argument("-n", type=int, default=10, help="sandboxes per side")
     ap.add_argument("--round-trips", type=int, default=50)
+    ap.add_argument("--no-snapshots", action="store_true", help="skip the snapshot measurements")
     args = ap.parse_args()
     images = pathlib.Path(args.images)
     images.mkdir(parents=True, exist_ok=True)
@@ -211,6 +377,7 @@ def main():
             raw_rt.append((time.perf_counter() - t0) * 1000)
         s.api("DELETE", f"/sandboxes/{keep}")
         keep_raw[1]()
+        snapshots = None if args.no_snapshots else bench_snapshots(s, rootfs, work, raw_root, args.n)
     finally:
         s.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -231,6 +398,8 @@ def main():
     m = statistics.median(sbx_rt)
     print(f"round trip median {m:.1f} ms   target <= 10 ms   {'OK' if m <= 10 else 'MISSED'}   "
           f"({statistics.median(raw_rt) / m:.1f}x faster than runsc exec)")
+    if snapshots:
+        print_snapshots(snapshots)
 
 
 if __name__ == "__main__":

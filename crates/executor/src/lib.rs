@@ -466,16 +466,21 @@ impl Executor {
         let upper = Layer::new(self.sandbox_dir(id)).upper();
         let started = std::time::Instant::now();
         self.runtime.pause(id).await?;
-        let captured = async {
-            snapshot::copy_tree(&upper, &tmp.join("upper")).await?;
+        // Both read a paused sandbox: copy the layer while gVisor writes
+        // the memory image, so the pause is the longer of the two.
+        let upper_copy = tmp.join("upper");
+        let files = snapshot::copy_tree(&upper, &upper_copy);
+        let image = async {
             if memory {
-                self.runtime
-                    .checkpoint(id, &tmp.join("checkpoint"), true)
-                    .await?;
+                let dir = tmp.join("checkpoint");
+                self.runtime.checkpoint(id, &dir, true).await?;
             }
             Ok::<(), Error>(())
-        }
-        .await;
+        };
+        let captured = match tokio::join!(files, image) {
+            (Err(e), _) => Err(e),
+            (Ok(()), image) => image,
+        };
         let mut resumed = self.runtime.resume(id).await;
         if resumed.is_err() {
             resumed = self.runtime.resume(id).await;
