@@ -5,7 +5,7 @@ SBX := $(CURDIR)/target/release/sbx
 DATA_DIR ?= /var/lib/sbx
 PY ?= python3
 
-.PHONY: deps agent build run test test-rust test-python bench clean-host
+.PHONY: deps agent build run test test-rust test-python test-ts bench clean-host
 
 deps:
 	./scripts/install-deps.sh
@@ -24,13 +24,17 @@ run: deps build
 # and the tensorlake-client suite. Tests use the debug build of `sbx`.
 test: deps agent
 	cargo build -p sbx-cli
-	$(MAKE) test-rust test-python
+	$(MAKE) test-rust test-python test-ts
 
 test-rust:
 	SBX_BIN=$(CURDIR)/target/debug/sbx SBX_AGENT_BIN=$(AGENT) cargo test --workspace -- --test-threads=2
 
 test-python:
 	SBX_BIN=$(CURDIR)/target/debug/sbx SBX_AGENT_BIN=$(AGENT) ./tests/python/run.sh
+
+# The TypeScript SDK's suite (node's test runner) against a real server.
+test-ts:
+	cd sdk/typescript && npm ci --no-audit --no-fund && SBX_BIN=$(CURDIR)/target/debug/sbx SBX_AGENT_BIN=$(AGENT) npm test
 
 bench: build
 	$(PY) bench/bench.py --sbx $(SBX) --agent $(AGENT)
