@@ -2,10 +2,10 @@
 
 import {
   ConflictError,
-  SandboxFailedError,
+  SandboxError,
   SbxError,
   SbxTimeoutError,
-  SnapshotFailedError,
+  SnapshotError,
   SnapshotTimeoutError,
 } from "./errors.js";
 import { camelize, HttpClient, sleep } from "./http.js";
@@ -137,7 +137,7 @@ export class SandboxClient {
 
   /**
    * Creates a sandbox (or restores one with `snapshotId`). Unless
-   * `wait: false`, returns once it runs; throws {@link SandboxFailedError}
+   * `wait: false`, returns once it runs; throws {@link SandboxError}
    * when it fails to start.
    */
   async create(options: CreateSandboxOptions = {}): Promise<CreateSandboxResult> {
@@ -254,7 +254,7 @@ export class SandboxClient {
   }
 
   /**
-   * Polls until the sandbox has `status`; throws {@link SandboxFailedError}
+   * Polls until the sandbox has `status`; throws {@link SandboxError}
    * if it ends instead and {@link SbxTimeoutError} after `timeout` seconds.
    */
   async waitForStatus(identifier: string, status: SandboxStatus, timeout = 300): Promise<SandboxInfo> {
@@ -321,7 +321,7 @@ export class SandboxClient {
 
   /**
    * Takes a snapshot and waits until it can be restored from. Throws
-   * {@link SnapshotFailedError} or {@link SnapshotTimeoutError}.
+   * {@link SnapshotError} or {@link SnapshotTimeoutError}.
    */
   async snapshotAndWait(identifier: string, options: SnapshotWaitOptions = {}): Promise<SnapshotInfo> {
     const started = await this.snapshot(identifier, { snapshotType: options.snapshotType });
@@ -339,9 +339,9 @@ export class SandboxClient {
       const info = await this.getSnapshot(snapshotId);
       if (ready.has(info.status)) return info;
       if (info.status === "failed") {
-        throw new SnapshotFailedError(`snapshot ${snapshotId} failed: ${info.error ?? "no reason given"}`);
+        throw new SnapshotError(`snapshot ${snapshotId} failed: ${info.error ?? "no reason given"}`);
       }
-      if (info.status === "deleting") throw new SnapshotFailedError(`snapshot ${snapshotId} is being deleted`);
+      if (info.status === "deleting") throw new SnapshotError(`snapshot ${snapshotId} is being deleted`);
       if (Date.now() + pollMs > deadline) {
         throw new SnapshotTimeoutError(
           `snapshot ${snapshotId} did not become ${options.waitUntil ?? "local_ready"} within ${timeout}s (it is ${info.status})`,
@@ -418,5 +418,5 @@ function sandboxFailed(info: {
   errorDetails?: { message: string };
 }): SbxError {
   const why = info.errorDetails?.message ?? info.reason ?? info.terminationReason;
-  return new SandboxFailedError(`sandbox ${info.sandboxId} is ${info.status}${why ? `: ${why}` : ""}`);
+  return new SandboxError(`sandbox ${info.sandboxId} is ${info.status}${why ? `: ${why}` : ""}`);
 }

@@ -1,7 +1,7 @@
 /** Calls to the in-sandbox daemon (`/api/v1/...`) through the sandbox proxy. */
 
 import { constants as osConstants } from "node:os";
-import { BadRequestError, SbxError, SbxTimeoutError } from "./errors.js";
+import { BadRequestError, CommandError, NotFoundError, SandboxNotFoundError, SbxError, SbxTimeoutError } from "./errors.js";
 import { Body, camelize, HttpClient, RequestOptions, sleep, sseEvents } from "./http.js";
 import type { DirEntry, OutputLine, ProcessInfo, ProcessUser } from "./types.js";
 
@@ -22,21 +22,30 @@ export class Daemon {
     return { ...this.http.baseHeaders(), "X-Tensorlake-Sandbox-Id": this.sandboxId };
   }
 
-  request(path: string, opts: RequestOptions = {}): Promise<Response> {
-    return this.http.request(this.url(path), {
-      ...opts,
-      headers: { "X-Tensorlake-Sandbox-Id": this.sandboxId, ...opts.headers },
-    });
+  async request(path: string, opts: RequestOptions = {}): Promise<Response> {
+    try {
+      return await this.http.request(this.url(path), {
+        ...opts,
+        headers: { "X-Tensorlake-Sandbox-Id": this.sandboxId, ...opts.headers },
+      });
+    } catch (e) {
+      throw sandboxGone(e);
+    }
   }
 
   async json<T>(path: string, opts: RequestOptions = {}): Promise<T> {
-    return camelize<T>(
-      await this.http.json(this.url(path), {
-        ...opts,
-        headers: { "X-Tensorlake-Sandbox-Id": this.sandboxId, ...opts.headers },
-      }),
-    );
+    const res = await this.request(path, opts);
+    const text = await res.text();
+    return camelize<T>(text.trim() ? JSON.parse(text) : undefined);
   }
+}
+
+/** The proxy's 404 for an unknown sandbox, told apart from the daemon's own 404s. */
+function sandboxGone(e: unknown): unknown {
+  if (e instanceof NotFoundError && !(e instanceof SandboxNotFoundError) && /^sandbox ".*" not found$/.test(e.message)) {
+    return new SandboxNotFoundError(e.message, { status: e.status, code: e.code });
+  }
+  return e;
 }
 
 interface ProcessOptions {
@@ -54,6 +63,8 @@ export interface RunOptions extends ProcessOptions {
   onStdout?: (line: string) => void;
   /** Called with each stderr line (without its newline). */
   onStderr?: (line: string) => void;
+  /** Throw a {@link CommandError} unless the command exits 0. */
+  check?: boolean;
   /** Aborting stops waiting for the command. */
   signal?: AbortSignal;
 }
@@ -66,24 +77,28 @@ export type CommandEvent =
   | { type: "stdout" | "stderr"; line: string; timestamp: string }
   | {
       type: "exit";
-      /** The exit code, or 128 + signal when the process was killed by a signal. */
-      exitCode: number;
+      /** `null` when the process was killed by a signal (see `signal` and `reason`). */
+      exitCode: number | null;
       signal?: number;
       oomKilled: boolean;
       reason: ExitReason;
     };
 
+/** The outcome of `commands.run`. Output is line-based: each line ends in `\n`. */
 export interface CommandResult {
   pid: number;
-  /** stdout lines joined by `\n`. */
   stdout: string;
-  /** stderr lines joined by `\n`. */
   stderr: string;
-  /** The exit code, or 128 + signal when the process was killed by a signal. */
-  exitCode: number;
+  /** `null` when the process was killed by a signal (see `signal` and `reason`). */
+  exitCode: number | null;
   signal?: number;
   oomKilled: boolean;
+  /** `exited`, `signaled`, `oom_killed` or `timed_out`. */
   reason: ExitReason;
+  /** Exited with code 0. */
+  ok: boolean;
+  /** Killed because its `timeout` ran out. */
+  timedOut: boolean;
 }
 
 type RawRunEvent = {
@@ -98,8 +113,13 @@ type RawRunEvent = {
   reason?: ExitReason;
 };
 
+/**
+ * Without `args` the command is a shell command line (`/bin/sh -c command`);
+ * with `args` it is the program itself, looked up in `PATH`.
+ */
 function processBody(command: string, o: ProcessOptions): Record<string, unknown> {
-  const body: Record<string, unknown> = { command, args: o.args ?? [] };
+  const body: Record<string, unknown> =
+    o.args === undefined ? { command: "/bin/sh", args: ["-c", command] } : { command, args: o.args };
   if (o.env) body.env = o.env;
   if (o.cwd) body.working_dir = o.cwd;
   if (o.user !== undefined) body.user = o.user;
@@ -107,8 +127,8 @@ function processBody(command: string, o: ProcessOptions): Record<string, unknown
 }
 
 /**
- * Commands run to completion. `command` is executed directly (looked up in
- * `PATH`); for shell syntax run `sh` with `args: ["-c", script]`.
+ * Commands run to completion. `run("ls -l /tmp")` is a shell command line
+ * (`/bin/sh -c`); `run("ls", { args: ["-l", "/tmp"] })` executes `ls` directly.
  */
 export class Commands {
   /** @internal */
@@ -132,16 +152,21 @@ export class Commands {
           stderr.push(ev.line);
           options.onStderr?.(ev.line);
           break;
-        case "exit":
-          return {
+        case "exit": {
+          const result: CommandResult = {
             pid,
-            stdout: stdout.join("\n"),
-            stderr: stderr.join("\n"),
+            stdout: stdout.map((l) => `${l}\n`).join(""),
+            stderr: stderr.map((l) => `${l}\n`).join(""),
             exitCode: ev.exitCode,
             signal: ev.signal,
             oomKilled: ev.oomKilled,
             reason: ev.reason,
+            ok: ev.exitCode === 0,
+            timedOut: ev.reason === "timed_out",
           };
+          if (options.check && !result.ok) throw new CommandError(result);
+          return result;
+        }
       }
     }
     throw new SbxError(`the output stream of ${command} ended without an exit status`);
@@ -152,7 +177,10 @@ export class Commands {
    * `stdout`/`stderr` lines, then one `exit`. Leaving the loop early stops
    * reading (the process keeps its timeout).
    */
-  async *stream(command: string, options: Omit<RunOptions, "onStdout" | "onStderr"> = {}): AsyncGenerator<CommandEvent> {
+  async *stream(
+    command: string,
+    options: Omit<RunOptions, "onStdout" | "onStderr" | "check"> = {},
+  ): AsyncGenerator<CommandEvent> {
     const body = processBody(command, options);
     if (options.timeout !== undefined) body.timeout = options.timeout;
     const res = await this.daemon.request("/processes/run", {
@@ -163,11 +191,10 @@ export class Commands {
     });
     for await (const raw of sseEvents<RawRunEvent>(res)) {
       if (raw.reason !== undefined) {
-        const signal = raw.signal ?? undefined;
         yield {
           type: "exit",
-          exitCode: raw.exit_code ?? (signal !== undefined ? 128 + signal : -1),
-          signal,
+          exitCode: raw.exit_code ?? null,
+          signal: raw.signal ?? undefined,
           oomKilled: raw.oom_killed ?? false,
           reason: raw.reason,
         };
@@ -211,7 +238,7 @@ export class Processes {
     return `/processes/${encodeURIComponent(String(p))}${rest}`;
   }
 
-  /** Starts a process in the background. */
+  /** Starts a process in the background (a shell command line unless `args` is given). */
   start(command: string, options: StartProcessOptions = {}): Promise<ProcessInfo> {
     const body = processBody(command, options);
     if (options.stdin) body.stdin_mode = "pipe";
@@ -301,7 +328,7 @@ export class Files {
 
   /** The file's bytes (a Buffer). */
   async read(path: string): Promise<Buffer> {
-    const res = await this.daemon.request("/files", { query: { path }, timeoutMs: 0 });
+    const res = await this.daemon.request("/files", { query: { path }, timeoutMs: 0, notFound: "file" });
     return Buffer.from(await res.arrayBuffer());
   }
 
@@ -321,10 +348,10 @@ export class Files {
 
   /** Entries of a directory. */
   async list(path: string): Promise<DirEntry[]> {
-    return (await this.daemon.json<{ entries: DirEntry[] }>("/files/list", { query: { path } })).entries;
+    return (await this.daemon.json<{ entries: DirEntry[] }>("/files/list", { query: { path }, notFound: "file" })).entries;
   }
 
   async remove(path: string): Promise<void> {
-    await this.daemon.request("/files", { method: "DELETE", query: { path } });
+    await this.daemon.request("/files", { method: "DELETE", query: { path }, notFound: "file" });
   }
 }

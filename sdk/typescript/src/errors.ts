@@ -27,8 +27,11 @@ export class SbxError extends Error {
 /** 400: the request was invalid (bad resources, ephemeral suspend, ...). */
 export class BadRequestError extends SbxError {}
 
-/** 401 or 403: missing or wrong API key. */
+/** 401: missing or wrong API key (403 is the {@link PermissionDeniedError} subclass). */
 export class AuthenticationError extends SbxError {}
+
+/** 403: the key is not allowed to do this. */
+export class PermissionDeniedError extends AuthenticationError {}
 
 /** 404 on anything else than a sandbox or a snapshot (a file, a process, a PTY session). */
 export class NotFoundError extends SbxError {}
@@ -38,6 +41,9 @@ export class SandboxNotFoundError extends NotFoundError {}
 
 /** 404: no snapshot with this id. */
 export class SnapshotNotFoundError extends NotFoundError {}
+
+/** 404: no such file or directory in the sandbox. */
+export class SandboxFileNotFoundError extends NotFoundError {}
 
 /** 409: the name is taken, or the sandbox is not in a state that allows the call. */
 export class ConflictError extends SbxError {}
@@ -54,14 +60,33 @@ export class SbxTimeoutError extends SbxError {}
 /** `snapshotAndWait` / `checkpoint` ran out of time before the snapshot was ready. */
 export class SnapshotTimeoutError extends SbxTimeoutError {}
 
-/** The snapshot failed (its `error` is the message) or is being deleted. */
-export class SnapshotFailedError extends SbxError {}
+/** A snapshot failed (its `error` is the message) or was deleted while waited for. */
+export class SnapshotError extends SbxError {}
 
 /** The sandbox failed or ended while it was expected to run. */
-export class SandboxFailedError extends SbxError {}
+export class SandboxError extends SbxError {}
+
+/** `commands.run(…, { check: true })`: the command did not exit 0. */
+export class CommandError extends SbxError {
+  /** The full result: output, exit code, signal, reason. */
+  readonly result: {
+    stdout: string;
+    stderr: string;
+    exitCode: number | null;
+    signal?: number;
+    reason: string;
+  };
+
+  constructor(result: CommandError["result"]) {
+    const what = result.exitCode !== null ? `exit code ${result.exitCode}` : `${result.reason} (signal ${result.signal})`;
+    const tail = result.stderr.trim().split("\n").filter(Boolean).slice(-5).join("\n");
+    super(`command failed with ${what}${tail ? `: ${tail}` : ""}`);
+    this.result = result;
+  }
+}
 
 /** What a 404 is about, for the right error class. */
-export type NotFoundKind = "sandbox" | "snapshot" | "other";
+export type NotFoundKind = "sandbox" | "snapshot" | "file" | "other";
 
 /** The error for a non-2xx answer with this status and body text. */
 export function errorFromResponse(
@@ -89,11 +114,13 @@ export function errorFromResponse(
     case 422:
       return new BadRequestError(message, opts);
     case 401:
-    case 403:
       return new AuthenticationError(message, opts);
+    case 403:
+      return new PermissionDeniedError(message, opts);
     case 404:
       if (notFound === "sandbox") return new SandboxNotFoundError(message, opts);
       if (notFound === "snapshot") return new SnapshotNotFoundError(message, opts);
+      if (notFound === "file") return new SandboxFileNotFoundError(message, opts);
       return new NotFoundError(message, opts);
     case 409:
       return new ConflictError(message, opts);

@@ -6,6 +6,7 @@ import {
   NotFoundError,
   Sandbox,
   SandboxClient,
+  SandboxFileNotFoundError,
   SandboxNotFoundError,
   SbxError,
   SnapshotNotFoundError,
@@ -89,8 +90,11 @@ describe("sandbox lifecycle", () => {
     t.after(() => eph.kill().catch(() => {}));
     await assert.rejects(eph.suspend(), BadRequestError);
     const noFile = await eph.files.read("/no/such/file").catch((e: unknown) => e);
-    assert.ok(noFile instanceof NotFoundError && !(noFile instanceof SandboxNotFoundError));
+    assert.ok(noFile instanceof SandboxFileNotFoundError && noFile instanceof NotFoundError);
     assert.equal(noFile.status, 404);
+    // A 404 from the proxy (no such sandbox) is told apart from the daemon's.
+    const ghost = new Sandbox(client, { sandboxId: "no-such-sandbox", sandboxUrl: eph.sandboxUrl });
+    await assert.rejects(ghost.files.read("/etc/hostname"), SandboxNotFoundError);
   });
 
   test("connect by name; suspend and resume keep the files", async (t) => {
@@ -109,8 +113,8 @@ describe("sandbox lifecycle", () => {
     const resumed = await client.resume(name, { waitMs: 30_000 });
     assert.equal(resumed.status, "running");
     assert.equal(await sb.files.readText("/root/note.txt"), "before the nap");
-    const r = await sb.commands.run("cat", { args: ["/root/note.txt"] });
-    assert.equal(r.stdout, "before the nap");
+    const r = await sb.commands.run("cat /root/note.txt");
+    assert.equal(r.stdout, "before the nap\n");
   });
 
   test("copy makes running copies with the source's files", async (t) => {

@@ -27,7 +27,7 @@ const examplesDir = join(dirname(fileURLToPath(import.meta.url)), "readme-exampl
  * numpy in site-packages. The example still proves that what the setup step
  * installs is in every sandbox restored from the snapshot.
  */
-const OFFLINE_SETUP =
+const OFFLINE_INSTALL =
   "d=/usr/local/lib/python3.11/dist-packages/numpy && mkdir -p $d && echo '__version__ = \"0-offline\"' > $d/__init__.py";
 
 /** What each README block must print, in README order. */
@@ -37,7 +37,8 @@ const EXPECTED: { name: string; output: RegExp[] }[] = [
     name: "tour",
     output: [
       /^live: hello tour from \/tmp$/m,
-      /^0 "hello tour from \/tmp" "careful"$/m,
+      /^0 "hello tour from \/tmp\\n" "careful\\n"$/m,
+      /^true$/m,
       /^line 2$/m,
       /^followed: desserts$/m,
       /^process ended: 0$/m,
@@ -46,15 +47,16 @@ const EXPECTED: { name: string; output: RegExp[] }[] = [
       /^after resume: hi$/m,
     ],
   },
-  { name: "numpy snapshot", output: [/^numpy 0-offline$/m, /^\(3, 11\)$/m] },
+  { name: "numpy snapshot", output: [/^numpy 0-offline$/m, /^numpy is here$/m] },
   { name: "checkpoint and retry", output: [/attempt 1 failed \(exit 1\)/, /^attempt 2 succeeded: 3 lines$/m] },
   { name: "branches", output: [/rate=0\.03: 134\.39$/m, /rate=0\.07: 196\.72$/m] },
+  { name: "errors", output: [/^404 not_found sandbox "no-such-sandbox" not found$/m, /^400 .*cpus/m] },
 ];
 
 function runExample(file: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [file], {
-      env: { ...process.env, SBX_API_URL: server.apiUrl, SBX_API_KEY: "", SBX_NAMESPACE: "default", SETUP: OFFLINE_SETUP },
+      env: { ...process.env, SBX_API_URL: server.apiUrl, SBX_API_KEY: "", SBX_NAMESPACE: "default", SBX_EXAMPLE_INSTALL: OFFLINE_INSTALL },
       stdio: ["ignore", "pipe", "pipe"],
     });
     let stdout = "";

@@ -1,7 +1,15 @@
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
 import { after, before, describe, test } from "node:test";
-import { AuthenticationError, CommandEvent, NotFoundError, Sandbox, SandboxClient } from "@sbx/sdk";
+import {
+  AuthenticationError,
+  CommandError,
+  CommandEvent,
+  NotFoundError,
+  Sandbox,
+  SandboxClient,
+  SandboxFileNotFoundError,
+} from "@sbx/sdk";
 import { startServer, TestServer } from "./helpers/server.js";
 
 let server: TestServer;
@@ -31,29 +39,43 @@ describe("authentication", () => {
 });
 
 describe("commands", () => {
-  test("run with env, cwd and output callbacks", async () => {
+  test("a shell command line with env, cwd and output callbacks", async () => {
     const out: string[] = [];
     const err: string[] = [];
-    const r = await sb.commands.run("sh", {
-      args: ["-c", 'echo "greeting=$GREETING"; pwd; echo oops >&2; exit 3'],
+    const r = await sb.commands.run('echo "greeting=$GREETING"; pwd; echo oops >&2; exit 3', {
       env: { GREETING: "hello" },
       cwd: "/tmp",
       onStdout: (l) => out.push(l),
       onStderr: (l) => err.push(l),
     });
     assert.equal(r.exitCode, 3);
+    assert.equal(r.ok, false);
     assert.equal(r.reason, "exited");
-    assert.equal(r.stdout, "greeting=hello\n/tmp");
-    assert.equal(r.stderr, "oops");
+    assert.equal(r.stdout, "greeting=hello\n/tmp\n");
+    assert.equal(r.stderr, "oops\n");
     assert.deepEqual(out, ["greeting=hello", "/tmp"]);
     assert.deepEqual(err, ["oops"]);
     assert.ok(r.pid > 0);
   });
 
+  test("with args the program runs directly, without a shell", async () => {
+    const r = await sb.commands.run("echo", { args: ["$HOME", "a  b"] });
+    assert.equal(r.stdout, "$HOME a  b\n");
+    assert.ok(r.ok);
+  });
+
+  test("check: true throws a CommandError carrying the result", async () => {
+    const err = await sb.commands.run("echo bad >&2; exit 4", { check: true }).catch((e: unknown) => e);
+    assert.ok(err instanceof CommandError);
+    assert.equal(err.result.exitCode, 4);
+    assert.match(err.message, /exit code 4: bad/);
+  });
+
   test("a timeout kills the command", async () => {
-    const r = await sb.commands.run("sh", { args: ["-c", "echo started; sleep 30"], timeout: 1 });
+    const r = await sb.commands.run("echo started; sleep 30", { timeout: 1 });
     assert.equal(r.reason, "timed_out");
-    assert.equal(r.stdout, "started");
+    assert.ok(r.timedOut);
+    assert.equal(r.stdout, "started\n");
     assert.notEqual(r.exitCode, 0);
   });
 
@@ -148,7 +170,7 @@ describe("files", () => {
     assert.ok(byName.has("hello.txt") && byName.has("streamed.bin"));
 
     await sb.files.remove("/root/dir/blob.bin");
-    await assert.rejects(sb.files.read("/root/dir/blob.bin"), NotFoundError);
+    await assert.rejects(sb.files.read("/root/dir/blob.bin"), SandboxFileNotFoundError);
     assert.ok(!(await sb.files.list("/root/dir")).some((e) => e.name === "blob.bin"));
   });
 });
