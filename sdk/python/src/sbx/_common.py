@@ -70,7 +70,7 @@ class Config:
         return base.rstrip("/") + "/api/v1"
 
 
-def seg(value: str) -> str:
+def seg(value: Union[str, int]) -> str:
     """Percent-encodes one path segment."""
     return quote(str(value), safe="")
 

@@ -10,7 +10,7 @@ import inspect
 import os
 import struct
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping, Optional, Union
+from typing import List, Any, AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping, Optional, Union
 
 import httpx
 
@@ -208,7 +208,7 @@ class AsyncSandboxClient:
         name: Optional[str] = c._UNSET,
         auto_resume: Optional[bool] = c._UNSET,
         allow_unauthenticated_access: Optional[bool] = c._UNSET,
-        exposed_ports: Optional[list[int]] = c._UNSET,
+        exposed_ports: Optional[List[int]] = c._UNSET,
     ) -> SandboxInfo:
         body = c.update_body(
             name=name,
@@ -302,7 +302,7 @@ class AsyncSandboxClient:
             await self._json("GET", f"/snapshots/{c.seg(snapshot_id)}", not_found=SnapshotNotFoundError)
         )
 
-    async def list_snapshots(self, sandbox_id: Optional[str] = None) -> list[SnapshotInfo]:
+    async def list_snapshots(self, sandbox_id: Optional[str] = None) -> List[SnapshotInfo]:
         if sandbox_id is None:
             data = await self._json("GET", "/snapshots")
         else:
@@ -665,7 +665,7 @@ class AsyncProcesses:
     async def close_stdin(self, pid: Union[int, str]) -> None:
         await self._sb._request("POST", f"/processes/{c.seg(pid)}/stdin/close")
 
-    async def output(self, pid: Union[int, str], stream: str = "output") -> list[str]:
+    async def output(self, pid: Union[int, str], stream: str = "output") -> List[str]:
         resp = await self._sb._request("GET", f"/processes/{c.seg(pid)}/{_stream_name(stream)}")
         return list(resp.json()["lines"])
 

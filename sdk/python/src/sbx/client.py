@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Optional, Union
+from typing import List, TYPE_CHECKING, Any, Iterator, Mapping, Optional, Union
 
 import httpx
 
@@ -258,7 +258,7 @@ class SandboxClient:
         name: Optional[str] = c._UNSET,
         auto_resume: Optional[bool] = c._UNSET,
         allow_unauthenticated_access: Optional[bool] = c._UNSET,
-        exposed_ports: Optional[list[int]] = c._UNSET,
+        exposed_ports: Optional[List[int]] = c._UNSET,
     ) -> SandboxInfo:
         """Changes the given fields (``name=None`` removes the name)."""
         body = c.update_body(
@@ -362,7 +362,7 @@ class SandboxClient:
             self._json("GET", f"/snapshots/{c.seg(snapshot_id)}", not_found=SnapshotNotFoundError)
         )
 
-    def list_snapshots(self, sandbox_id: Optional[str] = None) -> list[SnapshotInfo]:
+    def list_snapshots(self, sandbox_id: Optional[str] = None) -> List[SnapshotInfo]:
         """Every snapshot in the namespace, or those of one sandbox."""
         if sandbox_id is None:
             data = self._json("GET", "/snapshots")

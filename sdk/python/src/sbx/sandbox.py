@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import struct
 import time
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Optional, Union
+from typing import List, Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Optional, Union
 
 import httpx
 
@@ -354,7 +354,7 @@ class Processes:
     def close_stdin(self, pid: Union[int, str]) -> None:
         self._sb._request("POST", f"/processes/{c.seg(pid)}/stdin/close")
 
-    def output(self, pid: Union[int, str], stream: str = "output") -> list[str]:
+    def output(self, pid: Union[int, str], stream: str = "output") -> List[str]:
         """Output lines so far: ``stdout``, ``stderr`` or both (``output``)."""
         return list(self._sb._request("GET", f"/processes/{c.seg(pid)}/{_stream_name(stream)}").json()["lines"])
 
