@@ -1,7 +1,7 @@
 /** Calls to the in-sandbox daemon (`/api/v1/...`) through the sandbox proxy. */
 
 import { constants as osConstants } from "node:os";
-import { BadRequestError, CommandError, NotFoundError, SandboxNotFoundError, SbxError, SbxTimeoutError } from "./errors.js";
+import { BadRequestError, CommandError, NotFoundError, SandboxNotFoundError, SbxError, SbxTimeoutError, ServerError } from "./errors.js";
 import { Body, camelize, HttpClient, RequestOptions, sleep, sseEvents } from "./http.js";
 import type { DirEntry, OutputLine, ProcessInfo, ProcessUser } from "./types.js";
 
@@ -36,7 +36,11 @@ export class Daemon {
   async json<T>(path: string, opts: RequestOptions = {}): Promise<T> {
     const res = await this.request(path, opts);
     const text = await res.text();
-    return camelize<T>(text.trim() ? JSON.parse(text) : undefined);
+    try {
+      return camelize<T>(text.trim() ? JSON.parse(text) : undefined);
+    } catch (e) {
+      throw new ServerError(`invalid JSON from the sandbox at ${path}: ${text.slice(0, 200)}`, { status: res.status, cause: e });
+    }
   }
 }
 
