@@ -6,6 +6,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -21,6 +22,18 @@ OFFLINE_INSTALL = (
     "d=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])')/numpy"
     " && mkdir -p $d && echo '__version__ = \"0+sbx-offline-stand-in\"' > $d/__init__.py"
 )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def torn_down(sbx):
+    """At the end of the module, waits until the server has torn down every
+    sandbox the module terminated (a server stopped mid-teardown leaks mounts)."""
+    before = set(sbx.leftovers())
+    yield
+    deadline = time.monotonic() + 60
+    while set(sbx.leftovers()) - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not set(sbx.leftovers()) - before, "sandboxes not torn down"
 
 
 def _title(block: str) -> str:

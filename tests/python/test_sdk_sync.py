@@ -3,6 +3,7 @@
 import hashlib
 import os
 import re
+import time
 import uuid
 
 import pytest
@@ -25,6 +26,18 @@ from sbx import (
     SnapshotType,
     ValidationError,
 )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def torn_down(sbx):
+    """At the end of the module, waits until the server has torn down every
+    sandbox the module terminated (a server stopped mid-teardown leaks mounts)."""
+    before = set(sbx.leftovers())
+    yield
+    deadline = time.monotonic() + 60
+    while set(sbx.leftovers()) - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not set(sbx.leftovers()) - before, "sandboxes not torn down"
 
 
 def unique(prefix: str) -> str:
