@@ -1,9 +1,9 @@
 //! Control-plane routes, under `/v1/namespaces/{ns}` and flat (namespace `default`).
 
-use crate::error::{ApiError, ApiResult, JsonBody};
+use crate::error::{ApiError, ApiResult, JsonBody, Path, Query};
 use crate::lifecycle::{validate_name, LaunchOutcome, Manager};
 use crate::store::{SandboxRow, SnapshotRow, StoreError};
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -29,6 +29,16 @@ pub struct ApiState {
 }
 
 pub fn router(state: ApiState) -> Router {
+    routes().with_state(state)
+}
+
+/// Every control-plane route. Generic over the state so that a test can
+/// probe the route table (`openapi.rs`) without a host behind it.
+pub(crate) fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    ApiState: FromRef<S>,
+{
     let sandbox_routes = Router::new()
         .route("/sandboxes", get(list).post(create))
         .route(
@@ -51,9 +61,17 @@ pub fn router(state: ApiState) -> Router {
             "/healthz",
             get(|| async { Json(serde_json::json!({"healthy": true})) }),
         )
+        .route("/openapi.json", get(crate::openapi::spec))
         .nest("/v1/namespaces/{ns}", sandbox_routes.clone())
         .merge(sandbox_routes)
-        .with_state(state)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
 }
 
 /// The namespace from the path, `default` for flat routes.

@@ -6,6 +6,7 @@ mod api;
 mod auth;
 mod error;
 mod lifecycle;
+mod openapi;
 mod proxy;
 mod snapshots;
 mod store;

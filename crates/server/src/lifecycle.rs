@@ -17,6 +17,8 @@ pub const DEFAULT_MEMORY_MB: u64 = 1024;
 pub const DEFAULT_DISK_MB: u64 = 10240;
 pub const MIN_DISK_MB: u64 = 128;
 pub const MAX_DISK_MB: u64 = 1024 * 1024;
+/// Longest `timeout_secs`: ten years (beyond it the clock arithmetic overflows).
+pub const MAX_TIMEOUT_SECS: u64 = 10 * 365 * 24 * 3600;
 /// Memory per CPU, in MB.
 pub const MEMORY_PER_CPU: (u64, u64) = (1024, 8192);
 
@@ -200,6 +202,11 @@ pub fn validate(
     }
     if let Some(name) = &req.name {
         validate_name(name)?;
+    }
+    if let Some(t) = req.timeout_secs.filter(|t| *t > MAX_TIMEOUT_SECS) {
+        return Err(ApiError::bad_request(format!(
+            "timeout_secs must be at most {MAX_TIMEOUT_SECS} (ten years; got {t}); 0 or none = no timeout"
+        )));
     }
     let timeout_secs = req.timeout_secs.filter(|t| *t > 0);
     let spec = SandboxSpec {
@@ -649,6 +656,7 @@ mod tests {
                 "form of a sandbox id",
             ),
             (r#"{"entrypoint":[]}"#, "entrypoint"),
+            (r#"{"timeout_secs":10000000000000000}"#, "timeout_secs"),
         ] {
             let e = validate(&req(body), HOST, &images()).unwrap_err();
             assert_eq!(e.status, 400, "{body}");

@@ -1,0 +1,696 @@
+#!/usr/bin/env python3
+"""Writes crates/server/openapi.json, the OpenAPI 3.1 description of the sbx
+HTTP API: the control plane (flat routes and `/v1/namespaces/{ns}` ones) and
+the in-sandbox daemon reached through the sandbox proxy.
+
+Edit this script, not the JSON, then run `python3 crates/server/gen-openapi.py`
+(an argument writes elsewhere).
+`cargo test -p sbx-server openapi` checks the spec against the routers, and
+tests/python/test_openapi_fuzz.py fuzzes a real server with it.
+"""
+
+import json
+import pathlib
+import sys
+
+OUT = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else pathlib.Path(__file__).resolve().parent / "openapi.json"
+NS_PREFIX = "/v1/namespaces/{ns}"
+
+
+def ref(name):
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def opt(schema):
+    """An optional request field: the server also takes `null` (= omitted)."""
+    s = dict(schema)
+    t = s.get("type")
+    if t is not None:
+        s["type"] = [t, "null"] if isinstance(t, str) else t + ["null"]
+        if "enum" in s:
+            s["enum"] = s["enum"] + [None]
+        return s
+    return {"anyOf": [s, {"type": "null"}]}
+
+
+def obj(required, props, extra=False, description=None):
+    o = {"type": "object", "properties": props, "additionalProperties": extra}
+    if required:
+        o["required"] = required
+    if description:
+        o["description"] = description
+    return o
+
+
+STR = {"type": "string"}
+BOOL = {"type": "boolean"}
+U64 = {"type": "integer", "minimum": 0}
+I32 = {"type": "integer", "format": "int32"}
+TIME = {"type": "string", "format": "date-time"}
+STRS = {"type": "array", "items": STR}
+PORT = {"type": "integer", "minimum": 0, "maximum": 65535}
+
+SANDBOX_STATUSES = [
+    "pending", "running", "snapshotting", "suspending",
+    "suspended", "terminated", "timeout", "failed",
+]
+PENDING_REASONS = [
+    "scheduling", "waiting_for_container", "no_executors_available",
+    "no_resources_available", "pool_at_capacity", "max_capacity_reached",
+    "no_executor_for_snapshot_location", "unplaceable",
+]
+SNAPSHOT_STATUSES = [
+    "in_progress", "local_ready", "completed", "failed", "deleting", "replicating",
+]
+
+schemas = {
+    "Error": obj(
+        ["code", "message"],
+        {
+            "code": {**STR, "description": "machine-readable, e.g. invalid_argument, not_found, conflict, unauthorized, forbidden, unavailable, internal"},
+            "message": STR,
+        },
+        description="Body of every non-2xx answer.",
+    ),
+    "SandboxStatus": {"type": "string", "enum": SANDBOX_STATUSES},
+    "PendingReason": {"type": "string", "enum": PENDING_REASONS},
+    "SnapshotStatus": {"type": "string", "enum": SNAPSHOT_STATUSES},
+    "SnapshotType": {
+        "type": "string",
+        "enum": ["filesystem", "memory"],
+        "description": "filesystem: the writable layer, restore is a cold boot; memory: layer + memory + processes, restore is warm.",
+    },
+    "ErrorDetails": obj(["message"], {"message": STR}),
+    "Resources": obj(
+        ["cpus", "memory_mb", "disk_mb"],
+        {"cpus": {"type": "number"}, "memory_mb": U64, "disk_mb": U64},
+        description="Resources as granted.",
+    ),
+    "ResourcesRequest": obj(
+        [],
+        {
+            "cpus": opt({"type": "number", "exclusiveMinimum": 0, "description": "default 1.0; at most the host's cores"}),
+            "memory_mb": opt({**U64, "description": "default 1024; 1024-8192 MB per CPU and at most the host's memory"}),
+            "disk_mb": opt({"type": "integer", "minimum": 128, "maximum": 1048576, "description": "default 10240"}),
+            "gpus": {"description": "GPUs are not available: only null, 0 or [] are accepted"},
+        },
+        extra=True,
+    ),
+    "NetworkPolicy": obj(
+        ["allow_internet_access", "allow_out", "deny_out"],
+        {"allow_internet_access": BOOL, "allow_out": STRS, "deny_out": STRS},
+    ),
+    "NetworkPolicyRequest": obj(
+        [],
+        {"allow_internet_access": {**BOOL, "default": True}, "allow_out": STRS, "deny_out": STRS},
+        extra=True,
+    ),
+    "CreateSandboxRequest": obj(
+        [],
+        {
+            "image": opt({**STR, "description": "an image of this host; default `default`"}),
+            "resources": opt(ref("ResourcesRequest")),
+            "timeout_secs": opt({"type": "integer", "minimum": 0, "maximum": 315360000,
+                                 "description": "0 or none: no timeout. An ephemeral sandbox terminates, a named one suspends after it"}),
+            "entrypoint": opt({**STRS, "minItems": 1, "description": "started as the managed process `entrypoint`"}),
+            "secret_names": opt(STRS),
+            "network": opt(ref("NetworkPolicyRequest")),
+            "snapshot_id": opt({**STR, "description": "restore this snapshot; other fields are inherited from it"}),
+            "name": opt({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$",
+                         "description": "unique among live sandboxes of the namespace; must not look like a sandbox id; named sandboxes can be suspended"}),
+            "allow_unauthenticated_access": opt(BOOL),
+            "exposed_ports": opt({"type": "array", "items": {**PORT, "not": {"const": 9501}},
+                                  "description": "user ports reachable through the proxy (9501 is the daemon's)"}),
+            "auto_resume": opt({**BOOL, "description": "default true: proxy traffic resumes a suspended sandbox"}),
+            "wait": opt({**BOOL, "description": "false: answer 202 `pending` at once"}),
+            "max_pending_secs": opt({**U64, "description": "accepted and ignored"}),
+        },
+        extra=True,
+        description="Unknown fields are accepted and ignored.",
+    ),
+    "CreateSandboxResponse": obj(
+        ["sandbox_id", "status"],
+        {
+            "sandbox_id": STR,
+            "status": ref("SandboxStatus"),
+            "sandbox_url": {**STR, "description": "base URL of the sandbox proxy"},
+            "name": STR,
+            "pending_reason": ref("PendingReason"),
+            "reason": STR,
+            "termination_reason": STR,
+            "error_details": ref("ErrorDetails"),
+        },
+    ),
+    "SandboxInfo": obj(
+        ["sandbox_id", "namespace", "status", "resources", "network_policy", "network",
+         "created_at", "allow_unauthenticated_access", "exposed_ports", "auto_resume"],
+        {
+            "sandbox_id": STR,
+            "namespace": STR,
+            "status": ref("SandboxStatus"),
+            "resources": ref("Resources"),
+            "name": STR,
+            "image": STR,
+            "runtime": {**STR, "description": "e.g. gvisor"},
+            "timeout_secs": U64,
+            "entrypoint": STRS,
+            "secret_names": STRS,
+            "network_policy": ref("NetworkPolicy"),
+            "network": {**ref("NetworkPolicy"), "description": "same as network_policy, for older CLIs"},
+            "pending_reason": ref("PendingReason"),
+            "termination_reason": {**STR, "description": "e.g. user_request, timeout, startup_failed, sandbox_exited, host_lost"},
+            "error_details": ref("ErrorDetails"),
+            "created_at": TIME,
+            "terminated_at": TIME,
+            "allow_unauthenticated_access": BOOL,
+            "exposed_ports": {"type": "array", "items": PORT},
+            "sandbox_url": {**STR, "description": "absent once the sandbox is terminated, failed or timed out"},
+            "auto_resume": BOOL,
+            "snapshot_id": {**STR, "description": "the snapshot it was restored from"},
+        },
+    ),
+    "ListSandboxesResponse": obj(["sandboxes"], {"sandboxes": {"type": "array", "items": ref("SandboxInfo")}}),
+    "UpdateSandboxRequest": obj(
+        [],
+        {
+            "name": opt({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$",
+                         "description": "null clears the name (the sandbox becomes ephemeral)"}),
+            "allow_unauthenticated_access": opt(BOOL),
+            "exposed_ports": opt({"type": "array", "items": {**PORT, "not": {"const": 9501}}}),
+            "auto_resume": opt(BOOL),
+        },
+        extra=True,
+        description="Omitted = keep; null = clear (name) or keep (the others).",
+    ),
+    "TerminateResponse": obj(
+        ["sandbox_id", "status"],
+        {"sandbox_id": STR, "status": {"type": "string", "enum": ["terminated"]}},
+    ),
+    "LogEntry": obj(
+        ["timestamp", "uuid", "namespace", "application", "body", "logAttributes", "sandboxId", "level"],
+        {
+            "timestamp": {}, "uuid": STR, "namespace": STR, "application": STR, "body": STR,
+            "logAttributes": {}, "sandboxId": STR, "level": {"type": "integer"},
+        },
+        extra=True,
+    ),
+    "LogsResponse": obj(
+        ["logs"],
+        {"logs": {"type": "array", "items": ref("LogEntry"), "description": "sbx keeps no sandbox logs yet: always empty"},
+         "nextToken": STR},
+    ),
+    "CreateSnapshotRequest": obj(
+        [], {"snapshot_type": opt({**ref("SnapshotType"), "description": "default filesystem"})}, extra=True,
+    ),
+    "CreateSnapshotResponse": obj(["snapshot_id", "status"], {"snapshot_id": STR, "status": ref("SnapshotStatus")}),
+    "SnapshotInfo": obj(
+        ["snapshot_id", "namespace", "sandbox_id", "snapshot_type", "status", "created_at"],
+        {
+            "snapshot_id": STR,
+            "namespace": STR,
+            "sandbox_id": {**STR, "description": "the source sandbox (which may be gone)"},
+            "snapshot_type": ref("SnapshotType"),
+            "status": ref("SnapshotStatus"),
+            "base_image": STR,
+            "error": STR,
+            "size_bytes": {**U64, "description": "logical size: layer files plus memory image"},
+            "stored_bytes": {**U64, "description": "compressed bytes this snapshot added to the store"},
+            "rootfs_disk_bytes": {**U64, "description": "the disk size a restore gets by default"},
+            "pause_ms": {**U64, "description": "how long the source was paused for the capture"},
+            "snapshot_uri": STR,
+            "created_at": TIME,
+        },
+    ),
+    "ListSnapshotsResponse": obj(["snapshots"], {"snapshots": {"type": "array", "items": ref("SnapshotInfo")}}),
+    "DeleteSnapshotResponse": obj(
+        ["snapshot_id", "status"],
+        {"snapshot_id": STR, "status": {"type": "string", "enum": ["deleted"]}},
+    ),
+    "CopySandboxResponse": obj(
+        ["source_sandbox_id", "sandboxes"],
+        {
+            "source_sandbox_id": STR,
+            "snapshot_id": {**STR, "description": "the memory snapshot the copies were restored from; it stays listed until deleted"},
+            "sandboxes": {"type": "array", "items": ref("CreateSandboxResponse")},
+        },
+    ),
+    "Health": obj(["healthy"], {"healthy": BOOL}),
+    # Daemon (in-sandbox agent) types.
+    "ProcessUser": {
+        "description": '"root", "1000:1000", a user name, or {name|uid, gid?}',
+        "anyOf": [
+            STR,
+            obj([], {"name": STR, "uid": {"type": "integer", "minimum": 0}, "gid": {"type": "integer", "minimum": 0}}),
+        ],
+    },
+    "RunRequest": obj(
+        ["command"],
+        {
+            "command": STR,
+            "args": STRS,
+            "env": {"type": "object", "additionalProperties": STR},
+            "working_dir": STR,
+            "timeout": {"type": "number", "description": "seconds; then the process is killed and the run ends timed_out"},
+            "user": ref("ProcessUser"),
+        },
+        extra=True,
+    ),
+    "RestartPolicy": obj(
+        [],
+        {
+            "policy": {"type": "string", "enum": ["never", "on_failure", "always"], "default": "on_failure"},
+            "max_restarts": {"type": "integer", "minimum": 0},
+            "initial_backoff_ms": {**U64, "default": 500},
+            "max_backoff_ms": {**U64, "default": 30000},
+        },
+        extra=True,
+    ),
+    "HealthCheck": obj(
+        ["type", "port"],
+        {
+            "type": {"type": "string", "enum": ["http", "tcp"]},
+            "port": PORT,
+            "path": STR,
+            "initial_delay_ms": {**U64, "default": 5000},
+            "interval_ms": {**U64, "default": 1000},
+            "timeout_ms": {**U64, "default": 500},
+            "failure_threshold": {"type": "integer", "minimum": 0, "default": 3},
+        },
+        extra=True,
+    ),
+    "StartProcessRequest": obj(
+        ["command"],
+        {
+            "command": STR,
+            "args": STRS,
+            "env": {"type": "object", "additionalProperties": STR},
+            "working_dir": STR,
+            "stdin_mode": {"type": "string", "enum": ["closed", "pipe"]},
+            "stdout_mode": {"type": "string", "enum": ["capture", "discard"]},
+            "stderr_mode": {"type": "string", "enum": ["capture", "discard"]},
+            "user": ref("ProcessUser"),
+            "name": STR,
+            "restart": ref("RestartPolicy"),
+            "health_check": ref("HealthCheck"),
+        },
+        extra=True,
+    ),
+    "ManagedInfo": obj(
+        ["id", "status", "restart_count", "restart", "health_status", "consecutive_health_failures"],
+        {
+            "id": STR,
+            "name": STR,
+            "status": {"type": "string", "enum": ["starting", "running", "backing_off", "stopped"]},
+            "restart_count": {"type": "integer", "minimum": 0},
+            "restart": ref("RestartPolicy"),
+            "health_check": ref("HealthCheck"),
+            "health_status": {"type": "string", "enum": ["disabled", "starting", "healthy", "unhealthy"]},
+            "consecutive_health_failures": {"type": "integer", "minimum": 0},
+            "last_exit": obj(["oom_killed", "ended_at"], {"exit_code": I32, "signal": I32, "oom_killed": BOOL, "ended_at": TIME}),
+            "last_error": STR,
+            "next_restart_at": TIME,
+        },
+    ),
+    "ProcessInfo": obj(
+        ["pid", "status", "oom_killed", "stdin_writable", "command", "args", "started_at"],
+        {
+            "pid": I32,
+            "status": {"type": "string", "enum": ["running", "exited", "signaled", "oom_killed"]},
+            "exit_code": I32,
+            "signal": I32,
+            "oom_killed": BOOL,
+            "stdin_writable": BOOL,
+            "command": STR,
+            "args": STRS,
+            "started_at": TIME,
+            "ended_at": TIME,
+            "name": STR,
+            "managed": ref("ManagedInfo"),
+        },
+    ),
+    "ProcessList": obj(["processes"], {"processes": {"type": "array", "items": ref("ProcessInfo")}}),
+    "SignalRequest": obj(["signal"], {"signal": {"type": "integer", "minimum": 0, "maximum": 64}}, extra=True),
+    "Success": obj(["success"], {"success": BOOL}),
+    "OutputResponse": obj(
+        ["pid", "lines", "line_count"],
+        {"pid": I32, "lines": STRS, "line_count": {"type": "integer", "minimum": 0}},
+    ),
+    "OutputEvent": obj(
+        ["line", "timestamp"],
+        {"line": STR, "timestamp": TIME, "stream": {"type": "string", "enum": ["stdout", "stderr"]}},
+        description="One output line (an SSE `data:` payload).",
+    ),
+    "StartedEvent": obj(["pid", "started_at"], {"pid": I32, "started_at": TIME},
+                        description="First event of processes/run."),
+    "ExitEvent": obj(
+        ["oom_killed", "reason"],
+        {
+            "exit_code": I32,
+            "signal": I32,
+            "oom_killed": BOOL,
+            "reason": {"type": "string", "enum": ["exited", "signaled", "oom_killed", "timed_out"]},
+        },
+        description="Last event of processes/run: exit_code or signal is set.",
+    ),
+    "RunEvent": {"oneOf": [ref("StartedEvent"), ref("OutputEvent"), ref("ExitEvent")]},
+    "DaemonInfo": obj(
+        ["version", "uptime_secs", "running_processes", "total_processes"],
+        {"version": STR, "uptime_secs": U64, "running_processes": U64, "total_processes": U64},
+    ),
+    "DirEntry": obj(["name", "is_dir"], {"name": STR, "is_dir": BOOL, "size": U64, "modified_at": TIME}),
+    "DirListing": obj(["path", "entries"], {"path": STR, "entries": {"type": "array", "items": ref("DirEntry")}}),
+    "CreatePtyRequest": obj(
+        ["command"],
+        {
+            "command": STR,
+            "args": STRS,
+            "env": {"type": "object", "additionalProperties": STR},
+            "working_dir": STR,
+            "rows": {"type": "integer", "minimum": 0, "maximum": 65535, "default": 24},
+            "cols": {"type": "integer", "minimum": 0, "maximum": 65535, "default": 80},
+            "user": ref("ProcessUser"),
+        },
+        extra=True,
+    ),
+    "CreatePtyResponse": obj(["session_id", "token"], {"session_id": STR, "token": STR}),
+    "PtySessionInfo": obj(
+        ["session_id", "pid", "command", "args", "rows", "cols", "created_at", "is_alive"],
+        {
+            "session_id": STR, "pid": I32, "command": STR, "args": STRS,
+            "rows": {"type": "integer"}, "cols": {"type": "integer"},
+            "created_at": TIME, "is_alive": BOOL, "exit_code": I32,
+        },
+    ),
+    "PtyList": obj(["sessions"], {"sessions": {"type": "array", "items": ref("PtySessionInfo")}}),
+}
+
+
+def json_body(schema):
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def ok(schema, description="OK"):
+    return {"description": description, **json_body(schema)}
+
+
+def err(description):
+    return {"description": description, **json_body(ref("Error"))}
+
+
+responses = {
+    "BadRequest": err("Invalid input (body, query or path); nothing was changed."),
+    "Unauthorized": err("Missing or wrong bearer key (servers started with API keys)."),
+    "Forbidden": err("A server without API keys answers only loopback peers."),
+    "NotFound": err("No such sandbox or snapshot in this namespace."),
+    "Conflict": err("Not possible in the current state (or the name is taken)."),
+    "Unavailable": err("The sandbox could not be started or captured."),
+}
+
+
+def errors(*codes):
+    names = {400: "BadRequest", 404: "NotFound", 409: "Conflict", 503: "Unavailable"}
+    out = {str(c): {"$ref": f"#/components/responses/{names[c]}"} for c in codes}
+    out["401"] = {"$ref": "#/components/responses/Unauthorized"}
+    out["403"] = {"$ref": "#/components/responses/Forbidden"}
+    return out
+
+
+def path_param(name, description):
+    return {"name": name, "in": "path", "required": True, "schema": STR, "description": description}
+
+
+def query(name, schema, description=None):
+    p = {"name": name, "in": "query", "required": False, "schema": schema}
+    if description:
+        p["description"] = description
+    return p
+
+
+SANDBOX_ID = path_param("id", "sandbox id or name")
+SNAPSHOT_ID = path_param("sid", "snapshot id")
+NS = path_param("ns", "namespace (the flat routes use `default`)")
+WAIT_MS = query("wait_ms", U64, "wait up to this long (capped at 30000) for the target state: 200 if reached, else 202")
+
+
+def op(op_id, summary, resp, params=(), body=None, body_required=False, tags=("sandboxes",)):
+    o = {"operationId": op_id, "summary": summary, "tags": list(tags)}
+    if params:
+        o["parameters"] = list(params)
+    if body is not None:
+        o["requestBody"] = {"required": body_required, **json_body(body)}
+    o["responses"] = resp
+    return o
+
+
+# Control-plane routes relative to the namespace prefix: {path: {method: op}}.
+ns_paths = {
+    "/sandboxes": {
+        "get": op(
+            "listSandboxes", "List the sandboxes of a namespace (live ones unless `all` or `status`).",
+            {"200": ok(ref("ListSandboxesResponse")), **errors(400)},
+            params=[
+                query("status", ref("SandboxStatus"), "only sandboxes in this status"),
+                query("all", BOOL, "also terminated, failed and timed-out sandboxes"),
+            ],
+        ),
+        "post": op(
+            "createSandbox", "Create a sandbox (blocks until it runs unless `wait` is false).",
+            {
+                "200": ok(ref("CreateSandboxResponse"), "Started (running), or still pending when the client's time budget ran out."),
+                "202": ok(ref("CreateSandboxResponse"), "`wait: false`: accepted, status pending."),
+                **errors(400, 404, 409, 503),
+            },
+            params=[
+                {"name": "X-Tensorlake-Request-Timeout-Ms", "in": "header", "required": False, "schema": U64,
+                 "description": "the client's whole budget (default 300000); a blocking create answers before it minus the grace"},
+                {"name": "X-Tensorlake-Request-Timeout-Grace-Ms", "in": "header", "required": False, "schema": U64},
+            ],
+            body=ref("CreateSandboxRequest"),
+        ),
+    },
+    "/sandboxes/{id}": {
+        "parameters": [SANDBOX_ID],
+        "get": op("getSandbox", "One sandbox.", {"200": ok(ref("SandboxInfo")), **errors(400, 404)}),
+        "delete": op("terminateSandbox", "Terminate a sandbox (idempotent; removal from the host continues in the background).",
+                     {"200": ok(ref("TerminateResponse")), **errors(400, 404)}),
+        "patch": op("updateSandbox", "Change name, access, exposed ports or auto_resume.",
+                    {"200": ok(ref("SandboxInfo")), **errors(400, 404, 409)}, body=ref("UpdateSandboxRequest")),
+    },
+    "/sandboxes/{id}/logs": {
+        "parameters": [SANDBOX_ID],
+        "get": op(
+            "sandboxLogs", "Sandbox logs (none are kept yet: always empty).",
+            {"200": ok(ref("LogsResponse")), **errors(400, 404)},
+            params=[query(n, s, "accepted and ignored") for n, s in [
+                ("level", {"type": "integer", "minimum": 1, "maximum": 6}), ("processId", STR), ("nextToken", STR),
+                ("head", U64), ("tail", U64), ("body", STR)]],
+        ),
+    },
+    "/sandboxes/{id}/snapshot": {
+        "parameters": [SANDBOX_ID],
+        "post": op("snapshotSandbox", "Start a snapshot of a running sandbox; poll the snapshot until local_ready or completed.",
+                   {"200": ok(ref("CreateSnapshotResponse")), **errors(400, 404, 409)},
+                   body=ref("CreateSnapshotRequest"), tags=("snapshots",)),
+    },
+    "/sandboxes/{id}/snapshots": {
+        "parameters": [SANDBOX_ID],
+        "get": op("listSandboxSnapshots", "Snapshots taken from this sandbox.",
+                  {"200": ok(ref("ListSnapshotsResponse")), **errors(400, 404)}, tags=("snapshots",)),
+    },
+    "/sandboxes/{id}/suspend": {
+        "parameters": [SANDBOX_ID],
+        "post": op("suspendSandbox", "Suspend a named, running sandbox (idempotent). Ephemeral sandboxes answer 400.",
+                   {"200": ok(ref("SandboxInfo"), "Suspended."), "202": ok(ref("SandboxInfo"), "Still suspending."),
+                    **errors(400, 404, 409)}, params=[WAIT_MS]),
+    },
+    "/sandboxes/{id}/resume": {
+        "parameters": [SANDBOX_ID],
+        "post": op("resumeSandbox", "Resume a suspended sandbox (idempotent for a running one).",
+                   {"200": ok(ref("SandboxInfo"), "Running."), "202": ok(ref("SandboxInfo"), "Still resuming."),
+                    **errors(400, 404, 409)}, params=[WAIT_MS]),
+    },
+    "/sandboxes/{id}/copy": {
+        "parameters": [SANDBOX_ID],
+        "post": op("copySandbox", "Live fork: one memory snapshot of the sandbox, booted `times` times.",
+                   {"200": ok(ref("CopySandboxResponse")), **errors(400, 404, 409, 503)},
+                   params=[query("times", {"type": "integer", "minimum": 1, "maximum": 32, "default": 1})]),
+    },
+    "/snapshots": {
+        "get": op("listSnapshots", "Snapshots of a namespace.", {"200": ok(ref("ListSnapshotsResponse")), **errors(400)},
+                  tags=("snapshots",)),
+    },
+    "/snapshots/{sid}": {
+        "parameters": [SNAPSHOT_ID],
+        "get": op("getSnapshot", "One snapshot.", {"200": ok(ref("SnapshotInfo")), **errors(400, 404)}, tags=("snapshots",)),
+        "delete": op("deleteSnapshot", "Delete a snapshot (sandboxes restored from it keep running).",
+                     {"200": ok(ref("DeleteSnapshotResponse")), **errors(400, 404, 409)}, tags=("snapshots",)),
+    },
+}
+
+
+def namespaced(item):
+    """The same path item under /v1/namespaces/{ns}, with distinct operation ids."""
+    out = {"parameters": [NS] + item.get("parameters", [])}
+    for method, o in item.items():
+        if method != "parameters":
+            out[method] = {**o, "operationId": o["operationId"] + "InNamespace"}
+    return out
+
+
+paths = {
+    "/healthz": {
+        "get": op("health", "Liveness of the control plane.", {"200": ok(ref("Health")), **errors()}, tags=("meta",)),
+    },
+    "/openapi.json": {
+        "get": op("openapi", "This document.", {"200": ok({"type": "object"}), **errors()}, tags=("meta",)),
+    },
+}
+paths.update(ns_paths)
+paths.update({NS_PREFIX + p: namespaced(item) for p, item in ns_paths.items()})
+
+# The daemon: every route under /api/v1 on the sandbox proxy.
+PROXY_SERVER = [{"url": "http://localhost:9443", "description": "sandbox proxy (routes to the sandbox's daemon on port 9501)"}]
+SANDBOX_HEADER = {
+    "name": "X-Tensorlake-Sandbox-Id", "in": "header", "required": True, "schema": STR,
+    "description": "the sandbox (id or name); alternatively send `Host: {id}.local`",
+}
+PROC = path_param("p", "pid (digits) or a percent-encoded process name")
+FILE_PATH = {"name": "path", "in": "query", "required": True, "schema": STR, "description": "absolute path in the sandbox"}
+
+
+def derr(*codes):
+    """Daemon errors, plus the proxy's own (no such sandbox, not running, auth)."""
+    out = {str(c): err(d) for c, d in [
+        (400, "Invalid input."), (404, "No such process, file or session (or no such sandbox, from the proxy)."),
+        (409, "Not possible in the current state (or the sandbox is not running, from the proxy)."),
+    ] if c in codes or c in (404, 409)}
+    out["401"] = {"$ref": "#/components/responses/Unauthorized"}
+    out["403"] = {"$ref": "#/components/responses/Forbidden"}
+    out["502"] = err("The proxy could not reach the sandbox's daemon.")
+    out["503"] = {"$ref": "#/components/responses/Unavailable"}
+    return out
+
+
+def dop(op_id, summary, resp, params=(), body=None, content=None):
+    o = {"operationId": op_id, "summary": summary, "tags": ["daemon"], "parameters": [SANDBOX_HEADER, *params]}
+    if body is not None:
+        o["requestBody"] = {"required": True, **json_body(body)}
+    if content is not None:
+        o["requestBody"] = {"required": True, "content": content}
+    o["responses"] = resp
+    return o
+
+
+SSE = {"text/event-stream": {"schema": {"type": "string",
+       "description": "events `data: <json>`, each a RunEvent / OutputEvent"}}}
+NO_CONTENT = {"204": {"description": "Done."}}
+SWITCH = {"101": {"description": "WebSocket upgrade."}}
+
+daemon = {
+    "/health": {"get": dop("daemonHealth", "Daemon liveness.", {"200": ok(ref("Health")), **derr()})},
+    "/info": {"get": dop("daemonInfo", "Daemon version and process counts.", {"200": ok(ref("DaemonInfo")), **derr()})},
+    "/processes/run": {"post": dop(
+        "runProcess", "Run to completion, streamed as SSE: StartedEvent, OutputEvent per line, one ExitEvent.",
+        {"200": {"description": "event stream", "content": SSE}, **derr(400)}, body=ref("RunRequest"))},
+    "/processes": {
+        "get": dop("listProcesses", "All processes.", {"200": ok(ref("ProcessList")), **derr()}),
+        "post": dop("startProcess", "Start a background process.", {"200": ok(ref("ProcessInfo")), **derr(400)},
+                    body=ref("StartProcessRequest")),
+    },
+    "/processes/{p}": {
+        "parameters": [PROC],
+        "get": dop("getProcess", "One process.", {"200": ok(ref("ProcessInfo")), **derr()}),
+        "delete": dop("deleteProcess", "Kill (if running) and forget a process.", {"200": ok(ref("ProcessInfo")), **derr()}),
+    },
+    "/processes/{p}/restart": {"parameters": [PROC], "post": dop(
+        "restartProcess", "Restart a process.", {"200": ok(ref("ProcessInfo")), **derr()})},
+    "/processes/{p}/signal": {"parameters": [PROC], "post": dop(
+        "signalProcess", "Signal a running process's group.", {"200": ok(ref("Success")), **derr(400)},
+        body=ref("SignalRequest"))},
+    "/processes/{p}/stdin": {"parameters": [PROC], "post": dop(
+        "writeStdin", "Write raw bytes to a process's stdin (stdin_mode pipe).", {"200": ok(ref("Success")), **derr(400)},
+        content={"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}})},
+    "/processes/{p}/stdin/close": {"parameters": [PROC], "post": dop(
+        "closeStdin", "Close a process's stdin.", {"200": ok(ref("Success")), **derr()})},
+    "/processes/{p}/{stream}": {
+        "parameters": [PROC, {"name": "stream", "in": "path", "required": True,
+                              "schema": {"type": "string", "enum": ["stdout", "stderr", "output"]}}],
+        "get": dop("getOutput", "Captured output so far (output = both streams).", {"200": ok(ref("OutputResponse")), **derr()}),
+    },
+    "/processes/{p}/{stream}/follow": {
+        "parameters": [PROC, {"name": "stream", "in": "path", "required": True,
+                              "schema": {"type": "string", "enum": ["stdout", "stderr", "output"]}}],
+        "get": dop("followOutput", "Output as SSE of OutputEvent, from the start, closed at EOF.",
+                   {"200": {"description": "event stream", "content": SSE}, **derr()}),
+    },
+    "/files": {
+        "parameters": [FILE_PATH],
+        "get": dop("readFile", "Download a file.", {"200": {"description": "the file", "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}, **derr(400)}),
+        "put": dop("writeFile", "Upload a file (streamed; parent directories are created; atomic rename).",
+                   {**NO_CONTENT, **derr(400)},
+                   content={"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}),
+        "delete": dop("deleteFile", "Delete a file, or a directory recursively.", {**NO_CONTENT, **derr(400)}),
+    },
+    "/files/list": {"parameters": [FILE_PATH], "get": dop(
+        "listFiles", "List a directory.", {"200": ok(ref("DirListing")), **derr(400)})},
+    "/pty": {
+        "get": dop("listPtys", "PTY sessions.", {"200": ok(ref("PtyList")), **derr()}),
+        "post": dop("createPty", "Start a process on a PTY; attach with the WebSocket.",
+                    {"200": ok(ref("CreatePtyResponse")), **derr(400)}, body=ref("CreatePtyRequest")),
+    },
+    "/pty/{sid}": {"parameters": [path_param("sid", "PTY session id")], "delete": dop(
+        "deletePty", "Kill a PTY session.", {**NO_CONTENT, **derr()})},
+    "/pty/{sid}/ws": {"parameters": [path_param("sid", "PTY session id")], "get": dop(
+        "ptyWebSocket",
+        "WebSocket of a PTY session. Binary frames; client: 0x02 ready (first), 0x00+input, 0x01+cols u16 BE+rows u16 BE; "
+        "server: 0x00+output, 0x03+exit code i32 BE, then close 1000 `exit:N`.",
+        {**SWITCH, **derr(400)},
+        params=[query("token", STR, "the session token (or header X-PTY-Token)"),
+                {"name": "X-PTY-Token", "in": "header", "required": False, "schema": STR}])},
+    "/tunnels/tcp": {"get": dop(
+        "tcpTunnel", "WebSocket carrying one TCP connection to 127.0.0.1:port in the sandbox (binary frames; a text frame is an error).",
+        {**SWITCH, **derr(400)},
+        params=[{"name": "port", "in": "query", "required": True, "schema": {"type": "integer", "minimum": 1, "maximum": 65535}}])},
+}
+for p, item in daemon.items():
+    paths["/api/v1" + p] = {"servers": PROXY_SERVER, **item}
+
+spec = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "sbx",
+        "version": "0.1.0",
+        "description": (
+            "Self-hosted sandboxes behind the Tensorlake sandbox HTTP contract. "
+            "Control-plane routes exist flat (namespace `default`) and under `/v1/namespaces/{ns}`; "
+            "`{id}` is a sandbox id or its name. Every non-2xx answer is a JSON `Error`. "
+            "Daemon routes (tag `daemon`) are served by each sandbox and reached through the sandbox proxy "
+            "with the `X-Tensorlake-Sandbox-Id` header. Generated by crates/server/gen-openapi.py."
+        ),
+    },
+    "servers": [{"url": "http://localhost:8900", "description": "control plane"}],
+    "security": [{"bearerAuth": []}],
+    "tags": [
+        {"name": "sandboxes", "description": "sandbox lifecycle"},
+        {"name": "snapshots", "description": "snapshots, suspend/resume, copies"},
+        {"name": "meta", "description": "health and this document"},
+        {"name": "daemon", "description": "the in-sandbox daemon, through the sandbox proxy"},
+    ],
+    "paths": paths,
+    "components": {
+        "schemas": schemas,
+        "responses": responses,
+        "securitySchemes": {
+            "bearerAuth": {
+                "type": "http", "scheme": "bearer",
+                "description": "`Authorization: Bearer <key>` when the server has API keys (--api-key / SBX_API_KEY); "
+                               "a server without keys needs none and answers only loopback peers. Applies to every route, "
+                               "/healthz and /openapi.json included, and to the proxy.",
+            },
+        },
+    },
+}
+
+OUT.write_text(json.dumps(spec, indent=2, ensure_ascii=False) + "\n")
+print(f"wrote {OUT}")
