@@ -1,0 +1,163 @@
+"""Sandbox lifecycle through the unmodified tensorlake client: create, get, list, update, delete."""
+
+import pytest
+from tensorlake.sandbox import (
+    RemoteAPIError,
+    Sandbox,
+    SandboxError,
+    SandboxNotFoundError,
+    SandboxStatus,
+)
+
+from tl_helpers import delete_quietly, eventually, tl, unique  # noqa: F401 (fixtures)
+
+
+def test_blocking_create_with_options(tl):
+    name = unique("tl-create")
+    with tl.sandbox(
+        name=name,
+        cpus=1.0,
+        memory_mb=1024,
+        timeout_secs=600,
+        entrypoint=["sleep", "infinity"],
+        allow_unauthenticated_access=False,
+        exposed_ports=[8080],
+    ) as sandbox:
+        assert sandbox.sandbox_id
+        assert sandbox.name == name
+        assert sandbox.status == SandboxStatus.RUNNING
+        info = sandbox.info()
+        assert (info.resources.cpus, info.resources.memory_mb) == (1.0, 1024)
+        assert info.resources.disk_mb > 0
+        assert info.timeout_secs == 600
+        assert info.entrypoint == ["sleep", "infinity"]
+        assert info.exposed_ports == [8080]
+        assert info.sandbox_url
+        assert info.created_at is not None
+        # The entrypoint runs in the sandbox.
+        assert "sleep infinity" in sandbox.run("ps", args=["-eo", "args"]).stdout
+        meminfo = sandbox.run("head", args=["-1", "/proc/meminfo"]).stdout.split()
+        assert int(meminfo[1]) // 1024 >= 1024
+
+
+def test_create_without_wait_then_ready(tl):
+    name = unique("tl-nowait")
+    pending = Sandbox.create(api_url=tl.api_url, name=name, wait=False)
+    try:
+        assert pending.sandbox_id
+        assert pending.name == name
+        assert pending.state in (SandboxStatus.PENDING, SandboxStatus.RUNNING)
+        assert pending.status().sandbox_id == pending.sandbox_id
+        sandbox = pending.ready(timeout=120, poll_interval=0.2)
+        assert sandbox.sandbox_id == pending.sandbox_id
+        assert sandbox.status == SandboxStatus.RUNNING
+        assert sandbox.run("echo", args=["ready"]).stdout == "ready"
+        # Another process would collect it by id or name.
+        again = Sandbox.connect(name, api_url=tl.api_url)
+        assert again.sandbox_id == pending.sandbox_id
+        assert again.run("cat", args=["/proc/sys/kernel/hostname"]).exit_code == 0
+    finally:
+        delete_quietly(tl.client, pending.sandbox_id)
+
+
+def test_client_create_without_wait_polls_to_running(tl):
+    pending = tl.client.create(wait=False)
+    try:
+        info = eventually(
+            lambda: (i := pending.status()).status == SandboxStatus.RUNNING and i,
+            "the sandbox to run",
+            timeout=120,
+        )
+        assert info.sandbox_url
+        sandbox = tl.client.connect(pending.sandbox_id)
+        assert sandbox.run("true").exit_code == 0
+    finally:
+        delete_quietly(tl.client, pending.sandbox_id)
+
+
+def test_get_list_update_delete(tl):
+    client = tl.client
+    first, renamed = unique("tl-first"), unique("tl-renamed")
+    with tl.sandbox(name=first) as sandbox:
+        sid = sandbox.sandbox_id
+        by_id = client.get(sid).value
+        by_name = client.get(first).value
+        assert by_id.sandbox_id == by_name.sandbox_id == sid
+        assert by_id.namespace == "default"
+        assert by_id.status == SandboxStatus.RUNNING
+
+        listed = {s.sandbox_id: s for s in client.list()}
+        assert listed[sid].name == first
+        assert listed[sid].status == SandboxStatus.RUNNING
+        assert sid in {s.sandbox_id for s in Sandbox.list(api_url=tl.api_url)}
+
+        updated = sandbox.update(name=renamed).value
+        assert updated.name == renamed
+        assert client.get(renamed).value.sandbox_id == sid
+        with pytest.raises(SandboxNotFoundError):
+            client.get(first)
+        sandbox.name = first
+        assert client.get(sid).value.name == first
+
+        updated = client.update_sandbox(sid, auto_resume=False).value
+        assert updated.auto_resume is False
+
+        client.delete(sid)
+        assert client.get(sid).value.status == SandboxStatus.TERMINATED
+        # Deleting again is fine.
+        client.delete(sid)
+        assert sid not in {s.sandbox_id for s in client.list()}
+
+
+def test_name_conflicts_and_bad_names(tl):
+    name = unique("tl-taken")
+    with tl.sandbox(name=name):
+        with pytest.raises(RemoteAPIError) as e:
+            tl.client.create(name=name)
+        assert e.value.status_code == 409
+        with pytest.raises(RemoteAPIError) as e:
+            tl.client.create(name="bad name!")
+        assert e.value.status_code == 400
+
+
+def test_get_or_create_attaches_to_the_named_sandbox(tl):
+    name = unique("tl-goc")
+    created = Sandbox.get_or_create(name, api_url=tl.api_url)
+    try:
+        assert created.bind_outcome == "created"
+        created.write_file("/tmp/marker", b"first")
+        attached = Sandbox.get_or_create(name, api_url=tl.api_url)
+        assert attached.bind_outcome == "attached"
+        assert attached.sandbox_id == created.sandbox_id
+        assert attached.read_file("/tmp/marker").value == b"first"
+    finally:
+        delete_quietly(tl.client, created.sandbox_id)
+
+
+def test_context_manager_terminates_what_it_created(tl):
+    with Sandbox.create(api_url=tl.api_url) as sandbox:
+        sid = sandbox.sandbox_id
+        assert sandbox.run("echo", args=["inside"]).stdout == "inside"
+    assert tl.status(sid) == SandboxStatus.TERMINATED
+
+
+def test_unknown_sandbox_is_not_found(tl):
+    with pytest.raises(SandboxNotFoundError):
+        tl.client.get("no-such-sandbox")
+    with pytest.raises(SandboxNotFoundError):
+        tl.client.delete("no-such-sandbox")
+    with pytest.raises(SandboxNotFoundError):
+        Sandbox.connect("no-such-sandbox", api_url=tl.api_url)
+
+
+def test_connect_to_terminated_sandbox_is_refused(tl):
+    with tl.sandbox() as sandbox:
+        sid = sandbox.sandbox_id
+    with pytest.raises(SandboxError):
+        Sandbox.connect(sid, api_url=tl.api_url).run("true")
+
+
+def test_sandbox_logs_answer(tl):
+    with tl.sandbox() as sandbox:
+        logs = sandbox.get_logs(tail=10).value
+        assert isinstance(logs.logs, list)
