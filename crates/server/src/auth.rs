@@ -9,17 +9,25 @@ use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
 pub async fn check(State(keys): State<Arc<Vec<String>>>, req: Request, next: Next) -> Response {
+    match authorize(&keys, &req) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Whether `req` may pass: it presents one of `keys`, or, when there are
+/// no keys, comes from a loopback peer.
+pub fn authorize(keys: &[String], req: &Request) -> Result<(), ApiError> {
     if keys.is_empty() {
-        let loopback = crate::peer(&req).is_some_and(|p| p.ip().is_loopback());
+        let loopback = crate::peer(req).is_some_and(|p| p.ip().is_loopback());
         if !loopback {
-            return ApiError::new(
+            return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 "this server has no API key and answers only on loopback",
-            )
-            .into_response();
+            ));
         }
-        return next.run(req).await;
+        return Ok(());
     }
     let presented = req
         .headers()
@@ -33,16 +41,18 @@ pub async fn check(State(keys): State<Arc<Vec<String>>>, req: Request, next: Nex
                 .iter()
                 .any(|key| constant_time_eq(key.as_bytes(), k.as_bytes())) =>
         {
-            next.run(req).await
+            Ok(())
         }
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "invalid API key")
-            .into_response(),
-        None => ApiError::new(
+        Some(_) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "invalid API key",
+        )),
+        None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing Authorization: Bearer <key>",
-        )
-        .into_response(),
+        )),
     }
 }
 
@@ -52,10 +62,32 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use axum::body::Body;
+
+    fn req(auth: Option<&str>) -> Request {
+        let mut b = Request::builder().uri("/");
+        if let Some(a) = auth {
+            b = b.header(header::AUTHORIZATION, a);
+        }
+        b.body(Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn keys_are_checked() {
+        let keys = vec!["k1".to_string(), "k2".to_string()];
+        assert!(authorize(&keys, &req(Some("Bearer k2"))).is_ok());
+        let status = |r: Result<(), ApiError>| r.unwrap_err().status;
+        assert_eq!(status(authorize(&keys, &req(Some("Bearer nope")))), 401);
+        assert_eq!(status(authorize(&keys, &req(None))), 401);
+        // No keys: only loopback peers, and a request without a peer is none.
+        assert_eq!(status(authorize(&[], &req(None))), 403);
+    }
+
     #[test]
     fn keys_compare_exactly() {
-        assert!(super::constant_time_eq(b"abc", b"abc"));
-        assert!(!super::constant_time_eq(b"abc", b"abd"));
-        assert!(!super::constant_time_eq(b"abc", b"ab"));
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

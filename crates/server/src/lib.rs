@@ -99,8 +99,7 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
         keys.clone(),
         auth::check,
     ));
-    let proxy_app = proxy::router(manager.clone())
-        .layer(axum::middleware::from_fn_with_state(keys, auth::check));
+    let proxy_app = proxy::router(manager.clone(), keys);
 
     let api_listener = tokio::net::TcpListener::bind(config.api_addr)
         .await

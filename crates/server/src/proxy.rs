@@ -1,5 +1,6 @@
 //! The sandbox proxy (data plane): routes each request by
 //! `X-Tensorlake-Sandbox-Id` or `Host: {id}.local` to that sandbox's agent,
+//! and `Host: {port}-{id}.local` to a user port the sandbox exposes,
 //! streaming bodies both ways and splicing WebSocket upgrades.
 
 use crate::error::ApiError;
@@ -19,17 +20,23 @@ use std::sync::Arc;
 pub struct ProxyState {
     pub manager: Arc<Manager>,
     client: Client<HttpConnector, Body>,
+    /// Accepted bearer keys (empty: loopback peers only).
+    keys: Arc<Vec<String>>,
 }
 
-pub fn router(manager: Arc<Manager>) -> Router {
+/// The proxy checks auth itself: a user port of a sandbox with
+/// `allow_unauthenticated_access` is reachable without a key.
+pub fn router(manager: Arc<Manager>, keys: Arc<Vec<String>>) -> Router {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(std::time::Duration::from_secs(30))
         .build(connector);
-    Router::new()
-        .fallback(forward)
-        .with_state(ProxyState { manager, client })
+    Router::new().fallback(forward).with_state(ProxyState {
+        manager,
+        client,
+        keys,
+    })
 }
 
 /// The sandbox a request is for: the header wins over the Host label.
@@ -47,6 +54,56 @@ pub fn target(req: &Request) -> Option<String> {
     (!label.is_empty() && !label.contains('.')).then(|| label.to_string())
 }
 
+/// A Host label of the form `{port}-{sandbox}`: a user port of that sandbox.
+/// (A sandbox whose whole name is the label wins; the caller checks that.)
+pub fn user_port(label: &str) -> Option<(u16, &str)> {
+    let (port, sandbox) = label.split_once('-')?;
+    let valid = !port.is_empty()
+        && port.len() <= 5
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && !port.starts_with('0')
+        && !sandbox.is_empty();
+    let port: u16 = port.parse().ok().filter(|_| valid)?;
+    Some((port, sandbox))
+}
+
+/// The sandbox a request names and, for a user-port request, the port.
+async fn resolve(
+    manager: &Manager,
+    key: Option<String>,
+    by_header: bool,
+) -> Result<(crate::store::SandboxRow, Option<u16>), ApiError> {
+    let Some(key) = key else {
+        return Err(ApiError::bad_request(
+            "name the sandbox with the X-Tensorlake-Sandbox-Id header or Host: {id}.local",
+        ));
+    };
+    if let Some(row) = manager.store.find_any(&key).await? {
+        return Ok((row, None));
+    }
+    if let Some((port, sandbox)) = user_port(&key).filter(|_| !by_header) {
+        if let Some(row) = manager.store.find_any(sandbox).await? {
+            return Ok((row, Some(port)));
+        }
+    }
+    Err(ApiError::not_found("sandbox", &key))
+}
+
+/// Whether a user port may be reached: listed in `exposed_ports`, never the daemon's.
+fn check_user_port(row: &crate::store::SandboxRow, port: u16) -> Result<(), ApiError> {
+    if port == sbx_api::AGENT_PORT || !row.spec.exposed_ports.contains(&port) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "port_not_exposed",
+            format!(
+                "port {port} of sandbox {} is not exposed; add it to exposed_ports",
+                row.id
+            ),
+        ));
+    }
+    Ok(())
+}
+
 const HOP_BY_HOP: &[&str] = &[
     "keep-alive",
     "proxy-authenticate",
@@ -56,18 +113,33 @@ const HOP_BY_HOP: &[&str] = &[
     "transfer-encoding",
 ];
 
-async fn forward(State(state): State<ProxyState>, mut req: Request) -> Response {
-    let Some(key) = target(&req) else {
-        return ApiError::bad_request(
-            "name the sandbox with the X-Tensorlake-Sandbox-Id header or Host: {id}.local",
-        )
-        .into_response();
+async fn forward(State(state): State<ProxyState>, req: Request) -> Response {
+    // Without a key nobody is told which sandboxes exist.
+    let authorized = crate::auth::authorize(&state.keys, &req);
+    let by_header = req.headers().contains_key("x-tensorlake-sandbox-id");
+    let (row, port) = match resolve(&state.manager, target(&req), by_header).await {
+        Ok(found) => found,
+        Err(e) => return authorized.err().unwrap_or(e).into_response(),
     };
-    let row = match state.manager.store.find_any(&key).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return ApiError::not_found("sandbox", &key).into_response(),
-        Err(e) => return ApiError::from(e).into_response(),
-    };
+    let public = port.is_some() && row.spec.allow_unauthenticated_access;
+    if let (Err(e), false) = (authorized, public) {
+        return e.into_response();
+    }
+    if let Some(port) = port {
+        if let Err(e) = check_user_port(&row, port) {
+            return e.into_response();
+        }
+    }
+    forward_to(state, req, row, port, !public).await
+}
+
+async fn forward_to(
+    state: ProxyState,
+    mut req: Request,
+    row: crate::store::SandboxRow,
+    port: Option<u16>,
+    strip_auth: bool,
+) -> Response {
     let row = match auto_resume(&state.manager, row).await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
@@ -77,10 +149,13 @@ async fn forward(State(state): State<ProxyState>, mut req: Request) -> Response 
             .into_response();
     }
     state.manager.touch(&row.id);
-    let Some(addr) = state.manager.executor.agent_addr(&row.id) else {
+    let Some(mut addr) = state.manager.executor.agent_addr(&row.id) else {
         return ApiError::unavailable(format!("sandbox {} is not reachable on this host", row.id))
             .into_response();
     };
+    if let Some(port) = port {
+        addr.set_port(port);
+    }
     let path = req
         .uri()
         .path_and_query()
@@ -94,7 +169,9 @@ async fn forward(State(state): State<ProxyState>, mut req: Request) -> Response 
     let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     parts.uri = uri;
-    parts.headers.remove(header::AUTHORIZATION);
+    if strip_auth {
+        parts.headers.remove(header::AUTHORIZATION);
+    }
     if !is_upgrade {
         parts.headers.remove(header::CONNECTION);
         parts.headers.remove(header::UPGRADE);
@@ -102,8 +179,11 @@ async fn forward(State(state): State<ProxyState>, mut req: Request) -> Response 
     for h in HOP_BY_HOP {
         parts.headers.remove(*h);
     }
-    if let Ok(v) = HeaderValue::from_str(&addr.to_string()) {
-        parts.headers.insert(header::HOST, v);
+    // A user's server sees the Host it was asked for; the daemon its own address.
+    if port.is_none() {
+        if let Ok(v) = HeaderValue::from_str(&addr.to_string()) {
+            parts.headers.insert(header::HOST, v);
+        }
     }
     // A request without a body can be sent again: the first attempt may
     // meet a pooled connection that a capture cut (gVisor drops open TCP
@@ -223,5 +303,23 @@ mod tests {
         );
         assert_eq!(target(&req(&[("host", "localhost:9443")])), None);
         assert_eq!(target(&req(&[("host", "a.b.local")])), None);
+        assert_eq!(
+            target(&req(&[("host", "8080-sbxabc.local:9443")])).as_deref(),
+            Some("8080-sbxabc")
+        );
+    }
+
+    #[test]
+    fn user_port_labels() {
+        assert_eq!(user_port("8080-sbxabc"), Some((8080, "sbxabc")));
+        assert_eq!(user_port("3000-my-box"), Some((3000, "my-box")));
+        assert_eq!(user_port("65535-a"), Some((65535, "a")));
+        assert_eq!(user_port("65536-a"), None);
+        assert_eq!(user_port("0-a"), None);
+        assert_eq!(user_port("080-a"), None);
+        assert_eq!(user_port("8080-"), None);
+        assert_eq!(user_port("web-8080"), None);
+        assert_eq!(user_port("sbxabc"), None);
+        assert_eq!(user_port("+80-a"), None);
     }
 }
