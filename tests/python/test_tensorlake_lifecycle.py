@@ -2,6 +2,7 @@
 
 import pytest
 from tensorlake.sandbox import (
+    NetworkConfig,
     RemoteAPIError,
     Sandbox,
     SandboxError,
@@ -161,3 +162,31 @@ def test_sandbox_logs_answer(tl):
     with tl.sandbox() as sandbox:
         logs = sandbox.get_logs(tail=10).value
         assert isinstance(logs.logs, list)
+
+
+def test_updates_sbx_cannot_apply_are_refused_not_ignored(tl):
+    with tl.sandbox() as sandbox:
+        with pytest.raises(RemoteAPIError) as e:
+            sandbox.update(memory_mb=2048, timeout=10)
+        assert e.value.status_code == 501
+        assert "resize" in str(e.value)
+        with pytest.raises(RemoteAPIError) as e:
+            sandbox.update(network=NetworkConfig(allow_internet_access=False))
+        assert e.value.status_code == 501
+        info = sandbox.info()
+        assert info.resources.memory_mb == 1024
+        assert info.network_policy.allow_internet_access
+
+
+@pytest.mark.xfail(strict=True, reason="sbx cannot resize a live sandbox (cpus, memory_mb, disk_mb are fixed at create)")
+def test_live_resize(tl):
+    with tl.sandbox() as sandbox:
+        info = sandbox.update(memory_mb=2048, timeout=30, poll_interval=0.2).value
+        assert info.resources.memory_mb == 2048
+
+
+@pytest.mark.xfail(strict=True, reason="sbx cannot change the network policy of a running sandbox")
+def test_network_policy_update(tl):
+    with tl.sandbox() as sandbox:
+        info = sandbox.update(network=NetworkConfig(allow_internet_access=False)).value
+        assert not info.network_policy.allow_internet_access

@@ -285,14 +285,46 @@ async fn terminate(
     ))
 }
 
+/// Update fields of the wire contract that sbx cannot apply to a live
+/// sandbox, with why: answering 200 without applying them would lie.
+const UNSUPPORTED_UPDATES: &[(&str, &str)] = &[
+    (
+        "resources",
+        "live resize is not supported: a sandbox keeps the cpus, memory_mb and disk_mb it was created with; take a filesystem snapshot and restore it with new resources",
+    ),
+    (
+        "network",
+        "changing the network policy of a running sandbox is not supported: set it when the sandbox is created",
+    ),
+];
+
+/// The PATCH body as an [`UpdateSandboxRequest`]; 501 for fields sbx cannot apply.
+fn update_request(raw: serde_json::Value) -> ApiResult<UpdateSandboxRequest> {
+    if raw.is_null() {
+        return Ok(UpdateSandboxRequest::default());
+    }
+    for (field, why) in UNSUPPORTED_UPDATES {
+        if raw.get(field).is_some() {
+            return Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "unsupported",
+                *why,
+            ));
+        }
+    }
+    serde_json::from_value(raw)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
 async fn update(
     State(state): State<ApiState>,
     Path(params): Path<HashMap<String, String>>,
     headers: HeaderMap,
-    JsonBody(req): JsonBody<UpdateSandboxRequest>,
+    JsonBody(raw): JsonBody<serde_json::Value>,
 ) -> ApiResult<Json<SandboxInfo>> {
     let ns = namespace(&params);
     let row = find(&state, &ns, &params["id"]).await?;
+    let req = update_request(raw)?;
     if let Some(Some(n)) = &req.name {
         validate_name(n)?;
     }
@@ -474,4 +506,42 @@ async fn copy(
             .map(|(r, o)| create_response(r, Some(o), url.clone()))
             .collect(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn update_bodies() {
+        let req = update_request(json!({"name": "web", "auto_resume": false})).unwrap();
+        assert_eq!(req.name, Some(Some("web".to_string())));
+        assert_eq!(req.auto_resume, Some(false));
+        let req = update_request(json!({"name": null})).unwrap();
+        assert_eq!(req.name, Some(None));
+        assert!(update_request(serde_json::Value::Null)
+            .unwrap()
+            .name
+            .is_none());
+        assert_eq!(
+            update_request(json!({"exposed_ports": "x"}))
+                .unwrap_err()
+                .status,
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn updates_sbx_cannot_apply_are_refused() {
+        for body in [
+            json!({"resources": {"memory_mb": 2048}}),
+            json!({"network": {"allow_internet_access": false}}),
+            json!({"network": null}),
+        ] {
+            let err = update_request(body).unwrap_err();
+            assert_eq!(err.status, StatusCode::NOT_IMPLEMENTED);
+            assert_eq!(err.body.code, "unsupported");
+        }
+    }
 }
