@@ -1,10 +1,13 @@
 """Sandbox lifecycle through the unmodified tensorlake client: create, get, list, update, delete."""
 
+import socket
+
 import pytest
 from tensorlake.sandbox import (
     NetworkConfig,
     RemoteAPIError,
     Sandbox,
+    SandboxClient,
     SandboxError,
     SandboxNotFoundError,
     SandboxStatus,
@@ -190,3 +193,48 @@ def test_network_policy_update(tl):
     with tl.sandbox() as sandbox:
         info = sandbox.update(network=NetworkConfig(allow_internet_access=False)).value
         assert not info.network_policy.allow_internet_access
+
+
+def test_unknown_image_is_refused(tl):
+    with pytest.raises(RemoteAPIError) as e:
+        Sandbox.create(api_url=tl.api_url, image="no-such-image")
+    assert e.value.status_code == 400
+    assert "no-such-image" in str(e.value)
+
+
+def loopback_alias() -> str | None:
+    """A host name other than localhost that resolves to 127.0.0.1, if this machine has one."""
+    try:
+        names = [n for line in open("/etc/hosts") if line.split()[:1] == ["127.0.0.1"] for n in line.split()[1:]]
+    except OSError:
+        return None
+    for name in [*names, socket.gethostname()]:
+        if name not in ("localhost", "localhost.localdomain") and not name.startswith("#"):
+            try:
+                if socket.gethostbyname(name) == "127.0.0.1":
+                    return name
+            except OSError:
+                pass
+    return None
+
+
+def test_flat_routes_for_a_non_localhost_api(tl, monkeypatch):
+    """With an API host other than localhost the client uses flat `/sandboxes` routes
+    on TENSORLAKE_SANDBOX_API_URL."""
+    alias = loopback_alias()
+    if alias is None:
+        pytest.skip("no host name other than localhost resolves to 127.0.0.1 here")
+    url = tl.api_url.replace("localhost", alias)
+    monkeypatch.setenv("TENSORLAKE_SANDBOX_API_URL", url)
+    client = SandboxClient(api_url=url)
+    name = unique("tl-flat")
+    sandbox = Sandbox.create(api_url=url, name=name)
+    try:
+        assert client.get(name).value.sandbox_id == sandbox.sandbox_id
+        assert sandbox.run("echo", args=["flat"]).stdout == "flat"
+        assert name in {s.name for s in client.list()}
+        sandbox.write_file("/tmp/flat.txt", b"flat routes")
+        assert sandbox.read_file("/tmp/flat.txt").value == b"flat routes"
+    finally:
+        client.delete(sandbox.sandbox_id)
+    assert tl.status(sandbox.sandbox_id) == SandboxStatus.TERMINATED

@@ -243,3 +243,17 @@ def test_copy_makes_a_live_fork(tl):
             assert source.status == SandboxStatus.RUNNING
     with pytest.raises(SandboxNotFoundError):
         tl.client.copy("no-such-sandbox")
+
+
+def test_timeouts_end_ephemeral_and_suspend_named_sandboxes(tl):
+    with tl.sandbox(timeout_secs=2) as ephemeral, tl.sandbox(timeout_secs=2, name=unique("tl-idle")) as named:
+        named.write_file("/tmp/idle.txt", b"slept through it")
+        info = eventually(
+            lambda: (i := tl.client.get(ephemeral.sandbox_id).value).status == SandboxStatus.TERMINATED and i,
+            "the ephemeral sandbox to time out",
+        )
+        assert info.termination_reason == "timeout"
+        eventually(lambda: tl.status(named.sandbox_id) == SandboxStatus.SUSPENDED, "the named sandbox to suspend")
+        # Traffic wakes it with its files.
+        assert named.read_file("/tmp/idle.txt").value == b"slept through it"
+        assert named.status == SandboxStatus.RUNNING
