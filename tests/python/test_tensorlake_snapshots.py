@@ -30,7 +30,9 @@ def counter_value(sandbox) -> int:
 
 def test_filesystem_snapshot_and_restore(tl):
     client = tl.client
-    with tl.deleting_snapshots() as snaps, tl.sandbox(name=unique("tl-fs-src")) as source:
+    with tl.deleting_snapshots() as snaps, tl.sandbox(
+        name=unique("tl-fs-src"), exposed_ports=[8080], allow_unauthenticated_access=True
+    ) as source:
         source.write_file("/root/state.txt", b"kept on disk")
         source.run("sh", args=["-c", "mkdir -p /opt/app && echo built > /opt/app/artifact"])
         proc = source.start_process("sleep", args=["300"]).value
@@ -60,8 +62,11 @@ def test_filesystem_snapshot_and_restore(tl):
             assert restored.read_file("/opt/app/artifact").value == b"built\n"
             # A cold boot: no process of the source runs here.
             assert restored.run("sh", args=["-c", "pgrep -x sleep || echo none"]).stdout == "none"
+            # A restore inherits what it does not set.
             info = restored.info()
-            assert info.resources.memory_mb == source.info().resources.memory_mb
+            assert info.resources == source.info().resources
+            assert (info.exposed_ports, info.allow_unauthenticated_access) == ([8080], True)
+            assert info.name is None
 
         # Restoring with more disk is allowed; the restore inherits the rest.
         disk = source.info().resources.disk_mb
@@ -257,3 +262,23 @@ def test_timeouts_end_ephemeral_and_suspend_named_sandboxes(tl):
         # Traffic wakes it with its files.
         assert named.read_file("/tmp/idle.txt").value == b"slept through it"
         assert named.status == SandboxStatus.RUNNING
+
+
+def test_auto_resume_off_needs_an_explicit_resume(tl):
+    with pytest.raises(RemoteAPIError) as e:
+        tl.client.create(auto_resume=False)
+    assert e.value.status_code == 400
+    with tl.sandbox() as ephemeral:
+        with pytest.raises(RemoteAPIError) as e:
+            ephemeral.update(auto_resume=False)
+        assert e.value.status_code == 400
+
+    with tl.sandbox(name=unique("tl-noresume"), auto_resume=False) as sandbox:
+        assert sandbox.info().auto_resume is False
+        sandbox.suspend(poll_interval=0.2)
+        with pytest.raises(RemoteAPIError) as e:
+            sandbox.read_file("/etc/hostname")
+        assert e.value.status_code == 409
+        assert sandbox.status == SandboxStatus.SUSPENDED
+        sandbox.resume(poll_interval=0.2)
+        assert sandbox.run("echo", args=["resumed"]).stdout == "resumed"

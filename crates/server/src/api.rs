@@ -335,6 +335,15 @@ async fn update(
             ));
         }
     }
+    let named = match &req.name {
+        Some(name) => name.is_some(),
+        None => row.name.is_some(),
+    };
+    if !named && !req.auto_resume.unwrap_or(row.spec.auto_resume) {
+        return Err(ApiError::bad_request(
+            crate::lifecycle::AUTO_RESUME_NEEDS_NAME,
+        ));
+    }
     let store = &state.manager.store;
     if let Some(name) = &req.name {
         store

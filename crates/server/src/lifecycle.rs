@@ -124,8 +124,18 @@ pub fn restore_request(
     if merged.timeout_secs.is_none() {
         merged.timeout_secs = base.timeout_secs;
     }
+    if merged.allow_unauthenticated_access.is_none() {
+        merged.allow_unauthenticated_access = Some(base.allow_unauthenticated_access);
+    }
+    if merged.exposed_ports.is_none() {
+        merged.exposed_ports = Some(base.exposed_ports.clone());
+    }
     Ok(merged)
 }
+
+/// Why `auto_resume: false` is refused for an ephemeral sandbox.
+pub const AUTO_RESUME_NEEDS_NAME: &str =
+    "auto_resume false needs a named sandbox: an ephemeral one is never suspended, so there is nothing to resume";
 
 /// Checks a create request and fills in defaults. Changes nothing.
 pub fn validate(
@@ -202,6 +212,9 @@ pub fn validate(
     }
     if let Some(name) = &req.name {
         validate_name(name)?;
+    }
+    if req.auto_resume == Some(false) && req.name.is_none() {
+        return Err(ApiError::bad_request(AUTO_RESUME_NEEDS_NAME));
     }
     if let Some(t) = req.timeout_secs.filter(|t| *t > MAX_TIMEOUT_SECS) {
         return Err(ApiError::bad_request(format!(
@@ -656,6 +669,7 @@ mod tests {
                 "form of a sandbox id",
             ),
             (r#"{"entrypoint":[]}"#, "entrypoint"),
+            (r#"{"auto_resume":false}"#, "named sandbox"),
             (r#"{"timeout_secs":10000000000000000}"#, "timeout_secs"),
         ] {
             let e = validate(&req(body), HOST, &images()).unwrap_err();
@@ -678,6 +692,36 @@ mod tests {
             &images()
         )
         .is_ok());
+    }
+
+    #[test]
+    fn a_restore_inherits_port_access() {
+        let (_, mut spec) = validate(&req("{}"), HOST, &images()).unwrap();
+        spec.exposed_ports = vec![8080];
+        spec.allow_unauthenticated_access = true;
+        let snap = SnapshotRow {
+            id: "snap1".into(),
+            namespace: "default".into(),
+            sandbox_id: "sbx1".into(),
+            snapshot_type: SnapshotType::Filesystem,
+            status: sbx_api::snapshot::SnapshotStatus::Completed,
+            error: None,
+            spec,
+            size_bytes: None,
+            stored_bytes: None,
+            pause_ms: None,
+            created_at: chrono::Utc::now(),
+        };
+        let merged = restore_request(&req(r#"{"snapshot_id":"snap1"}"#), &snap).unwrap();
+        assert_eq!(merged.exposed_ports, Some(vec![8080]));
+        assert_eq!(merged.allow_unauthenticated_access, Some(true));
+        let merged = restore_request(
+            &req(r#"{"snapshot_id":"snap1","exposed_ports":[],"allow_unauthenticated_access":false}"#),
+            &snap,
+        )
+        .unwrap();
+        assert_eq!(merged.exposed_ports, Some(vec![]));
+        assert_eq!(merged.allow_unauthenticated_access, Some(false));
     }
 
     #[test]
