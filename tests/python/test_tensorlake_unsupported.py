@@ -47,3 +47,12 @@ def test_attach_file_system(box):
 @pytest.mark.xfail(strict=True, reason="the default sbx image has no VNC desktop on port 5901", raises=SandboxError)
 def test_connect_desktop(box):
     box.connect_desktop(connect_timeout=2).screenshot()
+
+
+@pytest.mark.xfail(strict=True, reason="sbx does not serve .../archived-sandboxes")
+def test_archived_sandboxes(tl):
+    with tl.sandbox() as sandbox:
+        sid = sandbox.sandbox_id
+    archived = tl.client.get_archived(sid).value
+    assert (archived.sandbox_id, archived.status) == (sid, "terminated")
+    assert sid in {s.sandbox_id for s in tl.client.list_archived().value.sandboxes}
