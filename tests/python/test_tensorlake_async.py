@@ -17,7 +17,7 @@ from tensorlake.sandbox import (
     StdinMode,
 )
 
-from tl_helpers import tl, unique  # noqa: F401 (fixtures)
+from tl_helpers import tl, unique, torn_down  # noqa: F401 (fixtures)
 
 
 async def until(probe, what: str, timeout: float = 30.0):

@@ -6,7 +6,7 @@ import os
 import pytest
 from tensorlake.sandbox import SandboxError
 
-from tl_helpers import box, tl  # noqa: F401 (fixtures)
+from tl_helpers import box, tl, torn_down  # noqa: F401 (fixtures)
 
 
 def test_write_read_binary_round_trip(box):

@@ -13,7 +13,7 @@ from tensorlake.sandbox import (
     SandboxStatus,
 )
 
-from tl_helpers import delete_quietly, eventually, tl, unique  # noqa: F401 (fixtures)
+from tl_helpers import delete_quietly, eventually, tl, unique, torn_down  # noqa: F401 (fixtures)
 
 
 def test_blocking_create_with_options(tl):
@@ -161,10 +161,9 @@ def test_connect_to_terminated_sandbox_is_refused(tl):
         Sandbox.connect(sid, api_url=tl.api_url).run("true")
 
 
-def test_sandbox_logs_answer(tl):
-    with tl.sandbox() as sandbox:
-        logs = sandbox.get_logs(tail=10).value
-        assert isinstance(logs.logs, list)
+def test_logs_of_an_unknown_sandbox_are_not_found(tl):
+    with pytest.raises(SandboxNotFoundError):
+        tl.client.get_logs("no-such-sandbox")
 
 
 def test_updates_sbx_cannot_apply_are_refused_not_ignored(tl):

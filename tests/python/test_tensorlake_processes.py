@@ -7,13 +7,14 @@ from tensorlake.sandbox import (
     CommandExitReason,
     OutputMode,
     ProcessStatus,
+    RemoteAPIError,
     RestartPolicy,
     RestartPolicyConfig,
     SandboxError,
     StdinMode,
 )
 
-from tl_helpers import box, eventually, tl  # noqa: F401 (fixtures)
+from tl_helpers import box, eventually, tl, torn_down  # noqa: F401 (fixtures)
 
 
 def process_status(sandbox, pid):
@@ -73,12 +74,12 @@ def test_run_as_another_user(box):
     assert box.run("id", args=["-un"], user="root").stdout == "root"
 
 
-def test_run_missing_command_fails(box):
-    with pytest.raises(SandboxError):
-        r = box.run("/no/such/binary")
-        # A daemon may also report it as a failed exit instead of an error.
-        if r.exit_code != 0:
-            raise SandboxError(f"exit {r.exit_code}")
+def test_missing_command_is_refused(box):
+    for start in (box.run, box.start_process):
+        with pytest.raises(RemoteAPIError) as e:
+            start("/no/such/binary")
+        assert e.value.status_code == 400
+        assert "/no/such/binary" in str(e.value)
 
 
 # --- background processes ---------------------------------------------------

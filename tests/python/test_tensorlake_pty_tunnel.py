@@ -1,5 +1,6 @@
 """PTY sessions and TCP tunnels through the unmodified tensorlake client."""
 
+import signal
 import socket
 import threading
 import time
@@ -7,9 +8,9 @@ import urllib.request
 
 import httpx
 import pytest
-from tensorlake.sandbox import SandboxError
+from tensorlake.sandbox import SandboxConnectionError, SandboxError
 
-from tl_helpers import box, eventually, tl  # noqa: F401 (fixtures)
+from tl_helpers import box, eventually, tl, torn_down  # noqa: F401 (fixtures)
 
 
 class Screen:
@@ -63,20 +64,17 @@ def test_pty_kill_and_reattach(box):
     pty = box.connect_pty(session["session_id"], session["token"], on_data=screen)
     eventually(lambda: "attached" in screen.text, "the session's output")
     pty.kill()
-    # The session is gone: a kill answers an error or nothing, and waiting ends.
-    try:
-        pty.wait(timeout=30)
-    except Exception:
-        pass
-    with pytest.raises(Exception):
-        box.connect_pty(session["session_id"], session["token"]).wait(timeout=10)
+    assert pty.wait(timeout=30) == 128 + signal.SIGKILL
+    # The session is gone.
+    with pytest.raises(SandboxConnectionError, match="404"):
+        box.connect_pty(session["session_id"], session["token"])
 
 
 def test_pty_bad_token_is_refused(box):
     session = box.create_pty_session("sleep", args=["300"]).value
     try:
-        with pytest.raises(Exception):
-            box.connect_pty(session["session_id"], "not-the-token").wait(timeout=10)
+        with pytest.raises(SandboxConnectionError, match="403"):
+            box.connect_pty(session["session_id"], "not-the-token")
     finally:
         box.connect_pty(session["session_id"], session["token"]).kill()
 

@@ -14,7 +14,7 @@ from tensorlake.sandbox import (
     SnapshotWaitCondition,
 )
 
-from tl_helpers import delete_quietly, eventually, tl, unique  # noqa: F401 (fixtures)
+from tl_helpers import eventually, tl, unique, torn_down  # noqa: F401 (fixtures)
 
 READY = (SnapshotStatus.LOCAL_READY, SnapshotStatus.COMPLETED)
 
