@@ -237,3 +237,13 @@ def test_flat_routes_for_a_non_localhost_api(tl, monkeypatch):
     finally:
         client.delete(sandbox.sandbox_id)
     assert tl.status(sandbox.sandbox_id) == SandboxStatus.TERMINATED
+
+
+def test_connect_with_an_explicit_proxy_url(tl):
+    name = unique("tl-proxyurl")
+    with tl.sandbox(name=name) as sandbox:
+        proxy = sandbox.info().sandbox_url
+        # With a proxy URL the client skips the lookup and routes by the name it was given.
+        direct = Sandbox.connect(name, api_url=tl.api_url, proxy_url=proxy)
+        assert direct.run("echo", args=["direct"]).stdout == "direct"
+        assert direct.sandbox_id == sandbox.sandbox_id

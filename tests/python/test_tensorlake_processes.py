@@ -4,6 +4,10 @@ import signal
 
 import pytest
 from tensorlake.sandbox import (
+    ManagedProcessHealthStatus,
+    ProcessHealthCheck,
+    ProcessHealthCheckType,
+    ProcessUserSpec,
     CommandExitReason,
     OutputMode,
     ProcessStatus,
@@ -72,6 +76,8 @@ def test_run_as_another_user(box):
     result = box.run("id", args=["-u"], user="1000:1000")
     assert (result.exit_code, result.stdout) == (0, "1000")
     assert box.run("id", args=["-un"], user="root").stdout == "root"
+    spec = box.run("sh", args=["-c", "id -u; id -g"], user=ProcessUserSpec(uid=1234, gid=4321))
+    assert spec.stdout.split() == ["1234", "4321"]
 
 
 def test_missing_command_is_refused(box):
@@ -185,6 +191,43 @@ def test_managed_process_by_name_restarts(box):
         eventually(lambda: box.get_process(name).value.status == ProcessStatus.RUNNING, "the restart")
     finally:
         box.kill_process(name)
+
+
+def test_managed_health_checks(box):
+    healthy = box.start_process(
+        "python3",
+        args=["-m", "http.server", "7003", "--bind", "127.0.0.1"],
+        working_dir="/tmp",
+        name="tl-web",
+        health_check=ProcessHealthCheck(
+            type=ProcessHealthCheckType.HTTP, port=7003, path="/", initial_delay_ms=100, interval_ms=100
+        ),
+    ).value
+    # Nothing listens on 7004: the check fails and the supervisor restarts it.
+    failing = box.start_process(
+        "sleep",
+        args=["300"],
+        name="tl-deaf",
+        restart=RestartPolicyConfig(policy=RestartPolicy.ALWAYS, initial_backoff_ms=100),
+        health_check=ProcessHealthCheck(
+            type=ProcessHealthCheckType.TCP, port=7004, initial_delay_ms=100, interval_ms=100, failure_threshold=2
+        ),
+    ).value
+    try:
+        assert healthy.managed.health_check.port == 7003
+        eventually(
+            lambda: box.get_process("tl-web").value.managed.health_status == ManagedProcessHealthStatus.HEALTHY,
+            "the web server to be healthy",
+        )
+        restarted = eventually(
+            lambda: (m := box.get_process("tl-deaf").value.managed).restart_count >= 1 and m,
+            "the unhealthy process to be restarted",
+        )
+        assert restarted.health_status in (ManagedProcessHealthStatus.UNHEALTHY, ManagedProcessHealthStatus.STARTING)
+        assert box.get_process("tl-deaf").value.pid != failing.pid
+    finally:
+        box.kill_process("tl-web")
+        box.kill_process("tl-deaf")
 
 
 def test_unknown_process_is_an_error(box):

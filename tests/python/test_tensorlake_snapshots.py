@@ -1,5 +1,7 @@
 """Snapshots, restores, suspend/resume, copies and checkpoints through the unmodified tensorlake client."""
 
+import contextlib
+
 import pytest
 from tensorlake.sandbox import (
     CheckpointType,
@@ -226,24 +228,26 @@ def test_ephemeral_sandbox_cannot_suspend(tl):
         tl.client.resume("no-such-sandbox")
 
 
-def test_copy_makes_a_live_fork(tl):
+def test_copy_makes_live_forks(tl):
     with tl.deleting_snapshots() as snaps, tl.sandbox(name=unique("tl-copy-src")) as source:
         source.write_file("/tmp/origin.txt", b"from the source")
         counter = source.start_process("sh", args=["-c", COUNTER]).value
         eventually(lambda: counter_value(source) > 0, "the counter")
 
-        result = source.copy(times=1).value
+        result = source.copy(times=2).value
         assert result.source_sandbox_id == source.sandbox_id
-        assert len(result.sandboxes) == 1
-        copied = result.sandboxes[0]
-        with tl.adopted(copied.sandbox_id) as fork:
+        ids = [c.sandbox_id for c in result.sandboxes]
+        with contextlib.ExitStack() as stack:
+            forks = [stack.enter_context(tl.adopted(sid)) for sid in ids]
             snaps.extend(s.snapshot_id for s in source.list_snapshots())
-            assert copied.status == SandboxStatus.RUNNING.value
-            assert copied.sandbox_id != source.sandbox_id
-            assert fork.read_file("/tmp/origin.txt").value == b"from the source"
-            assert fork.get_process(counter.pid).value.status == ProcessStatus.RUNNING
-            # The fork is independent of its source.
-            fork.write_file("/tmp/origin.txt", b"changed in the fork")
+            assert [c.status for c in result.sandboxes] == [SandboxStatus.RUNNING.value] * 2
+            assert len({source.sandbox_id, *ids}) == 3
+            for i, fork in enumerate(forks):
+                assert fork.read_file("/tmp/origin.txt").value == b"from the source"
+                assert fork.get_process(counter.pid).value.status == ProcessStatus.RUNNING
+                # Each fork is independent of its source and of the other fork.
+                fork.write_file("/tmp/origin.txt", f"changed in fork {i}".encode())
+            assert [f.read_file("/tmp/origin.txt").value for f in forks] == [b"changed in fork 0", b"changed in fork 1"]
             assert source.read_file("/tmp/origin.txt").value == b"from the source"
             assert source.status == SandboxStatus.RUNNING
     with pytest.raises(SandboxNotFoundError):
