@@ -247,3 +247,40 @@ def test_connect_with_an_explicit_proxy_url(tl):
         direct = Sandbox.connect(name, api_url=tl.api_url, proxy_url=proxy)
         assert direct.run("echo", args=["direct"]).stdout == "direct"
         assert direct.sandbox_id == sandbox.sandbox_id
+
+
+def test_archived_sandboxes(tl):
+    client = tl.client
+    ended = []
+    for _ in range(3):
+        with tl.sandbox() as sandbox:
+            ended.append(sandbox.sandbox_id)
+    with tl.sandbox() as running:
+        archived = client.get_archived(ended[0]).value
+        assert (archived.sandbox_id, archived.status) == (ended[0], SandboxStatus.TERMINATED)
+        assert archived.archived_at >= archived.created_at
+        assert archived.termination_reason
+        with pytest.raises(SandboxNotFoundError):
+            client.get_archived(running.sandbox_id)
+        with pytest.raises(SandboxNotFoundError):
+            client.get_archived("no-such-sandbox")
+
+        listed = client.list_archived().value
+        ids = [s.sandbox_id for s in listed.sandboxes]
+        assert running.sandbox_id not in ids
+        # Newest first.
+        assert [i for i in ids if i in ended] == ended[::-1]
+
+        # Two at a time, forward to the end and back again.
+        pages, cursor = [], None
+        while True:
+            page = client.list_archived(limit=2, cursor=cursor).value
+            pages.append([s.sandbox_id for s in page.sandboxes])
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        assert [i for p in pages for i in p] == ids
+        assert all(len(p) == 2 for p in pages[:-1])
+        if len(pages) > 1:
+            back = client.list_archived(limit=2, cursor=page.prev_cursor, direction="backward").value
+            assert [s.sandbox_id for s in back.sandboxes] == pages[-2]

@@ -48,11 +48,3 @@ def test_attach_file_system(box):
 def test_connect_desktop(box):
     box.connect_desktop(connect_timeout=2).screenshot()
 
-
-@pytest.mark.xfail(strict=True, reason="sbx does not serve .../archived-sandboxes")
-def test_archived_sandboxes(tl):
-    with tl.sandbox() as sandbox:
-        sid = sandbox.sandbox_id
-    archived = tl.client.get_archived(sid).value
-    assert (archived.sandbox_id, archived.status) == (sid, "terminated")
-    assert sid in {s.sandbox_id for s in tl.client.list_archived().value.sandboxes}

@@ -193,6 +193,26 @@ pub struct ListSandboxesResponse {
     pub sandboxes: Vec<SandboxInfo>,
 }
 
+/// A sandbox that ended (`terminated`, `failed` or `timeout`), with when.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArchivedSandboxInfo {
+    #[serde(flatten)]
+    pub info: SandboxInfo,
+    /// When it ended, in milliseconds since the epoch: an integer, which
+    /// the tensorlake client requires (it rejects an RFC 3339 string here).
+    pub archived_at: u64,
+}
+
+/// `GET …/archived-sandboxes`: one page, newest first. A cursor is opaque.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListArchivedSandboxesResponse {
+    pub sandboxes: Vec<ArchivedSandboxInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_cursor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
 /// `PATCH …/sandboxes/{id}`: omitted = keep; `null` = clear.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct UpdateSandboxRequest {

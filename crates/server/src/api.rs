@@ -9,8 +9,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use sbx_api::sandbox::{
-    CreateSandboxRequest, CreateSandboxResponse, ErrorDetails, ListSandboxesResponse, SandboxInfo,
-    SandboxStatus, UpdateSandboxRequest,
+    ArchivedSandboxInfo, CreateSandboxRequest, CreateSandboxResponse, ErrorDetails,
+    ListArchivedSandboxesResponse, ListSandboxesResponse, SandboxInfo, SandboxStatus,
+    UpdateSandboxRequest,
 };
 use sbx_api::snapshot::{
     CopySandboxResponse, CreateSnapshotRequest, CreateSnapshotResponse, ListSnapshotsResponse,
@@ -51,6 +52,8 @@ where
         .route("/sandboxes/{id}/suspend", post(suspend))
         .route("/sandboxes/{id}/resume", post(resume))
         .route("/sandboxes/{id}/copy", post(copy))
+        .route("/archived-sandboxes", get(list_archived))
+        .route("/archived-sandboxes/{id}", get(get_archived))
         .route("/snapshots", get(list_snapshots))
         .route(
             "/snapshots/{sid}",
@@ -272,6 +275,111 @@ async fn list(
     Ok(Json(ListSandboxesResponse {
         sandboxes: rows.iter().map(|r| info(&state, &headers, r)).collect(),
     }))
+}
+
+#[derive(Debug, Deserialize)]
+struct ArchivedQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+    direction: Option<String>,
+}
+
+const ARCHIVED_PAGE: usize = 100;
+const ARCHIVED_PAGE_MAX: usize = 1000;
+
+/// The slice of `total` items a page shows, and the cursors around it: a
+/// cursor is a position; `forward` pages start at it, `backward` pages end
+/// at it. `next` (forward) and `prev` (backward) are absent at the ends.
+fn archived_page(
+    total: usize,
+    limit: usize,
+    cursor: Option<usize>,
+    backward: bool,
+) -> (std::ops::Range<usize>, Option<usize>, Option<usize>) {
+    let limit = limit.clamp(1, ARCHIVED_PAGE_MAX);
+    let range = match (cursor.map(|c| c.min(total)), backward) {
+        (Some(c), true) => c.saturating_sub(limit)..c,
+        (Some(c), false) => c..(c + limit).min(total),
+        (None, _) => 0..limit.min(total),
+    };
+    let prev = (range.start > 0).then_some(range.start);
+    let next = (range.end < total).then_some(range.end);
+    (range, prev, next)
+}
+
+fn archived(state: &ApiState, headers: &HeaderMap, r: &SandboxRow) -> ArchivedSandboxInfo {
+    ArchivedSandboxInfo {
+        info: info(state, headers, r),
+        archived_at: r
+            .terminated_at
+            .unwrap_or(r.created_at)
+            .timestamp_millis()
+            .max(0) as u64,
+    }
+}
+
+/// Sandboxes that ended, newest first (they stay until the server forgets them).
+async fn list_archived(
+    State(state): State<ApiState>,
+    Path(params): Path<HashMap<String, String>>,
+    Query(q): Query<ArchivedQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Json<ListArchivedSandboxesResponse>> {
+    let backward = match q.direction.as_deref() {
+        None | Some("") | Some("forward") => false,
+        Some("backward") => true,
+        Some(d) => {
+            return Err(ApiError::bad_request(format!(
+                "direction must be forward or backward (got {d:?})"
+            )))
+        }
+    };
+    let cursor = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => Some(
+            usize::from_str_radix(c, 16)
+                .map_err(|_| ApiError::bad_request(format!("invalid cursor {c:?}")))?,
+        ),
+    };
+    let mut rows: Vec<SandboxRow> = state
+        .manager
+        .store
+        .list(&namespace(&params), None, true)
+        .await?
+        .into_iter()
+        .filter(|r| r.status.is_final())
+        .collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.terminated_at.unwrap_or(r.created_at)));
+    let (range, prev, next) = archived_page(
+        rows.len(),
+        q.limit.unwrap_or(ARCHIVED_PAGE),
+        cursor,
+        backward,
+    );
+    Ok(Json(ListArchivedSandboxesResponse {
+        sandboxes: rows[range]
+            .iter()
+            .map(|r| archived(&state, &headers, r))
+            .collect(),
+        prev_cursor: prev.map(|p| format!("{p:x}")),
+        next_cursor: next.map(|n| format!("{n:x}")),
+    }))
+}
+
+async fn get_archived(
+    State(state): State<ApiState>,
+    Path(params): Path<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<ArchivedSandboxInfo>> {
+    let id = &params["id"];
+    let row = state
+        .manager
+        .store
+        .find(&namespace(&params), id)
+        .await?
+        .filter(|r| r.status.is_final())
+        .ok_or_else(|| ApiError::not_found("archived sandbox", id))?;
+    Ok(Json(archived(&state, &headers, &row)))
 }
 
 async fn terminate(
@@ -539,6 +647,20 @@ mod tests {
                 .status,
             StatusCode::BAD_REQUEST
         );
+    }
+
+    #[test]
+    fn archived_pages_and_cursors() {
+        let page = |total, limit, cursor, back| archived_page(total, limit, cursor, back);
+        assert_eq!(page(0, 10, None, false), (0..0, None, None));
+        assert_eq!(page(25, 10, None, false), (0..10, None, Some(10)));
+        assert_eq!(page(25, 10, Some(10), false), (10..20, Some(10), Some(20)));
+        assert_eq!(page(25, 10, Some(20), false), (20..25, Some(20), None));
+        assert_eq!(page(25, 10, Some(20), true), (10..20, Some(10), Some(20)));
+        assert_eq!(page(25, 10, Some(10), true), (0..10, None, Some(10)));
+        // A stale cursor past the end gives an empty last page.
+        assert_eq!(page(5, 10, Some(9), false), (5..5, Some(5), None));
+        assert_eq!(page(5, 0, None, false), (0..1, None, Some(1)));
     }
 
     #[test]
