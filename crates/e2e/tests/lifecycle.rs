@@ -380,3 +380,18 @@ async fn a_sandbox_that_cannot_start_is_a_503_and_leaves_nothing() {
     let data_dir = s.data_dir.to_string_lossy().to_string();
     assert!(!mounts.contains(&data_dir), "mounts left under {data_dir}");
 }
+
+#[tokio::test]
+async fn a_stop_right_after_a_delete_finishes_the_teardown() {
+    let mut s = Server::start().await;
+    let id = s.create(json!({})).await;
+    assert_eq!(s.delete(&id).await, 200);
+    // The teardown runs in the background; SIGTERM at once must wait for it.
+    let status = s.stop().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(s.host_leftovers().is_empty(), "{:?}", s.host_leftovers());
+    assert!(netns_of(std::slice::from_ref(&id)).is_empty());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let data_dir = s.data_dir.to_string_lossy().to_string();
+    assert!(!mounts.contains(&data_dir), "mounts left under {data_dir}");
+}

@@ -142,6 +142,18 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     sweeper.abort();
+    // Finish what was started on the host (teardowns, launches, captures):
+    // a stop right after a request must not leave mounts or netns behind.
+    manager.tasks.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, manager.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            pending = manager.tasks.len(),
+            "background work still running at shutdown; the next start recovers it"
+        );
+    }
     manager.executor.shutdown().await;
     // Open streams (follow, PTY) do not hold the shutdown up for long.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
@@ -151,6 +163,9 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     .await;
     Ok(())
 }
+
+/// Longest a shutdown waits for background work on the host.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

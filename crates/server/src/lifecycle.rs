@@ -293,6 +293,10 @@ pub struct Manager {
     /// Last proxy traffic per sandbox: a named sandbox's timeout counts
     /// from its last activity.
     activity: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// Work that changes the host in the background (launches, teardowns,
+    /// captures, suspends, resumes): shutdown waits for it, so that a
+    /// server stopped right after a request leaves no half-done host state.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 pub enum LaunchOutcome {
@@ -316,6 +320,7 @@ impl Manager {
             blobs,
             locks: Mutex::new(HashMap::new()),
             activity: Mutex::new(HashMap::new()),
+            tasks: tokio_util::task::TaskTracker::new(),
         })
     }
 
@@ -382,7 +387,7 @@ impl Manager {
         let me = self.clone();
         let id = row.id.clone();
         let spec = row.spec.clone();
-        let task = tokio::spawn(async move { me.launch(&id, &spec).await });
+        let task = self.tasks.spawn(async move { me.launch(&id, &spec).await });
         Ok((row, task))
     }
 
@@ -488,7 +493,7 @@ impl Manager {
             .await?;
         let me = self.clone();
         let id = row.id.clone();
-        tokio::spawn(async move { me.destroy(&id).await });
+        self.tasks.spawn(async move { me.destroy(&id).await });
         Ok(())
     }
 
@@ -550,7 +555,7 @@ impl Manager {
                     .await;
                 let me = self.clone();
                 let id = row.id.clone();
-                tokio::spawn(async move { me.destroy(&id).await });
+                self.tasks.spawn(async move { me.destroy(&id).await });
             }
         }
     }

@@ -63,7 +63,7 @@ impl Manager {
         }
         let me = self.clone();
         let s = snap.clone();
-        let task = tokio::spawn(async move { me.capture(&s).await });
+        let task = self.tasks.spawn(async move { me.capture(&s).await });
         Ok((snap, task))
     }
 
@@ -275,7 +275,7 @@ impl Manager {
         let me = self.clone();
         let id = row.id.clone();
         let reason = reason.to_string();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let lock = me.lock_for(&id);
             let _guard = lock.lock().await;
             match me.executor.suspend(&id).await {
@@ -327,7 +327,7 @@ impl Manager {
         }
         let me = self.clone();
         let id = row.id.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let lock = me.lock_for(&id);
             let _guard = lock.lock().await;
             // A suspend may have been under way; resume what it left.
