@@ -112,7 +112,8 @@ schemas = {
             "resources": opt(ref("ResourcesRequest")),
             "timeout_secs": opt({"type": "integer", "minimum": 0, "maximum": 315360000,
                                  "description": "0 or none: no timeout. An ephemeral sandbox terminates, a named one suspends after it"}),
-            "entrypoint": opt({**STRS, "minItems": 1, "description": "started as the managed process `entrypoint`"}),
+            "entrypoint": opt({**STRS, "minItems": 1,
+                               "description": "command (not empty) and arguments, started as the managed process `entrypoint`"}),
             "secret_names": opt(STRS),
             "network": opt(ref("NetworkPolicyRequest")),
             "snapshot_id": opt({**STR, "description": "restore this snapshot; other fields are inherited from it"}),
@@ -178,6 +179,8 @@ schemas = {
             "allow_unauthenticated_access": opt(BOOL),
             "exposed_ports": opt({"type": "array", "items": {**PORT, "not": {"const": 9501}}}),
             "auto_resume": opt(BOOL),
+            "resources": {"description": "live resize is not supported: present (even null), the answer is 501"},
+            "network": {"description": "changing the network policy is not supported: present (even null), the answer is 501"},
         },
         extra=True,
         description="Omitted = keep; null = clear (name) or keep (the others).",
@@ -385,6 +388,22 @@ schemas = {
 }
 
 
+schemas["ArchivedSandboxInfo"] = {
+    **schemas["SandboxInfo"],
+    "properties": {**schemas["SandboxInfo"]["properties"], "archived_at": {**U64, "description": "when it ended, in milliseconds since the epoch"}},
+    "required": schemas["SandboxInfo"]["required"] + ["archived_at"],
+    "description": "A sandbox that ended (terminated, failed or timeout).",
+}
+schemas["ListArchivedSandboxesResponse"] = obj(
+    ["sandboxes"],
+    {
+        "sandboxes": {"type": "array", "items": ref("ArchivedSandboxInfo"), "description": "newest first"},
+        "prev_cursor": {**STR, "description": "absent on the first page"},
+        "next_cursor": {**STR, "description": "absent on the last page"},
+    },
+)
+
+
 def json_body(schema):
     return {"content": {"application/json": {"schema": schema}}}
 
@@ -404,11 +423,12 @@ responses = {
     "NotFound": err("No such sandbox or snapshot in this namespace."),
     "Conflict": err("Not possible in the current state (or the name is taken)."),
     "Unavailable": err("The sandbox could not be started or captured."),
+    "Unsupported": err("A change sbx cannot make (code `unsupported`; the message says why)."),
 }
 
 
 def errors(*codes):
-    names = {400: "BadRequest", 404: "NotFound", 409: "Conflict", 503: "Unavailable"}
+    names = {400: "BadRequest", 404: "NotFound", 409: "Conflict", 501: "Unsupported", 503: "Unavailable"}
     out = {str(c): {"$ref": f"#/components/responses/{names[c]}"} for c in codes}
     out["401"] = {"$ref": "#/components/responses/Unauthorized"}
     out["403"] = {"$ref": "#/components/responses/Forbidden"}
@@ -437,7 +457,8 @@ def op(op_id, summary, resp, params=(), body=None, body_required=False, tags=("s
     if params:
         o["parameters"] = list(params)
     if body is not None:
-        o["requestBody"] = {"required": body_required, **json_body(body)}
+        # The body is optional: none, or null, is the same as {}.
+        o["requestBody"] = {"required": body_required, **json_body(opt(body))}
     o["responses"] = resp
     return o
 
@@ -461,9 +482,11 @@ ns_paths = {
                 **errors(400, 404, 409, 503),
             },
             params=[
-                {"name": "X-Tensorlake-Request-Timeout-Ms", "in": "header", "required": False, "schema": U64,
-                 "description": "the client's whole budget (default 300000); a blocking create answers before it minus the grace"},
-                {"name": "X-Tensorlake-Request-Timeout-Grace-Ms", "in": "header", "required": False, "schema": U64},
+                {"name": "X-Tensorlake-Request-Timeout-Ms", "in": "header", "required": False, "schema": STR,
+                 "description": "milliseconds, the client's whole budget (default 300000): a blocking create answers "
+                                "before it minus the grace (at least 1 s later). A value that is not an integer is ignored"},
+                {"name": "X-Tensorlake-Request-Timeout-Grace-Ms", "in": "header", "required": False, "schema": STR,
+                 "description": "milliseconds (default 5000); a value that is not an integer is ignored"},
             ],
             body=ref("CreateSandboxRequest"),
         ),
@@ -474,16 +497,14 @@ ns_paths = {
         "delete": op("terminateSandbox", "Terminate a sandbox (idempotent; removal from the host continues in the background).",
                      {"200": ok(ref("TerminateResponse")), **errors(400, 404)}),
         "patch": op("updateSandbox", "Change name, access, exposed ports or auto_resume.",
-                    {"200": ok(ref("SandboxInfo")), **errors(400, 404, 409)}, body=ref("UpdateSandboxRequest")),
+                    {"200": ok(ref("SandboxInfo")), **errors(400, 404, 409, 501)}, body=ref("UpdateSandboxRequest")),
     },
     "/sandboxes/{id}/logs": {
         "parameters": [SANDBOX_ID],
         "get": op(
             "sandboxLogs", "Sandbox logs (none are kept yet: always empty).",
             {"200": ok(ref("LogsResponse")), **errors(400, 404)},
-            params=[query(n, s, "accepted and ignored") for n, s in [
-                ("level", {"type": "integer", "minimum": 1, "maximum": 6}), ("processId", STR), ("nextToken", STR),
-                ("head", U64), ("tail", U64), ("body", STR)]],
+            params=[query(n, STR, "accepted and ignored") for n in ["level", "processId", "nextToken", "head", "tail", "body"]],
         ),
     },
     "/sandboxes/{id}/snapshot": {
@@ -514,6 +535,23 @@ ns_paths = {
         "post": op("copySandbox", "Live fork: one memory snapshot of the sandbox, booted `times` times.",
                    {"200": ok(ref("CopySandboxResponse")), **errors(400, 404, 409, 503)},
                    params=[query("times", {"type": "integer", "minimum": 1, "maximum": 32, "default": 1})]),
+    },
+    "/archived-sandboxes": {
+        "get": op(
+            "listArchivedSandboxes", "Sandboxes that ended, newest first, one page at a time.",
+            {"200": ok(ref("ListArchivedSandboxesResponse")), **errors(400)},
+            params=[
+                query("limit", U64, "page size (default 100, at most 1000)"),
+                query("cursor", STR, "a prev_cursor or next_cursor of an earlier page"),
+                query("direction", {"type": "string", "enum": ["forward", "backward"]},
+                      "forward (default): the page starts at the cursor; backward: it ends there"),
+            ],
+        ),
+    },
+    "/archived-sandboxes/{id}": {
+        "parameters": [SANDBOX_ID],
+        "get": op("getArchivedSandbox", "One sandbox that ended.",
+                  {"200": ok(ref("ArchivedSandboxInfo")), **errors(400, 404)}),
     },
     "/snapshots": {
         "get": op("listSnapshots", "Snapshots of a namespace.", {"200": ok(ref("ListSnapshotsResponse")), **errors(400)},

@@ -52,14 +52,27 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-/// A JSON body that may be empty (then `T::default()`) and is parsed whatever
-/// its `Content-Type`: clients send bodyless POSTs, curl sends form types.
+/// A JSON object body that may be empty or `null` (then `T::default()`) and is parsed
+/// whatever its `Content-Type`: clients send bodyless POSTs, curl sends form types.
 pub struct JsonBody<T>(pub T);
+
+/// A request body type, and which of its fields hold objects: serde would
+/// also fill a struct from a JSON array (`["name"]`), so `JsonBody` checks
+/// that the body and these fields are objects.
+pub trait ObjectBody {
+    const OBJECT_FIELDS: &'static [&'static str] = &[];
+}
+
+impl ObjectBody for sbx_api::sandbox::CreateSandboxRequest {
+    const OBJECT_FIELDS: &'static [&'static str] = &["resources", "network"];
+}
+impl ObjectBody for sbx_api::snapshot::CreateSnapshotRequest {}
+impl ObjectBody for serde_json::Value {}
 
 impl<S, T> axum::extract::FromRequest<S> for JsonBody<T>
 where
     S: Send + Sync,
-    T: serde::de::DeserializeOwned + Default,
+    T: serde::de::DeserializeOwned + Default + ObjectBody,
 {
     type Rejection = ApiError;
 
@@ -70,11 +83,30 @@ where
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(JsonBody(T::default()));
         }
-        serde_json::from_slice(&bytes)
+        let invalid =
+            |e: &dyn std::fmt::Display| ApiError::bad_request(format!("invalid JSON body: {e}"));
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| invalid(&e))?;
+        if value.is_null() {
+            return Ok(JsonBody(T::default()));
+        }
+        let Some(object) = value.as_object() else {
+            return Err(invalid(&"expected a JSON object"));
+        };
+        for field in T::OBJECT_FIELDS {
+            if object
+                .get(*field)
+                .is_some_and(|v| !v.is_object() && !v.is_null())
+            {
+                return Err(invalid(&format!("{field}: expected a JSON object")));
+            }
+        }
+        serde_json::from_value(value)
             .map(JsonBody)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+            .map_err(|e| invalid(&e))
     }
 }
+
+pub type ApiResult<T> = Result<T, ApiError>;
 
 /// Query parameters; a value that does not parse is a 400 JSON error
 /// (axum's own `Query` answers plain text).
@@ -119,4 +151,30 @@ where
     }
 }
 
-pub type ApiResult<T> = Result<T, ApiError>;
+#[cfg(test)]
+mod tests {
+    use super::JsonBody;
+    use axum::extract::{FromRequest, Request};
+    use sbx_api::sandbox::CreateSandboxRequest;
+
+    async fn parse(body: &'static str) -> Result<CreateSandboxRequest, u16> {
+        JsonBody::<CreateSandboxRequest>::from_request(Request::new(body.into()), &())
+            .await
+            .map(|b| b.0)
+            .map_err(|e| e.status.as_u16())
+    }
+
+    #[tokio::test]
+    async fn bodies_must_be_objects() {
+        assert!(parse("").await.unwrap().name.is_none());
+        assert!(parse(" null ").await.unwrap().name.is_none());
+        assert_eq!(
+            parse(r#"{"name":"a"}"#).await.unwrap().name.as_deref(),
+            Some("a")
+        );
+        // serde alone would read these as structs.
+        assert_eq!(parse(r#"["a"]"#).await.unwrap_err(), 400);
+        assert_eq!(parse(r#"{"resources":[2,4096]}"#).await.unwrap_err(), 400);
+        assert_eq!(parse("7").await.unwrap_err(), 400);
+    }
+}
