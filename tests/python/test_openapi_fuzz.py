@@ -4,7 +4,7 @@ OpenAPI document it serves (crates/server/openapi.json).
 Every control-plane operation gets generated requests that fit the spec
 (positive) and that do not (negative). Each answer must come in time, not be
 a 5xx, have a documented status and content type, fit the documented schema,
-and a request that breaks the spec must be refused. Afterwards the server
+and a body that breaks the spec must be refused. Afterwards the server
 must still work: /healthz, a new sandbox runs `echo ok` through the proxy,
 and the timeout sweeper still ends sandboxes. Whatever the fuzzer created is
 deleted.
@@ -25,7 +25,6 @@ import time
 import urllib.parse
 
 import hypothesis
-import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
@@ -40,7 +39,7 @@ from schemathesis.specs.openapi.checks import (
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SPEC_FILE = ROOT / "crates" / "server" / "openapi.json"
-
+HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
 
 
 def invalid_body_refused(ctx, response, case) -> None:
@@ -101,9 +100,6 @@ TARGETED = {
 # (wait_ms up to 30 s) legitimately wait.
 SLOW = {"createSandbox": 90, "copySandbox": 90, "suspendSandbox": 45, "resumeSandbox": 45}
 FAST_TIMEOUT = 15
-
-
-HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
 
 
 def base_id(operation_id: str) -> str:
@@ -349,6 +345,11 @@ def test_fuzz_control_plane(sbx):
     for label, secs in sorted(took.items(), key=lambda kv: -kv[1])[:10]:
         print(f"  {secs:6.1f} {label.replace(target_id, 'TARGET')}")
     assert not failures, "\n\n".join(failures)
-    leftover = [b["sandbox_id"] for b in api.sandboxes("default")
-                if b["sandbox_id"] not in before and b["status"] not in ("terminated", "failed", "timeout")]
+    leftover = [
+        x
+        for ns in tracker.namespaces
+        for x in [b["sandbox_id"] for b in api.sandboxes(ns) if b["status"] not in ("terminated", "failed", "timeout")]
+        + [s["snapshot_id"] for s in api.snapshots(ns)]
+        if x not in before
+    ]
     assert not leftover, leftover
