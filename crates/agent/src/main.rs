@@ -33,6 +33,11 @@ struct Args {
     /// Soft memory limit: above it the largest process group is SIGKILLed.
     #[arg(long, env = "SBX_MEMORY_LIMIT_MB")]
     memory_limit_mb: Option<u64>,
+    /// Flush the sandbox's file caches to its layer (`sync(2)`) and exit:
+    /// run by the executor through the runtime, not through the API, before
+    /// a capture.
+    #[arg(long)]
+    sync: bool,
     /// The entrypoint, started as the managed process `entrypoint`.
     #[arg(last = true)]
     entrypoint: Vec<String>,
@@ -48,6 +53,11 @@ fn main() -> std::process::ExitCode {
         )
         .init();
     let args = Args::parse();
+    if args.sync {
+        // SAFETY: sync(2) takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+        return std::process::ExitCode::SUCCESS;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

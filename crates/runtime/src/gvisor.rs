@@ -44,12 +44,23 @@ impl Gvisor {
     /// `--overlay2=none` keeps the writable layer on the host (our overlay
     /// upper dir), where disk limits and snapshots can see it.
     /// `--net-disconnect-ok` lets a checkpoint cut open TCP connections.
+    ///
+    /// With `SBX_RUNSC_DEBUG_LOG=DIR` in the server's environment, runsc
+    /// writes its debug logs there (one file per command and process).
     fn base(&self) -> Vec<String> {
-        vec![
+        let mut flags = vec![
             format!("--root={}", self.root.display()),
             "--overlay2=none".into(),
             "--net-disconnect-ok".into(),
-        ]
+        ];
+        if let Some(dir) = std::env::var_os("SBX_RUNSC_DEBUG_LOG").filter(|d| !d.is_empty()) {
+            flags.push("--debug".into());
+            flags.push(format!(
+                "--debug-log={}/%ID%.%TIMESTAMP%.%COMMAND%.txt",
+                Path::new(&dir).display()
+            ));
+        }
+        flags
     }
 
     async fn run(&self, args: &[String]) -> Result<String> {
@@ -169,8 +180,14 @@ impl Runtime for Gvisor {
         tokio::fs::write(&path, serde_json::to_vec_pretty(&config).expect("json")).await?;
         let log = spec.bundle_dir.join("console.log");
         let mut create = Command::new(&self.runsc);
+        // The sandbox process's Go panics and fatal errors land beside its
+        // console log (they would otherwise be lost with a detached stderr).
         create
             .args(self.base())
+            .arg(format!(
+                "--panic-log={}",
+                spec.bundle_dir.join("panic.log").display()
+            ))
             .arg("create")
             .arg(format!("--bundle={}", spec.bundle_dir.display()))
             .arg(&spec.id);
@@ -229,6 +246,12 @@ impl Runtime for Gvisor {
 
     /// Uncompressed pages (`pages.img`): fast to write and good input for
     /// content-defined chunking in the store.
+    async fn exec(&self, id: &str, argv: &[String]) -> Result<()> {
+        let mut args = vec!["exec".to_string(), id.to_string()];
+        args.extend(argv.iter().cloned());
+        self.run(&args).await.map(drop)
+    }
+
     async fn checkpoint(&self, id: &str, image_dir: &Path, leave_running: bool) -> Result<()> {
         let mut args = vec![
             "checkpoint".to_string(),

@@ -90,6 +90,9 @@ pub trait Runtime: Send + Sync {
     async fn destroy(&self, id: &str) -> Result<()>;
     /// Freezes every process of the sandbox (its files stop changing).
     async fn pause(&self, id: &str) -> Result<()>;
+    /// Runs `argv` in the running sandbox and waits for it; a non-zero exit
+    /// is an error.
+    async fn exec(&self, id: &str, argv: &[String]) -> Result<()>;
     /// Thaws a paused sandbox.
     async fn resume(&self, id: &str) -> Result<()>;
     /// Saves memory and processes into `image_dir` (which must not exist
