@@ -85,3 +85,16 @@ def sbx():
     server = SbxServer()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def torn_down(sbx):
+    """At the end of a module that uses it, waits until the server has torn
+    down every sandbox the module terminated (a server stopped mid-teardown
+    leaks mounts), and fails if one stays behind."""
+    before = set(sbx.leftovers())
+    yield
+    deadline = time.monotonic() + 60
+    while set(sbx.leftovers()) - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not set(sbx.leftovers()) - before, "sandboxes not torn down"

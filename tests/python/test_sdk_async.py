@@ -3,7 +3,6 @@
 import asyncio
 import os
 import re
-import time
 import uuid
 
 import pytest
@@ -22,16 +21,8 @@ from sbx import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def torn_down(sbx):
-    """At the end of the module, waits until the server has torn down every
-    sandbox the module terminated (a server stopped mid-teardown leaks mounts)."""
-    before = set(sbx.leftovers())
-    yield
-    deadline = time.monotonic() + 60
-    while set(sbx.leftovers()) - before and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not set(sbx.leftovers()) - before, "sandboxes not torn down"
+# Waits at module end until the server tore down what the module deleted.
+pytestmark = pytest.mark.usefixtures("torn_down")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import pathlib
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -24,16 +23,8 @@ OFFLINE_INSTALL = (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def torn_down(sbx):
-    """At the end of the module, waits until the server has torn down every
-    sandbox the module terminated (a server stopped mid-teardown leaks mounts)."""
-    before = set(sbx.leftovers())
-    yield
-    deadline = time.monotonic() + 60
-    while set(sbx.leftovers()) - before and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not set(sbx.leftovers()) - before, "sandboxes not torn down"
+# Waits at module end until the server tore down what the module deleted.
+pytestmark = pytest.mark.usefixtures("torn_down")
 
 
 def _title(block: str) -> str:

@@ -17,7 +17,10 @@ from tensorlake.sandbox import (
     StdinMode,
 )
 
-from tl_helpers import tl, unique, torn_down  # noqa: F401 (fixtures)
+from tl_helpers import tl, unique  # noqa: F401 (fixtures)
+
+# Waits at module end until the server tore down what the module deleted.
+pytestmark = pytest.mark.usefixtures("torn_down")
 
 
 async def until(probe, what: str, timeout: float = 30.0):

@@ -6,7 +6,10 @@ import os
 import pytest
 from tensorlake.sandbox import SandboxError
 
-from tl_helpers import box, tl, torn_down  # noqa: F401 (fixtures)
+from tl_helpers import box, tl  # noqa: F401 (fixtures)
+
+# Waits at module end until the server tore down what the module deleted.
+pytestmark = pytest.mark.usefixtures("torn_down")
 
 
 def test_write_read_binary_round_trip(box):

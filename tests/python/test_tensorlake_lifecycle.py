@@ -13,7 +13,10 @@ from tensorlake.sandbox import (
     SandboxStatus,
 )
 
-from tl_helpers import delete_quietly, eventually, tl, unique, torn_down  # noqa: F401 (fixtures)
+from tl_helpers import delete_quietly, eventually, tl, unique  # noqa: F401 (fixtures)
+
+# Waits at module end until the server tore down what the module deleted.
+pytestmark = pytest.mark.usefixtures("torn_down")
 
 
 def test_blocking_create_with_options(tl):

@@ -18,7 +18,10 @@ from tensorlake.sandbox import (
     StdinMode,
 )
 
-from tl_helpers import box, eventually, tl, torn_down  # noqa: F401 (fixtures)
+from tl_helpers import box, eventually, tl  # noqa: F401 (fixtures)
+
+# Waits at module end until the server tore down what the module deleted.
+pytestmark = pytest.mark.usefixtures("torn_down")
 
 
 def process_status(sandbox, pid):

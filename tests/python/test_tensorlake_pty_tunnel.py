@@ -10,7 +10,10 @@ import httpx
 import pytest
 from tensorlake.sandbox import SandboxConnectionError, SandboxError
 
-from tl_helpers import box, eventually, tl, torn_down  # noqa: F401 (fixtures)
+from tl_helpers import box, eventually, tl  # noqa: F401 (fixtures)
+
+# Waits at module end until the server tore down what the module deleted.
+pytestmark = pytest.mark.usefixtures("torn_down")
 
 
 class Screen:

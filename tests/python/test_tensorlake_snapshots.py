@@ -16,7 +16,10 @@ from tensorlake.sandbox import (
     SnapshotWaitCondition,
 )
 
-from tl_helpers import eventually, tl, unique, torn_down  # noqa: F401 (fixtures)
+from tl_helpers import eventually, tl, unique  # noqa: F401 (fixtures)
+
+# Waits at module end until the server tore down what the module deleted.
+pytestmark = pytest.mark.usefixtures("torn_down")
 
 READY = (SnapshotStatus.LOCAL_READY, SnapshotStatus.COMPLETED)
 

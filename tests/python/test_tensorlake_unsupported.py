@@ -5,7 +5,10 @@ also in README.md, "Tensorlake client compatibility"."""
 import pytest
 from tensorlake.sandbox import SandboxError
 
-from tl_helpers import box, eventually, tl, unique, torn_down  # noqa: F401 (fixtures)
+from tl_helpers import box, eventually, tl, unique  # noqa: F401 (fixtures)
+
+# Waits at module end until the server tore down what the module deleted.
+pytestmark = pytest.mark.usefixtures("torn_down")
 
 
 @pytest.mark.xfail(strict=True, reason="sbx keeps no sandbox logs: GET .../logs always answers an empty list")

@@ -1,6 +1,6 @@
 """Shared fixtures and helpers for the tensorlake-client compatibility suite.
 
-Test modules import the fixtures they use (`from tl_helpers import tl, box, torn_down`).
+Test modules import the fixtures they use (`from tl_helpers import tl, box`).
 Every sandbox and snapshot made here is deleted when its fixture or context
 ends, even when the test fails.
 """
@@ -83,16 +83,6 @@ class Tl:
         return self.client.get(sandbox_id).value.status
 
 
-@pytest.fixture(scope="module", autouse=True)
-def torn_down(sbx):
-    """At the end of a module, waits until the server has torn down every
-    sandbox the module deleted (a server stopped mid-teardown leaks mounts)."""
-    before = set(sbx.leftovers())
-    yield
-    deadline = time.monotonic() + 60
-    while set(sbx.leftovers()) - before and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not set(sbx.leftovers()) - before, "sandboxes not torn down"
 
 
 @pytest.fixture(scope="session")
