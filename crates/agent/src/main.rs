@@ -1,6 +1,7 @@
 //! sbx-agent: PID 1 of every sandbox. Reaps zombies, starts the entrypoint
 //! and serves the daemon API (`/api/v1`, port 9501).
 
+mod blocking;
 mod error;
 mod files;
 mod listener;
@@ -22,7 +23,6 @@ use sbx_api::daemon::{RestartPolicy, RestartPolicyKind, StartProcessRequest};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Debug, Parser)]
 #[command(name = "sbx-agent", version, about = "The sbx in-sandbox daemon")]
@@ -58,18 +58,40 @@ fn main() -> std::process::ExitCode {
         unsafe { libc::sync() };
         return std::process::ExitCode::SUCCESS;
     }
+    // Timers but no I/O driver: nothing the agent does goes through epoll
+    // (see `blocking`), so no epoll state has to survive a restore.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .enable_all()
+        .max_blocking_threads(4096)
+        .enable_time()
         .build()
         .expect("tokio runtime");
-    match rt.block_on(serve(args)) {
+    let result = rt.block_on(serve(args));
+    // Blocking threads may sit in read(2) on pipes of processes that outlive
+    // us; do not wait for them.
+    rt.shutdown_background();
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Receives the first SIGTERM or SIGINT (caught on a thread of its own:
+/// tokio's signal handling needs the I/O driver the agent does without).
+fn on_termination() -> std::io::Result<tokio::sync::oneshot::Receiver<i32>> {
+    let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                let _ = tx.send(sig);
+            }
+        })?;
+    Ok(rx)
 }
 
 async fn serve(args: Args) -> std::io::Result<()> {
@@ -83,8 +105,7 @@ async fn serve(args: Args) -> std::io::Result<()> {
     spawn::init();
     let reaper = Reaper::default();
     reaper.start()?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
+    let terminated = on_termination()?;
 
     let procs = Processes::new(reaper);
     let ptys = Arc::new(pty::Ptys::default());
@@ -120,10 +141,7 @@ async fn serve(args: Args) -> std::io::Result<()> {
         tokio::runtime::Handle::current(),
     )?;
     tracing::info!(addr = %args.listen, pid1, "sbx-agent listening");
-    tokio::select! {
-        _ = sigterm.recv() => {}
-        _ = sigint.recv() => {}
-    }
+    let _ = terminated.await;
     tracing::info!("shutting down: terminating all processes");
     procs.signal_all(libc::SIGTERM);
     ptys.signal_all(libc::SIGTERM);

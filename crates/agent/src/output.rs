@@ -7,7 +7,6 @@ use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
 /// Lines kept per process.
@@ -178,15 +177,7 @@ pub async fn pump(
     mut sink: Option<mpsc::Sender<RunEvent>>,
     mut exited: watch::Receiver<bool>,
 ) {
-    let mut reader = match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!("pipe: {e}");
-            log.close_stream();
-            return;
-        }
-    };
-    let mut buf = vec![0u8; 64 << 10];
+    let mut chunks = crate::blocking::read_chunks(std::fs::File::from(fd), 4);
     let mut partial: Vec<u8> = Vec::new();
     let emit = |bytes: &[u8], sink: &mut Option<mpsc::Sender<RunEvent>>| {
         let ev = log.push(stream, String::from_utf8_lossy(bytes).into_owned());
@@ -194,17 +185,14 @@ pub async fn pump(
     };
     loop {
         let read = tokio::select! {
-            r = reader.read(&mut buf) => r,
+            r = chunks.recv() => r,
             _ = async {
                 let _ = exited.wait_for(|e| *e).await;
                 tokio::time::sleep(DRAIN_GRACE).await;
             } => break,
         };
-        let n = match read {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        partial.extend_from_slice(&buf[..n]);
+        let Some(chunk) = read else { break };
+        partial.extend_from_slice(&chunk);
         let mut start = 0;
         while let Some(pos) = partial[start..].iter().position(|b| *b == b'\n') {
             let end = start + pos;

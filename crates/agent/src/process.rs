@@ -13,7 +13,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Exited runs kept for lookups by pid; older ones are forgotten.
@@ -80,7 +79,7 @@ pub struct Run {
     started: Instant,
     pub managed: Option<Arc<Managed>>,
     pub output: Arc<OutputLog>,
-    stdin: tokio::sync::Mutex<Option<tokio::net::unix::pipe::Sender>>,
+    stdin: tokio::sync::Mutex<Option<crate::blocking::Writer>>,
     stdin_open: AtomicBool,
     state: Mutex<RunState>,
     exit: watch::Sender<Option<Exit>>,
@@ -192,7 +191,7 @@ impl Run {
         let mut body = std::pin::pin!(body);
         while let Some(chunk) = body.next().await {
             let chunk = chunk.map_err(|e| AppError::bad_request(format!("reading body: {e}")))?;
-            if let Err(e) = pipe.write_all(&chunk).await {
+            if let Err(e) = pipe.write_all(chunk).await {
                 *guard = None;
                 self.stdin_open.store(false, Ordering::SeqCst);
                 return Err(AppError::conflict(format!("writing stdin: {e}")));
@@ -364,7 +363,7 @@ impl Processes {
         let streams = spawned.stdout.is_some() as u8 + spawned.stderr.is_some() as u8;
         let stdin = spawned
             .stdin
-            .and_then(|fd| tokio::net::unix::pipe::Sender::from_owned_fd(fd).ok());
+            .map(|fd| crate::blocking::Writer::new(std::fs::File::from(fd)));
         let run = Arc::new(Run {
             pid: spawned.pid,
             command: spec.command.clone(),
@@ -739,26 +738,39 @@ async fn health_loop(m: Arc<Managed>, run: Arc<Run>, hc: HealthCheck) {
     }
 }
 
-/// One TCP connect, or one HTTP/1.0 GET expecting a 2xx status.
+/// One TCP connect, or one HTTP/1.0 GET expecting a 2xx status, on a
+/// blocking thread (the agent does no I/O through epoll; see `blocking`).
 async fn probe(hc: &HealthCheck) -> bool {
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", hc.port)).await else {
+    let hc = hc.clone();
+    tokio::task::spawn_blocking(move || probe_blocking(&hc))
+        .await
+        .unwrap_or(false)
+}
+
+fn probe_blocking(hc: &HealthCheck) -> bool {
+    use std::io::{Read, Write};
+    let timeout = Duration::from_millis(hc.timeout_ms.max(1));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], hc.port));
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, timeout) else {
         return false;
     };
     if hc.kind == HealthCheckKind::Tcp {
         return true;
     }
+    let _ = s.set_read_timeout(Some(timeout));
+    let _ = s.set_write_timeout(Some(timeout));
     let path = hc.path.as_deref().unwrap_or("/");
     let req = format!(
         "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
         hc.port
     );
-    if s.write_all(req.as_bytes()).await.is_err() {
+    if s.write_all(req.as_bytes()).is_err() {
         return false;
     }
     let mut buf = Vec::with_capacity(64);
     let mut chunk = [0u8; 256];
     while !buf.contains(&b'\n') && buf.len() < 4096 {
-        match s.read(&mut chunk).await {
+        match s.read(&mut chunk) {
             Ok(0) | Err(_) => break,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }

@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
 
 /// One entry of `GET /pty`.
@@ -44,7 +43,7 @@ pub struct Session {
     args: Vec<String>,
     created_at: DateTime<Utc>,
     size: Mutex<(u16, u16)>,
-    master: Arc<AsyncFd<OwnedFd>>,
+    master: crate::blocking::Writer,
     /// Output read from the master; taken by the connected WebSocket.
     output: tokio::sync::Mutex<mpsc::Receiver<Bytes>>,
     exit: watch::Receiver<Option<Exit>>,
@@ -91,70 +90,6 @@ fn open_pty(rows: u16, cols: u16) -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok((master, slave))
 }
 
-fn set_flags(fd: i32, cloexec: bool, nonblock: bool) -> std::io::Result<()> {
-    // SAFETY: fcntl on an fd we own.
-    unsafe {
-        if cloexec && libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if nonblock {
-            let fl = libc::fcntl(fd, libc::F_GETFL);
-            if fl < 0 || libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Reads the master until EIO/EOF (all slave ends closed).
-async fn read_master(master: Arc<AsyncFd<OwnedFd>>, tx: mpsc::Sender<Bytes>) {
-    let mut buf = vec![0u8; 16 << 10];
-    loop {
-        let Ok(mut guard) = master.readable().await else {
-            return;
-        };
-        let res = guard.try_io(|fd| {
-            // SAFETY: reading into a buffer we own.
-            let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
-        });
-        match res {
-            Err(_would_block) => continue,
-            Ok(Ok(0)) | Ok(Err(_)) => return,
-            Ok(Ok(n)) => {
-                if tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-async fn write_master(master: &AsyncFd<OwnedFd>, mut data: &[u8]) -> std::io::Result<()> {
-    while !data.is_empty() {
-        let mut guard = master.writable().await?;
-        match guard.try_io(|fd| {
-            // SAFETY: writing from a slice we borrow.
-            let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
-            if n < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
-        }) {
-            Err(_would_block) => continue,
-            Ok(Ok(n)) => data = &data[n..],
-            Ok(Err(e)) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 impl Ptys {
     pub fn create(
         &self,
@@ -165,7 +100,6 @@ impl Ptys {
         let cols = if req.cols == 0 { 80 } else { req.cols };
         let (master, slave) =
             open_pty(rows, cols).map_err(|e| AppError::internal(format!("openpty: {e}")))?;
-        set_flags(master.as_raw_fd(), false, true).map_err(|e| AppError::io("pty", &e))?;
         let spawned = spawn(
             reaper,
             SpawnSpec {
@@ -179,12 +113,12 @@ impl Ptys {
                 stderr: false,
             },
         )?;
-        // SAFETY: we own `master` and nothing else registers or closes it.
-        let master = unsafe { AsyncFd::register(master) }
+        let reading = master
+            .try_clone()
             .map_err(|e| AppError::internal(format!("pty: {e}")))?;
-        let master = Arc::new(master);
-        let (out_tx, out_rx) = mpsc::channel(256);
-        tokio::spawn(read_master(master.clone(), out_tx));
+        // Reads end with EIO once every slave end is closed.
+        let out_rx = crate::blocking::read_chunks(std::fs::File::from(reading), 256);
+        let master = crate::blocking::Writer::new(std::fs::File::from(master));
         let (exit_tx, exit_rx) = watch::channel(None);
         let exit = spawned.exit;
         tokio::spawn(async move {
@@ -313,7 +247,9 @@ pub async fn serve_ws(ptys: Arc<Ptys>, session: Arc<Session>, mut ws: WebSocket)
                     Message::Binary(data) if !data.is_empty() => match data[0] {
                         pty_op::READY => ready = true,
                         pty_op::DATA => {
-                            write_master(&session.master, &data[1..])
+                            session
+                                .master
+                                .write_all(data.slice(1..))
                                 .await
                                 .unwrap_or_else(|e| tracing::debug!("pty write: {e}"));
                         }
@@ -321,13 +257,16 @@ pub async fn serve_ws(ptys: Arc<Ptys>, session: Arc<Session>, mut ws: WebSocket)
                             let cols = u16::from_be_bytes([data[1], data[2]]);
                             let rows = u16::from_be_bytes([data[3], data[4]]);
                             *session.size.lock().unwrap() = (rows, cols);
-                            let _ = set_winsize(session.master.get_ref().as_raw_fd(), rows, cols);
+                            let _ = set_winsize(session.master.file().as_raw_fd(), rows, cols);
                         }
                         _ => {}
                     },
                     Message::Text(t) => {
                         // Be lenient: treat text as input once ready.
-                        let _ = write_master(&session.master, t.as_str().as_bytes()).await;
+                        let _ = session
+                            .master
+                            .write_all(Bytes::copy_from_slice(t.as_str().as_bytes()))
+                            .await;
                     }
                     Message::Close(_) => return,
                     _ => {}

@@ -3,10 +3,9 @@
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 pub async fn serve(port: u16, mut ws: WebSocket) {
-    let tcp = match TcpStream::connect(("127.0.0.1", port)).await {
+    let tcp = match crate::blocking::connect_local(port).await {
         Ok(s) => s,
         Err(e) => {
             let _ = ws
@@ -23,8 +22,7 @@ pub async fn serve(port: u16, mut ws: WebSocket) {
             return;
         }
     };
-    let _ = tcp.set_nodelay(true);
-    let (mut tcp_rx, mut tcp_tx) = tcp.into_split();
+    let (mut tcp_rx, mut tcp_tx) = tokio::io::split(tcp);
     let (mut ws_tx, mut ws_rx) = ws.split();
 
     let upstream = async {

@@ -264,6 +264,19 @@ async fn suspend_and_resume_ten_times_keep_files_and_processes() {
 
     let id = s.create(json!({"name": "keeper"})).await;
     start_bg(&s, &id, COUNTER).await;
+    // A process whose output the agent collects across every restore.
+    let talker = s
+        .daemon(&id, Method::POST, "/processes")
+        .json(&json!({"command": "sh", "args": ["-c", "i=0; while true; do i=$((i+1)); echo line$i; sleep 0.05; done"]}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["pid"]
+        .as_i64()
+        .unwrap();
+    let lines = |v: Value| v["line_count"].as_u64().unwrap();
     let mut last = count(&s, "keeper").await;
     for round in 0..10 {
         s.sh("keeper", &format!("echo {round} > /root/round-{round}"))
@@ -290,8 +303,32 @@ async fn suspend_and_resume_ten_times_keep_files_and_processes() {
         );
         last = now;
     }
+    let out = format!("/processes/{talker}/stdout");
+    let before = lines(s.daemon_json("keeper", Method::GET, &out).await);
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(count(&s, "keeper").await > last, "the counter stopped");
+    let after = s.daemon_json("keeper", Method::GET, &out).await;
+    assert!(
+        lines(after.clone()) > before,
+        "output no longer collected: {after}"
+    );
+    // Its exit is still noticed.
+    let r = s
+        .daemon("keeper", Method::DELETE, &format!("/processes/{talker}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let path = format!("/processes/{talker}");
+    let mut status = Value::Null;
+    for _ in 0..100 {
+        status = s.daemon_json("keeper", Method::GET, &path).await;
+        if status["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(status["status"], "running", "{status}");
     s.cleanup().await;
     assert!(s.host_leftovers().is_empty(), "{:?}", s.host_leftovers());
 }

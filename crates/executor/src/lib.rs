@@ -24,12 +24,6 @@ pub const AGENT_PORT: u16 = 9501;
 /// Where the agent's directory is mounted inside the sandbox.
 const AGENT_MOUNT: &str = "/.sbx";
 const AGENT_NAME: &str = "sbx-agent";
-/// Quiet time before a checkpoint. An fd the agent closed just before a
-/// checkpoint can come back as a stale epoll event after the restore and
-/// crash it (gVisor 2024; tokio frees the fd's state after deregistering).
-/// Measured: ~1 failed resume in 20 under load without the wait; none in 40
-/// test cycles and 120 loop cycles with sync through runsc plus the wait.
-const SETTLE_BEFORE_CHECKPOINT: std::time::Duration = std::time::Duration::from_millis(300);
 /// Marks a deleted snapshot's directory kept for sandboxes still using its layer.
 const DELETED_MARK: &str = "deleted";
 /// A suspended sandbox's memory image, in its directory.
@@ -455,25 +449,15 @@ impl Executor {
         result
     }
 
-    /// Flushes what the sandbox's kernel still caches to its writable layer,
-    /// then waits [`SETTLE_BEFORE_CHECKPOINT`].
-    ///
-    /// Through the runtime, not the agent's API: a connection to the agent
-    /// closed just before a checkpoint can leave its event loop with a
-    /// stale epoll event after the restore (gVisor 2024), which crashed the
-    /// restored agent (a use-after-free in tokio's I/O driver, seen about
-    /// once in 20 suspend/resume cycles under load).
+    /// Flushes what the sandbox's kernel still caches to its writable layer
+    /// (through the runtime: works whatever state the agent is in).
     async fn sync(&self, id: &str) -> Result<(), Error> {
         let agent = format!("{AGENT_MOUNT}/{AGENT_NAME}");
-        let synced = self
-            .runtime
+        self.runtime
             .exec(id, &[agent, "--sync".into()])
             .await
-            .map_err(Error::from);
-        // Let the agent finish what the last request left (pipes and
-        // connections closing) before the checkpoint: see above.
-        tokio::time::sleep(SETTLE_BEFORE_CHECKPOINT).await;
-        synced
+            .map(drop)
+            .map_err(Error::from)
     }
 
     /// Pauses the sandbox, copies its upper dir to `tmp/upper` and, with
