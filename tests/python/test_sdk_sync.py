@@ -268,8 +268,9 @@ def test_filesystem_snapshot_and_restore(client, box, sbx, snapshots):
 
 
 def test_memory_checkpoint_and_restore(client, box, sbx, snapshots):
-    # A process whose state lives in memory: it counts and writes the count out.
-    counter = box.processes.start("i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done")
+    # A process whose state lives in memory: it counts and writes the count out
+    # (to a new file renamed into place: a reader never sees it half-written).
+    counter = box.processes.start("i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.1; done")
     try:
         box.commands.run("until [ -s /tmp/count ]; do sleep 0.05; done", timeout=30, check=True)
         ckpt = box.checkpoint(CheckpointType.MEMORY, timeout=300, poll_interval=0.5)

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.usefixtures("torn_down")
 READY = (SnapshotStatus.LOCAL_READY, SnapshotStatus.COMPLETED)
 
 # A counter that lives only in memory: it survives a memory restore, not a cold boot.
-COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; done"
+# Renamed into place: a reader never sees the file half-written.
+COUNTER = "i=0; while :; do i=$((i+1)); echo $i > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.05; done"
 
 
 def counter_value(sandbox) -> int:

@@ -239,7 +239,8 @@ fn line(out: &Output) -> String {
 #[tokio::test]
 async fn snapshot_restore_suspend_resume_copy() {
     let s = Server::start().await;
-    let counter = "sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done'";
+    // Renamed into place: a reader never sees the file half-written.
+    let counter = "sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.1; done'";
     ok(&s
         .cli()
         .args(["create", "clisnap", "-e", counter])
