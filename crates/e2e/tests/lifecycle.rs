@@ -382,6 +382,33 @@ async fn a_sandbox_that_cannot_start_is_a_503_and_leaves_nothing() {
 }
 
 #[tokio::test]
+async fn a_sandbox_whose_agent_exits_fails_at_once_with_why() {
+    let s = Server::start().await;
+    // PID 1 exits at once: the sandbox stops before any agent answers.
+    let agent = s.data_dir.join("agent/sbx-agent");
+    std::fs::remove_file(&agent).unwrap();
+    std::fs::copy("/bin/true", &agent).unwrap();
+    let r = s
+        .req(Method::POST, "/sandboxes")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let e: Value = r.json().await.unwrap();
+    // Not the 30 s health timeout: the executor saw the sandbox stop.
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("stopped before its agent answered"),
+        "{e}"
+    );
+    assert!(s.host_leftovers().is_empty(), "{:?}", s.host_leftovers());
+    s.cleanup().await;
+}
+
+#[tokio::test]
 async fn a_stop_right_after_a_delete_finishes_the_teardown() {
     let mut s = Server::start().await;
     let id = s.create(json!({})).await;

@@ -43,6 +43,8 @@ pub enum Error {
     SlotTaken(u32),
     #[error("agent did not become healthy: {0}")]
     AgentTimeout(String),
+    #[error("the sandbox stopped before its agent answered ({0})")]
+    SandboxDied(String),
     #[error("sandbox {0} does not run on this host")]
     NotRunning(String),
     #[error("sandbox {0} is not suspended on this host")]
@@ -181,6 +183,36 @@ impl Executor {
         self.runtime.name()
     }
 
+    /// Waits until the sandbox's agent answers (up to 30 s), failing at
+    /// once if the sandbox stops first (its PID 1 died): the runtime's
+    /// state is checked every quarter second beside the health probes.
+    async fn agent_ready(&self, id: &str, addr: SocketAddr) -> Result<(), Error> {
+        let died = async {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                let status = match self.runtime.state(id).await {
+                    Ok(Some(state)) if state.status == "stopped" => "stopped".to_string(),
+                    Ok(None) => "gone".to_string(),
+                    _ => continue,
+                };
+                let panic_log = self.sandbox_dir(id).join("panic.log");
+                let panic = tokio::fs::read_to_string(&panic_log)
+                    .await
+                    .unwrap_or_default();
+                let last = panic.lines().last().unwrap_or("").trim();
+                return if last.is_empty() {
+                    format!("runtime status {status}")
+                } else {
+                    format!("runtime status {status}; {}: {last}", panic_log.display())
+                };
+            }
+        };
+        tokio::select! {
+            ready = wait_for_agent(addr, std::time::Duration::from_secs(30)) => ready,
+            why = died => Err(Error::SandboxDied(why)),
+        }
+    }
+
     fn sandbox_dir(&self, id: &str) -> PathBuf {
         self.data_dir.join("sandboxes").join(id)
     }
@@ -314,7 +346,7 @@ impl Executor {
         };
         let t2 = std::time::Instant::now();
         let addr = SocketAddr::new(slot.sandbox_ip().into(), AGENT_PORT);
-        wait_for_agent(addr, std::time::Duration::from_secs(30)).await?;
+        self.agent_ready(&spec.id, addr).await?;
         tracing::debug!(
             sandbox = spec.id,
             layer_and_net_ms = (t1 - t0).as_millis() as u64,
@@ -630,7 +662,7 @@ impl Executor {
             created?;
             let state = self.runtime.restore(&runtime_spec, &image).await?;
             let addr = SocketAddr::new(slot.sandbox_ip().into(), AGENT_PORT);
-            wait_for_agent(addr, std::time::Duration::from_secs(30)).await?;
+            self.agent_ready(id, addr).await?;
             Ok::<_, Error>((slot, state.pid, addr))
         }
         .await;
