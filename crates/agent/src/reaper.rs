@@ -45,9 +45,8 @@ pub struct Reaper {
 
 impl Reaper {
     /// Installs the SIGCHLD handler and starts the reaping task.
-    /// Reaps on a thread blocked in `waitpid`: independent of any tokio
-    /// runtime, so exits are seen also after a restore, when the runtime
-    /// that started the process may no longer run (see `listener`).
+    /// Reaps on a thread blocked in `waitpid`, which simply continues
+    /// after a restore of the sandbox (see `blocking`).
     pub fn start(&self) -> std::io::Result<()> {
         let this = self.clone();
         std::thread::Builder::new()

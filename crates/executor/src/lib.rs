@@ -287,6 +287,27 @@ impl Executor {
         Err(Error::NoSlot(net::MAX_SLOTS))
     }
 
+    /// `runsc create` and the interfaces' configuration, side by side: only
+    /// `start` reads the interfaces. On failure the sandbox is destroyed.
+    async fn create_and_configure(
+        &self,
+        runtime_spec: &SandboxSpec,
+        slot: Slot,
+        spec: &LaunchSpec,
+    ) -> Result<(), Error> {
+        let (created, configured) = tokio::join!(
+            self.runtime.create(runtime_spec),
+            net::configure(&spec.id, slot, spec.allow_internet, &spec.aliases)
+        );
+        if let Err(e) = configured {
+            if created.is_ok() {
+                let _ = self.runtime.destroy(&spec.id).await;
+            }
+            return Err(e);
+        }
+        Ok(created?)
+    }
+
     async fn launch_in(&self, spec: &LaunchSpec) -> Result<(Slot, Option<i32>), Error> {
         let mut spec = spec.clone();
         if let Some(ck) = &spec.checkpoint {
@@ -327,19 +348,11 @@ impl Executor {
         l?;
         let runtime_spec = self.runtime_spec(spec);
         let t1 = std::time::Instant::now();
-        // runsc create and the interfaces' configuration overlap: only
-        // `start` reads the interfaces.
-        let (created, configured) = tokio::join!(
-            self.runtime.create(&runtime_spec),
-            net::configure(&spec.id, slot, spec.allow_internet, &spec.aliases)
-        );
-        if let Err(e) = configured {
-            if created.is_ok() {
-                let _ = self.runtime.destroy(&spec.id).await;
-            }
-            return Err(e);
+        match &spec.checkpoint {
+            Some(_) => net::configure(&spec.id, slot, spec.allow_internet, &spec.aliases).await?,
+            None => self.create_and_configure(&runtime_spec, slot, spec).await?,
         }
-        created?;
+        let t_created = std::time::Instant::now();
         let state = match &spec.checkpoint {
             Some(ck) => self.runtime.restore(&runtime_spec, ck).await?,
             None => self.runtime.start(&runtime_spec).await?,
@@ -350,7 +363,8 @@ impl Executor {
         tracing::debug!(
             sandbox = spec.id,
             layer_and_net_ms = (t1 - t0).as_millis() as u64,
-            runtime_ms = (t2 - t1).as_millis() as u64,
+            create_and_net_ms = (t_created - t1).as_millis() as u64,
+            runtime_ms = (t2 - t_created).as_millis() as u64,
             agent_ms = t2.elapsed().as_millis() as u64,
             "launch phases"
         );
@@ -649,17 +663,8 @@ impl Executor {
             )
             .await?;
             let runtime_spec = self.runtime_spec(&spec);
-            let (created, configured) = tokio::join!(
-                self.runtime.create(&runtime_spec),
-                net::configure(id, slot, spec.allow_internet, &spec.aliases)
-            );
-            if let Err(e) = configured {
-                if created.is_ok() {
-                    let _ = self.runtime.destroy(id).await;
-                }
-                return Err(e);
-            }
-            created?;
+            // `runsc restore` creates the sandbox itself.
+            net::configure(id, slot, spec.allow_internet, &spec.aliases).await?;
             let state = self.runtime.restore(&runtime_spec, &image).await?;
             let addr = SocketAddr::new(slot.sandbox_ip().into(), AGENT_PORT);
             self.agent_ready(id, addr).await?;
@@ -721,8 +726,8 @@ impl Executor {
     async fn teardown_without_slot(&self, id: &str) {
         let _ = self.runtime.destroy(id).await;
         let _ = cmd::run("ip", &["netns", "del", &net::netns_name(id)]).await;
-        Layer::new(self.sandbox_dir(id)).destroy().await;
         remove_cgroups(id).await;
+        Layer::new(self.sandbox_dir(id)).destroy().await;
     }
 
     async fn teardown(&self, id: &str, slot: Slot) {
@@ -732,8 +737,11 @@ impl Executor {
             tracing::warn!(sandbox = id, "runtime destroy: {e}");
         }
         let layer = Layer::new(self.sandbox_dir(id));
-        tokio::join!(net::destroy(id, slot), layer.destroy());
+        // The directory goes last: once it is gone, nothing of the sandbox
+        // is left on the host (what callers and tests wait for).
+        tokio::join!(net::destroy(id, slot), layer.unmount());
         remove_cgroups(id).await;
+        layer.destroy().await;
     }
 
     /// Removes the spare volumes (on shutdown; sandboxes keep running).

@@ -99,7 +99,9 @@ pub trait Runtime: Send + Sync {
     /// yet or be empty). With `leave_running` the sandbox continues (paused
     /// ones stay paused); otherwise it stops once saved.
     async fn checkpoint(&self, id: &str, image_dir: &Path, leave_running: bool) -> Result<()>;
-    /// Starts a created sandbox from a checkpoint instead of booting it:
-    /// processes continue where they were. On failure the sandbox is destroyed.
+    /// Creates the sandbox and starts it from a checkpoint instead of booting
+    /// it (not preceded by [`create`](Self::create); its network namespace
+    /// must be configured): processes continue where they were. On failure
+    /// the sandbox is destroyed.
     async fn restore(&self, spec: &SandboxSpec, image_dir: &Path) -> Result<SandboxState>;
 }
