@@ -147,13 +147,17 @@ impl Gvisor {
             return Err(e);
         }
         // The pid file spares a `runsc state` (a ~15 ms process) per launch.
-        match tokio::fs::read_to_string(pid_file(spec)).await {
-            Ok(pid) if pid.trim().parse::<i32>().is_ok() => Ok(SandboxState {
+        let pid = tokio::fs::read_to_string(pid_file(spec))
+            .await
+            .ok()
+            .and_then(|text| text.trim().parse::<i32>().ok());
+        match pid {
+            Some(pid) => Ok(SandboxState {
                 id: spec.id.clone(),
-                pid: pid.trim().parse().ok(),
+                pid: Some(pid),
                 status: "running".into(),
             }),
-            _ => self.state(&spec.id).await?.ok_or_else(|| {
+            None => self.state(&spec.id).await?.ok_or_else(|| {
                 RuntimeError::Parse(format!("sandbox {} vanished after start", spec.id))
             }),
         }
