@@ -336,7 +336,16 @@ impl Executor {
                 None => layer.create(&lowers, spec.disk_mb).await,
             }
         };
-        let (l, n) = tokio::join!(make_layer, self.create_net(spec));
+        // A restore has no `runsc create` to overlap the interfaces'
+        // configuration with, so it is configured beside the layer instead.
+        let make_net = async {
+            let slot = self.create_net(spec).await?;
+            if spec.checkpoint.is_some() {
+                net::configure(&spec.id, slot, spec.allow_internet, &spec.aliases).await?;
+            }
+            Ok::<_, Error>(slot)
+        };
+        let (l, n) = tokio::join!(make_layer, make_net);
         let slot = n?;
         let meta = Meta {
             id: spec.id.clone(),
@@ -348,9 +357,8 @@ impl Executor {
         l?;
         let runtime_spec = self.runtime_spec(spec);
         let t1 = std::time::Instant::now();
-        match &spec.checkpoint {
-            Some(_) => net::configure(&spec.id, slot, spec.allow_internet, &spec.aliases).await?,
-            None => self.create_and_configure(&runtime_spec, slot, spec).await?,
+        if spec.checkpoint.is_none() {
+            self.create_and_configure(&runtime_spec, slot, spec).await?;
         }
         let t_created = std::time::Instant::now();
         let state = match &spec.checkpoint {
@@ -363,7 +371,7 @@ impl Executor {
         tracing::debug!(
             sandbox = spec.id,
             layer_and_net_ms = (t1 - t0).as_millis() as u64,
-            create_and_net_ms = (t_created - t1).as_millis() as u64,
+            create_ms = (t_created - t1).as_millis() as u64,
             runtime_ms = (t2 - t_created).as_millis() as u64,
             agent_ms = t2.elapsed().as_millis() as u64,
             "launch phases"
