@@ -101,12 +101,17 @@ class Sbx:
         while d.exists() and time.time() < deadline:
             time.sleep(0.02)
 
-    def run_true(self, conn, sid):
-        conn.request("POST", "/api/v1/processes/run", body=json.dumps({"command": "true"}),
+    def run(self, sid, command, args=(), conn=None):
+        """Runs a command to completion through the proxy; returns the SSE body."""
+        conn = conn or http.client.HTTPConnection("127.0.0.1", self.proxy_port, timeout=120)
+        conn.request("POST", "/api/v1/processes/run",
+                     body=json.dumps({"command": command, "args": list(args)}),
                      headers={"Content-Type": "application/json", "Accept": "text/event-stream",
                               "X-Tensorlake-Sandbox-Id": sid})
-        r = conn.getresponse()
-        body = r.read().decode()
+        return conn.getresponse().read().decode()
+
+    def run_true(self, conn, sid):
+        body = self.run(sid, "true", conn=conn)
         assert '"exit_code":0' in body.replace(" ", ""), body
 
     def daemon(self, sid, method, path, body):
@@ -120,21 +125,11 @@ class Sbx:
 
     def sh_ok(self, sid, script):
         """True when `sh -c script` exits 0 in the sandbox."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.proxy_port, timeout=120)
-        conn.request("POST", "/api/v1/processes/run",
-                     body=json.dumps({"command": "sh", "args": ["-c", script]}),
-                     headers={"Content-Type": "application/json", "Accept": "text/event-stream",
-                              "X-Tensorlake-Sandbox-Id": sid})
-        return '"exit_code":0' in conn.getresponse().read().decode().replace(" ", "")
+        return '"exit_code":0' in self.run(sid, "sh", ["-c", script]).replace(" ", "")
 
     def spawn_floor(self, sid, n):
         """Times process creation inside the sandbox itself (no API)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.proxy_port, timeout=120)
-        conn.request("POST", "/api/v1/processes/run",
-                     body=json.dumps({"command": "python3", "args": ["-c", SPAWN_FLOOR.format(n=n)]}),
-                     headers={"Content-Type": "application/json", "Accept": "text/event-stream",
-                              "X-Tensorlake-Sandbox-Id": sid})
-        body = conn.getresponse().read().decode()
+        body = self.run(sid, "python3", ["-c", SPAWN_FLOOR.format(n=n)])
         lines = [json.loads(l[len("data: "):]) for l in body.splitlines() if l.startswith("data: ")]
         return [float(ev["line"]) for ev in lines if ev.get("stream") == "stdout"]
 
