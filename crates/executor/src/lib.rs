@@ -7,6 +7,7 @@ pub mod image;
 pub mod layer;
 pub mod net;
 mod pool;
+mod rtnl;
 pub mod snapshot;
 
 use image::Images;

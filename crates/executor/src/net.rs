@@ -5,7 +5,8 @@
 //! `sbx-{id}`) is `.2`. Sandboxes reach the internet through NAT, but not
 //! each other, the host's services or private networks.
 
-use crate::cmd::{run, run_with_input};
+use crate::cmd::run;
+use crate::rtnl::{self, Rtnl};
 use crate::Error;
 use std::net::Ipv4Addr;
 
@@ -73,26 +74,43 @@ pub fn netns_path(id: &str) -> std::path::PathBuf {
 /// Creates netns `sbx-{id}` with the veth pair of `slot`, unconfigured.
 /// Fails with [`Error::SlotTaken`] when another server holds the slot.
 pub async fn create_link(id: &str, slot: Slot) -> Result<(), Error> {
-    let ns = netns_name(id);
+    let path = netns_path(id);
     let (h, c) = (slot.host_if(), slot.sandbox_if());
-    // One `ip` for both steps: each program started costs the server a
-    // few milliseconds, on the critical path of every launch.
-    let batch = format!("netns add {ns}\nlink add {h} type veth peer name {c} netns {ns}\n");
-    if let Err(e) = run_with_input("ip", &["-batch", "-"], Some(&batch)).await {
-        // Undo what ran before the failing line, if anything did.
-        if netns_path(id).exists() {
-            let _ = run("ip", &["netns", "del", &ns]).await;
+    let what = format!("netns {} with link {h}", netns_name(id));
+    let made = rtnl::on_own_thread(move || {
+        // The host's socket first: making the netns moves this thread into it.
+        let mut host = Rtnl::open()?;
+        rtnl::add_netns(&path)?;
+        let ns = std::fs::File::open(&path);
+        let linked = ns.and_then(|ns| host.add_veth(&h, &c, &ns));
+        if linked.is_err() {
+            let _ = rtnl::del_netns(&path);
         }
+        linked
+    })
+    .await
+    .and_then(|r| r);
+    match made {
+        Ok(()) => Ok(()),
         // The interface name is the host-wide claim on the slot: another
         // sbx server on this host may hold it.
-        return Err(match e {
-            Error::Host { reason, .. } if reason.contains("File exists") => {
-                Error::SlotTaken(slot.0)
-            }
-            e => e,
-        });
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && netns_free(id) => {
+            Err(Error::SlotTaken(slot.0))
+        }
+        Err(e) => Err(host_error(what, e)),
     }
-    Ok(())
+}
+
+/// Whether no netns of sandbox `id` exists (a failed [`create_link`] left none).
+fn netns_free(id: &str) -> bool {
+    !netns_path(id).exists()
+}
+
+fn host_error(what: String, e: std::io::Error) -> Error {
+    Error::Host {
+        what,
+        reason: e.to_string(),
+    }
 }
 
 /// Addresses both ends, adds the default route and the sandbox's firewall
@@ -108,32 +126,33 @@ pub async fn configure(
     allow_internet: bool,
     aliases: &[Ipv4Addr],
 ) -> Result<(), Error> {
-    let ns = netns_name(id);
-    let (h, c) = (slot.host_if(), slot.sandbox_if());
-    let host = format!(
-        "addr add {}/30 dev {h}\n\
-         link set {h} up\n",
-        slot.host_ip()
-    );
-    let mut inside = format!(
-        "addr add {}/30 dev {c}\n\
-         link set {c} up\n\
-         link set lo up\n\
-         route add default via {}\n",
-        slot.sandbox_ip(),
-        slot.host_ip()
-    );
-    for a in aliases.iter().filter(|a| **a != slot.sandbox_ip()) {
-        inside.push_str(&format!("addr add {a}/32 dev {c}\n"));
-    }
+    let h = slot.host_if();
     let result = async {
-        let inside_args = ["-n", ns.as_str(), "-batch", "-"];
-        let (host, inside) = tokio::join!(
-            run_with_input("ip", &["-batch", "-"], Some(&host)),
-            run_with_input("ip", &inside_args, Some(&inside)),
-        );
-        host?;
-        inside?;
+        let path = netns_path(id);
+        let aliases: Vec<Ipv4Addr> = aliases
+            .iter()
+            .copied()
+            .filter(|a| *a != slot.sandbox_ip())
+            .collect();
+        let (host_if, c) = (h.clone(), slot.sandbox_if());
+        rtnl::on_own_thread(move || {
+            let mut host = Rtnl::open()?;
+            host.add_address(&host_if, slot.host_ip(), 30)?;
+            host.set_up(&host_if)?;
+            rtnl::enter_netns(&path)?;
+            let mut inside = Rtnl::open()?;
+            inside.add_address(&c, slot.sandbox_ip(), 30)?;
+            inside.set_up(&c)?;
+            inside.set_up("lo")?;
+            inside.add_default_route(slot.host_ip())?;
+            for a in aliases {
+                inside.add_address(&c, a, 32)?;
+            }
+            Ok(())
+        })
+        .await
+        .and_then(|r: std::io::Result<()>| r)
+        .map_err(|e| host_error(format!("configuring {h}"), e))?;
         if !allow_internet {
             run(
                 "iptables",
@@ -157,8 +176,12 @@ pub async fn destroy(id: &str, slot: Slot) {
         .await
         .is_ok()
     {}
-    let _ = run("ip", &["link", "del", &h]).await;
-    let _ = run("ip", &["netns", "del", &netns_name(id)]).await;
+    let path = netns_path(id);
+    let _ = rtnl::on_own_thread(move || {
+        let _ = Rtnl::open().and_then(|mut host| host.del_link(&h));
+        let _ = rtnl::del_netns(&path);
+    })
+    .await;
 }
 
 /// Names of netns that sbx created (`sbx-*`), as sandbox ids.
@@ -320,6 +343,48 @@ mod tests {
         assert!(s.host_if().len() <= 15);
         assert_eq!(Slot::from_host_if("sbx12c"), None);
         assert_eq!(Slot::from_host_if("eth0"), None);
+    }
+
+    /// Needs root; `ip` checks what the netlink requests made.
+    #[tokio::test]
+    async fn configure_addresses_both_ends_and_routes_through_the_host() {
+        let slot = Slot(MAX_SLOTS - 4);
+        let id = "unittestconfigure";
+        destroy(id, slot).await;
+        create_link(id, slot).await.unwrap();
+        let alias = Ipv4Addr::new(10, 200, 9, 2);
+        configure(id, slot, true, &[alias, slot.sandbox_ip()])
+            .await
+            .unwrap();
+        let ns = netns_name(id);
+        let inside = run("ip", &["-n", &ns, "-o", "-4", "addr", "show"])
+            .await
+            .unwrap();
+        assert!(
+            inside.contains(&format!("{}/30", slot.sandbox_ip())),
+            "{inside}"
+        );
+        assert!(inside.contains(&format!("{alias}/32")), "{inside}");
+        assert!(inside.contains("127.0.0.1/8"), "lo is up: {inside}");
+        let route = run("ip", &["-n", &ns, "route", "show", "default"])
+            .await
+            .unwrap();
+        assert!(
+            route.contains(&format!("via {}", slot.host_ip())),
+            "{route}"
+        );
+        let host = run("ip", &["-o", "-4", "addr", "show", "dev", &slot.host_if()])
+            .await
+            .unwrap();
+        assert!(host.contains(&format!("{}/30", slot.host_ip())), "{host}");
+        let link = run("ip", &["-o", "link", "show", &slot.host_if()])
+            .await
+            .unwrap();
+        assert!(link.contains("state UP") || link.contains(",UP"), "{link}");
+        // A second configuration fails (the addresses exist) and removes all.
+        assert!(configure(id, slot, true, &[]).await.is_err());
+        assert!(!netns_path(id).exists());
+        assert!(run("ip", &["link", "show", &slot.host_if()]).await.is_err());
     }
 
     /// Needs root and `ip`, like every launch.
