@@ -151,6 +151,30 @@ async fn bad_input_is_a_400_and_creates_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    // A namespace in the path is checked before anything else.
+    for ns in ["bad%20ns", "ctl%07", "a%2Fb", &"n".repeat(129)] {
+        let r = s
+            .http
+            .post(format!("{}/v1/namespaces/{ns}/sandboxes", s.api))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{ns}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["code"], "invalid_argument", "{ns}");
+        assert!(e["message"].as_str().unwrap().contains("namespace"), "{e}");
+    }
+    let listed: Value = s
+        .http
+        .get(format!("{}/v1/namespaces/team-a.dev/sandboxes", s.api))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["sandboxes"].as_array().unwrap().len(), 0, "{listed}");
     let all: Value = s.api_json(Method::GET, "/sandboxes?all=true").await;
     assert_eq!(all["sandboxes"].as_array().unwrap().len(), 0, "{all}");
     assert!(s.host_leftovers().is_empty());

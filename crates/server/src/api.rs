@@ -65,7 +65,12 @@ where
             get(|| async { Json(serde_json::json!({"healthy": true})) }),
         )
         .route("/openapi.json", get(crate::openapi::spec))
-        .nest("/v1/namespaces/{ns}", sandbox_routes.clone())
+        .nest(
+            "/v1/namespaces/{ns}",
+            sandbox_routes
+                .clone()
+                .route_layer(axum::middleware::from_fn(check_namespace)),
+        )
         .merge(sandbox_routes)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
@@ -75,6 +80,38 @@ where
                 "this route does not take that method",
             )
         })
+}
+
+/// Answers 400 before any handler runs when the path's namespace is not a
+/// valid one (see [`validate_namespace`]).
+async fn check_namespace(
+    params: axum::extract::RawPathParams,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let ns = params.iter().find(|(k, _)| *k == "ns").map(|(_, v)| v);
+    match ns.map(validate_namespace) {
+        Some(Err(e)) => e.into_response(),
+        _ => next.run(req).await,
+    }
+}
+
+/// Namespaces are 1–128 letters, digits, '-', '_' or '.', and not `.`/`..`.
+pub fn validate_namespace(ns: &str) -> ApiResult<()> {
+    let ok = !ns.is_empty()
+        && ns.len() <= 128
+        && ns != "."
+        && ns != ".."
+        && ns
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "invalid namespace {ns:?}: use 1–128 letters, digits, '-', '_' or '.'"
+        )))
+    }
 }
 
 /// The namespace from the path, `default` for flat routes.
@@ -629,6 +666,21 @@ async fn copy(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn namespaces() {
+        for ok in ["default", "team-a", "proj_1", "a.b", "x"] {
+            assert!(validate_namespace(ok).is_ok(), "{ok}");
+        }
+        let long = "n".repeat(129);
+        for bad in ["", ".", "..", "a b", "a/b", "ns\u{7}", "é", long.as_str()] {
+            assert_eq!(
+                validate_namespace(bad).unwrap_err().status,
+                StatusCode::BAD_REQUEST,
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn update_bodies() {
