@@ -254,6 +254,64 @@ async fn snapshot_while_the_source_keeps_writing() {
     s.cleanup().await;
 }
 
+/// A resume that fails (its memory image made unreadable) answers 503 with
+/// the reason, through the API and through the proxy; the sandbox stays
+/// suspended and says why; once the image is back, a resume succeeds and
+/// the error is gone.
+#[tokio::test]
+async fn a_failed_resume_says_why_and_a_later_one_succeeds() {
+    let s = Server::start().await;
+    let id = s.create(json!({"name": "fragile"})).await;
+    s.sh("fragile", "echo kept > /root/kept").await;
+    let (code, v) = post_status(&s, "/sandboxes/fragile/suspend?wait_ms=30000", json!({})).await;
+    assert_eq!(
+        (code, v["status"].as_str()),
+        (200, Some("suspended")),
+        "{v}"
+    );
+    let image = s
+        .data_dir
+        .join("sandboxes")
+        .join(&id)
+        .join("suspend")
+        .join("checkpoint.img");
+    let away = image.with_extension("away");
+    std::fs::rename(&image, &away).unwrap();
+
+    let (code, e) = post_status(&s, "/sandboxes/fragile/resume?wait_ms=30000", json!({})).await;
+    assert_eq!(code, 503, "{e}");
+    assert_eq!(e["code"], "unavailable", "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("resume failed"),
+        "{e}"
+    );
+    let v = s.api_json(Method::GET, "/sandboxes/fragile").await;
+    assert_eq!(v["status"], "suspended", "{v}");
+    let why = v["error_details"]["message"].as_str().unwrap_or_default();
+    assert!(why.contains("resume failed"), "{v}");
+    assert!(netns_of(std::slice::from_ref(&id)).is_empty());
+    // A request through the proxy resumes on its own: it fails the same way.
+    let r = s
+        .daemon("fragile", Method::GET, "/health")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["message"].as_str().unwrap().contains("resume failed"),
+        "{e}"
+    );
+
+    std::fs::rename(&away, &image).unwrap();
+    let (code, v) = post_status(&s, "/sandboxes/fragile/resume?wait_ms=30000", json!({})).await;
+    assert_eq!((code, v["status"].as_str()), (200, Some("running")), "{v}");
+    assert!(v["error_details"].is_null(), "{v}");
+    assert_eq!(s.sh("fragile", "cat /root/kept").await, "kept\n");
+    s.cleanup().await;
+    assert!(s.host_leftovers().is_empty(), "{:?}", s.host_leftovers());
+}
+
 #[tokio::test]
 async fn suspend_and_resume_ten_times_keep_files_and_processes() {
     let s = Server::start().await;

@@ -265,7 +265,8 @@ async fn auto_resume(
         sandbox = row.id,
         "request for a suspended sandbox: resuming it"
     );
-    manager.resume(&row).await?;
+    let resuming = manager.resume(&row).await?;
+    crate::snapshots::resume_outcome(resuming, LIMIT).await?;
     manager
         .wait_for_status(&row.id, SandboxStatus::Running, LIMIT)
         .await

@@ -20,6 +20,21 @@ pub fn new_snapshot_id() -> String {
     format!("snap{}", crate::lifecycle::random_hex(20))
 }
 
+/// The outcome of a resume under way: `Err` says why it failed.
+pub type Resuming = tokio::sync::oneshot::Receiver<Result<(), String>>;
+
+/// Waits up to `limit` for a resume's outcome; `Err` when it failed, `Ok`
+/// when it succeeded or the outcome is not known yet.
+pub async fn resume_outcome(resuming: Option<Resuming>, limit: Duration) -> ApiResult<()> {
+    match resuming {
+        Some(rx) => match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(Err(why))) => Err(ApiError::unavailable(why)),
+            _ => Ok(()),
+        },
+        None => Ok(()),
+    }
+}
+
 impl Manager {
     /// Starts a snapshot of a running sandbox; the task ends when the
     /// capture did (the snapshot is then `local_ready` or `failed`).
@@ -311,7 +326,9 @@ impl Manager {
     }
 
     /// Starts resuming a suspended sandbox (idempotent for a running one).
-    pub async fn resume(self: &Arc<Self>, row: &SandboxRow) -> ApiResult<()> {
+    /// The receiver, when there is one, gets the outcome: a failed resume
+    /// leaves the sandbox suspended with the reason as its error.
+    pub async fn resume(self: &Arc<Self>, row: &SandboxRow) -> ApiResult<Option<Resuming>> {
         match row.status {
             SandboxStatus::Running | SandboxStatus::Suspended => {}
             SandboxStatus::Suspending => {}
@@ -323,10 +340,11 @@ impl Manager {
             }
         }
         if row.status == SandboxStatus::Running {
-            return Ok(());
+            return Ok(None);
         }
         let me = self.clone();
         let id = row.id.clone();
+        let (done, resuming) = tokio::sync::oneshot::channel();
         self.tasks.spawn(async move {
             let lock = me.lock_for(&id);
             let _guard = lock.lock().await;
@@ -352,16 +370,23 @@ impl Manager {
                             None,
                         )
                         .await;
+                    let _ = me.store.set_error(&id, None).await;
                     tracing::info!(
                         sandbox = id,
                         ms = started.elapsed().as_millis() as u64,
                         "sandbox resumed"
                     );
+                    let _ = done.send(Ok(()));
                 }
-                Err(e) => tracing::warn!(sandbox = id, "resume failed (still suspended): {e}"),
+                Err(e) => {
+                    let why = format!("resume failed (the sandbox stays suspended): {e}");
+                    tracing::warn!(sandbox = id, "{why}");
+                    let _ = me.store.set_error(&id, Some(&why)).await;
+                    let _ = done.send(Err(why));
+                }
             }
         });
-        Ok(())
+        Ok(Some(resuming))
     }
 
     /// Waits up to `limit` for the sandbox to reach `target`; returns its row.

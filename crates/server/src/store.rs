@@ -262,6 +262,16 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
+    /// Sets (or, with `None`, clears) the error a sandbox reports.
+    pub async fn set_error(&self, id: &str, error: Option<&str>) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE sandboxes SET error = ? WHERE id = ?")
+            .bind(error)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn set_name(&self, id: &str, name: Option<&str>) -> Result<(), StoreError> {
         let r = sqlx::query("UPDATE sandboxes SET name = ? WHERE id = ?")
             .bind(name)
