@@ -193,8 +193,13 @@ impl Server {
     }
 
     pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.req_in("default", method, path)
+    }
+
+    /// A control-plane request in namespace `ns` (as it appears in the URL).
+    pub fn req_in(&self, ns: &str, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
-            .request(method, self.url(path))
+            .request(method, format!("{}/v1/namespaces/{ns}{path}", self.api))
             .bearer(self.key.as_deref())
     }
 
@@ -215,7 +220,12 @@ impl Server {
 
     /// A control-plane request answered with JSON (any status).
     pub async fn api_json(&self, method: reqwest::Method, path: &str) -> Value {
-        self.req(method, path)
+        self.api_json_in("default", method, path).await
+    }
+
+    /// [`Server::api_json`] in namespace `ns`.
+    pub async fn api_json_in(&self, ns: &str, method: reqwest::Method, path: &str) -> Value {
+        self.req_in(ns, method, path)
             .send()
             .await
             .unwrap()

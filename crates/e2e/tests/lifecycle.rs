@@ -154,8 +154,7 @@ async fn bad_input_is_a_400_and_creates_nothing() {
     // A namespace in the path is checked before anything else.
     for ns in ["bad%20ns", "ctl%07", "a%2Fb", &"n".repeat(129)] {
         let r = s
-            .http
-            .post(format!("{}/v1/namespaces/{ns}/sandboxes", s.api))
+            .req_in(ns, Method::POST, "/sandboxes")
             .json(&json!({}))
             .send()
             .await
@@ -165,15 +164,7 @@ async fn bad_input_is_a_400_and_creates_nothing() {
         assert_eq!(e["code"], "invalid_argument", "{ns}");
         assert!(e["message"].as_str().unwrap().contains("namespace"), "{e}");
     }
-    let listed: Value = s
-        .http
-        .get(format!("{}/v1/namespaces/team-a.dev/sandboxes", s.api))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = s.api_json_in("team-a.dev", Method::GET, "/sandboxes").await;
     assert_eq!(listed["sandboxes"].as_array().unwrap().len(), 0, "{listed}");
     let all: Value = s.api_json(Method::GET, "/sandboxes?all=true").await;
     assert_eq!(all["sandboxes"].as_array().unwrap().len(), 0, "{all}");

@@ -88,8 +88,7 @@ pub async fn create_link(id: &str, slot: Slot) -> Result<(), Error> {
         }
         linked
     })
-    .await
-    .and_then(|r| r);
+    .await;
     match made {
         Ok(()) => Ok(()),
         // The interface name is the host-wide claim on the slot: another
@@ -151,7 +150,6 @@ pub async fn configure(
             Ok(())
         })
         .await
-        .and_then(|r: std::io::Result<()>| r)
         .map_err(|e| host_error(format!("configuring {h}"), e))?;
         if !allow_internet {
             run(
@@ -179,7 +177,7 @@ pub async fn destroy(id: &str, slot: Slot) {
     let path = netns_path(id);
     let _ = rtnl::on_own_thread(move || {
         let _ = Rtnl::open().and_then(|mut host| host.del_link(&h));
-        let _ = rtnl::del_netns(&path);
+        rtnl::del_netns(&path)
     })
     .await;
 }

@@ -33,7 +33,7 @@ pub const NETNS_DIR: &str = "/var/run/netns";
 
 /// Runs `f` on a thread of its own, which ends with it.
 pub async fn on_own_thread<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -42,7 +42,7 @@ pub async fn on_own_thread<T: Send + 'static>(
             let _ = tx.send(f());
         })?;
     rx.await
-        .map_err(|_| io::Error::other("netns thread panicked"))
+        .map_err(|_| io::Error::other("netns thread panicked"))?
 }
 
 /// A route netlink socket in the namespace of the thread that opened it.

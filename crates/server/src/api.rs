@@ -635,11 +635,7 @@ async fn resume(
 ) -> ApiResult<Response> {
     let row = find(&state, &namespace(&params), &params["id"]).await?;
     let resuming = state.manager.resume(&row).await?;
-    if resuming.is_none() {
-        return lifecycle_answer(&state, &headers, &row.id, SandboxStatus::Running, q.wait_ms)
-            .await;
-    }
-    // A resume under way: its outcome, or after the wait where it stands.
+    // The resume's outcome (a failure is an error), then where it stands.
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(MAX_WAIT_MS));
     crate::snapshots::resume_outcome(resuming, wait).await?;
     lifecycle_answer(&state, &headers, &row.id, SandboxStatus::Running, None).await
