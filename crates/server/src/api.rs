@@ -591,6 +591,11 @@ struct WaitQuery {
 /// Most a suspend or resume call waits for its target state.
 const MAX_WAIT_MS: u64 = 30_000;
 
+/// How long a lifecycle call waits for its target state (`?wait_ms`, capped).
+fn wait_limit(wait_ms: Option<u64>) -> Duration {
+    Duration::from_millis(wait_ms.unwrap_or(0).min(MAX_WAIT_MS))
+}
+
 /// 200 with the sandbox once it reached `target` within `wait_ms`, else 202.
 async fn lifecycle_answer(
     state: &ApiState,
@@ -599,8 +604,10 @@ async fn lifecycle_answer(
     target: SandboxStatus,
     wait_ms: Option<u64>,
 ) -> ApiResult<Response> {
-    let wait = Duration::from_millis(wait_ms.unwrap_or(0).min(MAX_WAIT_MS));
-    let row = state.manager.wait_for_status(id, target, wait).await?;
+    let row = state
+        .manager
+        .wait_for_status(id, target, wait_limit(wait_ms))
+        .await?;
     let code = if row.status == target {
         StatusCode::OK
     } else {
@@ -636,8 +643,7 @@ async fn resume(
     let row = find(&state, &namespace(&params), &params["id"]).await?;
     let resuming = state.manager.resume(&row).await?;
     // The resume's outcome (a failure is an error), then where it stands.
-    let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(MAX_WAIT_MS));
-    crate::snapshots::resume_outcome(resuming, wait).await?;
+    crate::snapshots::resume_outcome(resuming, wait_limit(q.wait_ms)).await?;
     lifecycle_answer(&state, &headers, &row.id, SandboxStatus::Running, None).await
 }
 

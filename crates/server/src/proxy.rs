@@ -265,10 +265,13 @@ async fn auto_resume(
         sandbox = row.id,
         "request for a suspended sandbox: resuming it"
     );
+    let started = std::time::Instant::now();
     let resuming = manager.resume(&row).await?;
     crate::snapshots::resume_outcome(resuming, LIMIT).await?;
+    // One limit for both waits: an outcome still unknown has used it up.
+    let left = LIMIT.saturating_sub(started.elapsed());
     manager
-        .wait_for_status(&row.id, SandboxStatus::Running, LIMIT)
+        .wait_for_status(&row.id, SandboxStatus::Running, left)
         .await
 }
 
