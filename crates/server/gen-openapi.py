@@ -48,6 +48,12 @@ U64 = {"type": "integer", "minimum": 0}
 I32 = {"type": "integer", "format": "int32"}
 TIME = {"type": "string", "format": "date-time"}
 STRS = {"type": "array", "items": STR}
+OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+DESTINATIONS = {
+    "type": "array",
+    "maxItems": 256,
+    "items": {"type": "string", "pattern": f"^({OCTET}\\.){{3}}{OCTET}(/(3[0-2]|[12]?[0-9]))?$"},
+}
 PORT = {"type": "integer", "minimum": 0, "maximum": 65535}
 
 SANDBOX_STATUSES = [
@@ -102,8 +108,16 @@ schemas = {
     ),
     "NetworkPolicyRequest": obj(
         [],
-        {"allow_internet_access": {**BOOL, "default": True}, "allow_out": STRS, "deny_out": STRS},
+        {
+            "allow_internet_access": {**BOOL, "default": True,
+                                      "description": "false: no outbound traffic (DNS included) but to `allow_out`"},
+            "allow_out": {**DESTINATIONS,
+                          "description": "reachable even when `deny_out` or `allow_internet_access: false` would block them; "
+                                         "never opens private ranges, the host or other sandboxes"},
+            "deny_out": {**DESTINATIONS, "description": "not reachable (`0.0.0.0/0`: nothing but `allow_out`)"},
+        },
         extra=True,
+        description="Egress policy. Entries are IPv4 addresses or CIDR blocks; host names and IPv6 are a 400.",
     ),
     "CreateSandboxRequest": obj(
         [],

@@ -158,13 +158,14 @@ async fn entrypoint_runs_as_a_managed_process() {
     s.cleanup().await;
 }
 
-/// A stand-in "outside" host in a network namespace of the test's own, on
-/// an address of the benchmarking range 198.18.0.0/15, with a route to it
-/// from the host. Removed on drop; no packet leaves the machine.
+/// A stand-in "outside" host in a network namespace of the test's own, with
+/// two addresses of the benchmarking range 198.18.0.0/15 on a /24 linked to
+/// the host, each serving HTTP on port 8080. Removed on drop, with its route;
+/// no packet leaves the machine.
 struct OutsideHost {
     netns: String,
     host_if: String,
-    addr: String,
+    addrs: [String; 2],
     server: Option<std::process::Child>,
 }
 
@@ -173,8 +174,7 @@ impl OutsideHost {
         let netns = format!("test-outside{tag}");
         let host_if = format!("tout{tag}");
         let peer = format!("tpeer{tag}");
-        let host_ip = format!("198.18.{tag}.1");
-        let addr = format!("198.18.{tag}.2");
+        let addrs = [format!("198.18.{tag}.2"), format!("198.18.{tag}.3")];
         let sh = |args: &[&str]| {
             let st = Command::new(args[0]).args(&args[1..]).status().unwrap();
             assert!(st.success(), "{args:?}");
@@ -184,40 +184,40 @@ impl OutsideHost {
         sh(&[
             "ip", "link", "add", &host_if, "type", "veth", "peer", "name", &peer, "netns", &netns,
         ]);
-        sh(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{host_ip}/30"),
-            "dev",
-            &host_if,
-        ]);
+        let host_ip = format!("198.18.{tag}.1/24");
+        sh(&["ip", "addr", "add", &host_ip, "dev", &host_if]);
         sh(&["ip", "link", "set", &host_if, "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            &netns,
-            "addr",
-            "add",
-            &format!("{addr}/30"),
-            "dev",
-            &peer,
-        ]);
+        for a in &addrs {
+            let a = format!("{a}/24");
+            sh(&["ip", "-n", &netns, "addr", "add", &a, "dev", &peer]);
+        }
         sh(&["ip", "-n", &netns, "link", "set", &peer, "up"]);
         sh(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
         let server = Command::new("ip")
             .args(["netns", "exec", &netns, "python3", "-c"])
-            .arg(format!(
-                "import http.server\nclass H(http.server.BaseHTTPRequestHandler):\n    def do_GET(self):\n        self.send_response(200); self.end_headers(); self.wfile.write(b'outside-ok')\n    def log_message(self, *a): pass\nhttp.server.HTTPServer(('{addr}', 8080), H).serve_forever()\n"
-            ))
+            .arg(
+                "import http.server\nclass H(http.server.BaseHTTPRequestHandler):\n    def do_GET(self):\n        self.send_response(200); self.end_headers(); self.wfile.write(b'outside-ok')\n    def log_message(self, *a): pass\nhttp.server.HTTPServer(('0.0.0.0', 8080), H).serve_forever()\n",
+            )
             .spawn()
             .unwrap();
-        OutsideHost {
+        let outside = OutsideHost {
             netns,
             host_if,
-            addr,
+            addrs,
             server: Some(server),
+        };
+        // Both addresses answer the host before any sandbox asks.
+        for a in &outside.addrs {
+            let addr: std::net::SocketAddr = format!("{a}:8080").parse().unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(1))
+                .is_err()
+            {
+                assert!(std::time::Instant::now() < deadline, "{a} never answered");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
         }
+        outside
     }
 }
 
@@ -236,31 +236,149 @@ impl Drop for OutsideHost {
     }
 }
 
+/// Which of `addrs` a sandbox reaches over HTTP: "ok" or "blocked" each.
+async fn reach(s: &Server, id: &str, addrs: &[&str]) -> Vec<String> {
+    let script = format!(
+        "import urllib.request\nfor a in {addrs:?}:\n    try:\n        urllib.request.urlopen(f'http://{{a}}:8080/', timeout=2).read(); print('ok')\n    except Exception:\n        print('blocked')\n"
+    );
+    let r = s
+        .run(id, json!({"command": "python3", "args": ["-c", script]}))
+        .await;
+    assert_eq!(r.exit["exit_code"], 0, "{r:?}");
+    r.stdout.lines().map(str::to_string).collect()
+}
+
 #[tokio::test]
-async fn egress_goes_out_through_nat_unless_internet_access_is_off() {
+async fn egress_follows_each_sandbox_policy() {
     let outside = OutsideHost::start(7);
+    let [a, b] = [outside.addrs[0].as_str(), outside.addrs[1].as_str()];
     let s = Server::start().await;
     let open = s.create(json!({})).await;
-    let closed = s
-        .create(json!({"network": {"allow_internet_access": false}}))
-        .await;
-    let fetch = format!(
-        "import urllib.request, time\nfor i in range(20):\n    try:\n        print(urllib.request.urlopen('http://{}:8080/', timeout=1).read().decode()); break\n    except Exception as e:\n        err = e; time.sleep(0.1)\nelse:\n    print('blocked')\n",
-        outside.addr
+    let policies = [
+        json!({"allow_internet_access": false}),
+        json!({"deny_out": [b]}),
+        json!({"allow_internet_access": false, "allow_out": [a]}),
+        json!({"deny_out": ["0.0.0.0/0"], "allow_out": [format!("{b}/32")]}),
+        // An allow list cannot open what no sandbox may reach.
+        json!({"allow_out": ["10.0.0.0/8"]}),
+    ];
+    let mut ids = Vec::new();
+    for p in &policies {
+        ids.push(s.create(json!({"network": p})).await);
+    }
+    let other_agent = format!("{}:9501", sandbox_ip(&open));
+    let targets = [a, b];
+    let reached = futures::future::join_all(
+        std::iter::once(&open)
+            .chain(&ids)
+            .map(|id| reach(&s, id, &targets)),
+    )
+    .await;
+    let expected = [
+        ["ok", "ok"],
+        ["blocked", "blocked"],
+        ["ok", "blocked"],
+        ["ok", "blocked"],
+        ["blocked", "ok"],
+        ["ok", "ok"],
+    ];
+    for (i, want) in expected.iter().enumerate() {
+        assert_eq!(
+            reached[i],
+            want,
+            "sandbox {i} (policy {:?})",
+            policies.get(i.wrapping_sub(1))
+        );
+    }
+    let probe = format!(
+        "import socket\ns=socket.socket(); s.settimeout(2)\ntry:\n    s.connect(('{}', 9501)); print('open')\nexcept Exception:\n    print('blocked')\n",
+        other_agent.split(':').next().unwrap()
     );
     let r = s
-        .run(&open, json!({"command": "python3", "args": ["-c", fetch]}))
+        .run(
+            &ids[4],
+            json!({"command": "python3", "args": ["-c", probe]}),
+        )
         .await;
-    assert_eq!(r.stdout, "outside-ok\n", "{r:?}");
-    let once = fetch.replace("range(20)", "range(1)");
-    let r = s
-        .run(&closed, json!({"command": "python3", "args": ["-c", once]}))
+    assert_eq!(r.stdout, "blocked\n", "allow_out reached another sandbox");
+    let (_, info) = s.get(&ids[2]).await;
+    assert_eq!(info["network_policy"]["allow_internet_access"], false);
+    assert_eq!(info["network_policy"]["allow_out"], json!([a]));
+
+    // The policy outlives a suspend and resume.
+    let named = s
+        .create(json!({"name": "walled", "network": {"deny_out": [a]}}))
         .await;
-    assert_eq!(r.stdout, "blocked\n", "{r:?}");
-    assert_eq!(
-        s.get(&closed).await.1["network_policy"]["allow_internet_access"],
-        false
+    assert_eq!(reach(&s, &named, &[a, b]).await, ["blocked", "ok"]);
+    for step in ["suspend", "resume"] {
+        let r = s
+            .req(
+                Method::POST,
+                &format!("/sandboxes/walled/{step}?wait_ms=30000"),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{step}");
+    }
+    assert_eq!(reach(&s, &named, &[a, b]).await, ["blocked", "ok"]);
+
+    // Bad entries are refused and create nothing.
+    let before = s.api_json(Method::GET, "/sandboxes").await["sandboxes"]
+        .as_array()
+        .unwrap()
+        .len();
+    for bad in ["example.com", "198.18.0.0/40", "2001:db8::1"] {
+        let r = s
+            .req(Method::POST, "/sandboxes")
+            .json(&json!({"network": {"deny_out": [bad]}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        let e: Value = r.json().await.unwrap();
+        assert!(
+            e["message"].as_str().unwrap().contains("network.deny_out"),
+            "{e}"
+        );
+    }
+    let after = s.api_json(Method::GET, "/sandboxes").await["sandboxes"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(before, after);
+
+    // Each policy's chain goes with its sandbox.
+    let chains: Vec<String> = std::iter::once(&named)
+        .chain(&ids)
+        .map(|id| {
+            let o: Vec<u32> = sandbox_ip(id)
+                .split('.')
+                .map(|x| x.parse().unwrap())
+                .collect();
+            format!("SBX-N{}", (o[2] * 256 + o[3]) / 4)
+        })
+        .collect();
+    let rules = || {
+        let out = Command::new("iptables")
+            .args(["-w", "-S"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = rules();
+    // All but the last policy narrow what the shared rules allow.
+    let narrowed = &chains[..chains.len() - 1];
+    assert!(
+        narrowed
+            .iter()
+            .all(|c| before.contains(&format!("-N {c}\n"))),
+        "{before}"
     );
     s.cleanup().await;
+    let after = rules();
+    for c in &chains {
+        assert!(!after.contains(&format!("{c}\n")), "{c} left: {after}");
+    }
     drop(outside);
 }

@@ -75,7 +75,9 @@ pub struct LaunchSpec {
     pub memory_mb: u64,
     pub disk_mb: u64,
     pub entrypoint: Vec<String>,
-    pub allow_internet: bool,
+    /// Where it may send traffic (`allow_internet` on its own in older metadata).
+    #[serde(flatten)]
+    pub egress: net::Egress,
     /// A snapshot's layer, between the image and the writable layer.
     #[serde(default)]
     pub layer: Option<PathBuf>,
@@ -298,7 +300,7 @@ impl Executor {
     ) -> Result<(), Error> {
         let (created, configured) = tokio::join!(
             self.runtime.create(runtime_spec),
-            net::configure(&spec.id, slot, spec.allow_internet, &spec.aliases)
+            net::configure(&spec.id, slot, &spec.egress, &spec.aliases)
         );
         if let Err(e) = configured {
             if created.is_ok() {
@@ -342,7 +344,7 @@ impl Executor {
         let make_net = async {
             let slot = self.create_net(spec).await?;
             if spec.checkpoint.is_some() {
-                net::configure(&spec.id, slot, spec.allow_internet, &spec.aliases).await?;
+                net::configure(&spec.id, slot, &spec.egress, &spec.aliases).await?;
             }
             Ok::<_, Error>(slot)
         };
@@ -673,7 +675,7 @@ impl Executor {
             .await?;
             let runtime_spec = self.runtime_spec(&spec);
             // `runsc restore` creates the sandbox itself.
-            net::configure(id, slot, spec.allow_internet, &spec.aliases).await?;
+            net::configure(id, slot, &spec.egress, &spec.aliases).await?;
             let state = self.runtime.restore(&runtime_spec, &image).await?;
             let addr = SocketAddr::new(slot.sandbox_ip().into(), AGENT_PORT);
             self.agent_ready(id, addr).await?;
@@ -938,4 +940,23 @@ async fn wait_for_agent(addr: SocketAddr, limit: std::time::Duration) -> Result<
 /// The sandbox address range, for callers that must recognise it.
 pub fn sandbox_ip(slot: u32) -> Ipv4Addr {
     Slot(slot).sandbox_ip()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_launch_spec_keeps_its_policy_and_reads_older_metadata() {
+        let old = r#"{"id":"sbx1","image":"default","cpus":1.0,"memory_mb":1024,
+            "disk_mb":10240,"entrypoint":[],"allow_internet":false}"#;
+        let spec: LaunchSpec = serde_json::from_str(old).unwrap();
+        assert!(!spec.egress.allow_internet);
+        assert!(spec.egress.deny_out.is_empty());
+        let mut spec = spec;
+        spec.egress.deny_out = vec!["198.18.0.0/15".parse().unwrap()];
+        let again: LaunchSpec =
+            serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
+        assert_eq!(again.egress, spec.egress);
+    }
 }

@@ -3,11 +3,14 @@
 //! Sandbox `n` gets the /30 `10.200.0.0/16 + 4n`: the host end of its veth
 //! pair (`sbx{n}h`) is `.1`, the sandbox end (`sbx{n}c`, inside netns
 //! `sbx-{id}`) is `.2`. Sandboxes reach the internet through NAT, but not
-//! each other, the host's services or private networks.
+//! each other, the host's services or private networks. A sandbox's own
+//! policy ([`Egress`]) narrows that further in a chain of its own.
 
-use crate::cmd::run;
+use crate::cmd::{run, run_with_input};
 use crate::rtnl::{self, Rtnl};
 use crate::Error;
+pub use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
 /// Base of the sandbox address range (a /16).
@@ -25,6 +28,77 @@ const BLOCKED: &[&str] = &[
     "127.0.0.0/8",
     "224.0.0.0/4",
 ];
+
+/// Where one sandbox may send traffic, within what every sandbox may reach
+/// (never another sandbox, the host, private or link-local networks).
+///
+/// `allow_out` wins over `deny_out`, which wins over `allow_internet`: deny
+/// `0.0.0.0/0` and allow one address to reach only that address. DNS to the
+/// host's resolvers counts as traffic like any other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Egress {
+    pub allow_internet: bool,
+    #[serde(default)]
+    pub allow_out: Vec<Ipv4Net>,
+    #[serde(default)]
+    pub deny_out: Vec<Ipv4Net>,
+}
+
+impl Default for Egress {
+    fn default() -> Self {
+        Egress {
+            allow_internet: true,
+            allow_out: Vec::new(),
+            deny_out: Vec::new(),
+        }
+    }
+}
+
+impl Egress {
+    /// The `iptables-restore` input that adds the sandbox's chain and sends
+    /// its traffic there first; `None` when the shared rules are its policy.
+    fn rules(&self, slot: Slot) -> Option<String> {
+        if self.allow_internet && self.deny_out.is_empty() {
+            return None;
+        }
+        let chain = slot.chain();
+        let mut r = format!("*filter\n:{chain} - [0:0]\n");
+        // Returning hands the packet to the shared rules, which still keep
+        // every sandbox from private networks and from each other.
+        for net in &self.allow_out {
+            r += &format!("-A {chain} -d {net} -j RETURN\n");
+        }
+        for net in &self.deny_out {
+            r += &format!("-A {chain} -d {net} -j DROP\n");
+        }
+        if !self.allow_internet {
+            r += &format!("-A {chain} -j DROP\n");
+        }
+        r += &format!(
+            "-A {CHAIN_EGRESS} -i {} -j {chain}\nCOMMIT\n",
+            slot.host_if()
+        );
+        Some(r)
+    }
+}
+
+/// Parses one `allow_out`/`deny_out` entry: an IPv4 address or CIDR block.
+pub fn parse_destination(entry: &str) -> Result<Ipv4Net, String> {
+    let entry = entry.trim();
+    let parsed = match entry.split_once('/') {
+        Some(_) => entry.parse::<Ipv4Net>().ok(),
+        None => entry.parse::<Ipv4Addr>().ok().map(Ipv4Net::from),
+    };
+    match parsed {
+        Some(net) => Ok(net.trunc()),
+        None if entry.contains(':') => Err(format!(
+            "{entry:?}: sandboxes have no IPv6; give an IPv4 address or CIDR block"
+        )),
+        None => Err(format!(
+            "{entry:?} is not an IPv4 address or CIDR block (such as 203.0.113.7 or 198.51.100.0/24; host names are not supported)"
+        )),
+    }
+}
 
 /// The addresses of one sandbox's link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +125,10 @@ impl Slot {
     }
     pub fn sandbox_if(self) -> String {
         format!("sbx{}c", self.0)
+    }
+    /// The firewall chain of the sandbox's own [`Egress`] policy.
+    fn chain(self) -> String {
+        format!("SBX-N{}", self.0)
     }
     /// Parses a host-side interface name back into its slot.
     pub fn from_host_if(name: &str) -> Option<Slot> {
@@ -113,7 +191,7 @@ fn host_error(what: String, e: std::io::Error) -> Error {
 }
 
 /// Addresses both ends, adds the default route and the sandbox's firewall
-/// rule. On failure the netns and link are removed.
+/// rules. On failure the netns, link and rules are removed.
 ///
 /// `aliases` are further addresses of the sandbox's interface: the
 /// addresses a restored memory image had where it was captured. Its
@@ -122,7 +200,7 @@ fn host_error(what: String, e: std::io::Error) -> Error {
 pub async fn configure(
     id: &str,
     slot: Slot,
-    allow_internet: bool,
+    egress: &Egress,
     aliases: &[Ipv4Addr],
 ) -> Result<(), Error> {
     let h = slot.host_if();
@@ -151,12 +229,10 @@ pub async fn configure(
         })
         .await
         .map_err(|e| host_error(format!("configuring {h}"), e))?;
-        if !allow_internet {
-            run(
-                "iptables",
-                &["-w", "-I", CHAIN_FWD, "1", "-i", &h, "-j", "DROP"],
-            )
-            .await?;
+        if let Some(rules) = egress.rules(slot) {
+            // One program run for the chain, its rules and the jump to it,
+            // applied all or nothing.
+            run_with_input("iptables-restore", &["-w", "--noflush"], Some(&rules)).await?;
         }
         Ok(())
     }
@@ -167,13 +243,23 @@ pub async fn configure(
     result
 }
 
-/// Removes the netns, its veth pair and any per-sandbox firewall rule. Best effort, idempotent.
+/// Removes the netns, its veth pair and any per-sandbox firewall rules. Best effort, idempotent.
 pub async fn destroy(id: &str, slot: Slot) {
-    let h = slot.host_if();
-    while run("iptables", &["-w", "-D", CHAIN_FWD, "-i", &h, "-j", "DROP"])
-        .await
-        .is_ok()
-    {}
+    let (h, chain) = (slot.host_if(), slot.chain());
+    let mut had_chain = false;
+    while run(
+        "iptables",
+        &["-w", "-D", CHAIN_EGRESS, "-i", &h, "-j", &chain],
+    )
+    .await
+    .is_ok()
+    {
+        had_chain = true;
+    }
+    if had_chain {
+        let _ = run("iptables", &["-w", "-F", &chain]).await;
+        let _ = run("iptables", &["-w", "-X", &chain]).await;
+    }
     let path = netns_path(id);
     let _ = rtnl::on_own_thread(move || {
         let _ = Rtnl::open().and_then(|mut host| host.del_link(&h));
@@ -196,22 +282,33 @@ pub async fn list_netns() -> Result<Vec<String>, Error> {
 const CHAIN_FWD: &str = "SBX-FORWARD";
 const CHAIN_IN: &str = "SBX-INPUT";
 const CHAIN_NAT: &str = "SBX-POSTROUTING";
+/// Jumps to the chains of sandboxes with their own [`Egress`] policy.
+const CHAIN_EGRESS: &str = "SBX-EGRESS";
 
 /// Installs the host firewall rules shared by every sandbox. Idempotent, and
-/// safe beside other sbx servers on the same host: rules are added when
-/// missing, never flushed.
+/// safe beside other sbx servers on the same host: the shared chains are
+/// rewritten whole with the same rules, the sandboxes' own chains are kept.
 pub async fn install_firewall() -> Result<(), Error> {
     tokio::fs::write("/proc/sys/net/ipv4/ip_forward", "1").await?;
     // Traffic to a sandbox address with no sandbox behind it (gone, not yet
     // made) dies here instead of following the default route off the host:
     // each live sandbox's /30 is more specific and wins.
     run("ip", &["route", "replace", "blackhole", RANGE]).await?;
+    // Made when missing, never rewritten: it holds live sandboxes' jumps.
+    let _ = run("iptables", &["-w", "-N", CHAIN_EGRESS]).await;
+    // Written in one step, in order: rules appended one by one when missing
+    // could land after the final ACCEPT, where they do nothing.
+    run_with_input(
+        "iptables-restore",
+        &["-w", "--noflush"],
+        Some(&shared_rules(&host_nameservers())),
+    )
+    .await?;
     for (table, chain, parent) in [
         ("filter", CHAIN_FWD, "FORWARD"),
         ("filter", CHAIN_IN, "INPUT"),
         ("nat", CHAIN_NAT, "POSTROUTING"),
     ] {
-        let _ = run("iptables", &["-w", "-t", table, "-N", chain]).await;
         if run("iptables", &["-w", "-t", table, "-C", parent, "-j", chain])
             .await
             .is_err()
@@ -223,68 +320,43 @@ pub async fn install_firewall() -> Result<(), Error> {
             .await?;
         }
     }
-    let established = [
-        "-m",
-        "conntrack",
-        "--ctstate",
-        "ESTABLISHED,RELATED",
-        "-j",
-        "ACCEPT",
+    Ok(())
+}
+
+/// The `iptables-restore` input of the shared chains (declaring a chain
+/// empties it first).
+fn shared_rules(nameservers: &[Ipv4Addr]) -> String {
+    let established = "-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT";
+    let mut fwd = vec![
+        // Replies to what the host or the internet was asked.
+        format!("-o sbx+ {established}"),
+        "-i sbx+ -o sbx+ -j DROP".to_string(),
+        format!("-i sbx+ -j {CHAIN_EGRESS}"),
     ];
-    let mut rules: Vec<(&str, &str, Vec<String>)> = Vec::new();
-    let v = |parts: &[&str]| parts.iter().map(|p| p.to_string()).collect::<Vec<_>>();
-    // Replies to connections the host opened (the proxy) come back in; nothing else does.
-    rules.push((
-        "filter",
-        CHAIN_IN,
-        v(&[&["-i", "sbx+"][..], &established[..]].concat()),
-    ));
-    rules.push(("filter", CHAIN_IN, v(&["-i", "sbx+", "-j", "DROP"])));
-    rules.push((
-        "filter",
-        CHAIN_FWD,
-        v(&[&["-o", "sbx+"][..], &established[..]].concat()),
-    ));
-    rules.push((
-        "filter",
-        CHAIN_FWD,
-        v(&["-i", "sbx+", "-o", "sbx+", "-j", "DROP"]),
-    ));
     // The host's resolvers may sit in a private range: let DNS through to them.
-    for ns in host_nameservers() {
+    for ns in nameservers {
         for proto in ["udp", "tcp"] {
-            let ns = ns.to_string();
-            rules.push((
-                "filter",
-                CHAIN_FWD,
-                v(&[
-                    "-i", "sbx+", "-d", &ns, "-p", proto, "--dport", "53", "-j", "ACCEPT",
-                ]),
+            fwd.push(format!(
+                "-i sbx+ -d {ns}/32 -p {proto} --dport 53 -j ACCEPT"
             ));
         }
     }
-    for net in BLOCKED {
-        rules.push((
-            "filter",
-            CHAIN_FWD,
-            v(&["-i", "sbx+", "-d", net, "-j", "DROP"]),
-        ));
+    fwd.extend(
+        BLOCKED
+            .iter()
+            .map(|net| format!("-i sbx+ -d {net} -j DROP")),
+    );
+    fwd.push("-i sbx+ -j ACCEPT".into());
+    let mut r = format!("*filter\n:{CHAIN_FWD} - [0:0]\n:{CHAIN_IN} - [0:0]\n");
+    for rule in fwd {
+        r += &format!("-A {CHAIN_FWD} {rule}\n");
     }
-    rules.push(("filter", CHAIN_FWD, v(&["-i", "sbx+", "-j", "ACCEPT"])));
-    rules.push((
-        "nat",
-        CHAIN_NAT,
-        v(&["-s", RANGE, "!", "-d", RANGE, "-j", "MASQUERADE"]),
-    ));
-    for (table, chain, rule) in &rules {
-        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
-        let check = [&["-w", "-t", table, "-C", chain][..], &rule[..]].concat();
-        if run("iptables", &check).await.is_err() {
-            let add = [&["-w", "-t", table, "-A", chain][..], &rule[..]].concat();
-            run("iptables", &add).await?;
-        }
-    }
-    Ok(())
+    // Replies to connections the host opened (the proxy) come back in; nothing else does.
+    r += &format!("-A {CHAIN_IN} -i sbx+ {established}\n-A {CHAIN_IN} -i sbx+ -j DROP\nCOMMIT\n");
+    r += &format!(
+        "*nat\n:{CHAIN_NAT} - [0:0]\n-A {CHAIN_NAT} -s {RANGE} ! -d {RANGE} -j MASQUERADE\nCOMMIT\n"
+    );
+    r
 }
 
 /// IPv4 nameservers of the host a sandbox can use (loopback ones cannot be reached).
@@ -351,7 +423,7 @@ mod tests {
         destroy(id, slot).await;
         create_link(id, slot).await.unwrap();
         let alias = Ipv4Addr::new(10, 200, 9, 2);
-        configure(id, slot, true, &[alias, slot.sandbox_ip()])
+        configure(id, slot, &Egress::default(), &[alias, slot.sandbox_ip()])
             .await
             .unwrap();
         let ns = netns_name(id);
@@ -380,9 +452,104 @@ mod tests {
             .unwrap();
         assert!(link.contains("state UP") || link.contains(",UP"), "{link}");
         // A second configuration fails (the addresses exist) and removes all.
-        assert!(configure(id, slot, true, &[]).await.is_err());
+        assert!(configure(id, slot, &Egress::default(), &[]).await.is_err());
         assert!(!netns_path(id).exists());
         assert!(run("ip", &["link", "show", &slot.host_if()]).await.is_err());
+    }
+
+    #[test]
+    fn destinations_are_ipv4_addresses_or_blocks() {
+        let p = |s: &str| parse_destination(s).map(|n| n.to_string());
+        assert_eq!(p("203.0.113.7").unwrap(), "203.0.113.7/32");
+        assert_eq!(p(" 198.51.100.9/24 ").unwrap(), "198.51.100.0/24");
+        assert_eq!(p("0.0.0.0/0").unwrap(), "0.0.0.0/0");
+        assert!(p("example.com").unwrap_err().contains("host names"));
+        assert!(p("1.2.3.4/33").is_err());
+        assert!(p("1.2.3").is_err());
+        assert!(p("::1").unwrap_err().contains("IPv6"));
+    }
+
+    #[test]
+    fn only_a_narrowed_policy_gets_a_chain_and_allow_comes_first() {
+        let slot = Slot(7);
+        assert_eq!(Egress::default().rules(slot), None);
+        let allow_only = Egress {
+            allow_out: vec!["1.1.1.1/32".parse().unwrap()],
+            ..Egress::default()
+        };
+        assert_eq!(allow_only.rules(slot), None, "nothing to narrow");
+        let policy = Egress {
+            allow_internet: false,
+            allow_out: vec!["198.18.0.1/32".parse().unwrap()],
+            deny_out: vec!["198.18.0.0/15".parse().unwrap()],
+        };
+        let rules = policy.rules(slot).unwrap();
+        let lines: Vec<&str> = rules.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "*filter",
+                ":SBX-N7 - [0:0]",
+                "-A SBX-N7 -d 198.18.0.1/32 -j RETURN",
+                "-A SBX-N7 -d 198.18.0.0/15 -j DROP",
+                "-A SBX-N7 -j DROP",
+                "-A SBX-EGRESS -i sbx7h -j SBX-N7",
+                "COMMIT",
+            ]
+        );
+    }
+
+    #[test]
+    fn shared_rules_put_policies_and_dns_before_the_blocks_and_accept_last() {
+        let rules = shared_rules(&[Ipv4Addr::new(10, 255, 255, 53)]);
+        let fwd: Vec<&str> = rules
+            .lines()
+            .filter(|l| l.starts_with("-A SBX-FORWARD"))
+            .collect();
+        let at = |needle: &str| fwd.iter().position(|l| l.contains(needle)).unwrap();
+        assert!(at("-o sbx+") < at("-o sbx+ -j DROP"));
+        assert!(at("-o sbx+ -j DROP") < at("-j SBX-EGRESS"));
+        assert!(at("-j SBX-EGRESS") < at("10.255.255.53/32 -p udp"));
+        assert!(at("10.255.255.53/32 -p tcp") < at("-d 10.0.0.0/8 -j DROP"));
+        assert_eq!(fwd.last(), Some(&"-A SBX-FORWARD -i sbx+ -j ACCEPT"));
+        assert!(
+            rules.contains("-A SBX-POSTROUTING -s 10.200.0.0/16 ! -d 10.200.0.0/16 -j MASQUERADE")
+        );
+        assert!(
+            !rules.contains(":SBX-EGRESS"),
+            "the policies' jumps are kept"
+        );
+    }
+
+    /// Needs root and iptables: a policy's chain exists while the sandbox
+    /// does and goes with it.
+    #[tokio::test]
+    async fn a_policy_chain_is_installed_and_removed_with_the_sandbox() {
+        install_firewall().await.unwrap();
+        let slot = Slot(MAX_SLOTS - 5);
+        let id = "unittestpolicy";
+        destroy(id, slot).await;
+        create_link(id, slot).await.unwrap();
+        let policy = Egress {
+            allow_internet: false,
+            allow_out: vec!["198.18.0.1/32".parse().unwrap()],
+            deny_out: Vec::new(),
+        };
+        configure(id, slot, &policy, &[]).await.unwrap();
+        let chain = run("iptables", &["-w", "-S", &slot.chain()]).await.unwrap();
+        assert!(chain.contains("-d 198.18.0.1/32 -j RETURN"), "{chain}");
+        let fwd = run("iptables", &["-w", "-S", CHAIN_EGRESS]).await.unwrap();
+        let jump = format!("-i {} -j {}", slot.host_if(), slot.chain());
+        assert_eq!(fwd.matches(&jump).count(), 1, "{fwd}");
+        // Another server starting keeps the sandbox's policy.
+        install_firewall().await.unwrap();
+        let fwd = run("iptables", &["-w", "-S", CHAIN_EGRESS]).await.unwrap();
+        assert_eq!(fwd.matches(&jump).count(), 1, "{fwd}");
+        destroy(id, slot).await;
+        let fwd = run("iptables", &["-w", "-S", CHAIN_EGRESS]).await.unwrap();
+        assert!(!fwd.contains(&jump), "{fwd}");
+        assert!(run("iptables", &["-w", "-S", &slot.chain()]).await.is_err());
+        assert!(!netns_path(id).exists());
     }
 
     /// Needs root and `ip`, like every launch.

@@ -4,9 +4,11 @@
 use crate::error::{ApiError, ApiResult};
 use crate::store::{SandboxRow, SandboxSpec, SnapshotRow, Store, StoreError};
 use chrono::{DateTime, Utc};
-use sbx_api::sandbox::{CreateSandboxRequest, Resources, ResourcesRequest, SandboxStatus};
+use sbx_api::sandbox::{
+    CreateSandboxRequest, NetworkPolicy, Resources, ResourcesRequest, SandboxStatus,
+};
 use sbx_api::snapshot::SnapshotType;
-use sbx_executor::{Executor, LaunchSpec};
+use sbx_executor::{net::Egress, Executor, LaunchSpec};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -222,6 +224,8 @@ pub fn validate(
         )));
     }
     let timeout_secs = req.timeout_secs.filter(|t| *t > 0);
+    let network = req.network.clone().unwrap_or_default();
+    validate_network(&network)?;
     let spec = SandboxSpec {
         image,
         resources: Resources {
@@ -232,7 +236,7 @@ pub fn validate(
         timeout_secs,
         entrypoint: req.entrypoint.clone(),
         secret_names: req.secret_names.clone(),
-        network: req.network.clone().unwrap_or_default(),
+        network,
         allow_unauthenticated_access: req.allow_unauthenticated_access.unwrap_or(false),
         exposed_ports: ports,
         auto_resume: req.auto_resume.unwrap_or(true),
@@ -240,6 +244,44 @@ pub fn validate(
         active_since: None,
     };
     Ok((req.name.clone(), spec))
+}
+
+/// How many entries `allow_out` and `deny_out` may each have.
+const MAX_DESTINATIONS: usize = 256;
+
+/// Every `allow_out`/`deny_out` entry must be an IPv4 address or CIDR block.
+fn validate_network(network: &NetworkPolicy) -> ApiResult<()> {
+    for (field, entries) in [
+        ("allow_out", &network.allow_out),
+        ("deny_out", &network.deny_out),
+    ] {
+        if entries.len() > MAX_DESTINATIONS {
+            return Err(ApiError::bad_request(format!(
+                "network.{field}: at most {MAX_DESTINATIONS} entries (got {})",
+                entries.len()
+            )));
+        }
+        for entry in entries {
+            sbx_executor::net::parse_destination(entry)
+                .map_err(|e| ApiError::bad_request(format!("network.{field}: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// The executor's form of a validated policy.
+fn egress(network: &NetworkPolicy) -> Egress {
+    let parse = |entries: &[String]| {
+        entries
+            .iter()
+            .filter_map(|e| sbx_executor::net::parse_destination(e).ok())
+            .collect()
+    };
+    Egress {
+        allow_internet: network.allow_internet_access,
+        allow_out: parse(&network.allow_out),
+        deny_out: parse(&network.deny_out),
+    }
 }
 
 /// Names are DNS-label-like and never look like a sandbox id.
@@ -405,7 +447,7 @@ impl Manager {
             memory_mb: spec.resources.memory_mb,
             disk_mb: spec.resources.disk_mb,
             entrypoint: spec.entrypoint.clone().unwrap_or_default(),
-            allow_internet: spec.network.allow_internet_access,
+            egress: egress(&spec.network),
             layer: None,
             checkpoint: None,
             aliases: Vec::new(),
@@ -676,6 +718,15 @@ mod tests {
             (r#"{"entrypoint":[]}"#, "entrypoint"),
             (r#"{"auto_resume":false}"#, "named sandbox"),
             (r#"{"timeout_secs":10000000000000000}"#, "timeout_secs"),
+            (
+                r#"{"network":{"allow_out":["example.com"]}}"#,
+                "network.allow_out: \"example.com\" is not an IPv4",
+            ),
+            (
+                r#"{"network":{"deny_out":["10.0.0.0/33"]}}"#,
+                "network.deny_out",
+            ),
+            (r#"{"network":{"deny_out":["2001:db8::/32"]}}"#, "IPv6"),
         ] {
             let e = validate(&req(body), HOST, &images()).unwrap_err();
             assert_eq!(e.status, 400, "{body}");
@@ -697,6 +748,22 @@ mod tests {
             &images()
         )
         .is_ok());
+    }
+
+    #[test]
+    fn a_network_policy_reaches_the_executor_as_blocks() {
+        let (_, spec) = validate(
+            &req(r#"{"network":{"allow_internet_access":false,"allow_out":["198.18.0.7"],"deny_out":["198.18.0.0/15"]}}"#),
+            HOST,
+            &images(),
+        )
+        .unwrap();
+        assert_eq!(spec.network.allow_out, ["198.18.0.7"], "kept as given");
+        let e = egress(&spec.network);
+        assert!(!e.allow_internet);
+        assert_eq!(e.allow_out, ["198.18.0.7/32".parse().unwrap()]);
+        assert_eq!(e.deny_out, ["198.18.0.0/15".parse().unwrap()]);
+        assert_eq!(egress(&NetworkPolicy::default()), Egress::default());
     }
 
     #[test]

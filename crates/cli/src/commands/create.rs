@@ -4,7 +4,8 @@ use crate::client::Client;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use sbx_api::sandbox::{
-    CreateSandboxRequest, CreateSandboxResponse, ResourcesRequest, SandboxInfo, SandboxStatus,
+    CreateSandboxRequest, CreateSandboxResponse, NetworkPolicy, ResourcesRequest, SandboxInfo,
+    SandboxStatus,
 };
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,20 @@ pub struct CreateOpts {
     /// running processes); image and settings come from the snapshot.
     #[arg(short = 's', long, value_name = "SID")]
     pub snapshot: Option<String>,
+
+    /// No outbound traffic except to --allow-out destinations.
+    #[arg(long)]
+    pub no_internet: bool,
+
+    /// An IPv4 address or CIDR block the sandbox may reach, even when
+    /// --no-internet or --deny-out would block it (repeatable).
+    #[arg(long, value_name = "CIDR")]
+    pub allow_out: Vec<String>,
+
+    /// An IPv4 address or CIDR block the sandbox may not reach (repeatable;
+    /// 0.0.0.0/0 denies everything not allowed).
+    #[arg(long, value_name = "CIDR")]
+    pub deny_out: Vec<String>,
 }
 
 impl CreateOpts {
@@ -61,8 +76,15 @@ impl CreateOpts {
             }
             None => None,
         };
+        let network = (self.no_internet || !self.allow_out.is_empty() || !self.deny_out.is_empty())
+            .then(|| NetworkPolicy {
+                allow_internet_access: !self.no_internet,
+                allow_out: self.allow_out.clone(),
+                deny_out: self.deny_out.clone(),
+            });
         Ok(CreateSandboxRequest {
             image: self.image.clone(),
+            network,
             resources,
             timeout_secs: self.timeout,
             entrypoint,
@@ -214,6 +236,27 @@ mod tests {
                 "name": "web",
             })
         );
+    }
+
+    #[test]
+    fn network_flags_make_a_policy() {
+        let a = create_args(&[
+            "create",
+            "--no-internet",
+            "--allow-out",
+            "203.0.113.7",
+            "--allow-out",
+            "198.51.100.0/24",
+        ]);
+        let v = serde_json::to_value(a.opts.request(None).unwrap()).unwrap();
+        assert_eq!(
+            v["network"],
+            serde_json::json!({"allow_internet_access": false, "allow_out": ["203.0.113.7", "198.51.100.0/24"], "deny_out": []})
+        );
+        let a = create_args(&["create", "--deny-out", "0.0.0.0/0"]);
+        let v = serde_json::to_value(a.opts.request(None).unwrap()).unwrap();
+        assert_eq!(v["network"]["allow_internet_access"], true);
+        assert_eq!(v["network"]["deny_out"], serde_json::json!(["0.0.0.0/0"]));
     }
 
     #[test]
