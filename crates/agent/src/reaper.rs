@@ -38,9 +38,17 @@ impl Exit {
 
 #[derive(Clone, Default)]
 pub struct Reaper {
-    waiters: Arc<Mutex<HashMap<i32, oneshot::Sender<Exit>>>>,
+    waiters: Arc<Mutex<Waiters>>,
     /// Signalled when a child is spawned (the reaper waits for one).
     spawned: Arc<Condvar>,
+}
+
+#[derive(Default)]
+struct Waiters {
+    by_pid: HashMap<i32, oneshot::Sender<Exit>>,
+    /// How many children were ever spawned: the reaper, told "no children"
+    /// by `waitpid`, sleeps only if none was spawned since it asked.
+    spawns: u64,
 }
 
 impl Reaper {
@@ -57,17 +65,21 @@ impl Reaper {
 
     fn reap_forever(&self) {
         loop {
+            let spawns = self.waiters.lock().unwrap().spawns;
             let (pid, exit) = match waitpid(Pid::from_raw(-1), None) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
                 Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, Exit::Signal(sig as i32)),
                 Ok(_) | Err(Errno::EINTR) => continue,
                 Err(Errno::ECHILD) => {
-                    // No children: wait until one is spawned.
+                    // No children: wait until one is spawned, unless one was
+                    // while `waitpid` answered (its notification is gone).
                     let guard = self.waiters.lock().unwrap();
-                    let _ = self
-                        .spawned
-                        .wait_timeout(guard, Duration::from_secs(1))
-                        .unwrap();
+                    if guard.spawns == spawns {
+                        let _ = self
+                            .spawned
+                            .wait_timeout(guard, Duration::from_secs(1))
+                            .unwrap();
+                    }
                     continue;
                 }
                 Err(e) => {
@@ -77,7 +89,7 @@ impl Reaper {
                 }
             };
             // Spawners register under this lock, so the waiter is in place.
-            let tx = self.waiters.lock().unwrap().remove(&pid.as_raw());
+            let tx = self.waiters.lock().unwrap().by_pid.remove(&pid.as_raw());
             match tx {
                 Some(tx) => {
                     let _ = tx.send(exit);
@@ -90,9 +102,7 @@ impl Reaper {
     pub fn spawn(&self, cmd: &mut Command) -> std::io::Result<(Child, oneshot::Receiver<Exit>)> {
         let mut waiters = self.waiters.lock().unwrap();
         let child = cmd.spawn()?;
-        let (tx, rx) = oneshot::channel();
-        waiters.insert(child.id() as i32, tx);
-        self.spawned.notify_all();
+        let rx = self.register(&mut waiters, child.id() as i32);
         Ok((child, rx))
     }
 
@@ -104,10 +114,16 @@ impl Reaper {
     ) -> std::io::Result<(i32, oneshot::Receiver<Exit>)> {
         let mut waiters = self.waiters.lock().unwrap();
         let pid = spawn()?;
-        let (tx, rx) = oneshot::channel();
-        waiters.insert(pid, tx);
-        self.spawned.notify_all();
+        let rx = self.register(&mut waiters, pid);
         Ok((pid, rx))
+    }
+
+    fn register(&self, waiters: &mut Waiters, pid: i32) -> oneshot::Receiver<Exit> {
+        let (tx, rx) = oneshot::channel();
+        waiters.by_pid.insert(pid, tx);
+        waiters.spawns += 1;
+        self.spawned.notify_all();
+        rx
     }
 }
 
