@@ -197,6 +197,19 @@ def test_network_policy_update(tl):
         assert not info.network_policy.allow_internet_access
 
 
+def test_egress_lists_are_kept_and_bad_entries_refused(tl):
+    with tl.sandbox(allow_internet_access=False, allow_out=["198.18.0.7"], deny_out=["0.0.0.0/0"]) as sandbox:
+        policy = sandbox.info().network_policy
+        assert not policy.allow_internet_access
+        assert policy.allow_out == ["198.18.0.7"]
+        assert policy.deny_out == ["0.0.0.0/0"]
+        assert sandbox.run("echo", args=["walled"]).stdout.strip() == "walled"
+    with pytest.raises(RemoteAPIError) as e:
+        Sandbox.create(api_url=tl.api_url, allow_out=["pypi.org"])
+    assert e.value.status_code == 400
+    assert "network.allow_out" in str(e.value) and "host names" in str(e.value)
+
+
 def test_unknown_image_is_refused(tl):
     with pytest.raises(RemoteAPIError) as e:
         Sandbox.create(api_url=tl.api_url, image="no-such-image")
