@@ -269,12 +269,19 @@ fn validate_network(network: &NetworkPolicy) -> ApiResult<()> {
     Ok(())
 }
 
-/// The executor's form of a validated policy.
+/// The executor's form of a validated policy. Only a sandbox stored before
+/// entries were checked can hold a bad one: it is left out, and logged.
 fn egress(network: &NetworkPolicy) -> Egress {
     let parse = |entries: &[String]| {
         entries
             .iter()
-            .filter_map(|e| sbx_executor::net::parse_destination(e).ok())
+            .filter_map(|e| match sbx_executor::net::parse_destination(e) {
+                Ok(net) => Some(net),
+                Err(why) => {
+                    tracing::warn!("egress entry left out: {why}");
+                    None
+                }
+            })
             .collect()
     };
     Egress {
