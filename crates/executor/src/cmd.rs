@@ -36,7 +36,10 @@ pub async fn run_with_input(
         // A program that exits without reading all of it reports why below.
         let _ = stdin.write_all(input.as_bytes()).await;
     }
-    let out = child.wait_with_output().await.map_err(cannot_start)?;
+    let out = child.wait_with_output().await.map_err(|e| Error::Host {
+        what: what(),
+        reason: format!("waiting for {program}: {e}"),
+    })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
