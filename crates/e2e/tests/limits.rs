@@ -32,7 +32,7 @@ async fn a_process_over_the_memory_limit_is_oom_killed_and_the_sandbox_lives() {
 }
 
 #[tokio::test]
-async fn cpu_quota_follows_the_request() {
+async fn cpu_quota_follows_the_request_and_the_sandbox_runs_as_batch() {
     let s = Server::start().await;
     let id = s
         .create(json!({"resources": {"cpus": 0.5, "memory_mb": 1024}}))
@@ -46,6 +46,23 @@ async fn cpu_quota_follows_the_request() {
         period.trim().parse::<u64>().unwrap()
     );
     assert_eq!(s.get(&id).await.1["resources"]["cpus"], 0.5);
+    // Every host process of the sandbox, the stubs of processes started
+    // after it booted included, runs under SCHED_BATCH (see
+    // runtime::gvisor::batch_scheduling).
+    s.sh(&id, "true").await;
+    let procs =
+        std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/sbx/{id}/cgroup.procs")).unwrap();
+    let pids: Vec<&str> = procs.lines().collect();
+    assert!(pids.len() >= 2, "sentry and stubs: {pids:?}");
+    for pid in pids {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue; // gone since the listing
+        };
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
+            .split_whitespace()
+            .collect();
+        assert_eq!(fields[38], "3", "SCHED_BATCH for {pid}: {stat}");
+    }
     s.cleanup().await;
 }
 

@@ -63,6 +63,19 @@ impl Gvisor {
         flags
     }
 
+    /// A `runsc` command that starts a sandbox (`create`, `start`,
+    /// `restore`). It runs under `SCHED_BATCH`, which the sandbox's
+    /// processes inherit: see [`batch_scheduling`].
+    fn sandbox_command(&self) -> Command {
+        let mut cmd = Command::new(&self.runsc);
+        cmd.args(self.base());
+        // SAFETY: the hook makes one async-signal-safe system call.
+        unsafe {
+            cmd.pre_exec(batch_scheduling);
+        }
+        cmd
+    }
+
     async fn run(&self, args: &[String]) -> Result<String> {
         let out = Command::new(&self.runsc)
             .args(self.base())
@@ -121,8 +134,8 @@ impl Gvisor {
     ) -> Result<()> {
         let command = args.iter().find(|a| !a.starts_with("--"));
         let what = format!("runsc {}", command.map(String::as_str).unwrap_or(""));
-        let mut cmd = Command::new(&self.runsc);
-        cmd.args(self.base()).args(args);
+        let mut cmd = self.sandbox_command();
+        cmd.args(args);
         if with_network {
             // In the child, before exec: what `unshare -m sh -c 'mount -t
             // tmpfs none /proc/sys/net && exec runsc …'` did, without
@@ -188,9 +201,8 @@ impl Runtime for Gvisor {
     async fn create(&self, spec: &SandboxSpec) -> Result<()> {
         prepare_bundle(spec).await?;
         let log = spec.bundle_dir.join("console.log");
-        let mut create = Command::new(&self.runsc);
+        let mut create = self.sandbox_command();
         create
-            .args(self.base())
             .arg(panic_log_flag(spec))
             .arg("create")
             .arg(format!("--bundle={}", spec.bundle_dir.display()))
@@ -304,6 +316,29 @@ impl From<RunscState> for SandboxState {
     }
 }
 
+/// Puts the calling process under `SCHED_BATCH`: a sandbox thread that
+/// wakes up then waits for a free CPU or the next tick instead of
+/// preempting the thread that woke it.
+///
+/// gVisor's systrap platform runs the sentry's host system calls for an
+/// address space (every `mmap`/`munmap` an `exec` or a page fault needs) on
+/// a stub thread that, once done, calls `FUTEX_WAKE` in a loop until the
+/// sentry thread is asleep in `FUTEX_WAIT`. Woken on the sentry thread's
+/// CPU, the stub preempted it and spun for the rest of its time slice,
+/// keeping the sentry from the wait it was about to enter: measured here
+/// at ~240,000 `futex` calls a second while a sandbox spawned processes,
+/// half of the sandbox's CPU time. Under `SCHED_BATCH`, spawn+wait of
+/// `/bin/true` inside a 1-CPU sandbox went from ~10.5 to ~6.5 ms (median;
+/// p90 ~21 to ~11 ms), and `fork` from ~4 to ~2 ms.
+///
+/// Failure is ignored: the sandbox is then only slower.
+fn batch_scheduling() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: a plain system call on a value on the stack.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    Ok(())
+}
+
 /// Moves the calling process into a private mount namespace (mounts no
 /// longer propagate to the host's) with an empty tmpfs on `/proc/sys/net`.
 fn private_proc_sys_net() -> std::io::Result<()> {
@@ -401,6 +436,33 @@ fn is_executable(p: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The scheduling policy in `/proc/<pid>/stat` (field 41).
+    fn policy_in(stat: &str) -> u32 {
+        let after_comm = &stat[stat.rfind(')').unwrap() + 1..];
+        after_comm
+            .split_whitespace()
+            .nth(38)
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn sandbox_commands_run_under_batch_scheduling() {
+        let own = || policy_in(&std::fs::read_to_string("/proc/self/stat").unwrap());
+        let before = own();
+        let mut cmd = Command::new("cat");
+        cmd.arg("/proc/self/stat");
+        // SAFETY: as in `sandbox_command`.
+        unsafe {
+            cmd.pre_exec(batch_scheduling);
+        }
+        let out = cmd.output().await.unwrap();
+        let stat = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(policy_in(&stat), libc::SCHED_BATCH as u32, "{stat}");
+        assert_eq!(own(), before, "only the child changes policy");
+    }
 
     #[test]
     fn missing_containers_are_recognised() {
