@@ -449,12 +449,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn sandbox_commands_run_under_batch_scheduling() {
+    async fn batch_scheduling_applies_to_the_child_only() {
         let own = || policy_in(&std::fs::read_to_string("/proc/self/stat").unwrap());
         let before = own();
         let mut cmd = Command::new("cat");
         cmd.arg("/proc/self/stat");
-        // SAFETY: as in `sandbox_command`.
+        // SAFETY: as in `sandbox_command`, which installs the same hook.
         unsafe {
             cmd.pre_exec(batch_scheduling);
         }
