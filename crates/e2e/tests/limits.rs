@@ -66,6 +66,78 @@ async fn cpu_quota_follows_the_request_and_the_sandbox_runs_as_batch() {
     s.cleanup().await;
 }
 
+/// The `Cpus_allowed_list` of a host process, and whether it is runsc's gofer.
+fn cpus_and_role(pid: &str) -> Option<(String, bool)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let cpus = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
+        .trim()
+        .to_string();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let gofer = cmdline.split(|b| *b == 0).any(|a| a == b"gofer");
+    Some((cpus, gofer))
+}
+
+fn cgroup_procs(hierarchy: &str, id: &str) -> Vec<String> {
+    std::fs::read_to_string(format!("/sys/fs/cgroup/{hierarchy}/sbx/{id}/cgroup.procs"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn small_sandboxes_are_pinned_one_cpu_each_and_their_gofer_is_not() {
+    let host_cpus = std::thread::available_parallelism().unwrap().get();
+    if host_cpus < 2 {
+        eprintln!("one host CPU: nothing to pin");
+        return;
+    }
+    let s = Server::start().await;
+    let a = s.create(json!({"resources": {"cpus": 1}})).await;
+    let b = s.create(json!({"resources": {"cpus": 0.5}})).await;
+    let big = s
+        .create(json!({"resources": {"cpus": 2, "memory_mb": 2048}}))
+        .await;
+    let cpuset = |id: &str| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/cpuset/sbx/{id}/cpuset.cpus"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let (cpu_a, cpu_b) = (cpuset(&a), cpuset(&b));
+    assert!(cpu_a.parse::<usize>().is_ok(), "one CPU: {cpu_a}");
+    assert!(cpu_b.parse::<usize>().is_ok(), "one CPU: {cpu_b}");
+    assert_ne!(
+        cpu_a, cpu_b,
+        "two sandboxes share a CPU while another is free"
+    );
+    // The sandbox sees the one CPU it has.
+    assert_eq!(s.sh(&a, "nproc").await.trim(), "1");
+    assert_eq!(s.sh(&big, "nproc").await.trim(), host_cpus.to_string());
+    for (id, cpu) in [(&a, &cpu_a), (&b, &cpu_b)] {
+        // The sentry and its stubs run on the sandbox's CPU only...
+        let pinned = cgroup_procs("cpuset", id);
+        assert!(!pinned.is_empty());
+        for pid in &pinned {
+            if let Some((cpus, gofer)) = cpus_and_role(pid) {
+                assert!(!gofer, "the gofer {pid} of {id} is pinned");
+                assert_eq!(&cpus, cpu, "process {pid} of {id}");
+            }
+        }
+        // ...while its gofer, still in its cpu and memory cgroups, may run anywhere.
+        let gofers: Vec<String> = cgroup_procs("cpu", id)
+            .iter()
+            .filter_map(|pid| cpus_and_role(pid).filter(|(_, gofer)| *gofer))
+            .map(|(cpus, _)| cpus)
+            .collect();
+        assert_eq!(gofers.len(), 1, "{id}: {gofers:?}");
+        assert_ne!(&gofers[0], cpu, "{id}");
+    }
+    s.cleanup().await;
+}
+
 #[tokio::test]
 async fn writing_past_the_disk_limit_fails_with_enospc() {
     let s = Server::start().await;

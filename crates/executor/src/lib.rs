@@ -6,6 +6,7 @@ mod cmd;
 pub mod image;
 pub mod layer;
 pub mod net;
+mod placement;
 mod pool;
 mod rtnl;
 pub mod snapshot;
@@ -120,6 +121,8 @@ pub struct Captured {
 struct Live {
     slot: Slot,
     pid: Option<i32>,
+    /// The host CPU it is pinned to (see [`placement`]).
+    cpu: Option<usize>,
 }
 
 /// What [`Executor::recover`] found.
@@ -141,6 +144,8 @@ pub struct Executor {
     /// Slots are handed out round-robin, so an address is not reused soon
     /// after its sandbox went away (pooled proxy connections may still name it).
     next_slot: Mutex<u32>,
+    /// Host CPUs small sandboxes are pinned to, one each.
+    cpus: Vec<usize>,
 }
 
 impl Executor {
@@ -175,6 +180,7 @@ impl Executor {
             live: Mutex::new(HashMap::new()),
             pool,
             next_slot: Mutex::new(0),
+            cpus: placement::host_cpus(),
         })
     }
 
@@ -242,7 +248,14 @@ impl Executor {
             .map(Slot)
             .ok_or(Error::NoSlot(net::MAX_SLOTS))?;
         *next = (slot.0 + 1) % net::MAX_SLOTS;
-        live.insert(id.to_string(), Live { slot, pid: None });
+        live.insert(
+            id.to_string(),
+            Live {
+                slot,
+                pid: None,
+                cpu: None,
+            },
+        );
         Ok(slot)
     }
 
@@ -358,7 +371,7 @@ impl Executor {
         };
         write_meta(&dir, &meta).await?;
         l?;
-        let runtime_spec = self.runtime_spec(spec);
+        let runtime_spec = self.runtime_spec(spec, self.place(&spec.id, spec.cpus));
         let t1 = std::time::Instant::now();
         if spec.checkpoint.is_none() {
             self.create_and_configure(&runtime_spec, slot, spec).await?;
@@ -391,7 +404,20 @@ impl Executor {
             .collect()
     }
 
-    fn runtime_spec(&self, spec: &LaunchSpec) -> SandboxSpec {
+    /// Pins a sandbox of at most one CPU to the host CPU with the fewest
+    /// pinned sandboxes and records it; the cpuset for its runtime spec, or
+    /// `None` to let it run anywhere.
+    fn place(&self, id: &str, cpus: f64) -> Option<String> {
+        if !placement::is_pinned(cpus) {
+            return None;
+        }
+        let mut live = self.live.lock().unwrap();
+        let cpu = placement::least_loaded(&self.cpus, live.values().filter_map(|l| l.cpu))?;
+        live.get_mut(id)?.cpu = Some(cpu);
+        Some(cpu.to_string())
+    }
+
+    fn runtime_spec(&self, spec: &LaunchSpec, cpuset: Option<String>) -> SandboxSpec {
         let dir = self.sandbox_dir(&spec.id);
         let mut args = vec![format!("{AGENT_MOUNT}/{AGENT_NAME}")];
         if !spec.entrypoint.is_empty() {
@@ -405,6 +431,7 @@ impl Executor {
             netns: Some(net::netns_path(&spec.id)),
             cgroup_path: format!("/sbx/{}", spec.id),
             cpus: spec.cpus,
+            cpuset,
             memory_limit_bytes: hard_memory_limit_mb(spec.memory_mb) * 1024 * 1024,
             args,
             env: vec![
@@ -526,6 +553,13 @@ impl Executor {
             tracing::warn!(sandbox = id, "sync before capture: {e}");
         }
         let upper = Layer::new(self.sandbox_dir(id)).upper();
+        let pinned = self.live.lock().unwrap().get(id).and_then(|l| l.cpu);
+        // The capture may use every CPU: it is shorter, and so is the pause.
+        if pinned.is_some() {
+            if let Err(e) = placement::set_cpus(id, &placement::list(&self.cpus)).await {
+                tracing::warn!(sandbox = id, "cannot unpin for the capture: {e}");
+            }
+        }
         let started = std::time::Instant::now();
         self.runtime.pause(id).await?;
         // Both read a paused sandbox: copy the layer while gVisor writes
@@ -548,6 +582,11 @@ impl Executor {
             resumed = self.runtime.resume(id).await;
         }
         let pause_ms = started.elapsed().as_millis() as u64;
+        if let Some(cpu) = pinned {
+            if let Err(e) = placement::set_cpus(id, &cpu.to_string()).await {
+                tracing::warn!(sandbox = id, "cannot pin again after the capture: {e}");
+            }
+        }
         captured?;
         resumed?;
         tracing::info!(sandbox = id, pause_ms, memory, "captured");
@@ -673,7 +712,7 @@ impl Executor {
                 },
             )
             .await?;
-            let runtime_spec = self.runtime_spec(&spec);
+            let runtime_spec = self.runtime_spec(&spec, self.place(id, spec.cpus));
             // `runsc restore` creates the sandbox itself.
             net::configure(id, slot, &spec.egress, &spec.aliases).await?;
             let state = self.runtime.restore(&runtime_spec, &image).await?;
@@ -831,6 +870,7 @@ impl Executor {
                     Live {
                         slot: Slot(meta.slot),
                         pid: running[&id].1,
+                        cpu: None,
                     },
                 );
                 report.adopted.push(id);

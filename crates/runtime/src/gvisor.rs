@@ -149,13 +149,29 @@ impl Gvisor {
         self.run_detached(cmd, &what, log).await
     }
 
+    /// Runs `starting` (a runsc command that starts the sandbox's processes)
+    /// and, for a sandbox pinned to a cpuset, moves its gofer out of the pin
+    /// meanwhile: see [`crate::pinning`].
+    async fn with_gofer_released(
+        &self,
+        spec: &SandboxSpec,
+        starting: impl std::future::Future<Output = Result<()>>,
+    ) -> Result<()> {
+        if spec.cpuset.is_none() {
+            return starting.await;
+        }
+        tokio::pin!(starting);
+        tokio::select! {
+            result = &mut starting => result,
+            () = crate::pinning::release_gofer(&spec.cgroup_path) => starting.await,
+        }
+    }
+
     /// Runs a start-like command, destroying the sandbox when it fails.
     async fn launch(&self, spec: &SandboxSpec, args: &[String]) -> Result<SandboxState> {
         let log = spec.bundle_dir.join("console.log");
-        if let Err(e) = self
-            .run_in_netns_workaround(args, spec.netns.is_some(), &log)
-            .await
-        {
+        let run = self.run_in_netns_workaround(args, spec.netns.is_some(), &log);
+        if let Err(e) = self.with_gofer_released(spec, run).await {
             let _ = self.destroy(&spec.id).await;
             return Err(e);
         }
@@ -208,7 +224,10 @@ impl Runtime for Gvisor {
             .arg(format!("--bundle={}", spec.bundle_dir.display()))
             .arg(format!("--pid-file={}", pid_file(spec).display()))
             .arg(&spec.id);
-        if let Err(e) = self.run_detached(create, "runsc create", &log).await {
+        let created = self
+            .with_gofer_released(spec, self.run_detached(create, "runsc create", &log))
+            .await;
+        if let Err(e) = created {
             let _ = self.destroy(&spec.id).await;
             return Err(e);
         }

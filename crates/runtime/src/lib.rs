@@ -7,6 +7,7 @@
 
 pub mod gvisor;
 pub mod oci;
+mod pinning;
 
 use async_trait::async_trait;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,9 @@ pub struct SandboxSpec {
     pub cgroup_path: String,
     /// CPU quota in cores (1.5 = one and a half cores).
     pub cpus: f64,
+    /// Host CPUs the sandbox runs on, as a cpuset list (`"1"`, `"0-3"`);
+    /// `None`: any CPU. See [`gvisor`] for why a small sandbox is pinned.
+    pub cpuset: Option<String>,
     /// Hard memory limit in bytes.
     pub memory_limit_bytes: u64,
     /// PID 1 of the sandbox and its arguments.

@@ -62,6 +62,10 @@ pub fn config(spec: &SandboxSpec) -> Value {
         None => namespaces.push(json!({"type": "network"})),
     }
     let quota = (spec.cpus * CPU_PERIOD_US as f64).round() as i64;
+    let mut cpu = json!({"quota": quota, "period": CPU_PERIOD_US});
+    if let Some(cpuset) = &spec.cpuset {
+        cpu["cpus"] = json!(cpuset);
+    }
     json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -83,7 +87,7 @@ pub fn config(spec: &SandboxSpec) -> Value {
             "cgroupsPath": spec.cgroup_path,
             "resources": {
                 "memory": {"limit": spec.memory_limit_bytes},
-                "cpu": {"quota": quota, "period": CPU_PERIOD_US},
+                "cpu": cpu,
             },
             "namespaces": namespaces,
         },
@@ -103,6 +107,7 @@ mod tests {
             netns: Some("/var/run/netns/sbx-sbx1".into()),
             cgroup_path: "/sbx/sbx1".into(),
             cpus: 1.5,
+            cpuset: None,
             memory_limit_bytes: 1 << 30,
             args: vec!["/.sbx/sbx-agent".into()],
             env: vec!["A=1".into()],
@@ -132,5 +137,16 @@ mod tests {
             .find(|m| m["destination"] == "/.sbx")
             .unwrap();
         assert_eq!(agent["options"], json!(["rbind", "ro"]));
+    }
+
+    #[test]
+    fn a_cpuset_is_set_only_when_asked_for() {
+        let c = config(&spec());
+        assert!(c["linux"]["resources"]["cpu"].get("cpus").is_none());
+        let pinned = SandboxSpec {
+            cpuset: Some("1".into()),
+            ..spec()
+        };
+        assert_eq!(config(&pinned)["linux"]["resources"]["cpu"]["cpus"], "1");
     }
 }
