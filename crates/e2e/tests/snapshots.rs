@@ -70,6 +70,14 @@ async fn wait_status(s: &Server, id: &str, want: &str, limit: Duration) -> Value
     }
 }
 
+/// The host CPUs of a sandbox's cpuset cgroup (one, for a pinned sandbox).
+fn cpuset(id: &str) -> String {
+    std::fs::read_to_string(format!("/sys/fs/cgroup/cpuset/sbx/{id}/cpuset.cpus"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
 async fn post_status(s: &Server, path: &str, body: Value) -> (u16, Value) {
     let r = s.req(Method::POST, path).json(&body).send().await.unwrap();
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
@@ -181,6 +189,11 @@ async fn memory_snapshot_restores_processes_twice_in_parallel() {
     let sid = snap["snapshot_id"].as_str().unwrap().to_string();
     assert_eq!(snap["snapshot_type"], "memory");
     assert!(snap["pause_ms"].as_u64().is_some(), "{snap}");
+    let pinned = std::thread::available_parallelism().unwrap().get() > 1;
+    if pinned {
+        // Unpinned for the capture, pinned again after it.
+        assert!(cpuset(&id).parse::<usize>().is_ok(), "{}", cpuset(&id));
+    }
     // The source keeps counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(count(&s, &id).await > captured);
@@ -204,6 +217,11 @@ async fn memory_snapshot_restores_processes_twice_in_parallel() {
     let body = json!({"snapshot_id": sid});
     let (a, b) = tokio::join!(s.create(body.clone()), s.create(body));
     assert_ne!(a, b);
+    if pinned {
+        // Restored copies are pinned too, each to a CPU of its own.
+        assert!(cpuset(&a).parse::<usize>().is_ok(), "{}", cpuset(&a));
+        assert_ne!(cpuset(&a), cpuset(&b));
+    }
     for copy in [&a, &b] {
         let first = count(&s, copy).await;
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -552,14 +552,29 @@ impl Executor {
         if let Err(e) = self.sync(id).await {
             tracing::warn!(sandbox = id, "sync before capture: {e}");
         }
-        let upper = Layer::new(self.sandbox_dir(id)).upper();
+        // A pinned sandbox may use every CPU while it is captured: its image
+        // is written sooner, and the pause is shorter. It is pinned again
+        // however the capture ends.
         let pinned = self.live.lock().unwrap().get(id).and_then(|l| l.cpu);
-        // The capture may use every CPU: it is shorter, and so is the pause.
         if pinned.is_some() {
             if let Err(e) = placement::set_cpus(id, &placement::list(&self.cpus)).await {
                 tracing::warn!(sandbox = id, "cannot unpin for the capture: {e}");
             }
         }
+        let captured = self.pause_and_capture(id, tmp, memory).await;
+        if let Some(cpu) = pinned {
+            if let Err(e) = placement::set_cpus(id, &cpu.to_string()).await {
+                tracing::warn!(sandbox = id, "cannot pin again after the capture: {e}");
+            }
+        }
+        let pause_ms = captured?;
+        tracing::info!(sandbox = id, pause_ms, memory, "captured");
+        Ok(pause_ms)
+    }
+
+    /// The paused part of [`Self::capture_into`]; returns the pause in ms.
+    async fn pause_and_capture(&self, id: &str, tmp: &Path, memory: bool) -> Result<u64, Error> {
+        let upper = Layer::new(self.sandbox_dir(id)).upper();
         let started = std::time::Instant::now();
         self.runtime.pause(id).await?;
         // Both read a paused sandbox: copy the layer while gVisor writes
@@ -582,14 +597,8 @@ impl Executor {
             resumed = self.runtime.resume(id).await;
         }
         let pause_ms = started.elapsed().as_millis() as u64;
-        if let Some(cpu) = pinned {
-            if let Err(e) = placement::set_cpus(id, &cpu.to_string()).await {
-                tracing::warn!(sandbox = id, "cannot pin again after the capture: {e}");
-            }
-        }
         captured?;
         resumed?;
-        tracing::info!(sandbox = id, pause_ms, memory, "captured");
         Ok(pause_ms)
     }
 
