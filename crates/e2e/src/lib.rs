@@ -441,6 +441,15 @@ pub fn leftovers(data_dir: &Path) -> Vec<String> {
     found
 }
 
+/// The host CPUs of a sandbox's cpuset cgroup, as a cpuset list (one CPU
+/// for a pinned sandbox).
+pub fn cpuset(id: &str) -> String {
+    std::fs::read_to_string(format!("/sys/fs/cgroup/cpuset/sbx/{id}/cpuset.cpus"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
 /// The sandbox's address: runsc takes it off the netns interface, so read
 /// the host end of the veth pair (`sbx{n}h`, .1 of the /30) and add one.
 pub fn sandbox_ip(id: &str) -> String {

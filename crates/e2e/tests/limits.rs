@@ -100,12 +100,6 @@ async fn small_sandboxes_are_pinned_one_cpu_each_and_their_gofer_is_not() {
     let big = s
         .create(json!({"resources": {"cpus": 2, "memory_mb": 2048}}))
         .await;
-    let cpuset = |id: &str| {
-        std::fs::read_to_string(format!("/sys/fs/cgroup/cpuset/sbx/{id}/cpuset.cpus"))
-            .unwrap()
-            .trim()
-            .to_string()
-    };
     let (cpu_a, cpu_b) = (cpuset(&a), cpuset(&b));
     assert!(cpu_a.parse::<usize>().is_ok(), "one CPU: {cpu_a}");
     assert!(cpu_b.parse::<usize>().is_ok(), "one CPU: {cpu_b}");

@@ -70,14 +70,6 @@ async fn wait_status(s: &Server, id: &str, want: &str, limit: Duration) -> Value
     }
 }
 
-/// The host CPUs of a sandbox's cpuset cgroup (one, for a pinned sandbox).
-fn cpuset(id: &str) -> String {
-    std::fs::read_to_string(format!("/sys/fs/cgroup/cpuset/sbx/{id}/cpuset.cpus"))
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
 async fn post_status(s: &Server, path: &str, body: Value) -> (u16, Value) {
     let r = s.req(Method::POST, path).json(&body).send().await.unwrap();
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
