@@ -252,6 +252,16 @@ schemas = {
         },
     ),
     "Health": obj(["healthy"], {"healthy": BOOL}),
+    "ServerHealth": obj(["healthy", "ready", "default_image"], {
+        "healthy": BOOL,
+        "ready": {**BOOL, "description": "sandboxes can start: the default image is built"},
+        "default_image": obj(["status"], {
+            "status": {"type": "string", "enum": ["building", "ready", "failed"]},
+            "steps": {"type": "integer", "minimum": 0, "description": "build steps so far (building)"},
+            "progress": {**STR, "description": "the build's last step (building)"},
+            "error": {**STR, "description": "why the last build failed; it is tried again (failed)"},
+        }),
+    }),
     # Daemon (in-sandbox agent) types.
     "ProcessUser": {
         "description": '"root", "1000:1000", a user name, or {name|uid, gid?}',
@@ -436,7 +446,9 @@ responses = {
     "Forbidden": err("A server without API keys answers only loopback peers."),
     "NotFound": err("No such sandbox or snapshot in this namespace."),
     "Conflict": err("Not possible in the current state (or the name is taken)."),
-    "Unavailable": err("The sandbox could not be started or captured."),
+    "Unavailable": err("The sandbox could not be started or captured; or (create) the default image is still being "
+                       "built on this host's first start (code `image_building`) or its build failed "
+                       "(`image_unavailable`): nothing was created, try again."),
     "Unsupported": err("A change sbx cannot make (code `unsupported`; the message says why)."),
 }
 
@@ -591,7 +603,7 @@ def namespaced(item):
 
 paths = {
     "/healthz": {
-        "get": op("health", "Liveness of the control plane.", {"200": ok(ref("Health")), **errors()}, tags=("meta",)),
+        "get": op("health", "Liveness of the control plane, and whether sandboxes can start yet (on a host's first start the default image is built while the API answers).", {"200": ok(ref("ServerHealth")), **errors()}, tags=("meta",)),
     },
     "/openapi.json": {
         "get": op("openapi", "This document.", {"200": ok({"type": "object"}), **errors()}, tags=("meta",)),

@@ -66,16 +66,42 @@ pub struct Server {
     pub proxy_port: u16,
     pub key: Option<String>,
     pub http: reqwest::Client,
+    /// This server's own cgroup parent (`--cgroup-parent`), made by the
+    /// server at start and removed by it at a clean stop.
+    pub cgroup_parent: String,
+    /// Extra `sbx server` arguments.
+    pub args: Vec<String>,
+    /// `start` waits until sandboxes can start (the default image is built).
+    wait_ready: bool,
     _tmp: Option<tempfile::TempDir>,
 }
 
+#[derive(Debug, Clone)]
 pub struct Options {
     pub key: Option<String>,
+    /// Use the image directory shared by every test server (built once); with
+    /// `false` the server starts with none and builds its own, as on a fresh host.
+    pub shared_images: bool,
+    /// Wait until the server is ready for sandboxes, not just answering.
+    pub wait_ready: bool,
+    /// Extra `sbx server` arguments.
+    pub args: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            key: None,
+            shared_images: true,
+            wait_ready: true,
+            args: Vec::new(),
+        }
+    }
 }
 
 impl Server {
     pub async fn start() -> Server {
-        Self::start_with(Options { key: None }).await
+        Self::start_with(Options::default()).await
     }
 
     pub async fn start_with(opts: Options) -> Server {
@@ -84,10 +110,19 @@ impl Server {
             .tempdir_in("/var/tmp")
             .unwrap();
         let data_dir = tmp.path().to_path_buf();
-        // One default image for every test server: built once, then shared.
-        let images = workspace().join("target/sbx-test-images");
-        std::fs::create_dir_all(&images).unwrap();
-        std::os::unix::fs::symlink(&images, data_dir.join("images")).unwrap();
+        if opts.shared_images {
+            // One default image for every test server: built once, then shared.
+            let images = workspace().join("target/sbx-test-images");
+            std::fs::create_dir_all(&images).unwrap();
+            std::os::unix::fs::symlink(&images, data_dir.join("images")).unwrap();
+        }
+        // A cgroup parent of its own, named after its unique data directory:
+        // every test server starts from a fresh host's cgroup state.
+        let cgroup_parent = data_dir.file_name().unwrap().to_string_lossy().to_string();
+        assert!(
+            cgroup_dirs(&cgroup_parent).is_empty(),
+            "cgroup parent {cgroup_parent} exists before its server"
+        );
         let mut s = Server {
             child: None,
             data_dir,
@@ -97,6 +132,9 @@ impl Server {
             proxy_port: free_port(),
             key: opts.key,
             http: reqwest::Client::builder().build().unwrap(),
+            cgroup_parent,
+            args: opts.args,
+            wait_ready: opts.wait_ready,
             _tmp: Some(tmp),
         };
         // A free port picked here may be taken by a parallel test before
@@ -130,6 +168,9 @@ impl Server {
             .arg(format!("127.0.0.1:{}", self.proxy_port))
             .arg("--agent-bin")
             .arg(agent_bin())
+            .arg("--cgroup-parent")
+            .arg(&self.cgroup_parent)
+            .args(&self.args)
             .env_remove("SBX_API_KEY")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -139,17 +180,12 @@ impl Server {
             cmd.arg("--api-key").arg(k);
         }
         self.child = Some(cmd.spawn().expect("start sbx server"));
-        // The first server may build the default image (about a minute).
+        // The API answers at once; the first server builds the default
+        // image meanwhile (about a minute).
         let deadline = Instant::now() + Duration::from_secs(900);
         loop {
-            if let Ok(r) = self
-                .http
-                .get(format!("{}/healthz", self.api))
-                .bearer(self.key.as_deref())
-                .send()
-                .await
-            {
-                if r.status().is_success() {
+            if let Some(h) = self.health().await {
+                if !self.wait_ready || h["ready"] == true {
                     return true;
                 }
             }
@@ -161,6 +197,38 @@ impl Server {
             assert!(Instant::now() < deadline, "sbx server did not come up");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// `GET /healthz`, when the server answers.
+    pub async fn health(&self) -> Option<Value> {
+        let r = self
+            .http
+            .get(format!("{}/healthz", self.api))
+            .bearer(self.key.as_deref())
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.json().await.ok()
+    }
+
+    /// The directory of sandbox `id`'s cgroup in cgroup v1 `hierarchy`.
+    pub fn cgroup(&self, hierarchy: &str, id: &str) -> PathBuf {
+        Path::new("/sys/fs/cgroup")
+            .join(hierarchy)
+            .join(&self.cgroup_parent)
+            .join(id)
+    }
+
+    /// The host CPUs of a sandbox's cpuset cgroup, as a cpuset list (one CPU
+    /// for a pinned sandbox).
+    pub fn cpuset(&self, id: &str) -> String {
+        std::fs::read_to_string(self.cgroup("cpuset", id).join("cpuset.cpus"))
+            .unwrap()
+            .trim()
+            .to_string()
     }
 
     /// SIGKILLs the server, as a crash would.
@@ -371,6 +439,9 @@ impl Drop for Server {
                 proxy_port: self.proxy_port,
                 key: self.key.clone(),
                 http: reqwest::Client::new(),
+                cgroup_parent: self.cgroup_parent.clone(),
+                args: self.args.clone(),
+                wait_ready: self.wait_ready,
                 _tmp: None,
             };
             let me = std::thread::spawn(move || {
@@ -399,6 +470,11 @@ impl Drop for Server {
             }
         }
         self.stop();
+        // The server removes its cgroup parent at a clean stop; one a
+        // failed test left (sandboxes it could not stop) goes here.
+        for d in cgroup_dirs(&self.cgroup_parent) {
+            let _ = std::fs::remove_dir(d);
+        }
     }
 }
 
@@ -441,13 +517,22 @@ pub fn leftovers(data_dir: &Path) -> Vec<String> {
     found
 }
 
-/// The host CPUs of a sandbox's cpuset cgroup, as a cpuset list (one CPU
-/// for a pinned sandbox).
-pub fn cpuset(id: &str) -> String {
-    std::fs::read_to_string(format!("/sys/fs/cgroup/cpuset/sbx/{id}/cpuset.cpus"))
-        .unwrap()
-        .trim()
-        .to_string()
+/// The directories of cgroup parent `name` that exist, in any hierarchy.
+pub fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+        for e in rd.flatten() {
+            let p = e.path().join(name);
+            if p.is_dir() {
+                found.push(p);
+            }
+        }
+    }
+    let v2 = Path::new("/sys/fs/cgroup").join(name);
+    if v2.is_dir() && !found.contains(&v2) {
+        found.push(v2);
+    }
+    found
 }
 
 /// The sandbox's address: runsc takes it off the netns interface, so read

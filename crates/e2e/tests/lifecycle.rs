@@ -224,7 +224,7 @@ async fn terminate_leaves_nothing_on_the_host() {
         String::from_utf8_lossy(&route.stdout)
     );
     assert!(netns_of(std::slice::from_ref(&a)).is_empty());
-    assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/memory/sbx/{a}")).exists());
+    assert!(!s.cgroup("memory", &a).exists());
     let left = s.host_leftovers();
     assert!(
         left.iter().all(|l| l.contains(&b)),
@@ -287,6 +287,7 @@ async fn crash_and_restart_adopts_running_sandboxes_and_cleans_the_rest() {
 async fn auth_is_required_when_keys_are_set() {
     let s = Server::start_with(Options {
         key: Some("sekret".into()),
+        ..Options::default()
     })
     .await;
     let r = s.http.get(s.url("/sandboxes")).send().await.unwrap();

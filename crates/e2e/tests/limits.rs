@@ -20,13 +20,11 @@ async fn a_process_over_the_memory_limit_is_oom_killed_and_the_sandbox_lives() {
     assert_eq!(s.get(&id).await.1["status"], "running");
     assert_eq!(s.sh(&id, "echo alive").await, "alive\n");
     // The host enforces limits too: cgroup memory and CPU quota.
-    let mem: u64 = std::fs::read_to_string(format!(
-        "/sys/fs/cgroup/memory/sbx/{id}/memory.limit_in_bytes"
-    ))
-    .unwrap()
-    .trim()
-    .parse()
-    .unwrap();
+    let mem: u64 = std::fs::read_to_string(s.cgroup("memory", &id).join("memory.limit_in_bytes"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!((1024 << 20..=2048 << 20).contains(&mem), "{mem}");
     s.cleanup().await;
 }
@@ -37,10 +35,8 @@ async fn cpu_quota_follows_the_request_and_the_sandbox_runs_as_batch() {
     let id = s
         .create(json!({"resources": {"cpus": 0.5, "memory_mb": 1024}}))
         .await;
-    let quota =
-        std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/sbx/{id}/cpu.cfs_quota_us")).unwrap();
-    let period =
-        std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/sbx/{id}/cpu.cfs_period_us")).unwrap();
+    let quota = std::fs::read_to_string(s.cgroup("cpu", &id).join("cpu.cfs_quota_us")).unwrap();
+    let period = std::fs::read_to_string(s.cgroup("cpu", &id).join("cpu.cfs_period_us")).unwrap();
     assert_eq!(
         quota.trim().parse::<u64>().unwrap() * 2,
         period.trim().parse::<u64>().unwrap()
@@ -50,8 +46,7 @@ async fn cpu_quota_follows_the_request_and_the_sandbox_runs_as_batch() {
     // after it booted included, runs under SCHED_BATCH (see
     // runtime::gvisor::batch_scheduling).
     s.sh(&id, "true").await;
-    let procs =
-        std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/sbx/{id}/cgroup.procs")).unwrap();
+    let procs = std::fs::read_to_string(s.cgroup("cpu", &id).join("cgroup.procs")).unwrap();
     let pids: Vec<&str> = procs.lines().collect();
     assert!(pids.len() >= 2, "sentry and stubs: {pids:?}");
     for pid in pids {
@@ -79,8 +74,8 @@ fn cpus_and_role(pid: &str) -> Option<(String, bool)> {
     Some((cpus, gofer))
 }
 
-fn cgroup_procs(hierarchy: &str, id: &str) -> Vec<String> {
-    std::fs::read_to_string(format!("/sys/fs/cgroup/{hierarchy}/sbx/{id}/cgroup.procs"))
+fn cgroup_procs(s: &Server, hierarchy: &str, id: &str) -> Vec<String> {
+    std::fs::read_to_string(s.cgroup(hierarchy, id).join("cgroup.procs"))
         .unwrap()
         .lines()
         .map(str::to_string)
@@ -100,7 +95,7 @@ async fn small_sandboxes_are_pinned_one_cpu_each_and_their_gofer_is_not() {
     let big = s
         .create(json!({"resources": {"cpus": 2, "memory_mb": 2048}}))
         .await;
-    let (cpu_a, cpu_b) = (cpuset(&a), cpuset(&b));
+    let (cpu_a, cpu_b) = (s.cpuset(&a), s.cpuset(&b));
     assert!(cpu_a.parse::<usize>().is_ok(), "one CPU: {cpu_a}");
     assert!(cpu_b.parse::<usize>().is_ok(), "one CPU: {cpu_b}");
     assert_ne!(
@@ -112,7 +107,7 @@ async fn small_sandboxes_are_pinned_one_cpu_each_and_their_gofer_is_not() {
     assert_eq!(s.sh(&big, "nproc").await.trim(), host_cpus.to_string());
     for (id, cpu) in [(&a, &cpu_a), (&b, &cpu_b)] {
         // The sentry and its stubs run on the sandbox's CPU only...
-        let pinned = cgroup_procs("cpuset", id);
+        let pinned = cgroup_procs(&s, "cpuset", id);
         assert!(!pinned.is_empty());
         for pid in &pinned {
             if let Some((cpus, gofer)) = cpus_and_role(pid) {
@@ -121,7 +116,7 @@ async fn small_sandboxes_are_pinned_one_cpu_each_and_their_gofer_is_not() {
             }
         }
         // ...while its gofer, still in its cpu and memory cgroups, may run anywhere.
-        let gofers: Vec<String> = cgroup_procs("cpu", id)
+        let gofers: Vec<String> = cgroup_procs(&s, "cpu", id)
             .iter()
             .filter_map(|pid| cpus_and_role(pid).filter(|(_, gofer)| *gofer))
             .map(|(cpus, _)| cpus)

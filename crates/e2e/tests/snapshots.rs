@@ -184,7 +184,7 @@ async fn memory_snapshot_restores_processes_twice_in_parallel() {
     let pinned = std::thread::available_parallelism().unwrap().get() > 1;
     if pinned {
         // Unpinned for the capture, pinned again after it.
-        assert!(cpuset(&id).parse::<usize>().is_ok(), "{}", cpuset(&id));
+        assert!(s.cpuset(&id).parse::<usize>().is_ok(), "{}", s.cpuset(&id));
     }
     // The source keeps counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -211,8 +211,8 @@ async fn memory_snapshot_restores_processes_twice_in_parallel() {
     assert_ne!(a, b);
     if pinned {
         // Restored copies are pinned too, each to a CPU of its own.
-        assert!(cpuset(&a).parse::<usize>().is_ok(), "{}", cpuset(&a));
-        assert_ne!(cpuset(&a), cpuset(&b));
+        assert!(s.cpuset(&a).parse::<usize>().is_ok(), "{}", s.cpuset(&a));
+        assert_ne!(s.cpuset(&a), s.cpuset(&b));
     }
     for copy in [&a, &b] {
         let first = count(&s, copy).await;

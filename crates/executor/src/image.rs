@@ -4,23 +4,86 @@
 use crate::Error;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
+use tokio::sync::watch;
 
 pub const DEFAULT_IMAGE: &str = "default";
 
 /// Packages added to debootstrap's minbase.
 const PACKAGES: &str = "python3,python3-pip,python3-venv,ca-certificates,procps,iproute2,curl,less";
 
+/// Where the default image stands: a server answers while it is built
+/// (`GET /healthz` shows it) and creates wait for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildStatus {
+    /// Being built (or waiting for another server's build); `progress` is
+    /// the build's last step.
+    Building {
+        progress: String,
+        steps: u32,
+    },
+    Ready,
+    /// The last build failed; the server tries again later.
+    Failed {
+        error: String,
+    },
+}
+
 /// The images under `<dir>/<name>/rootfs`, each complete once `<dir>/<name>/ready` exists.
 #[derive(Debug, Clone)]
 pub struct Images {
     dir: PathBuf,
+    default: Arc<watch::Sender<BuildStatus>>,
 }
 
 impl Images {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        let dir = dir.into();
+        let ready = is_ready(&dir, DEFAULT_IMAGE);
+        let status = if ready {
+            BuildStatus::Ready
+        } else {
+            BuildStatus::Building {
+                progress: "not started".into(),
+                steps: 0,
+            }
+        };
+        Self {
+            dir,
+            default: Arc::new(watch::Sender::new(status)),
+        }
+    }
+
+    /// Where the default image stands.
+    pub fn default_status(&self) -> BuildStatus {
+        self.default.borrow().clone()
+    }
+
+    /// Waits until image `name` can be used: the default image once its
+    /// build ends (an error if it failed); any other at once.
+    pub async fn wait_ready(&self, name: &str) -> Result<(), String> {
+        if name != DEFAULT_IMAGE {
+            return Ok(());
+        }
+        let mut rx = self.default.subscribe();
+        let status = rx
+            .wait_for(|s| !matches!(s, BuildStatus::Building { .. }))
+            .await
+            .map(|s| s.clone())
+            .unwrap_or(BuildStatus::Ready);
+        match status {
+            BuildStatus::Failed { error } => {
+                Err(format!("the default image could not be built: {error}"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn set_progress(&self, progress: String, steps: u32) {
+        self.default
+            .send_replace(BuildStatus::Building { progress, steps });
     }
 
     pub fn rootfs(&self, name: &str) -> PathBuf {
@@ -32,7 +95,18 @@ impl Images {
     }
 
     pub fn exists(&self, name: &str) -> bool {
-        is_plain_name(name) && self.ready_marker(name).exists()
+        is_ready(&self.dir, name)
+    }
+
+    /// Names a sandbox may ask for: the complete images, and the default
+    /// one also while it is built.
+    pub fn known(&self) -> Vec<String> {
+        let mut names = self.list();
+        if !names.iter().any(|n| n == DEFAULT_IMAGE) {
+            names.push(DEFAULT_IMAGE.into());
+            names.sort();
+        }
+        names
     }
 
     /// Names of complete images.
@@ -50,11 +124,24 @@ impl Images {
     }
 
     /// Builds the default image unless it exists. Several servers sharing
-    /// the directory build it once: the build holds a lock file.
+    /// the directory build it once: the build holds a lock file. Where it
+    /// stands is in [`Self::default_status`] meanwhile.
     pub async fn ensure_default(&self) -> Result<(), Error> {
+        let result = self.ensure_default_inner().await;
+        self.default.send_replace(match &result {
+            Ok(()) => BuildStatus::Ready,
+            Err(e) => BuildStatus::Failed {
+                error: e.to_string(),
+            },
+        });
+        result
+    }
+
+    async fn ensure_default_inner(&self) -> Result<(), Error> {
         if self.exists(DEFAULT_IMAGE) {
             return Ok(());
         }
+        self.set_progress("waiting for the build lock".into(), 0);
         tokio::fs::create_dir_all(&self.dir).await?;
         let lock = std::fs::File::create(self.dir.join(".build.lock"))?;
         let lock = tokio::task::spawn_blocking(move || {
@@ -76,40 +163,54 @@ impl Images {
         let mirror = apt_mirror().unwrap_or_else(|| "http://deb.debian.org/debian".into());
         let image_dir = self.dir.join(DEFAULT_IMAGE);
         let tmp = self.dir.join(format!(".{DEFAULT_IMAGE}.building"));
-        let _ = tokio::fs::remove_dir_all(&tmp).await;
+        remove_half_built(&tmp).await;
         tokio::fs::create_dir_all(&tmp).await?;
         tracing::info!(%mirror, "building the default image (Debian bookworm, once; about a minute)");
-        let mut child = Command::new("debootstrap")
-            .args([
-                "--variant=minbase",
-                &format!("--include={PACKAGES}"),
-                "bookworm",
-            ])
-            .arg(tmp.join("rootfs"))
-            .arg(&mirror)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| {
-                Error::Image(format!(
-                    "cannot run debootstrap ({e}); apt-get install debootstrap"
-                ))
-            })?;
+        let mut cmd = Command::new("debootstrap");
+        cmd.args([
+            "--variant=minbase",
+            &format!("--include={PACKAGES}"),
+            "bookworm",
+        ])
+        .arg(tmp.join("rootfs"))
+        .arg(&mirror)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+        // It dies with the server (a build that outlived it would write
+        // into a directory the next start removes).
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| {
+            Error::Image(format!(
+                "cannot run debootstrap ({e}); apt-get install debootstrap"
+            ))
+        })?;
+        // A build given up (the server stops) ends with all it started.
+        let mut group = KillGroupOnDrop(child.id());
+        self.set_progress("debootstrap started".into(), 0);
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
+        let me = self.clone();
         let progress = tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
-            let (mut phase, mut steps) = (String::new(), 0u32);
+            let (mut phases, mut steps) = (std::collections::HashSet::new(), 0u32);
             while let Ok(Some(line)) = lines.next_line().await {
                 steps += 1;
-                // debootstrap prints a line per package and step: show each
-                // phase once (Retrieving, Extracting, Configuring, …).
-                let this = build_phase(&line);
-                if this != phase {
+                // debootstrap prints a line per package and step: show the
+                // first of each phase (Retrieving, Extracting, Configuring,
+                // …) and every 50th step.
+                if phases.insert(build_phase(&line)) || steps % 50 == 0 {
                     tracing::info!(steps, "image build: {line}");
-                    phase = this;
                 }
+                me.set_progress(line, steps);
             }
         });
         let mut err_text = String::new();
@@ -119,9 +220,10 @@ impl Images {
             err_text.push('\n');
         }
         let status = child.wait().await?;
+        group.0 = None;
         let _ = progress.await;
         if !status.success() {
-            let _ = tokio::fs::remove_dir_all(&tmp).await;
+            remove_half_built(&tmp).await;
             return Err(Error::Image(format!(
                 "debootstrap failed: {}",
                 err_text.trim()
@@ -134,6 +236,32 @@ impl Images {
         tracing::info!("default image ready");
         Ok(())
     }
+}
+
+/// Kills a process group when dropped, unless it has ended.
+struct KillGroupOnDrop(Option<u32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: a plain signal to the group the child leads.
+            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+        }
+    }
+}
+
+/// Removes a half-built image directory; debootstrap mounts /proc and /sys
+/// inside the root it builds, and a build cut short leaves them there.
+async fn remove_half_built(tmp: &Path) {
+    // Deepest first.
+    for m in crate::layer::mounts_below(tmp) {
+        let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+    }
+    let _ = tokio::fs::remove_dir_all(tmp).await;
+}
+
+fn is_ready(dir: &Path, name: &str) -> bool {
+    is_plain_name(name) && dir.join(name).join("ready").exists()
 }
 
 /// The phase of a debootstrap progress line: its first two words.
@@ -257,6 +385,39 @@ mod tests {
         assert!(!is_plain_name("../etc"));
         assert!(!is_plain_name(".hidden"));
         assert!(!is_plain_name("a/b"));
+    }
+
+    #[tokio::test]
+    async fn creates_wait_for_the_default_image_and_learn_why_its_build_failed() {
+        let d = tempfile::tempdir().unwrap();
+        let images = Images::new(d.path());
+        assert!(matches!(
+            images.default_status(),
+            BuildStatus::Building { .. }
+        ));
+        // The default image may be asked for while it is built.
+        assert_eq!(images.known(), vec![DEFAULT_IMAGE.to_string()]);
+        assert!(images.list().is_empty());
+        let waiting = tokio::spawn({
+            let images = images.clone();
+            async move { images.wait_ready(DEFAULT_IMAGE).await }
+        });
+        images.set_progress("I: Retrieving bash".into(), 3);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        images.default.send_replace(BuildStatus::Failed {
+            error: "mirror unreachable".into(),
+        });
+        let err = waiting.await.unwrap().unwrap_err();
+        assert!(err.contains("mirror unreachable"), "{err}");
+        images.default.send_replace(BuildStatus::Ready);
+        assert_eq!(images.wait_ready(DEFAULT_IMAGE).await, Ok(()));
+        // Other images are checked where they are used, not waited for.
+        assert_eq!(images.wait_ready("other").await, Ok(()));
+        // A server that finds the image built starts ready.
+        std::fs::create_dir_all(d.path().join("default/rootfs")).unwrap();
+        std::fs::write(d.path().join("default/ready"), b"").unwrap();
+        assert_eq!(Images::new(d.path()).default_status(), BuildStatus::Ready);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! writable layers, network namespaces — and can rebuild its picture of them
 //! after a crash.
 
+pub mod cgroups;
 mod cmd;
 pub mod image;
 pub mod layer;
@@ -11,6 +12,7 @@ mod pool;
 mod rtnl;
 pub mod snapshot;
 
+use cgroups::CgroupParent;
 use image::Images;
 use layer::Layer;
 use net::Slot;
@@ -26,6 +28,16 @@ pub const AGENT_PORT: u16 = 9501;
 /// Where the agent's directory is mounted inside the sandbox.
 const AGENT_MOUNT: &str = "/.sbx";
 const AGENT_NAME: &str = "sbx-agent";
+/// The host's CA bundle, in the agent's directory (`--sandbox-ca-bundle`).
+const CA_NAME: &str = "ca-certificates.crt";
+/// Variables that point the usual TLS clients at the CA bundle.
+const CA_VARIABLES: [&str; 5] = [
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "PIP_CERT",
+    "NODE_EXTRA_CA_CERTS",
+    "CURL_CA_BUNDLE",
+];
 /// Marks a deleted snapshot's directory kept for sandboxes still using its layer.
 const DELETED_MARK: &str = "deleted";
 /// A suspended sandbox's memory image, in its directory.
@@ -52,6 +64,8 @@ pub enum Error {
     #[error("sandbox {0} is not suspended on this host")]
     NotSuspended(String),
     #[error(transparent)]
+    Cgroup(#[from] cgroups::CgroupError),
+    #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -65,6 +79,11 @@ pub struct ExecutorConfig {
     pub spare_volumes: usize,
     /// Size of the spare volumes: the default `disk_mb`.
     pub spare_disk_mb: u64,
+    /// The cgroup under which sandboxes run (e.g. `sbx`); made and prepared here.
+    pub cgroup_parent: String,
+    /// A CA bundle every sandbox trusts (the host's, usually); `None`: only
+    /// what each image has.
+    pub ca_bundle: Option<PathBuf>,
 }
 
 /// What the executor needs to launch one sandbox.
@@ -146,6 +165,9 @@ pub struct Executor {
     next_slot: Mutex<u32>,
     /// Host CPUs small sandboxes are pinned to, one each.
     cpus: Vec<usize>,
+    cgroups: CgroupParent,
+    /// Whether sandboxes get the CA bundle (in the agent's directory).
+    ca_bundle: bool,
 }
 
 impl Executor {
@@ -165,6 +187,23 @@ impl Executor {
                 reason: e.to_string(),
             })?;
         tokio::fs::rename(&tmp, agent_dir.join(AGENT_NAME)).await?;
+        install_ca_bundle(&agent_dir, config.ca_bundle.as_deref()).await?;
+        let cgroups = CgroupParent::prepare(&config.cgroup_parent)?;
+        let cpus = if cgroups.can_pin() {
+            let allowed = cgroups.allowed_cpus();
+            placement::host_cpus()
+                .into_iter()
+                .filter(|c| allowed.contains(c))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        tracing::info!(
+            cgroup_parent = cgroups.name(),
+            version = ?cgroups.version(),
+            pin_cpus = %placement::list(&cpus),
+            "cgroups ready"
+        );
         net::install_firewall().await?;
         tokio::fs::write(data_dir.join("resolv.conf"), net::sandbox_resolv_conf()).await?;
         let pool = pool::VolumePool::new(
@@ -180,7 +219,9 @@ impl Executor {
             live: Mutex::new(HashMap::new()),
             pool,
             next_slot: Mutex::new(0),
-            cpus: placement::host_cpus(),
+            cpus,
+            cgroups,
+            ca_bundle: config.ca_bundle.is_some(),
         })
     }
 
@@ -429,18 +470,12 @@ impl Executor {
             bundle_dir: dir.clone(),
             rootfs: Layer::new(&dir).rootfs(),
             netns: Some(net::netns_path(&spec.id)),
-            cgroup_path: format!("/sbx/{}", spec.id),
+            cgroup_path: self.cgroups.sandbox_path(&spec.id),
             cpus: spec.cpus,
             cpuset,
             memory_limit_bytes: hard_memory_limit_mb(spec.memory_mb) * 1024 * 1024,
             args,
-            env: vec![
-                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-                "HOME=/root".into(),
-                "LANG=C.UTF-8".into(),
-                format!("SBX_MEMORY_LIMIT_MB={}", spec.memory_mb),
-                format!("SBX_SANDBOX_ID={}", spec.id),
-            ],
+            env: self.sandbox_env(spec),
             binds: vec![
                 Bind {
                     source: self.data_dir.join("agent"),
@@ -454,6 +489,30 @@ impl Executor {
                 },
             ],
             hostname: "sandbox".into(),
+        }
+    }
+
+    /// The environment of the sandbox's PID 1, which its processes inherit.
+    fn sandbox_env(&self, spec: &LaunchSpec) -> Vec<String> {
+        let mut env = vec![
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            "HOME=/root".into(),
+            "LANG=C.UTF-8".into(),
+            format!("SBX_MEMORY_LIMIT_MB={}", spec.memory_mb),
+            format!("SBX_SANDBOX_ID={}", spec.id),
+        ];
+        if self.ca_bundle {
+            env.extend(CA_VARIABLES.map(|v| format!("{v}={AGENT_MOUNT}/{CA_NAME}")));
+        }
+        env
+    }
+
+    /// Sets the host CPUs sandbox `id` runs on (a cpuset list); a no-op
+    /// where sandboxes are not pinned.
+    async fn set_cpus(&self, id: &str, cpus: &str) -> std::io::Result<()> {
+        match self.cgroups.cpus_file(id) {
+            Some(f) if f.exists() => tokio::fs::write(f, cpus).await,
+            _ => Ok(()),
         }
     }
 
@@ -557,13 +616,13 @@ impl Executor {
         // however the capture ends.
         let pinned = self.live.lock().unwrap().get(id).and_then(|l| l.cpu);
         if pinned.is_some() {
-            if let Err(e) = placement::set_cpus(id, &placement::list(&self.cpus)).await {
+            if let Err(e) = self.set_cpus(id, &placement::list(&self.cpus)).await {
                 tracing::warn!(sandbox = id, "cannot unpin for the capture: {e}");
             }
         }
         let captured = self.pause_and_capture(id, tmp, memory).await;
         if let Some(cpu) = pinned {
-            if let Err(e) = placement::set_cpus(id, &cpu.to_string()).await {
+            if let Err(e) = self.set_cpus(id, &cpu.to_string()).await {
                 tracing::warn!(sandbox = id, "cannot pin again after the capture: {e}");
             }
         }
@@ -690,7 +749,7 @@ impl Executor {
         }
         let layer = Layer::new(&dir);
         tokio::join!(net::destroy(id, slot), layer.unmount());
-        remove_cgroups(id).await;
+        self.cgroups.remove_sandbox(id).await;
         Ok(started.elapsed().as_millis() as u64)
     }
 
@@ -754,7 +813,7 @@ impl Executor {
                     net::destroy(id, slot).await;
                 }
                 layer.unmount().await;
-                remove_cgroups(id).await;
+                self.cgroups.remove_sandbox(id).await;
                 let _ = write_meta(&dir, &meta).await;
                 Err(e)
             }
@@ -785,7 +844,7 @@ impl Executor {
     async fn teardown_without_slot(&self, id: &str) {
         let _ = self.runtime.destroy(id).await;
         let _ = cmd::run("ip", &["netns", "del", &net::netns_name(id)]).await;
-        remove_cgroups(id).await;
+        self.cgroups.remove_sandbox(id).await;
         Layer::new(self.sandbox_dir(id)).destroy().await;
     }
 
@@ -799,13 +858,17 @@ impl Executor {
         // The directory goes last: once it is gone, nothing of the sandbox
         // is left on the host (what callers and tests wait for).
         tokio::join!(net::destroy(id, slot), layer.unmount());
-        remove_cgroups(id).await;
+        self.cgroups.remove_sandbox(id).await;
         layer.destroy().await;
     }
 
-    /// Removes the spare volumes (on shutdown; sandboxes keep running).
+    /// Removes the spare volumes and, when no sandbox is left in it, the
+    /// cgroup parent (on shutdown; sandboxes keep running).
     pub async fn shutdown(&self) {
         self.pool.drain().await;
+        if self.cgroups.remove_if_empty() {
+            tracing::info!(cgroup_parent = self.cgroups.name(), "cgroup parent removed");
+        }
     }
 
     /// Whether the sandbox's runtime process still exists.
@@ -857,7 +920,7 @@ impl Executor {
                 let _ = self.runtime.destroy(&id).await;
                 let _ = cmd::run("ip", &["netns", "del", &net::netns_name(&id)]).await;
                 layer.unmount().await;
-                remove_cgroups(&id).await;
+                self.cgroups.remove_sandbox(&id).await;
                 report.suspended.push(id);
                 continue;
             }
@@ -944,17 +1007,41 @@ async fn read_meta(dir: &Path) -> Option<Meta> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Removes `/sbx/<id>` from every cgroup v1 controller (runsc may leave some).
-async fn remove_cgroups(id: &str) {
-    let Ok(mut rd) = tokio::fs::read_dir("/sys/fs/cgroup").await else {
-        return;
+/// Where distributions keep the system's CA bundle (Debian/Ubuntu/Alpine,
+/// Fedora/RHEL, openSUSE, others).
+const HOST_CA_BUNDLES: [&str; 4] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// The host's CA bundle: what the host's own TLS clients trust (a
+/// TLS-inspecting proxy's CA included, where the host trusts one).
+pub fn host_ca_bundle() -> Option<PathBuf> {
+    HOST_CA_BUNDLES
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() > 0))
+}
+
+/// Puts the CA bundle for sandboxes into the agent's directory (copy, then
+/// rename), or removes one an earlier start put there.
+async fn install_ca_bundle(agent_dir: &Path, bundle: Option<&Path>) -> Result<(), Error> {
+    let target = agent_dir.join(CA_NAME);
+    let Some(bundle) = bundle else {
+        let _ = tokio::fs::remove_file(&target).await;
+        return Ok(());
     };
-    while let Ok(Some(e)) = rd.next_entry().await {
-        let p = e.path().join("sbx").join(id);
-        if p.exists() {
-            let _ = tokio::fs::remove_dir(&p).await;
-        }
-    }
+    let tmp = agent_dir.join(format!(".{CA_NAME}.tmp"));
+    tokio::fs::copy(bundle, &tmp)
+        .await
+        .map_err(|e| Error::Host {
+            what: format!("CA bundle {}", bundle.display()),
+            reason: e.to_string(),
+        })?;
+    tokio::fs::rename(&tmp, &target).await?;
+    Ok(())
 }
 
 /// Polls the agent's health route until it answers 200.

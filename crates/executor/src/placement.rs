@@ -40,16 +40,6 @@ pub fn least_loaded(cpus: &[usize], taken: impl IntoIterator<Item = usize>) -> O
         .map(|i| cpus[i])
 }
 
-/// Sets the host CPUs the sandbox `id` (cgroup `/sbx/<id>`) runs on, as a
-/// cpuset list; cgroup v1 only (elsewhere a no-op).
-pub async fn set_cpus(id: &str, cpus: &str) -> std::io::Result<()> {
-    let path = format!("/sys/fs/cgroup/cpuset/sbx/{id}/cpuset.cpus");
-    if !std::path::Path::new(&path).exists() {
-        return Ok(());
-    }
-    tokio::fs::write(path, cpus).await
-}
-
 /// A cpuset list naming every CPU of `cpus`.
 pub fn list(cpus: &[usize]) -> String {
     cpus.iter()

@@ -60,10 +60,7 @@ where
             get(get_snapshot).delete(delete_snapshot),
         );
     Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({"healthy": true})) }),
-        )
+        .route("/healthz", get(healthz))
         .route("/openapi.json", get(crate::openapi::spec))
         .nest(
             "/v1/namespaces/{ns}",
@@ -80,6 +77,21 @@ where
                 "this route does not take that method",
             )
         })
+}
+
+/// The server answers; `ready` once sandboxes can start (the default
+/// image is built), with the build's progress meanwhile.
+async fn healthz(State(state): State<ApiState>) -> Json<serde_json::Value> {
+    use sbx_executor::image::BuildStatus;
+    let image = match state.manager.executor.images().default_status() {
+        BuildStatus::Ready => serde_json::json!({"status": "ready"}),
+        BuildStatus::Building { progress, steps } => {
+            serde_json::json!({"status": "building", "steps": steps, "progress": progress})
+        }
+        BuildStatus::Failed { error } => serde_json::json!({"status": "failed", "error": error}),
+    };
+    let ready = image["status"] == "ready";
+    Json(serde_json::json!({"healthy": true, "ready": ready, "default_image": image}))
 }
 
 /// Answers 400 before any handler runs when the path's namespace is not a
@@ -222,6 +234,16 @@ async fn create(
     JsonBody(req): JsonBody<CreateSandboxRequest>,
 ) -> ApiResult<Response> {
     let ns = namespace(&params);
+    let deadline = tokio::time::Instant::now() + create_deadline(&headers);
+    if req.wait != Some(false) {
+        // On a host's first start: wait for the default image before the
+        // sandbox is recorded, so that a 503 leaves nothing behind.
+        let image = req
+            .image
+            .as_deref()
+            .unwrap_or(sbx_executor::image::DEFAULT_IMAGE);
+        state.manager.wait_for_image(image, deadline).await?;
+    }
     let (row, task) = state.manager.create(&ns, &req).await?;
     let url = sandbox_url(&state, &headers);
     if req.wait == Some(false) {
@@ -237,7 +259,7 @@ async fn create(
         };
         return Ok((StatusCode::ACCEPTED, Json(resp)).into_response());
     }
-    let outcome = match tokio::time::timeout(create_deadline(&headers), task).await {
+    let outcome = match tokio::time::timeout_at(deadline, task).await {
         Ok(Ok(LaunchOutcome::Failed(msg))) => return Err(ApiError::unavailable(msg)),
         Ok(Ok(o)) => Some(o),
         Ok(Err(e)) => return Err(ApiError::internal(format!("launch task: {e}"))),

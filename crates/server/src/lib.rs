@@ -34,6 +34,58 @@ pub struct ServerConfig {
     pub api_keys: Vec<String>,
     /// Static `sbx-agent` binary; default: found beside the running executable.
     pub agent_bin: Option<PathBuf>,
+    /// The cgroup under which this server's sandboxes run (`sbx`).
+    pub cgroup_parent: String,
+    /// Which CA bundle sandboxes trust besides their image's own.
+    pub sandbox_ca_bundle: CaBundle,
+}
+
+/// The CA bundle made available in every sandbox (`--sandbox-ca-bundle`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CaBundle {
+    /// The host's system bundle, if it has one.
+    #[default]
+    Host,
+    /// This file.
+    File(PathBuf),
+    /// None: sandboxes trust what their image trusts.
+    Off,
+}
+
+impl CaBundle {
+    /// `none` or a path.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "none" => CaBundle::Off,
+            p => CaBundle::File(p.into()),
+        }
+    }
+
+    fn resolve(&self) -> Result<Option<PathBuf>, Error> {
+        match self {
+            CaBundle::Off => Ok(None),
+            CaBundle::Host => {
+                let found = sbx_executor::host_ca_bundle();
+                if found.is_none() {
+                    tracing::info!(
+                        "no CA bundle found on this host: sandboxes trust only their image's CAs"
+                    );
+                }
+                Ok(found)
+            }
+            CaBundle::File(p) => match std::fs::metadata(p) {
+                Ok(m) if m.is_file() => Ok(Some(p.clone())),
+                Ok(_) => Err(Error::Config(format!(
+                    "--sandbox-ca-bundle {}: not a file",
+                    p.display()
+                ))),
+                Err(e) => Err(Error::Config(format!(
+                    "--sandbox-ca-bundle {}: {e}",
+                    p.display()
+                ))),
+            },
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +113,7 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
         ));
     }
     let agent_bin = find_agent(config.agent_bin.clone())?;
+    let ca_bundle = config.sandbox_ca_bundle.resolve()?;
     tokio::fs::create_dir_all(&config.data_dir).await?;
     let data_dir = config.data_dir.canonicalize()?;
 
@@ -76,12 +129,13 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
                 agent_bin,
                 spare_volumes: 2,
                 spare_disk_mb: lifecycle::DEFAULT_DISK_MB,
+                cgroup_parent: config.cgroup_parent.clone(),
+                ca_bundle,
             },
             runtime,
         )
         .await?,
     );
-    executor.images().ensure_default().await?;
     let blobs = Arc::new(
         sbx_store::Store::open(data_dir.join("store"))
             .map_err(|e| Error::Config(format!("snapshot store: {e}")))?,
@@ -89,6 +143,9 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     let manager = lifecycle::Manager::new(store, executor, lifecycle::HostLimits::detect(), blobs);
     manager.recover().await?;
     let sweeper = manager.start_sweeper();
+    // The API answers while the default image is built (the first start
+    // of a host): creates wait for it, `/healthz` shows its progress.
+    let image_builder = tokio::spawn(build_default_image(manager.executor.clone()));
 
     let keys = Arc::new(config.api_keys.clone());
     let api_app = api::router(api::ApiState {
@@ -142,6 +199,7 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     sweeper.abort();
+    image_builder.abort();
     // Finish what was started on the host (teardowns, launches, captures):
     // a stop right after a request must not leave mounts or netns behind.
     manager.tasks.close();
@@ -162,6 +220,25 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     })
     .await;
     Ok(())
+}
+
+/// Builds the default image unless it is there, trying again after a
+/// failure (a mirror that did not answer, a full disk) with a growing pause.
+async fn build_default_image(executor: Arc<Executor>) {
+    let mut pause = std::time::Duration::from_secs(30);
+    loop {
+        match executor.images().ensure_default().await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::error!(
+                    retry_in_secs = pause.as_secs(),
+                    "building the default image failed: {e}"
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(600));
+            }
+        }
+    }
 }
 
 /// Longest a shutdown waits for background work on the host.
@@ -216,4 +293,27 @@ pub(crate) fn peer(req: &axum::extract::Request) -> Option<SocketAddr> {
     req.extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_bundle_must_be_a_file_or_none() {
+        assert_eq!(CaBundle::parse("none").resolve().unwrap(), None);
+        let f = tempfile::NamedTempFile::new().unwrap();
+        assert_eq!(
+            CaBundle::parse(f.path().to_str().unwrap())
+                .resolve()
+                .unwrap(),
+            Some(f.path().to_path_buf())
+        );
+        let e = CaBundle::parse("/no/such/bundle.pem")
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("/no/such/bundle.pem"), "{e}");
+        let e = CaBundle::parse("/tmp").resolve().unwrap_err();
+        assert!(e.to_string().contains("not a file"), "{e}");
+    }
 }

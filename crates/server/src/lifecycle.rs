@@ -8,6 +8,7 @@ use sbx_api::sandbox::{
     CreateSandboxRequest, NetworkPolicy, Resources, ResourcesRequest, SandboxStatus,
 };
 use sbx_api::snapshot::SnapshotType;
+use sbx_executor::image::BuildStatus;
 use sbx_executor::{net::Egress, Executor, LaunchSpec};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -400,7 +401,7 @@ impl Manager {
         namespace: &str,
         req: &CreateSandboxRequest,
     ) -> ApiResult<(SandboxRow, JoinHandle<LaunchOutcome>)> {
-        let images = self.executor.images().list();
+        let images = self.executor.images().known();
         let (name, spec) = match &req.snapshot_id {
             Some(sid) => {
                 let snap = self
@@ -440,7 +441,41 @@ impl Manager {
         Ok((row, task))
     }
 
+    /// Waits until image `name` can be used, up to `deadline`: a 503 saying
+    /// the default image is being built (or why its build failed) after it.
+    pub async fn wait_for_image(
+        &self,
+        name: &str,
+        deadline: tokio::time::Instant,
+    ) -> ApiResult<()> {
+        let images = self.executor.images();
+        match tokio::time::timeout_at(deadline, images.wait_ready(name)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "image_unavailable",
+                format!("{why}; the server tries again shortly"),
+            )),
+            Err(_) => Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "image_building",
+                format!(
+                    "the default image is being built (first start of this host, about a minute; now: {}); try again shortly",
+                    match images.default_status() {
+                        BuildStatus::Building { progress, steps } => format!("step {steps}: {progress}"),
+                        other => format!("{other:?}"),
+                    }
+                ),
+            )),
+        }
+    }
+
     async fn launch(&self, id: &str, spec: &SandboxSpec) -> LaunchOutcome {
+        // A sandbox created while the default image is built waits here,
+        // `pending`, without holding its lock (a terminate goes through).
+        if let Err(why) = self.executor.images().wait_ready(&spec.image).await {
+            return self.launch_failed(id, why).await;
+        }
         let lock = self.lock_for(id);
         let _guard = lock.lock().await;
         match self.store.get(id).await {
@@ -500,22 +535,25 @@ impl Manager {
                     LaunchOutcome::Gone
                 }
             }
-            Err(e) => {
-                let msg = format!("sandbox failed to start: {e}");
-                tracing::warn!(sandbox = id, "{msg}");
-                let _ = self
-                    .store
-                    .transition(
-                        id,
-                        &[SandboxStatus::Pending],
-                        SandboxStatus::Failed,
-                        Some("startup_failed"),
-                        Some(&msg),
-                    )
-                    .await;
-                LaunchOutcome::Failed(msg)
-            }
+            Err(e) => self.launch_failed(id, e).await,
         }
+    }
+
+    /// Records that the launch of `id` failed and why.
+    async fn launch_failed(&self, id: &str, why: String) -> LaunchOutcome {
+        let msg = format!("sandbox failed to start: {why}");
+        tracing::warn!(sandbox = id, "{msg}");
+        let _ = self
+            .store
+            .transition(
+                id,
+                &[SandboxStatus::Pending],
+                SandboxStatus::Failed,
+                Some("startup_failed"),
+                Some(&msg),
+            )
+            .await;
+        LaunchOutcome::Failed(msg)
     }
 
     /// Marks the sandbox terminated now and removes it from the host in the

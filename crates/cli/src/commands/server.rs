@@ -29,6 +29,17 @@ pub struct ServerArgs {
     /// Static sbx-agent binary (default: beside this executable).
     #[arg(long, env = "SBX_AGENT_BIN", value_name = "PATH")]
     pub agent_bin: Option<PathBuf>,
+
+    /// The cgroup under which sandboxes run, made and prepared by the
+    /// server (one per server when several share a host).
+    #[arg(long, default_value = "sbx", value_name = "NAME")]
+    pub cgroup_parent: String,
+
+    /// CA bundle every sandbox trusts, with SSL_CERT_FILE, REQUESTS_CA_BUNDLE,
+    /// PIP_CERT, NODE_EXTRA_CA_CERTS and CURL_CA_BUNDLE pointing at it
+    /// (default: the host's system bundle); `none` for only the image's own.
+    #[arg(long, value_name = "PATH|none")]
+    pub sandbox_ca_bundle: Option<String>,
 }
 
 impl ServerArgs {
@@ -40,6 +51,12 @@ impl ServerArgs {
             proxy_addr: self.proxy_addr,
             api_keys: merge_keys(&self.api_keys, env_key.as_deref()),
             agent_bin: self.agent_bin.clone(),
+            cgroup_parent: self.cgroup_parent.clone(),
+            sandbox_ca_bundle: self
+                .sandbox_ca_bundle
+                .as_deref()
+                .map(sbx_server::CaBundle::parse)
+                .unwrap_or_default(),
         }
     }
 }
@@ -79,6 +96,34 @@ mod tests {
         assert_eq!(a.data_dir, PathBuf::from("/var/lib/sbx"));
         assert_eq!(a.api_addr.to_string(), "127.0.0.1:8900");
         assert_eq!(a.proxy_addr.to_string(), "127.0.0.1:9443");
+        assert_eq!(a.cgroup_parent, "sbx");
+        assert_eq!(a.config().sandbox_ca_bundle, sbx_server::CaBundle::Host);
+    }
+
+    #[test]
+    fn cgroup_parent_and_ca_bundle_flags() {
+        let Command::Server(a) = parse(&[
+            "server",
+            "--cgroup-parent",
+            "ci/run-1",
+            "--sandbox-ca-bundle",
+            "none",
+        ])
+        .command
+        else {
+            panic!()
+        };
+        assert_eq!(a.config().cgroup_parent, "ci/run-1");
+        assert_eq!(a.config().sandbox_ca_bundle, sbx_server::CaBundle::Off);
+        let Command::Server(a) =
+            parse(&["server", "--sandbox-ca-bundle", "/etc/my-ca.pem"]).command
+        else {
+            panic!()
+        };
+        assert_eq!(
+            a.config().sandbox_ca_bundle,
+            sbx_server::CaBundle::File("/etc/my-ca.pem".into())
+        );
     }
 
     #[test]

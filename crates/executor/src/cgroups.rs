@@ -1,0 +1,382 @@
+//! The cgroup parent of this server's sandboxes (`--cgroup-parent`, default
+//! `sbx`): made and prepared by sbx itself before any sandbox, on cgroup v1
+//! and v2, whatever an earlier run left behind.
+//!
+//! - v1: the parent is made in every hierarchy. A new cpuset cgroup starts
+//!   with empty `cpuset.cpus`/`cpuset.mems`, and a child cannot be given
+//!   CPUs its parent lacks (runsc's `create` then fails with "permission
+//!   denied"), so each level of the parent gets them from its own parent.
+//! - v2: the parent is made under the unified root and the controllers
+//!   sandboxes need are enabled down to it. Pinning uses the v2 cpuset
+//!   controller where it can be enabled, and is skipped otherwise.
+//!
+//! Each sandbox's cgroup is `<parent>/<id>`; runsc makes it, sbx removes it.
+
+use std::path::{Path, PathBuf};
+
+/// Where cgroups are mounted.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Controllers a sandbox's cgroup uses under v2.
+const V2_CONTROLLERS: [&str; 5] = ["cpu", "cpuset", "memory", "pids", "io"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// The prepared parent cgroup of this server's sandboxes.
+#[derive(Debug, Clone)]
+pub struct CgroupParent {
+    name: String,
+    root: PathBuf,
+    version: Version,
+    /// Directories of the parent: one per v1 hierarchy, or the v2 one.
+    dirs: Vec<PathBuf>,
+    /// The parent's cpuset directory, when sandboxes can be pinned.
+    cpuset: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error(
+        "invalid cgroup parent {0:?}: use path components of letters, digits, '-', '_' or '.'"
+    )]
+    InvalidName(String),
+    #[error("no cgroup hierarchy under {0}: mount cgroups (v1 or v2) first")]
+    NoHierarchy(String),
+    #[error("cgroup {path}: {reason}")]
+    Io { path: String, reason: String },
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> CgroupError {
+    CgroupError::Io {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// Whether `name` is a relative cgroup path sbx may own (`sbx`, `ci/run-7`).
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && name.split('/').all(|c| {
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && c.chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'))
+        })
+}
+
+impl CgroupParent {
+    /// Makes and prepares the parent `name` under the host's cgroup mount.
+    pub fn prepare(name: &str) -> Result<Self, CgroupError> {
+        Self::prepare_at(Path::new(CGROUP_ROOT), name)
+    }
+
+    /// [`Self::prepare`] under another root (tests).
+    pub fn prepare_at(root: &Path, name: &str) -> Result<Self, CgroupError> {
+        if !is_valid_name(name) {
+            return Err(CgroupError::InvalidName(name.into()));
+        }
+        let version = if root.join("cgroup.controllers").exists() {
+            Version::V2
+        } else {
+            Version::V1
+        };
+        let mut parent = CgroupParent {
+            name: name.to_string(),
+            root: root.to_path_buf(),
+            version,
+            dirs: Vec::new(),
+            cpuset: None,
+        };
+        match version {
+            Version::V1 => parent.prepare_v1()?,
+            Version::V2 => parent.prepare_v2()?,
+        }
+        Ok(parent)
+    }
+
+    fn prepare_v1(&mut self) -> Result<(), CgroupError> {
+        let hierarchies = v1_hierarchies(&self.root);
+        if hierarchies.is_empty() {
+            return Err(CgroupError::NoHierarchy(self.root.display().to_string()));
+        }
+        for h in hierarchies {
+            let dir = h.join(&self.name);
+            std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+            if h.join("cpuset.cpus").exists() {
+                fill_cpuset(&h, &self.name)?;
+                self.cpuset = Some(dir.clone());
+            }
+            self.dirs.push(dir);
+        }
+        Ok(())
+    }
+
+    fn prepare_v2(&mut self) -> Result<(), CgroupError> {
+        let dir = self.root.join(&self.name);
+        std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        // Enable the controllers level by level, from the root down to the
+        // parent: a cgroup can only use what its parent's subtree_control lists.
+        let mut level = self.root.clone();
+        let mut levels = vec![level.clone()];
+        for c in self.name.split('/') {
+            level = level.join(c);
+            levels.push(level.clone());
+        }
+        for l in &levels {
+            let available =
+                std::fs::read_to_string(l.join("cgroup.controllers")).unwrap_or_default();
+            let wanted: Vec<String> = V2_CONTROLLERS
+                .iter()
+                .filter(|c| available.split_whitespace().any(|a| a == **c))
+                .map(|c| format!("+{c}"))
+                .collect();
+            for w in wanted {
+                // One at a time: a controller that cannot be enabled (e.g.
+                // cpuset where a process sits in the way) must not keep
+                // the others off.
+                if let Err(e) = std::fs::write(l.join("cgroup.subtree_control"), &w) {
+                    tracing::debug!(cgroup = %l.display(), controller = w, "cannot enable: {e}");
+                }
+            }
+        }
+        let enabled =
+            std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+        if enabled.split_whitespace().any(|c| c == "cpuset") {
+            self.cpuset = Some(dir.clone());
+        } else {
+            tracing::info!(
+                cgroup = %dir.display(),
+                "the cgroup v2 cpuset controller is not available here: sandboxes are not pinned to a CPU"
+            );
+        }
+        self.dirs.push(dir);
+        Ok(())
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// The cgroup path of sandbox `id` for the runtime (`/<parent>/<id>`).
+    pub fn sandbox_path(&self, id: &str) -> String {
+        format!("/{}/{id}", self.name)
+    }
+
+    /// Whether sandboxes can be pinned to CPUs (a usable cpuset controller).
+    pub fn can_pin(&self) -> bool {
+        self.cpuset.is_some()
+    }
+
+    /// The CPUs the parent's cpuset allows (empty when it has none).
+    pub fn allowed_cpus(&self) -> Vec<usize> {
+        self.cpuset
+            .as_ref()
+            .and_then(|d| {
+                std::fs::read_to_string(d.join("cpuset.effective_cpus"))
+                    .or_else(|_| std::fs::read_to_string(d.join("cpuset.cpus")))
+                    .ok()
+            })
+            .map(|s| parse_cpu_list(&s))
+            .unwrap_or_default()
+    }
+
+    /// The `cpuset.cpus` file of sandbox `id`, when sandboxes can be pinned.
+    pub fn cpus_file(&self, id: &str) -> Option<PathBuf> {
+        self.cpuset.as_ref().map(|d| d.join(id).join("cpuset.cpus"))
+    }
+
+    /// Removes the cgroups of sandbox `id` (runsc may leave some). Idempotent.
+    pub async fn remove_sandbox(&self, id: &str) {
+        for d in &self.dirs {
+            let p = d.join(id);
+            if p.exists() {
+                if let Err(e) = tokio::fs::remove_dir(&p).await {
+                    tracing::debug!(cgroup = %p.display(), "cannot remove: {e}");
+                }
+            }
+        }
+    }
+
+    /// Removes the parent itself when no sandbox cgroup is left in it (at a
+    /// clean stop). Levels above the last component are left: they may be
+    /// shared. True when it is gone.
+    pub fn remove_if_empty(&self) -> bool {
+        let busy = self.dirs.iter().any(|d| {
+            std::fs::read_dir(d)
+                .map(|rd| rd.flatten().any(|e| e.path().is_dir()))
+                .unwrap_or(false)
+        });
+        if busy {
+            return false;
+        }
+        let mut gone = true;
+        for d in &self.dirs {
+            if let Err(e) = std::fs::remove_dir(d) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::debug!(cgroup = %d.display(), "cannot remove: {e}");
+                    gone = false;
+                }
+            }
+        }
+        gone
+    }
+}
+
+/// The cgroup v1 hierarchies mounted under `root`, each once (`cpu` and
+/// `cpuacct` are often links to one `cpu,cpuacct`); not the v2 one of a
+/// hybrid host.
+fn v1_hierarchies(root: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut seen = Vec::new();
+    let mut dirs: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+    dirs.sort();
+    for d in dirs {
+        let Ok(real) = d.canonicalize() else { continue };
+        if real.join("cgroup.procs").exists()
+            && !real.join("cgroup.controllers").exists()
+            && !seen.contains(&real)
+        {
+            seen.push(real);
+        }
+    }
+    seen
+}
+
+/// Gives every level of `name` in the v1 cpuset hierarchy `h` the CPUs and
+/// memory nodes of its parent where it has none.
+fn fill_cpuset(h: &Path, name: &str) -> Result<(), CgroupError> {
+    let mut parent = h.to_path_buf();
+    for c in name.split('/') {
+        let dir = parent.join(c);
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            let own = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+            if own.trim().is_empty() {
+                let from = std::fs::read_to_string(parent.join(file))
+                    .map_err(|e| io_err(&parent.join(file), e))?;
+                std::fs::write(dir.join(file), from.trim())
+                    .map_err(|e| io_err(&dir.join(file), e))?;
+            }
+        }
+        parent = dir;
+    }
+    Ok(())
+}
+
+/// Parses a cpuset list such as `0-3,6,8-9`.
+pub fn parse_cpu_list(s: &str) -> Vec<usize> {
+    let mut cpus = Vec::new();
+    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
+        let mut ends = part.splitn(2, '-').map(|x| x.trim().parse::<usize>());
+        match (ends.next(), ends.next()) {
+            (Some(Ok(a)), None) => cpus.push(a),
+            (Some(Ok(a)), Some(Ok(b))) if a <= b => cpus.extend(a..=b),
+            _ => {}
+        }
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    cpus
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_parse() {
+        assert_eq!(parse_cpu_list("0-1\n"), vec![0, 1]);
+        assert_eq!(parse_cpu_list("0-3,6,8-9"), vec![0, 1, 2, 3, 6, 8, 9]);
+        assert_eq!(parse_cpu_list(""), Vec::<usize>::new());
+        assert_eq!(parse_cpu_list("3-1,x"), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn parent_names_stay_inside_the_hierarchy() {
+        assert!(is_valid_name("sbx"));
+        assert!(is_valid_name("ci/run-7.a_b"));
+        for bad in ["", "/sbx", "sbx/", "../x", "a/../b", "a b", "a//b", "."] {
+            assert!(!is_valid_name(bad), "{bad:?}");
+        }
+    }
+
+    /// A v1 layout in a plain directory: cpuset files behave like files,
+    /// which is enough to check that each level is filled from its parent.
+    #[test]
+    fn v1_parent_gets_cpus_and_mems_from_its_parent_at_every_level() {
+        let root = tempfile::tempdir().unwrap();
+        let cpuset = root.path().join("cpuset");
+        let memory = root.path().join("memory");
+        for h in [&cpuset, &memory] {
+            std::fs::create_dir_all(h).unwrap();
+            std::fs::write(h.join("cgroup.procs"), "").unwrap();
+        }
+        std::fs::write(cpuset.join("cpuset.cpus"), "0-1\n").unwrap();
+        std::fs::write(cpuset.join("cpuset.mems"), "0\n").unwrap();
+        // An earlier run left the first level with empty cpus.
+        std::fs::create_dir_all(cpuset.join("ci")).unwrap();
+        std::fs::write(cpuset.join("ci/cpuset.cpus"), "\n").unwrap();
+        let p = CgroupParent::prepare_at(root.path(), "ci/run1").unwrap();
+        assert_eq!(p.version(), Version::V1);
+        for level in ["ci", "ci/run1"] {
+            let d = cpuset.join(level);
+            assert_eq!(
+                std::fs::read_to_string(d.join("cpuset.cpus")).unwrap(),
+                "0-1"
+            );
+            assert_eq!(std::fs::read_to_string(d.join("cpuset.mems")).unwrap(), "0");
+        }
+        assert!(memory.join("ci/run1").is_dir());
+        assert!(p.can_pin());
+        assert_eq!(p.allowed_cpus(), vec![0, 1]);
+        assert_eq!(p.sandbox_path("s1"), "/ci/run1/s1");
+        assert_eq!(
+            p.cpus_file("s1").unwrap(),
+            cpuset.join("ci/run1/s1/cpuset.cpus")
+        );
+        // Set CPUs are kept (an operator may narrow them).
+        std::fs::write(cpuset.join("ci/run1/cpuset.cpus"), "1").unwrap();
+        let p = CgroupParent::prepare_at(root.path(), "ci/run1").unwrap();
+        assert_eq!(p.allowed_cpus(), vec![1]);
+    }
+
+    #[test]
+    fn v2_without_a_cpuset_controller_does_not_pin() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.controllers"), "memory pids\n").unwrap();
+        let p = CgroupParent::prepare_at(root.path(), "sbx").unwrap();
+        assert_eq!(p.version(), Version::V2);
+        assert!(root.path().join("sbx").is_dir());
+        assert!(!p.can_pin());
+        assert!(p.cpus_file("x").is_none());
+        // The controllers it could use were asked for at the root.
+        let asked = std::fs::read_to_string(root.path().join("cgroup.subtree_control")).unwrap();
+        assert!(asked.contains("pids"), "{asked}");
+    }
+
+    #[test]
+    fn the_parent_goes_only_when_no_sandbox_is_left_in_it() {
+        let root = tempfile::tempdir().unwrap();
+        let h = root.path().join("pids");
+        std::fs::create_dir_all(&h).unwrap();
+        std::fs::write(h.join("cgroup.procs"), "").unwrap();
+        let p = CgroupParent::prepare_at(root.path(), "t").unwrap();
+        std::fs::create_dir(h.join("t/sandbox1")).unwrap();
+        assert!(!p.remove_if_empty());
+        assert!(h.join("t").is_dir());
+        std::fs::remove_dir(h.join("t/sandbox1")).unwrap();
+        assert!(p.remove_if_empty());
+        assert!(!h.join("t").exists());
+    }
+}
