@@ -15,8 +15,13 @@ Measures, as median and p90:
         vs raw runsc restore --detach + exec `true`, of a minimal sandbox and
         of one configured like sbx's (netns, cgroup limits, host rootfs)
       copy x10: POST /sandboxes/{id}/copy?times=10 until all run
-and prints the ratios against the targets of the issues.
+and prints the ratios against the targets of the issues, after what it ran
+on (CPU, cgroup version, kernel, runsc).
 Needs root, runsc, and built binaries (`make build`).
+
+The sbx server runs under a cgroup parent of its own (named after its data
+dir), the raw baseline under another (named after its work dir); both are
+made fresh for this run and removed after it.
 """
 
 import argparse
@@ -24,15 +29,18 @@ import http.client
 import json
 import os
 import pathlib
+import platform
 import shutil
 import signal
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+CGROUP_ROOT = pathlib.Path("/sys/fs/cgroup")
 
 
 # Runs inside a sandbox: posix_spawn + waitpid of /bin/true, the process
@@ -50,6 +58,86 @@ def free_port():
         return s.getsockname()[1]
 
 
+def cgroup_version():
+    return "v2" if (CGROUP_ROOT / "cgroup.controllers").exists() else "v1"
+
+
+def host_info():
+    """What the bench runs on, as report lines."""
+    model = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        r = subprocess.run(["runsc", "--version"], capture_output=True, text=True, timeout=30)
+        runsc_version = (r.stdout.splitlines() or ["unknown"])[0].removeprefix("runsc version ")
+    except (OSError, subprocess.SubprocessError):
+        runsc_version = "unknown"
+    usable = len(os.sched_getaffinity(0))
+    return [
+        f"cpu: {model}",
+        f"cpus: {os.cpu_count()}" + (f" ({usable} usable by the bench)" if usable != os.cpu_count() else ""),
+        f"cgroup: {cgroup_version()}",
+        f"kernel: {platform.release()}",
+        f"runsc: {runsc_version}",
+    ]
+
+
+def cgroup_dirs(name):
+    """The directories of cgroup `name` that exist: one per v1 hierarchy, or the v2 one."""
+    return [d for d in [CGROUP_ROOT / name, *sorted(CGROUP_ROOT.glob(f"*/{name}"))] if d.is_dir()]
+
+
+def assert_no_cgroup(name):
+    left = cgroup_dirs(name)
+    if left:
+        raise RuntimeError(f"cgroup {name} already exists: {', '.join(map(str, left))}")
+
+
+def remove_cgroup(name):
+    """Removes cgroup `name` and what is left under it, children first;
+    returns the directories that could not be removed."""
+    stuck = []
+    for d in cgroup_dirs(name):
+        for sub, _, _ in sorted(os.walk(d), key=lambda w: -len(w[0])):
+            try:
+                os.rmdir(sub)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                stuck.append(f"{sub}: {e}")
+    return stuck
+
+
+def make_raw_cgroup_parent(name):
+    """Makes the cgroup parent of the raw baseline's sandboxes ready for runsc,
+    as sbx does for its own: on v1 a new cpuset cgroup has empty cpuset.cpus
+    and cpuset.mems, and runsc then cannot give its child any ("permission
+    denied" writing the child's cpuset.cpus), so the parent gets the root's;
+    on v2 the controllers are enabled down to it (where they can be)."""
+    if cgroup_version() == "v1":
+        cpuset = CGROUP_ROOT / "cpuset"
+        if (cpuset / "cpuset.cpus").exists():
+            (cpuset / name).mkdir()
+            for f in ("cpuset.cpus", "cpuset.mems"):
+                (cpuset / name / f).write_text((cpuset / f).read_text())
+        # runsc makes the parent in the other hierarchies itself.
+    else:
+        (CGROUP_ROOT / name).mkdir()
+        for level in (CGROUP_ROOT, CGROUP_ROOT / name):
+            available = (level / "cgroup.controllers").read_text().split()
+            for c in ("cpu", "cpuset", "memory", "pids", "io"):
+                if c in available:
+                    try:
+                        (level / "cgroup.subtree_control").write_text(f"+{c}")
+                    except OSError:
+                        pass
+
+
 def pct(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
@@ -62,25 +150,55 @@ def summary(name, xs):
 class Sbx:
     def __init__(self, sbx_bin, agent, images):
         self.dir = pathlib.Path(tempfile.mkdtemp(prefix="sbx-bench-", dir="/var/tmp"))
-        (self.dir / "images").symlink_to(images)
-        self.api_port, self.proxy_port = free_port(), free_port()
-        self.proc = subprocess.Popen(
-            [sbx_bin, "server", "--data-dir", str(self.dir),
-             "--api-addr", f"127.0.0.1:{self.api_port}",
-             "--proxy-addr", f"127.0.0.1:{self.proxy_port}",
-             "--agent-bin", agent],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        # A cgroup parent of this server's own, made by the server.
+        self.cgroup_parent = self.dir.name
+        self.proc = None
+        if cgroup_dirs(self.cgroup_parent):
+            shutil.rmtree(self.dir, ignore_errors=True)
+            assert_no_cgroup(self.cgroup_parent)
+        try:
+            (self.dir / "images").symlink_to(images)
+            self.api_port, self.proxy_port = free_port(), free_port()
+            self.proc = subprocess.Popen(
+                [sbx_bin, "server", "--data-dir", str(self.dir),
+                 "--cgroup-parent", self.cgroup_parent,
+                 "--api-addr", f"127.0.0.1:{self.api_port}",
+                 "--proxy-addr", f"127.0.0.1:{self.proxy_port}",
+                 "--agent-bin", agent],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            self.wait_ready()
+        except BaseException:
+            if self.proc and self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            shutil.rmtree(self.dir, ignore_errors=True)
+            remove_cgroup(self.cgroup_parent)
+            raise
+
+    def wait_ready(self):
+        """Waits until /healthz says sandboxes can start (the first server on
+        a fresh host builds the default image first)."""
         deadline = time.time() + 900
+        health = None
         while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sbx server exited ({self.proc.returncode}) during start")
             try:
                 c = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=2)
                 c.request("GET", "/healthz")
-                if c.getresponse().status == 200:
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("sbx server did not start")
+                r = c.getresponse()
+                if r.status == 200:
+                    health = json.loads(r.read())
+            except (OSError, ValueError):
+                pass
+            if health and health.get("ready") is True:
+                return
+            image = (health or {}).get("default_image") or {}
+            if image.get("status") == "failed":
+                raise RuntimeError(f"sbx server cannot build its default image: {image.get('error')}")
+            time.sleep(0.1)
+        raise RuntimeError(f"sbx server not ready in time; last /healthz {health}")
 
     def api(self, method, path, body=None):
         c = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=120)
@@ -156,8 +274,17 @@ class Sbx:
         except (OSError, ValueError, KeyError):
             pass
         self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=30)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
+        # The server removes its cgroup parent at a clean stop.
+        if cgroup_dirs(self.cgroup_parent):
+            print(f"warning: the sbx server left its cgroup parent {self.cgroup_parent}", file=sys.stderr)
+        for stuck in remove_cgroup(self.cgroup_parent):
+            print(f"warning: cannot remove cgroup {stuck}", file=sys.stderr)
 
 
 # Two baselines:
@@ -196,7 +323,8 @@ def raw_bundle(rootfs, workdir, name, kind, netns=None):
         "linux": {"namespaces": ns},
     }
     if kind == "equivalent":
-        cfg["linux"]["cgroupsPath"] = f"/sbx-bench/{name}"
+        # The cgroup parent of the raw baseline is named after its work dir.
+        cfg["linux"]["cgroupsPath"] = f"/{workdir.name}/{name}"
         cfg["linux"]["resources"] = {"memory": {"limit": 1280 << 20},
                                      "cpu": {"quota": 100000, "period": 100000}}
     (b / "config.json").write_text(json.dumps(cfg))
@@ -397,11 +525,19 @@ def main():
     images = pathlib.Path(args.images)
     images.mkdir(parents=True, exist_ok=True)
 
-    s = Sbx(args.sbx, args.agent, images)
+    host = host_info()
     rootfs = images / "default" / "rootfs"
+    # The raw baseline's work dir; its name is also its cgroup parent's, unique to this run.
     work = pathlib.Path(tempfile.mkdtemp(prefix="sbx-bench-raw-", dir="/var/tmp"))
     raw_root = work / "state"
     try:
+        assert_no_cgroup(work.name)
+        s = Sbx(args.sbx, args.agent, images)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    try:
+        make_raw_cgroup_parent(work.name)
         # Warm both paths once (page cache, first-run costs).
         _, v = s.api("POST", "/sandboxes", {})
         s.delete_and_wait(v["sandbox_id"])
@@ -444,12 +580,11 @@ def main():
     finally:
         s.stop()
         shutil.rmtree(work, ignore_errors=True)
-        for d in pathlib.Path("/sys/fs/cgroup").glob("*/sbx-bench"):
-            for sub in d.iterdir():
-                if sub.is_dir():
-                    sub.rmdir()
-            d.rmdir()
+        for stuck in remove_cgroup(work.name):
+            print(f"warning: cannot remove cgroup {stuck}", file=sys.stderr)
 
+    for line in host:
+        print(line)
     print(summary("sbx create -> first command", sbx_tti))
     for kind in BASELINES:
         print(summary(f"raw runsc ({kind})", raw[kind]))

@@ -1,75 +1,26 @@
 """The tensorlake client against an sbx server that requires an API key: the
 bearer key on the control plane, the proxy and user ports."""
 
-import os
-import pathlib
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
-
 import httpx
 import pytest
 from tensorlake.sandbox import RemoteAPIError, Sandbox, SandboxClient, SandboxNotFoundError
 
+from conftest import SbxServer
 from tl_helpers import eventually, unique
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 KEY = "tl-compat-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def keyed():
     """A second sbx server of this module's own, started with `--api-key`."""
-    data = pathlib.Path(tempfile.mkdtemp(prefix="sbx-tl-auth-", dir="/var/tmp"))
-    (data / "images").symlink_to(ROOT / "target" / "sbx-test-images")
-    api, proxy = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k != "SBX_API_KEY"}
-    proc = subprocess.Popen(
-        [
-            os.environ.get("SBX_BIN", str(ROOT / "target/release/sbx")),
-            "server",
-            "--data-dir", str(data),
-            "--api-addr", f"127.0.0.1:{api}",
-            "--proxy-addr", f"127.0.0.1:{proxy}",
-            "--api-key", KEY,
-            "--agent-bin", os.environ.get(
-                "SBX_AGENT_BIN", str(ROOT / "target/x86_64-unknown-linux-gnu/release/sbx-agent")
-            ),
-        ],
-        env=env,
-    )
-    url = f"http://localhost:{api}"
-    sandboxes = data / "sandboxes"
+    server = SbxServer(api_key=KEY, prefix="sbx-py-auth-")
     try:
-        def healthy():
-            assert proc.poll() is None, "the keyed server exited"
-            try:
-                return httpx.get(f"{url}/healthz", headers={"Authorization": f"Bearer {KEY}"}, timeout=2).status_code == 200
-            except httpx.HTTPError:
-                time.sleep(0.1)
-                return False
-
-        eventually(healthy, "the keyed server", timeout=120)
-        yield url
+        yield server.api_url
         # A server stopped mid-teardown leaks mounts: wait for the sandboxes to go.
-        eventually(lambda: not sandboxes.exists() or not any(sandboxes.iterdir()), "the teardown", timeout=60)
+        assert server.wait_torn_down(), "the keyed server's sandboxes were not torn down"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(data, ignore_errors=True)
+        server.stop()
 
 
 def test_the_key_is_required_and_checked(keyed):

@@ -1,13 +1,27 @@
 /**
  * Starts a real `sbx server` for a test file: free loopback ports, a data
  * dir under /var/tmp whose `images` is the repository's shared test images,
- * and a teardown that removes every sandbox and snapshot left behind.
+ * a cgroup parent of its own (`--cgroup-parent`, named after the data dir,
+ * made fresh for it and removed after it), and a teardown that removes every
+ * sandbox and snapshot left behind. The server is handed out once `/healthz`
+ * says it is `ready` (the first one on a fresh machine builds the default image).
  */
 
 import { ChildProcess, spawn } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmdirSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+} from "node:fs";
 import { createServer } from "node:net";
-import { dirname, join, resolve } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { SandboxClient } from "@sbx/sdk";
 
@@ -20,8 +34,38 @@ export interface TestServer {
   stop(): Promise<void>;
 }
 
-/** The first server on a fresh machine builds the default image (about a minute). */
+/** The first server on a fresh machine builds the default image (1-2 minutes). */
 const START_TIMEOUT_MS = 15 * 60 * 1000;
+
+const CGROUP_ROOT = "/sys/fs/cgroup";
+
+function isDir(path: string): boolean {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+/** The directories of cgroup `name` that exist: one per v1 hierarchy, or the v2 one. */
+function cgroupDirs(name: string): string[] {
+  const dirs = [join(CGROUP_ROOT, name)];
+  for (const h of readdirSync(CGROUP_ROOT)) dirs.push(join(CGROUP_ROOT, h, name));
+  return dirs.filter(isDir);
+}
+
+/** Removes what is left of cgroup `name` (children first), quietly: the server removes it at a clean stop. */
+function removeCgroup(name: string): void {
+  const rmTree = (dir: string) => {
+    try {
+      for (const e of readdirSync(dir, { withFileTypes: true })) if (e.isDirectory()) rmTree(join(dir, e.name));
+      rmdirSync(dir);
+    } catch {
+      // busy or gone
+    }
+  };
+  for (const d of cgroupDirs(name)) rmTree(d);
+}
 
 /** sdk/typescript: the nearest directory above this file with a package.json. */
 export function packageRoot(): string {
@@ -68,8 +112,20 @@ export async function startServer(options: ServerOptions = {}): Promise<TestServ
   const images = resolve(packageRoot(), "../../target/sbx-test-images");
   mkdirSync(images, { recursive: true });
   const dataDir = mkdtempSync("/var/tmp/sbx-ts-test-");
+  const cgroupParent = basename(dataDir);
+  const left = cgroupDirs(cgroupParent);
+  if (left.length) {
+    rmSync(dataDir, { recursive: true, force: true });
+    throw new Error(`cgroup ${cgroupParent} already exists: ${left.join(", ")}`);
+  }
   symlinkSync(images, join(dataDir, "images"));
   const logPath = join(dataDir, "server.log");
+  const giveUp = (message: string): Error => {
+    const err = new Error(`${message}; log:\n${tail(logPath)}`);
+    removeDataDir(dataDir);
+    removeCgroup(cgroupParent);
+    return err;
+  };
 
   // A port found free may be taken before the server binds it: retry on others.
   for (let attempt = 0; attempt < 5; attempt++) {
@@ -83,6 +139,7 @@ export async function startServer(options: ServerOptions = {}): Promise<TestServ
       [
         "server",
         "--data-dir", dataDir,
+        "--cgroup-parent", cgroupParent,
         "--api-addr", `127.0.0.1:${apiPort}`,
         "--proxy-addr", `127.0.0.1:${proxyPort}`,
         "--agent-bin", agent,
@@ -95,22 +152,31 @@ export async function startServer(options: ServerOptions = {}): Promise<TestServ
     const exit = new Promise<void>((r) => child.once("exit", () => ((exited = true), children.delete(child), r())));
     const apiUrl = `http://127.0.0.1:${apiPort}`;
     const deadline = Date.now() + START_TIMEOUT_MS;
+    let health: Health | undefined;
+    let ready = false;
     while (!exited && Date.now() < deadline) {
-      try {
-        const r = await fetch(`${apiUrl}/healthz`, {
-          headers: options.apiKey ? { Authorization: `Bearer ${options.apiKey}` } : {},
-          signal: AbortSignal.timeout(2000),
-        });
-        if (r.ok) break;
-      } catch {
-        // not up yet
+      health = (await healthz(apiUrl, options.apiKey)) ?? health;
+      if (health?.ready === true) {
+        ready = true;
+        break;
       }
+      if (health?.default_image?.status === "failed") break;
       await new Promise((r) => setTimeout(r, 100));
     }
-    if (exited) continue;
-    if (Date.now() >= deadline) {
+    if (exited) {
+      // A port taken meanwhile: the next attempt makes the parent afresh.
+      removeCgroup(cgroupParent);
+      continue;
+    }
+    if (!ready) {
       child.kill("SIGKILL");
-      throw new Error(`sbx server did not come up; log:\n${tail(logPath)}`);
+      await exit;
+      const image = health?.default_image;
+      throw giveUp(
+        image?.status === "failed"
+          ? `sbx server cannot build its default image: ${image.error}`
+          : `sbx server not ready in time; last /healthz ${JSON.stringify(health)}`,
+      );
     }
     const client = new SandboxClient({ apiUrl, apiKey: options.apiKey ?? "", namespace: "default" });
     return {
@@ -128,11 +194,31 @@ export async function startServer(options: ServerOptions = {}): Promise<TestServ
           await exit;
           clearTimeout(killer);
           removeDataDir(dataDir);
+          removeCgroup(cgroupParent);
         }
       },
     };
   }
-  throw new Error(`sbx server kept exiting during start; log:\n${tail(logPath)}`);
+  throw giveUp("sbx server kept exiting during start");
+}
+
+interface Health {
+  healthy?: boolean;
+  ready?: boolean;
+  default_image?: { status?: string; steps?: number; progress?: string; error?: string };
+}
+
+/** The server's `/healthz`, or undefined while it does not answer. */
+async function healthz(apiUrl: string, apiKey?: string): Promise<Health | undefined> {
+  try {
+    const r = await fetch(`${apiUrl}/healthz`, {
+      headers: apiKey ? { Authorization: `Bearer ${apiKey}` } : {},
+      signal: AbortSignal.timeout(2000),
+    });
+    return r.ok ? ((await r.json()) as Health) : undefined;
+  } catch {
+    return undefined; // not up yet
+  }
 }
 
 /** Sandboxes outlive the server process: terminate them before it stops. */
