@@ -317,7 +317,8 @@ def test_fuzz_control_plane(sbx):
         # Still healthy afterwards.
         assert sbx.proc.poll() is None, "the server exited"
         health = api.call("GET", "/healthz")
-        assert health.status_code == 200 and health.json() == {"healthy": True}
+        assert health.status_code == 200, health.text
+        assert health.json()["healthy"] is True and health.json()["ready"] is True, health.text
         fresh = api.call("POST", "/sandboxes", json={}, timeout=90)
         assert fresh.status_code == 200 and fresh.json()["status"] == "running", fresh.text
         fresh_id = fresh.json()["sandbox_id"]

@@ -13,6 +13,8 @@ pub struct VolumePool {
     target: usize,
     ready: Mutex<Vec<Layer>>,
     filling: AtomicBool,
+    /// Set by [`Self::drain`]: no volume is made after it.
+    closed: AtomicBool,
     counter: AtomicU64,
 }
 
@@ -33,6 +35,7 @@ impl VolumePool {
             target,
             ready: Mutex::new(Vec::new()),
             filling: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             counter: AtomicU64::new(0),
         });
         pool.refill();
@@ -56,7 +59,7 @@ impl VolumePool {
         }
         let me = self.clone();
         tokio::spawn(async move {
-            while me.ready.lock().unwrap().len() < me.target {
+            while !me.closed.load(Ordering::SeqCst) && me.ready.lock().unwrap().len() < me.target {
                 let n = me.counter.fetch_add(1, Ordering::Relaxed);
                 let spare = Layer::new(me.dir.join(n.to_string()));
                 match spare.make_volume(me.disk_mb).await {
@@ -73,6 +76,15 @@ impl VolumePool {
 
     /// Removes every spare volume (on shutdown).
     pub async fn drain(&self) {
+        // A volume being made now is finished first, then removed with the
+        // others (removing them before left its mount behind).
+        self.closed.store(true, Ordering::SeqCst);
+        for _ in 0..3000 {
+            if !self.filling.load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         let spares: Vec<Layer> = std::mem::take(&mut *self.ready.lock().unwrap());
         for s in spares {
             s.destroy().await;
