@@ -513,6 +513,79 @@ def print_snapshots(r):
           f"{'OK' if ok else 'MISSED'}")
 
 
+def cgroup_read(path):
+    try:
+        return int(pathlib.Path(path).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def sandbox_cpu_ns(s, sid):
+    """CPU time a sandbox's cgroup has used (v1 cpuacct.usage; v2 cpu.stat usage_usec)."""
+    if cgroup_version() == "v1":
+        return cgroup_read(CGROUP_ROOT / "cpuacct" / s.cgroup_parent / sid / "cpuacct.usage")
+    try:
+        for line in (CGROUP_ROOT / s.cgroup_parent / sid / "cpu.stat").read_text().splitlines():
+            if line.startswith("usage_usec "):
+                return int(line.split()[1]) * 1000
+    except OSError:
+        pass
+    return None
+
+
+def sandbox_memory_bytes(s, sid):
+    """Memory the sandbox's cgroup is charged with, without reclaimable file cache."""
+    base = CGROUP_ROOT / ("memory" if cgroup_version() == "v1" else "") / s.cgroup_parent / sid
+    usage = cgroup_read(base / ("memory.usage_in_bytes" if cgroup_version() == "v1" else "memory.current"))
+    try:
+        stat = dict(l.split() for l in (base / "memory.stat").read_text().splitlines())
+        cache = int(stat.get("total_inactive_file", stat.get("inactive_file", 0)))
+    except (OSError, ValueError):
+        cache = 0
+    return None if usage is None else usage - cache
+
+
+def bench_idle(s, n, settle=8.0, window=10.0):
+    """Creates n default sandboxes, lets them settle (past the server's
+    default --idle-freeze-secs of 5), and measures the CPU each uses while
+    idle (its cgroup's accounting over `window` seconds) and the memory each
+    holds."""
+    ids = []
+    try:
+        for _ in range(n):
+            st, v = s.api("POST", "/sandboxes", {})
+            assert st == 200 and v["status"] == "running", v
+            ids.append(v["sandbox_id"])
+        for sid in ids:
+            assert s.sh_ok(sid, "true")
+        time.sleep(settle)
+        t0 = time.monotonic()
+        before = {sid: sandbox_cpu_ns(s, sid) for sid in ids}
+        time.sleep(window)
+        after = {sid: sandbox_cpu_ns(s, sid) for sid in ids}
+        secs = time.monotonic() - t0
+        cpu = [(after[i] - before[i]) / 1e6 / secs for i in ids if before[i] is not None and after[i] is not None]
+        mem = [m / 2**20 for m in (sandbox_memory_bytes(s, i) for i in ids) if m is not None]
+        return {"n": n, "cpu_ms_per_s": cpu, "mem_mb": mem}
+    finally:
+        for sid in ids:
+            s.delete_and_wait(sid)
+
+
+def print_idle(r):
+    cpu, mem = r["cpu_ms_per_s"], r["mem_mb"]
+    if not cpu:
+        print("idle sandboxes: no CPU accounting found")
+        return
+    m = statistics.median(cpu)
+    print(f"idle CPU per sandbox ({r['n']} idle)   median {m:.2f} ms/s  max {max(cpu):.2f} ms/s"
+          f"   target <= 1 ms/s   {'OK' if m <= 1 else 'MISSED'}")
+    if mem:
+        mm = statistics.median(mem)
+        print(f"idle memory per sandbox             median {mm:.1f} MB  max {max(mem):.1f} MB"
+              f"   target <= 25 MB   {'OK' if mm <= 25 else 'MISSED'}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sbx", default=str(ROOT / "target/release/sbx"))
@@ -521,6 +594,8 @@ def main():
     ap.add_argument("-n", type=int, default=10, help="sandboxes per side")
     ap.add_argument("--round-trips", type=int, default=50)
     ap.add_argument("--no-snapshots", action="store_true", help="skip the snapshot measurements")
+    ap.add_argument("--idle", type=int, default=20, help="idle sandboxes for the idle-cost measurement (0: skip)")
+    ap.add_argument("--idle-only", action="store_true", help="only the idle-cost measurement")
     args = ap.parse_args()
     images = pathlib.Path(args.images)
     images.mkdir(parents=True, exist_ok=True)
@@ -536,6 +611,16 @@ def main():
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    if args.idle_only:
+        try:
+            idle = bench_idle(s, args.idle or 20)
+        finally:
+            s.stop()
+            shutil.rmtree(work, ignore_errors=True)
+        for line in host:
+            print(line)
+        print_idle(idle)
+        return
     try:
         make_raw_cgroup_parent(work.name)
         # Warm both paths once (page cache, first-run costs).
@@ -577,6 +662,7 @@ def main():
         s.api("DELETE", f"/sandboxes/{keep}")
         keep_raw[1]()
         snapshots = None if args.no_snapshots else bench_snapshots(s, rootfs, work, raw_root, args.n)
+        idle = bench_idle(s, args.idle) if args.idle else None
     finally:
         s.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -599,6 +685,8 @@ def main():
           f"({statistics.median(raw_rt) / m:.1f}x faster than runsc exec)")
     if snapshots:
         print_snapshots(snapshots)
+    if idle:
+        print_idle(idle)
 
 
 if __name__ == "__main__":

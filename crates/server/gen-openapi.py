@@ -382,7 +382,9 @@ schemas = {
     "RunEvent": {"oneOf": [ref("StartedEvent"), ref("OutputEvent"), ref("ExitEvent")]},
     "DaemonInfo": obj(
         ["version", "uptime_secs", "running_processes", "total_processes"],
-        {"version": STR, "uptime_secs": U64, "running_processes": U64, "total_processes": U64},
+        {"version": STR, "uptime_secs": U64, "running_processes": U64, "total_processes": U64,
+         "has_processes": {**BOOL, "description": "some process other than the daemon exists in the sandbox "
+                                                  "(while none does, the host may freeze the idle sandbox)"}},
     ),
     "DirEntry": obj(["name", "is_dir"], {"name": STR, "is_dir": BOOL, "size": U64, "modified_at": TIME}),
     "DirListing": obj(["path", "entries"], {"path": STR, "entries": {"type": "array", "items": ref("DirEntry")}}),

@@ -33,6 +33,11 @@ struct Args {
     /// Soft memory limit: above it the largest process group is SIGKILLed.
     #[arg(long, env = "SBX_MEMORY_LIMIT_MB")]
     memory_limit_mb: Option<u64>,
+    /// `host`: the host signals memory pressure (SIGUSR1 when the sandbox's
+    /// memory crosses its limit, SIGUSR2 when it falls back) and processes
+    /// are looked at only meanwhile; otherwise they are looked at always.
+    #[arg(long, env = "SBX_MEMORY_WATCH")]
+    memory_watch: Option<String>,
     /// Flush the sandbox's file caches to its layer (`sync(2)`) and exit:
     /// run by the executor through the runtime, not through the API, before
     /// a capture.
@@ -79,16 +84,37 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Receives the first SIGTERM or SIGINT (caught on a thread of its own:
-/// tokio's signal handling needs the I/O driver the agent does without).
-fn on_termination() -> std::io::Result<tokio::sync::oneshot::Receiver<i32>> {
-    let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])?;
+/// Receives the first SIGTERM or SIGINT, and the host's memory-pressure
+/// signals into `pressure` (SIGUSR1 on, SIGUSR2 off), on a thread of its
+/// own: tokio's signal handling needs the I/O driver the agent does without.
+fn on_signals(
+    pressure: tokio::sync::watch::Sender<bool>,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<i32>> {
+    let mut signals = signal_hook::iterator::Signals::new([
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+    ])?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
-                let _ = tx.send(sig);
+            let mut terminated = Some(tx);
+            for sig in signals.forever() {
+                match sig {
+                    libc::SIGUSR1 => {
+                        pressure.send_replace(true);
+                    }
+                    libc::SIGUSR2 => {
+                        pressure.send_replace(false);
+                    }
+                    _ => {
+                        if let Some(tx) = terminated.take() {
+                            let _ = tx.send(sig);
+                        }
+                    }
+                }
             }
         })?;
     Ok(rx)
@@ -105,12 +131,14 @@ async fn serve(args: Args) -> std::io::Result<()> {
     spawn::init();
     let reaper = Reaper::default();
     reaper.start()?;
-    let terminated = on_termination()?;
+    let (pressure, pressure_rx) = tokio::sync::watch::channel(false);
+    let terminated = on_signals(pressure)?;
 
     let procs = Processes::new(reaper);
     let ptys = Arc::new(pty::Ptys::default());
     if let Some(limit) = args.memory_limit_mb {
-        oom::start(limit, procs.clone());
+        let host_notified = args.memory_watch.as_deref() == Some("host");
+        oom::start(limit, procs.clone(), host_notified.then_some(pressure_rx));
     }
     if let Some((command, rest)) = args.entrypoint.split_first() {
         let req = StartProcessRequest {

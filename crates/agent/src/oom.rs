@@ -6,6 +6,7 @@ use crate::process::Processes;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 const INTERVAL: Duration = Duration::from_millis(50);
 
@@ -63,15 +64,26 @@ fn usage_by_session(root: i32) -> HashMap<i32, u64> {
     by_session
 }
 
-pub fn start(limit_mb: u64, procs: Arc<Processes>) {
+/// Watches memory: every [`INTERVAL`], or, given `pressure` (the host's
+/// word that the sandbox's memory is over its limit), only while it is on:
+/// below the limit on the host nothing in the sandbox can be over it, and an
+/// idle sandbox then never wakes up for this.
+pub fn start(limit_mb: u64, procs: Arc<Processes>, mut pressure: Option<watch::Receiver<bool>>) {
     let limit = limit_mb.saturating_mul(1 << 20);
     let me = std::process::id() as i32;
-    tracing::info!(limit_mb, "memory watcher on");
+    tracing::info!(
+        limit_mb,
+        host_notified = pressure.is_some(),
+        "memory watcher on"
+    );
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            if let Some(rx) = pressure.as_mut() {
+                if rx.wait_for(|on| *on).await.is_err() {
+                    return;
+                }
+            }
+            tokio::time::sleep(INTERVAL).await;
             let usage = tokio::task::spawn_blocking(move || usage_by_session(me))
                 .await
                 .unwrap_or_default();

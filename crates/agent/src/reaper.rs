@@ -49,6 +49,8 @@ struct Waiters {
     /// How many children were ever spawned: the reaper, told "no children"
     /// by `waitpid`, sleeps only if none was spawned since it asked.
     spawns: u64,
+    /// `waitpid` said there is no child, and none was spawned since.
+    childless: bool,
 }
 
 impl Reaper {
@@ -73,12 +75,13 @@ impl Reaper {
                 Err(Errno::ECHILD) => {
                     // No children: wait until one is spawned, unless one was
                     // while `waitpid` answered (its notification is gone).
-                    let guard = self.waiters.lock().unwrap();
+                    // Every child is spawned through `register`, and without
+                    // a child no orphan can be reparented to us: no timeout,
+                    // so an idle sandbox does not wake up for nothing.
+                    let mut guard = self.waiters.lock().unwrap();
                     if guard.spawns == spawns {
-                        let _ = self
-                            .spawned
-                            .wait_timeout(guard, Duration::from_secs(1))
-                            .unwrap();
+                        guard.childless = true;
+                        drop(self.spawned.wait(guard).unwrap());
                     }
                     continue;
                 }
@@ -118,10 +121,17 @@ impl Reaper {
         Ok((pid, rx))
     }
 
+    /// Whether any child process exists (or may: until `waitpid` first
+    /// says there is none, this answers yes).
+    pub fn has_children(&self) -> bool {
+        !self.waiters.lock().unwrap().childless
+    }
+
     fn register(&self, waiters: &mut Waiters, pid: i32) -> oneshot::Receiver<Exit> {
         let (tx, rx) = oneshot::channel();
         waiters.by_pid.insert(pid, tx);
         waiters.spawns += 1;
+        waiters.childless = false;
         self.spawned.notify_all();
         rx
     }
@@ -150,5 +160,29 @@ mod tests {
             .unwrap();
         assert_eq!(rx.await.unwrap(), Exit::Signal(9));
         assert_eq!(Exit::Signal(9).shell_code(), 137);
+    }
+
+    #[tokio::test]
+    async fn knows_whether_any_child_is_left() {
+        let _serial = TEST_LOCK.lock().await;
+        let reaper = Reaper::default();
+        reaper.start().unwrap();
+        // A child that leaves an orphan behind: the orphan is ours too
+        // (PID 1 or subreaper), so children remain after the child exits.
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        let (_c, rx) = reaper
+            .spawn(Command::new("sh").args(["-c", "sleep 1 & exit 0"]))
+            .unwrap();
+        assert_eq!(rx.await.unwrap(), Exit::Code(0));
+        assert!(reaper.has_children());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while reaper.has_children() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the orphan was not reaped"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

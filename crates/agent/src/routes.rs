@@ -73,6 +73,7 @@ async fn info(State(s): State<AppState>) -> Json<DaemonInfo> {
         uptime_secs: s.started.elapsed().as_secs(),
         running_processes: running,
         total_processes: total,
+        has_processes: s.procs.reaper().has_children(),
     })
 }
 

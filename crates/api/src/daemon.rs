@@ -312,6 +312,11 @@ pub struct DaemonInfo {
     pub uptime_secs: u64,
     pub running_processes: usize,
     pub total_processes: usize,
+    /// Whether any process other than the daemon exists in the sandbox
+    /// (every one descends from it, started processes' orphans included).
+    /// A sandbox without one may be frozen by the host while idle.
+    #[serde(default)]
+    pub has_processes: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -36,6 +36,8 @@ pub struct CgroupParent {
     dirs: Vec<PathBuf>,
     /// The parent's cpuset directory, when sandboxes can be pinned.
     cpuset: Option<PathBuf>,
+    /// The parent's directory in the v1 freezer hierarchy.
+    freezer: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +94,7 @@ impl CgroupParent {
             version,
             dirs: Vec::new(),
             cpuset: None,
+            freezer: None,
         };
         match version {
             Version::V1 => parent.prepare_v1()?,
@@ -111,6 +114,9 @@ impl CgroupParent {
             if h.join("cpuset.cpus").exists() {
                 fill_cpuset(&h, &self.name)?;
                 self.cpuset = Some(dir.clone());
+            }
+            if dir.join("freezer.state").exists() {
+                self.freezer = Some(dir.clone());
             }
             self.dirs.push(dir);
         }
@@ -193,6 +199,52 @@ impl CgroupParent {
     /// The `cpuset.cpus` file of sandbox `id`, when sandboxes can be pinned.
     pub fn cpus_file(&self, id: &str) -> Option<PathBuf> {
         self.cpuset.as_ref().map(|d| d.join(id).join("cpuset.cpus"))
+    }
+
+    /// Freezes (or thaws) every process of sandbox `id`: the cgroup
+    /// freezer, which stops the sentry's own threads too (`runsc pause`
+    /// stops only the sandbox's tasks).
+    pub fn set_frozen(&self, id: &str, frozen: bool) -> std::io::Result<()> {
+        match (self.version, &self.freezer) {
+            (Version::V1, Some(d)) => std::fs::write(
+                d.join(id).join("freezer.state"),
+                if frozen { "FROZEN" } else { "THAWED" },
+            ),
+            (Version::V2, _) => std::fs::write(
+                self.root.join(&self.name).join(id).join("cgroup.freeze"),
+                if frozen { "1" } else { "0" },
+            ),
+            (Version::V1, None) => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "no cgroup v1 freezer hierarchy",
+            )),
+        }
+    }
+
+    /// Thaws every sandbox cgroup under the parent (after a restart: a
+    /// frozen sentry answers no runsc command, not even `list`).
+    pub fn thaw_all(&self) {
+        let (dir, file, thawed) = match (self.version, &self.freezer) {
+            (Version::V1, Some(d)) => (d.clone(), "freezer.state", "THAWED"),
+            (Version::V2, _) => (self.root.join(&self.name), "cgroup.freeze", "0"),
+            (Version::V1, None) => return,
+        };
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let f = e.path().join(file);
+            if f.exists() {
+                if let Err(e) = std::fs::write(&f, thawed) {
+                    tracing::warn!(cgroup = %f.display(), "cannot thaw: {e}");
+                }
+            }
+        }
+    }
+
+    /// Whether sandboxes can be frozen.
+    pub fn can_freeze(&self) -> bool {
+        self.version == Version::V2 || self.freezer.is_some()
     }
 
     /// Removes the cgroups of sandbox `id` (runsc may leave some). Idempotent.

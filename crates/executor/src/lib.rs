@@ -4,8 +4,10 @@
 
 pub mod cgroups;
 mod cmd;
+mod idle;
 pub mod image;
 pub mod layer;
+mod memwatch;
 pub mod net;
 mod placement;
 mod pool;
@@ -13,6 +15,7 @@ mod rtnl;
 pub mod snapshot;
 
 use cgroups::CgroupParent;
+pub use idle::Hold;
 use image::Images;
 use layer::Layer;
 use net::Slot;
@@ -84,6 +87,9 @@ pub struct ExecutorConfig {
     /// A CA bundle every sandbox trusts (the host's, usually); `None`: only
     /// what each image has.
     pub ca_bundle: Option<PathBuf>,
+    /// Idle time after which a sandbox with no process of its own is frozen
+    /// ([`idle`]); `None`: never.
+    pub idle_freeze: Option<std::time::Duration>,
 }
 
 /// What the executor needs to launch one sandbox.
@@ -168,6 +174,11 @@ pub struct Executor {
     cgroups: CgroupParent,
     /// Whether sandboxes get the CA bundle (in the agent's directory).
     ca_bundle: bool,
+    /// Whether the host tells agents of memory pressure ([`memwatch`]).
+    host_memory_watch: bool,
+    /// The memory watch of each sandbox that runs here.
+    memory_watches: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    idle: Arc<idle::Idle>,
 }
 
 impl Executor {
@@ -220,13 +231,40 @@ impl Executor {
             pool,
             next_slot: Mutex::new(0),
             cpus,
-            cgroups,
             ca_bundle: config.ca_bundle.is_some(),
+            host_memory_watch: memwatch::supported(),
+            memory_watches: Mutex::new(HashMap::new()),
+            idle: idle::Idle::new(cgroups.clone(), config.idle_freeze),
+            cgroups,
         })
     }
 
     pub fn images(&self) -> &Images {
         &self.images
+    }
+
+    /// Keeps sandbox `id` thawed (see [`idle`]) until the hold is dropped:
+    /// take one before reaching into a sandbox.
+    pub fn hold(&self, id: &str) -> Hold {
+        self.idle.hold(id)
+    }
+
+    /// Whether sandbox `id` is frozen for being idle.
+    pub fn is_frozen(&self, id: &str) -> bool {
+        self.idle.is_frozen(id)
+    }
+
+    /// Freezes idle sandboxes, once a second, until aborted.
+    pub fn start_idler(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                me.idle.sweep(|id| me.agent_addr(id)).await;
+            }
+        })
     }
 
     pub fn runtime_name(&self) -> &'static str {
@@ -425,6 +463,8 @@ impl Executor {
         let t2 = std::time::Instant::now();
         let addr = SocketAddr::new(slot.sandbox_ip().into(), AGENT_PORT);
         self.agent_ready(&spec.id, addr).await?;
+        self.watch_memory(&spec.id, spec.memory_mb, spec.checkpoint.is_some());
+        self.idle.add(&spec.id);
         tracing::debug!(
             sandbox = spec.id,
             layer_and_net_ms = (t1 - t0).as_millis() as u64,
@@ -504,7 +544,76 @@ impl Executor {
         if self.ca_bundle {
             env.extend(CA_VARIABLES.map(|v| format!("{v}={AGENT_MOUNT}/{CA_NAME}")));
         }
+        if self.host_memory_watch {
+            env.push("SBX_MEMORY_WATCH=host".into());
+        }
         env
+    }
+
+    /// Tells the agent of sandbox `id` whenever its cgroup's memory crosses
+    /// `memory_mb` ([`memwatch`]): SIGUSR1 above (it starts looking for a
+    /// process group to kill), SIGUSR2 below. `restored`: the agent's state
+    /// came from a memory image, so it is told where usage stands now too.
+    fn watch_memory(&self, id: &str, memory_mb: u64, restored: bool) {
+        if !self.host_memory_watch {
+            return;
+        }
+        let threshold = match memwatch::memory_cgroup(&self.cgroups.sandbox_path(id))
+            .map(|dir| memwatch::Threshold::register(&dir, memory_mb << 20))
+        {
+            Some(Ok(t)) => t,
+            Some(Err(e)) => {
+                tracing::warn!(sandbox = id, "cannot watch memory from the host: {e}");
+                return;
+            }
+            None => {
+                tracing::warn!(sandbox = id, "no memory cgroup to watch");
+                return;
+            }
+        };
+        let runtime = self.runtime.clone();
+        let idle = self.idle.clone();
+        let sandbox = id.to_string();
+        let task = tokio::spawn(async move {
+            let tell = |over: bool| {
+                let (runtime, sandbox) = (runtime.clone(), sandbox.clone());
+                let hold = idle.hold(&sandbox);
+                async move {
+                    let _hold = hold;
+                    let signal = if over { libc::SIGUSR1 } else { libc::SIGUSR2 };
+                    tracing::debug!(sandbox, over, "memory threshold crossed");
+                    if let Err(e) = runtime.signal(&sandbox, signal).await {
+                        tracing::debug!(sandbox, "cannot tell the agent of memory pressure: {e}");
+                    }
+                }
+            };
+            let mut last = threshold.over();
+            if let Some(over) = last {
+                if over || restored {
+                    tell(over).await;
+                }
+            }
+            while let Some(over) = threshold.next().await {
+                if Some(over) != last {
+                    tell(over).await;
+                    last = Some(over);
+                }
+            }
+        });
+        if let Some(old) = self
+            .memory_watches
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), task.abort_handle())
+        {
+            old.abort();
+        }
+    }
+
+    fn stop_memory_watch(&self, id: &str) {
+        if let Some(w) = self.memory_watches.lock().unwrap().remove(id) {
+            w.abort();
+        }
     }
 
     /// Sets the host CPUs sandbox `id` runs on (a cpuset list); a no-op
@@ -607,6 +716,7 @@ impl Executor {
     /// `memory`, checkpoints it into `tmp/checkpoint`; then resumes it.
     /// Returns the pause in milliseconds.
     async fn capture_into(&self, id: &str, tmp: &Path, memory: bool) -> Result<u64, Error> {
+        let _thawed = self.hold(id);
         // Data the sandbox's kernel still caches goes to the layer first.
         if let Err(e) = self.sync(id).await {
             tracing::warn!(sandbox = id, "sync before capture: {e}");
@@ -731,6 +841,7 @@ impl Executor {
         let tmp = dir.join(format!(".{SUSPEND_DIR}.tmp"));
         let _ = tokio::fs::remove_dir_all(&tmp).await;
         let _ = tokio::fs::remove_dir_all(&image).await;
+        let thawed = self.hold(id);
         if let Err(e) = self.sync(id).await {
             tracing::warn!(sandbox = id, "sync before suspend: {e}");
         }
@@ -743,6 +854,9 @@ impl Executor {
         tokio::fs::rename(&tmp, &image).await?;
         meta.suspended = true;
         write_meta(&dir, &meta).await?;
+        self.stop_memory_watch(id);
+        drop(thawed);
+        self.idle.remove(id);
         self.live.lock().unwrap().remove(id);
         if let Err(e) = self.runtime.destroy(id).await {
             tracing::warn!(sandbox = id, "runtime destroy after suspend: {e}");
@@ -786,6 +900,8 @@ impl Executor {
             let state = self.runtime.restore(&runtime_spec, &image).await?;
             let addr = SocketAddr::new(slot.sandbox_ip().into(), AGENT_PORT);
             self.agent_ready(id, addr).await?;
+            self.watch_memory(id, spec.memory_mb, true);
+            self.idle.add(id);
             Ok::<_, Error>((slot, state.pid, addr))
         }
         .await;
@@ -807,6 +923,8 @@ impl Executor {
                 Ok(addr)
             }
             Err(e) => {
+                self.stop_memory_watch(id);
+                self.idle.remove(id);
                 let slot = self.live.lock().unwrap().remove(id).map(|l| l.slot);
                 let _ = self.runtime.destroy(id).await;
                 if let Some(slot) = slot {
@@ -842,6 +960,7 @@ impl Executor {
     /// Teardown of a sandbox whose network slot is unknown (no metadata):
     /// deleting its netns removes the veth pair with it.
     async fn teardown_without_slot(&self, id: &str) {
+        self.idle.remove(id);
         let _ = self.runtime.destroy(id).await;
         let _ = cmd::run("ip", &["netns", "del", &net::netns_name(id)]).await;
         self.cgroups.remove_sandbox(id).await;
@@ -851,6 +970,8 @@ impl Executor {
     async fn teardown(&self, id: &str, slot: Slot) {
         // First: the proxy must no longer route to this address.
         self.live.lock().unwrap().remove(id);
+        self.stop_memory_watch(id);
+        self.idle.remove(id);
         if let Err(e) = self.runtime.destroy(id).await {
             tracing::warn!(sandbox = id, "runtime destroy: {e}");
         }
@@ -888,6 +1009,8 @@ impl Executor {
     /// everything else sbx left on this host is removed.
     pub async fn recover(&self, keep: &HashSet<String>) -> Result<Recovery, Error> {
         let mut report = Recovery::default();
+        // Sandboxes left frozen (see `idle`) answer no runsc command.
+        self.cgroups.thaw_all();
         self.remove_capture_temporaries().await;
         let states = self.runtime.list().await?;
         let running: HashMap<String, (String, Option<i32>)> = states
@@ -945,6 +1068,10 @@ impl Executor {
                         cpu: None,
                     },
                 );
+                self.idle.add(&id);
+                if let Some(spec) = &meta.spec {
+                    self.watch_memory(&id, spec.memory_mb, true);
+                }
                 report.adopted.push(id);
             } else {
                 match meta.filter(|m| !m.suspended) {

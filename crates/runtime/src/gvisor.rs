@@ -280,6 +280,12 @@ impl Runtime for Gvisor {
         self.run(&["resume".into(), id.into()]).await.map(drop)
     }
 
+    async fn signal(&self, id: &str, signal: i32) -> Result<()> {
+        self.run(&["kill".into(), id.into(), signal.to_string()])
+            .await
+            .map(drop)
+    }
+
     /// Uncompressed pages (`pages.img`): fast to write and good input for
     /// content-defined chunking in the store.
     async fn exec(&self, id: &str, argv: &[String]) -> Result<()> {

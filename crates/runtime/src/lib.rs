@@ -99,6 +99,8 @@ pub trait Runtime: Send + Sync {
     async fn exec(&self, id: &str, argv: &[String]) -> Result<()>;
     /// Thaws a paused sandbox.
     async fn resume(&self, id: &str) -> Result<()>;
+    /// Sends `signal` to the sandbox's init process (its agent).
+    async fn signal(&self, id: &str, signal: i32) -> Result<()>;
     /// Saves memory and processes into `image_dir` (which must not exist
     /// yet or be empty). With `leave_running` the sandbox continues (paused
     /// ones stay paused); otherwise it stops once saved.

@@ -38,6 +38,9 @@ pub struct ServerConfig {
     pub cgroup_parent: String,
     /// Which CA bundle sandboxes trust besides their image's own.
     pub sandbox_ca_bundle: CaBundle,
+    /// Idle time after which a sandbox with no process of its own is
+    /// frozen (no CPU at all) until its next request; `None`: never.
+    pub idle_freeze: Option<std::time::Duration>,
 }
 
 /// The CA bundle made available in every sandbox (`--sandbox-ca-bundle`).
@@ -131,6 +134,7 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
                 spare_disk_mb: lifecycle::DEFAULT_DISK_MB,
                 cgroup_parent: config.cgroup_parent.clone(),
                 ca_bundle,
+                idle_freeze: config.idle_freeze,
             },
             runtime,
         )
@@ -143,6 +147,7 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     let manager = lifecycle::Manager::new(store, executor, lifecycle::HostLimits::detect(), blobs);
     manager.recover().await?;
     let sweeper = manager.start_sweeper();
+    let idler = manager.executor.start_idler();
     // The API answers while the default image is built (the first start
     // of a host): creates wait for it, `/healthz` shows its progress.
     let image_builder = tokio::spawn(build_default_image(manager.executor.clone()));
@@ -199,6 +204,7 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     sweeper.abort();
+    idler.abort();
     image_builder.abort();
     // Finish what was started on the host (teardowns, launches, captures):
     // a stop right after a request must not leave mounts or netns behind.

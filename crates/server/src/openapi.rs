@@ -662,6 +662,7 @@ mod tests {
             uptime_secs: 1,
             running_processes: 1,
             total_processes: 1,
+            has_processes: true,
         };
         same_shape("DaemonInfo", daemon.clone(), daemon);
         let body = sbx_api::ErrorBody::new("not_found", "m");

@@ -149,6 +149,9 @@ async fn forward_to(
             .into_response();
     }
     state.manager.touch(&row.id);
+    // Thawed (if it was frozen for being idle) until the response has
+    // streamed out, and for as long as an upgraded connection stays open.
+    let hold = state.manager.executor.hold(&row.id);
     let Some(mut addr) = state.manager.executor.agent_addr(&row.id) else {
         return ApiError::unavailable(format!("sandbox {} is not reachable on this host", row.id))
             .into_response();
@@ -215,7 +218,9 @@ async fn forward_to(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let backend_upgrade = hyper::upgrade::on(&mut resp);
+            let hold = state.manager.executor.hold(&row.id);
             tokio::spawn(async move {
+                let _hold = hold;
                 let (Ok(client), Ok(backend)) = tokio::join!(client_upgrade, backend_upgrade)
                 else {
                     return;
@@ -227,6 +232,10 @@ async fn forward_to(
         }
     }
     let (parts, body) = resp.into_parts();
+    let body = http_body_util::BodyExt::map_frame(body, move |frame| {
+        let _ = &hold;
+        frame
+    });
     Response::from_parts(parts, Body::new(body))
 }
 

@@ -40,6 +40,12 @@ pub struct ServerArgs {
     /// (default: the host's system bundle); `none` for only the image's own.
     #[arg(long, value_name = "PATH|none")]
     pub sandbox_ca_bundle: Option<String>,
+
+    /// Freeze a sandbox that has no process of its own after this many
+    /// seconds without a request (it then uses no CPU; the next request
+    /// thaws it in a few ms). 0: never.
+    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    pub idle_freeze_secs: u64,
 }
 
 impl ServerArgs {
@@ -57,6 +63,8 @@ impl ServerArgs {
                 .as_deref()
                 .map(sbx_server::CaBundle::parse)
                 .unwrap_or_default(),
+            idle_freeze: (self.idle_freeze_secs > 0)
+                .then(|| std::time::Duration::from_secs(self.idle_freeze_secs)),
         }
     }
 }
@@ -98,6 +106,14 @@ mod tests {
         assert_eq!(a.proxy_addr.to_string(), "127.0.0.1:9443");
         assert_eq!(a.cgroup_parent, "sbx");
         assert_eq!(a.config().sandbox_ca_bundle, sbx_server::CaBundle::Host);
+        assert_eq!(
+            a.config().idle_freeze,
+            Some(std::time::Duration::from_secs(5))
+        );
+        let Command::Server(a) = parse(&["server", "--idle-freeze-secs", "0"]).command else {
+            panic!()
+        };
+        assert_eq!(a.config().idle_freeze, None);
     }
 
     #[test]
