@@ -572,6 +572,94 @@ def bench_idle(s, n, settle=8.0, window=10.0):
             s.delete_and_wait(sid)
 
 
+def host_meminfo_mb(key):
+    for line in open("/proc/meminfo"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def sandbox_tasks(s, sid):
+    """Host threads of a sandbox (sentry, gofer, stubs): they count against kernel.pid_max."""
+    h = "pids" if cgroup_version() == "v1" else ""
+    try:
+        return len((CGROUP_ROOT / h / s.cgroup_parent / sid / "tasks").read_text().split())
+    except OSError:
+        return None
+
+
+def timed_true(s, sid):
+    """Milliseconds for a `true` through the API, or None when it failed."""
+    t0 = time.perf_counter()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", s.proxy_port, timeout=30)
+        s.run_true(conn, sid)
+    except (OSError, AssertionError, ValueError):
+        return None
+    return (time.perf_counter() - t0) * 1000
+
+
+def bench_density(s, n, step):
+    """Creates default sandboxes until n or a refusal; at every `step` it
+    reports create latency, memory and idle CPU per sandbox as the count
+    grows; at the end every sandbox must answer `true` within 1 s."""
+    ids, rows, refused = [], [], None
+    creates = []
+    try:
+        while len(ids) < n:
+            t0 = time.perf_counter()
+            try:
+                st, v = s.api("POST", "/sandboxes", {})
+            except OSError as e:
+                refused = f"create failed: {e}"
+                break
+            if st != 200 or v.get("status") != "running":
+                refused = f"{st} {v}"
+                break
+            creates.append((time.perf_counter() - t0) * 1000)
+            ids.append(v["sandbox_id"])
+            if len(ids) % step == 0 or len(ids) == n:
+                time.sleep(8)  # past the default idle freeze
+                sample = ids[-min(len(ids), 20):]
+                before = {i: sandbox_cpu_ns(s, i) for i in sample}
+                time.sleep(5)
+                after = {i: sandbox_cpu_ns(s, i) for i in sample}
+                cpu = [(after[i] - before[i]) / 1e6 / 5 for i in sample if before[i] is not None and after[i] is not None]
+                mem = [m / 2**20 for m in (sandbox_memory_bytes(s, i) for i in sample) if m is not None]
+                tasks = [t for t in (sandbox_tasks(s, i) for i in sample) if t is not None]
+                rows.append({
+                    "count": len(ids),
+                    "create_ms": statistics.median(creates[-step:]),
+                    "mem_mb": statistics.median(mem) if mem else 0,
+                    "cpu_ms_s": statistics.median(cpu) if cpu else 0,
+                    "tasks": statistics.median(tasks) if tasks else 0,
+                    "host_avail_gb": host_meminfo_mb("MemAvailable") / 1024,
+                })
+                print(f"  {rows[-1]}", file=sys.stderr, flush=True)
+        answers = [timed_true(s, i) for i in ids]
+        return {"rows": rows, "refused": refused, "answers": answers, "n": n}
+    finally:
+        for sid in ids:
+            s.api("DELETE", f"/sandboxes/{sid}")
+        deadline = time.time() + 600
+        while any((s.dir / "sandboxes" / i).exists() for i in ids) and time.time() < deadline:
+            time.sleep(0.5)
+
+
+def print_density(r):
+    print(f"density: asked for {r['n']}, created {r['rows'][-1]['count'] if r['rows'] else 0}"
+          + (f"; refused: {r['refused']}" if r["refused"] else ""))
+    print("  count  create ms  mem MB/sandbox  idle CPU ms/s  host tasks/sandbox  host available GB")
+    for row in r["rows"]:
+        print(f"  {row['count']:>5}  {row['create_ms']:>9.0f}  {row['mem_mb']:>14.1f}  {row['cpu_ms_s']:>13.2f}"
+              f"  {row['tasks']:>18.0f}  {row['host_avail_gb']:>17.1f}")
+    ok = [a for a in r["answers"] if a is not None]
+    slow = [a for a in ok if a > 1000]
+    failed = len(r["answers"]) - len(ok)
+    print(f"  every sandbox asked to run `true`: {len(ok)} answered, {failed} failed, {len(slow)} over 1 s"
+          + (f"; median {statistics.median(ok):.0f} ms, max {max(ok):.0f} ms" if ok else ""))
+
+
 def print_idle(r):
     cpu, mem = r["cpu_ms_per_s"], r["mem_mb"]
     if not cpu:
@@ -596,6 +684,9 @@ def main():
     ap.add_argument("--no-snapshots", action="store_true", help="skip the snapshot measurements")
     ap.add_argument("--idle", type=int, default=20, help="idle sandboxes for the idle-cost measurement (0: skip)")
     ap.add_argument("--idle-only", action="store_true", help="only the idle-cost measurement")
+    ap.add_argument("--density", type=int, default=0,
+                    help="only the density run: create up to N idle sandboxes, then check each answers")
+    ap.add_argument("--density-step", type=int, default=50)
     args = ap.parse_args()
     images = pathlib.Path(args.images)
     images.mkdir(parents=True, exist_ok=True)
@@ -611,15 +702,21 @@ def main():
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    if args.idle_only:
+    if args.idle_only or args.density:
         try:
-            idle = bench_idle(s, args.idle or 20)
+            if args.density:
+                density = bench_density(s, args.density, args.density_step)
+            else:
+                idle = bench_idle(s, args.idle or 20)
         finally:
             s.stop()
             shutil.rmtree(work, ignore_errors=True)
         for line in host:
             print(line)
-        print_idle(idle)
+        if args.density:
+            print_density(density)
+        else:
+            print_idle(idle)
         return
     try:
         make_raw_cgroup_parent(work.name)

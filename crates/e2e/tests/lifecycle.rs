@@ -438,3 +438,53 @@ async fn a_stop_right_after_a_delete_finishes_the_teardown() {
     let data_dir = s.data_dir.to_string_lossy().to_string();
     assert!(!mounts.contains(&data_dir), "mounts left under {data_dir}");
 }
+
+#[tokio::test]
+async fn a_create_the_host_cannot_hold_is_refused_and_creates_nothing() {
+    let refused = |v: &Value, why: &str| {
+        assert_eq!(v["code"], "no_resources_available", "{v}");
+        assert!(v["message"].as_str().unwrap().contains(why), "{v}");
+    };
+    let s = Server::start_with(Options {
+        args: vec!["--max-sandboxes".into(), "1".into()],
+        ..Options::default()
+    })
+    .await;
+    let first = s.create(json!({})).await;
+    for body in [json!({}), json!({"wait": false})] {
+        let r = s
+            .req(Method::POST, "/sandboxes")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        refused(&r.json().await.unwrap(), "--max-sandboxes");
+    }
+    let all = s.api_json(Method::GET, "/sandboxes?all=true").await;
+    assert_eq!(all["sandboxes"].as_array().unwrap().len(), 1, "{all}");
+    // Room again once the first is gone.
+    s.delete(&first).await;
+    s.cleanup().await;
+    let second = s.create(json!({})).await;
+    assert_eq!(s.sh(&second, "echo ok").await, "ok\n");
+    s.cleanup().await;
+    drop(s);
+
+    // A reserve larger than the host's memory leaves room for nothing.
+    let s = Server::start_with(Options {
+        args: vec!["--memory-reserve-mb".into(), "100000000".into()],
+        ..Options::default()
+    })
+    .await;
+    let r = s
+        .req(Method::POST, "/sandboxes")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    refused(&r.json().await.unwrap(), "--memory-reserve-mb");
+    let all = s.api_json(Method::GET, "/sandboxes?all=true").await;
+    assert!(all["sandboxes"].as_array().unwrap().is_empty(), "{all}");
+}

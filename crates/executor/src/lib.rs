@@ -4,6 +4,7 @@
 
 pub mod cgroups;
 mod cmd;
+mod host;
 mod idle;
 pub mod image;
 pub mod layer;
@@ -199,6 +200,7 @@ impl Executor {
             })?;
         tokio::fs::rename(&tmp, agent_dir.join(AGENT_NAME)).await?;
         install_ca_bundle(&agent_dir, config.ca_bundle.as_deref()).await?;
+        host::raise_limits();
         let cgroups = CgroupParent::prepare(&config.cgroup_parent)?;
         let cpus = if cgroups.can_pin() {
             let allowed = cgroups.allowed_cpus();

@@ -2,6 +2,7 @@
 //! one process with the control-plane API, the proxy and a local executor,
 //! state in SQLite and everything else under one data directory.
 
+mod admission;
 mod api;
 mod auth;
 mod error;
@@ -41,6 +42,10 @@ pub struct ServerConfig {
     /// Idle time after which a sandbox with no process of its own is
     /// frozen (no CPU at all) until its next request; `None`: never.
     pub idle_freeze: Option<std::time::Duration>,
+    /// Memory kept free of sandboxes; `None`: 5% of the host's, at least 512 MB.
+    pub memory_reserve_mb: Option<u64>,
+    /// At most this many sandboxes at once; `None`: as many as fit.
+    pub max_sandboxes: Option<usize>,
 }
 
 /// The CA bundle made available in every sandbox (`--sandbox-ca-bundle`).
@@ -144,7 +149,14 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
         sbx_store::Store::open(data_dir.join("store"))
             .map_err(|e| Error::Config(format!("snapshot store: {e}")))?,
     );
-    let manager = lifecycle::Manager::new(store, executor, lifecycle::HostLimits::detect(), blobs);
+    let host = lifecycle::HostLimits::detect();
+    let admission = admission::Admission {
+        memory_reserve_mb: config
+            .memory_reserve_mb
+            .unwrap_or_else(|| admission::Admission::default_reserve_mb(host.memory_mb)),
+        max_sandboxes: config.max_sandboxes,
+    };
+    let manager = lifecycle::Manager::new(store, executor, host, blobs, admission);
     manager.recover().await?;
     let sweeper = manager.start_sweeper();
     let idler = manager.executor.start_idler();

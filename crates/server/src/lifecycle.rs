@@ -347,6 +347,28 @@ pub struct Manager {
     /// captures, suspends, resumes): shutdown waits for it, so that a
     /// server stopped right after a request leaves no half-done host state.
     pub tasks: tokio_util::task::TaskTracker,
+    /// Whether the host can hold another sandbox.
+    pub admission: crate::admission::Admission,
+    /// Launches under way (admitted, not running yet).
+    starting: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a launch as starting while it lives.
+struct Starting(Arc<Manager>);
+
+impl Starting {
+    fn new(m: Arc<Manager>) -> Self {
+        m.starting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Starting(m)
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        self.0
+            .starting
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 pub enum LaunchOutcome {
@@ -362,12 +384,15 @@ impl Manager {
         executor: Arc<Executor>,
         host: HostLimits,
         blobs: Arc<sbx_store::Store>,
+        admission: crate::admission::Admission,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
             executor,
             host,
             blobs,
+            admission,
+            starting: std::sync::atomic::AtomicUsize::new(0),
             locks: Mutex::new(HashMap::new()),
             activity: Mutex::new(HashMap::new()),
             tasks: tokio_util::task::TaskTracker::new(),
@@ -416,6 +441,7 @@ impl Manager {
             }
             None => validate(req, self.host, &images)?,
         };
+        self.admit()?;
         let row = SandboxRow {
             id: new_sandbox_id(),
             namespace: namespace.to_string(),
@@ -437,8 +463,29 @@ impl Manager {
         let me = self.clone();
         let id = row.id.clone();
         let spec = row.spec.clone();
-        let task = self.tasks.spawn(async move { me.launch(&id, &spec).await });
+        let starting = Starting::new(self.clone());
+        let task = self.tasks.spawn(async move {
+            let _starting = starting;
+            me.launch(&id, &spec).await
+        });
         Ok((row, task))
+    }
+
+    /// Refuses a create the host cannot hold (503 `no_resources_available`).
+    fn admit(&self) -> ApiResult<()> {
+        let Some(host) = crate::admission::HostUse::read() else {
+            return Ok(());
+        };
+        let starting = self.starting.load(std::sync::atomic::Ordering::SeqCst);
+        let live = self.executor.running().len() + starting;
+        self.admission.check(host, live, starting).map_err(|why| {
+            tracing::warn!("create refused: {why}");
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "no_resources_available",
+                format!("no room for another sandbox: {why}"),
+            )
+        })
     }
 
     /// Waits until image `name` can be used, up to `deadline`: a 503 saying

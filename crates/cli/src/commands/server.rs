@@ -46,6 +46,16 @@ pub struct ServerArgs {
     /// thaws it in a few ms). 0: never.
     #[arg(long, default_value_t = 5, value_name = "SECS")]
     pub idle_freeze_secs: u64,
+
+    /// Memory kept free of sandboxes: a create that would start one into it
+    /// is refused (503 no_resources_available). Default: 5% of the host's
+    /// memory, at least 512 MB.
+    #[arg(long, value_name = "MB")]
+    pub memory_reserve_mb: Option<u64>,
+
+    /// At most this many sandboxes at once (default: as many as fit).
+    #[arg(long, value_name = "N")]
+    pub max_sandboxes: Option<usize>,
 }
 
 impl ServerArgs {
@@ -65,6 +75,8 @@ impl ServerArgs {
                 .unwrap_or_default(),
             idle_freeze: (self.idle_freeze_secs > 0)
                 .then(|| std::time::Duration::from_secs(self.idle_freeze_secs)),
+            memory_reserve_mb: self.memory_reserve_mb,
+            max_sandboxes: self.max_sandboxes,
         }
     }
 }

@@ -1,0 +1,55 @@
+//! Host limits that bound how many sandboxes fit, raised at start where
+//! they are lower than sbx needs (never lowered). Measured per idle sandbox:
+//! ~22 host threads (sentry, gofer, systrap stubs), which count against
+//! `kernel.pid_max` (32768 on many hosts: ~1,400 sandboxes); one neighbour
+//! entry per veth pair (the table overflows at `gc_thresh3`, 1024 by
+//! default); two descriptors in the server for its memory watch.
+
+/// A sysctl raised to at least `min`; what it was, when it was raised.
+fn raise_sysctl(path: &str, min: u64) -> Option<u64> {
+    let now: u64 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
+    if now >= min {
+        return None;
+    }
+    match std::fs::write(path, min.to_string()) {
+        Ok(()) => Some(now),
+        Err(e) => {
+            tracing::warn!(path, now, wanted = min, "cannot raise: {e}");
+            None
+        }
+    }
+}
+
+/// Raises the limits sandbox density runs into; logs each change.
+pub fn raise_limits() {
+    for (path, min) in [
+        ("/proc/sys/kernel/pid_max", 4_194_304),
+        ("/proc/sys/net/ipv4/neigh/default/gc_thresh1", 4_096),
+        ("/proc/sys/net/ipv4/neigh/default/gc_thresh2", 32_768),
+        ("/proc/sys/net/ipv4/neigh/default/gc_thresh3", 65_536),
+    ] {
+        if let Some(was) = raise_sysctl(path, min) {
+            tracing::info!(
+                path,
+                was,
+                now = min,
+                "raised a host limit for sandbox density"
+            );
+        }
+    }
+    // The soft descriptor limit up to the hard one (often 1024 of 524288).
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let was = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                tracing::debug!(was, now = lim.rlim_max, "raised the open-file limit");
+            }
+        }
+    }
+}
