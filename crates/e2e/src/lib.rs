@@ -386,6 +386,62 @@ impl Server {
         out
     }
 
+    /// A POST with a JSON body: its status and JSON answer (`null` if none).
+    pub async fn post_status(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .req(reqwest::Method::POST, path)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Takes a snapshot of sandbox `id` (id or name) and waits until it is
+    /// stored (`completed`); returns its info.
+    pub async fn snapshot(&self, id: &str, kind: &str) -> Value {
+        let (_, v) = self
+            .post_status(
+                &format!("/sandboxes/{id}/snapshot"),
+                json!({"snapshot_type": kind}),
+            )
+            .await;
+        assert_eq!(v["status"], "in_progress", "{v}");
+        let sid = v["snapshot_id"].as_str().unwrap().to_string();
+        self.wait_snapshot(&sid, &["completed"]).await
+    }
+
+    /// Waits until snapshot `sid` is in one of `want` (panics on `failed`
+    /// unless wanted, or after two minutes); returns its info.
+    pub async fn wait_snapshot(&self, sid: &str, want: &[&str]) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let v = self
+                .api_json(reqwest::Method::GET, &format!("/snapshots/{sid}"))
+                .await;
+            let st = v["status"].as_str().unwrap_or("").to_string();
+            if want.contains(&st.as_str()) {
+                return v;
+            }
+            assert!(st != "failed" || want.contains(&"failed"), "{v}");
+            assert!(Instant::now() < deadline, "snapshot stuck: {v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until sandbox `id` is `want`, up to `limit`; returns its info.
+    pub async fn wait_status(&self, id: &str, want: &str, limit: Duration) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let (_, v) = self.get(id).await;
+            if v["status"] == want {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{id} never became {want}: {v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// `sh -c SCRIPT` in the sandbox; panics unless it exits 0; returns stdout.
     pub async fn sh(&self, id: &str, script: &str) -> String {
         let r = self

@@ -47,14 +47,8 @@ async fn a_first_start_answers_at_once_and_starts_sandboxes_once_its_image_is_bu
     assert!(!cgroup_dirs(&s.cgroup_parent).is_empty());
 
     // A non-blocking create is accepted and stays pending.
-    let r = s
-        .req(Method::POST, "/sandboxes")
-        .json(&json!({"wait": false}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let pending: Value = r.json().await.unwrap();
+    let (code, pending) = s.post_status("/sandboxes", json!({"wait": false})).await;
+    assert_eq!(code, 202);
     assert_eq!(pending["status"], "pending", "{pending}");
     let pending_id = pending["sandbox_id"].as_str().unwrap().to_string();
 
@@ -101,7 +95,8 @@ async fn a_first_start_answers_at_once_and_starts_sandboxes_once_its_image_is_bu
     assert!(most_steps > 0, "no build progress was reported");
 
     // The sandbox created meanwhile starts; a new one starts at once.
-    wait_for_status(&s, &pending_id, "running").await;
+    s.wait_status(&pending_id, "running", Duration::from_secs(120))
+        .await;
     assert_eq!(s.sh(&pending_id, "echo up").await, "up\n");
     let id = s.create(json!({})).await;
     assert_eq!(
@@ -109,21 +104,6 @@ async fn a_first_start_answers_at_once_and_starts_sandboxes_once_its_image_is_bu
         "12\n"
     );
     s.cleanup().await;
-}
-
-async fn wait_for_status(s: &Server, id: &str, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (_, v) = s.get(id).await;
-        if v["status"] == want {
-            return;
-        }
-        assert!(
-            v["status"] == "pending" && Instant::now() < deadline,
-            "waiting for {want}: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test]
@@ -209,22 +189,8 @@ async fn sandboxes_trust_the_hosts_cas_and_pip_install_from_pypi_works() {
         .run(&id, json!({"command": "python3", "args": ["-c", script]}))
         .await;
     assert_eq!(out.stdout, "answer = 42\n", "{out:?}");
-    let snap = s.api_json(Method::POST, "/sandboxes/seed/snapshot").await;
-    let sid = snap["snapshot_id"]
-        .as_str()
-        .expect("snapshot id")
-        .to_string();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let v = s.api_json(Method::GET, &format!("/snapshots/{sid}")).await;
-        match v["status"].as_str() {
-            Some("completed") => break,
-            Some("in_progress") | Some("local_ready") => {}
-            _ => panic!("snapshot: {v}"),
-        }
-        assert!(Instant::now() < deadline, "snapshot did not complete: {v}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let snap = s.snapshot("seed", "filesystem").await;
+    let sid = snap["snapshot_id"].as_str().unwrap();
     let restored = s.create(json!({"snapshot_id": sid})).await;
     let check = "import tomli_w; print(open('/root/out.toml').read().strip()); print(tomli_w.dumps({'x': 1}).strip())";
     let out = s

@@ -1,7 +1,6 @@
 //! Idle sandboxes cost nothing: one without a process of its own is frozen
 //! after a quiet spell, and whatever reaches it thaws it first.
 
-use reqwest::Method;
 use sbx_e2e::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -77,21 +76,8 @@ async fn an_idle_sandbox_is_frozen_and_whatever_reaches_it_thaws_it() {
 
     // A memory snapshot of a frozen sandbox, and its restore.
     wait_for_state(&s, &idle, "FROZEN").await;
-    let snap = s.api_json(Method::POST, "/sandboxes/idle/snapshot").await;
-    let sid = snap["snapshot_id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let v = s.api_json(Method::GET, &format!("/snapshots/{sid}")).await;
-        if v["status"] == "completed" {
-            break;
-        }
-        assert!(
-            v["status"] == "in_progress" || v["status"] == "local_ready",
-            "{v}"
-        );
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let snap = s.snapshot("idle", "memory").await;
+    let sid = snap["snapshot_id"].as_str().unwrap();
     let copy = s.create(json!({"snapshot_id": sid})).await;
     assert_eq!(s.sh(&copy, "echo copy").await, "copy\n");
 

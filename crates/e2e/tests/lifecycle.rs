@@ -452,14 +452,9 @@ async fn a_create_the_host_cannot_hold_is_refused_and_creates_nothing() {
     .await;
     let first = s.create(json!({})).await;
     for body in [json!({}), json!({"wait": false})] {
-        let r = s
-            .req(Method::POST, "/sandboxes")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 503);
-        refused(&r.json().await.unwrap(), "--max-sandboxes");
+        let (code, v) = s.post_status("/sandboxes", body).await;
+        assert_eq!(code, 503);
+        refused(&v, "--max-sandboxes");
     }
     let all = s.api_json(Method::GET, "/sandboxes?all=true").await;
     assert_eq!(all["sandboxes"].as_array().unwrap().len(), 1, "{all}");
@@ -477,14 +472,9 @@ async fn a_create_the_host_cannot_hold_is_refused_and_creates_nothing() {
         ..Options::default()
     })
     .await;
-    let r = s
-        .req(Method::POST, "/sandboxes")
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503);
-    refused(&r.json().await.unwrap(), "--memory-reserve-mb");
+    let (code, v) = s.post_status("/sandboxes", json!({})).await;
+    assert_eq!(code, 503);
+    refused(&v, "--memory-reserve-mb");
     let all = s.api_json(Method::GET, "/sandboxes?all=true").await;
     assert!(all["sandboxes"].as_array().unwrap().is_empty(), "{all}");
 }

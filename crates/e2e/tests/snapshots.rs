@@ -3,7 +3,7 @@
 use reqwest::Method;
 use sbx_e2e::*;
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A loop inside the sandbox that writes an increasing number to /tmp/count.
 const COUNTER: &str = "i=0; while true; do echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; i=$((i+1)); sleep 0.1; done";
@@ -30,51 +30,6 @@ async fn count(s: &Server, id: &str) -> u64 {
         .unwrap_or_else(|_| panic!("count: {out:?}"))
 }
 
-/// Takes a snapshot and waits until it is restorable; returns its info.
-async fn snapshot(s: &Server, id: &str, kind: &str) -> Value {
-    let r = s
-        .req(Method::POST, &format!("/sandboxes/{id}/snapshot"))
-        .json(&json!({"snapshot_type": kind}))
-        .send()
-        .await
-        .unwrap();
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["status"], "in_progress", "{v}");
-    let sid = v["snapshot_id"].as_str().unwrap().to_string();
-    wait_snapshot(s, &sid, &["completed"]).await
-}
-
-async fn wait_snapshot(s: &Server, sid: &str, want: &[&str]) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let v = s.api_json(Method::GET, &format!("/snapshots/{sid}")).await;
-        let st = v["status"].as_str().unwrap_or("").to_string();
-        if want.contains(&st.as_str()) {
-            return v;
-        }
-        assert!(st != "failed" || want.contains(&"failed"), "{v}");
-        assert!(Instant::now() < deadline, "snapshot stuck: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn wait_status(s: &Server, id: &str, want: &str, limit: Duration) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let (_, v) = s.get(id).await;
-        if v["status"] == want {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{id} never became {want}: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn post_status(s: &Server, path: &str, body: Value) -> (u16, Value) {
-    let r = s.req(Method::POST, path).json(&body).send().await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test]
 async fn filesystem_snapshot_outlives_its_source_and_restores_bigger() {
     let s = Server::start().await;
@@ -84,7 +39,7 @@ async fn filesystem_snapshot_outlives_its_source_and_restores_bigger() {
         "mkdir -p /data && seq 1 10000 > /data/numbers && echo hello > /root/greeting && rm /etc/motd",
     )
     .await;
-    let snap = snapshot(&s, &id, "filesystem").await;
+    let snap = s.snapshot(&id, "filesystem").await;
     let sid = snap["snapshot_id"].as_str().unwrap().to_string();
     assert_eq!(snap["snapshot_type"], "filesystem");
     assert_eq!(snap["sandbox_id"], id.as_str());
@@ -106,12 +61,12 @@ async fn filesystem_snapshot_outlives_its_source_and_restores_bigger() {
         .as_array()
         .unwrap()
         .len();
-    let (code, e) = post_status(
-        &s,
-        "/sandboxes",
-        json!({"snapshot_id": sid, "resources": {"disk_mb": 512}}),
-    )
-    .await;
+    let (code, e) = s
+        .post_status(
+            "/sandboxes",
+            json!({"snapshot_id": sid, "resources": {"disk_mb": 512}}),
+        )
+        .await;
     assert_eq!(code, 400, "{e}");
     assert!(e["message"].as_str().unwrap().contains("only grow"), "{e}");
     let after = s.api_json(Method::GET, "/sandboxes?all=true").await["sandboxes"]
@@ -119,7 +74,9 @@ async fn filesystem_snapshot_outlives_its_source_and_restores_bigger() {
         .unwrap()
         .len();
     assert_eq!(before, after);
-    let (code, _) = post_status(&s, "/sandboxes", json!({"snapshot_id": "snapnope"})).await;
+    let (code, _) = s
+        .post_status("/sandboxes", json!({"snapshot_id": "snapnope"}))
+        .await;
     assert_eq!(code, 404);
 
     // Restore with more of everything: a cold boot on the snapshot's files.
@@ -176,7 +133,7 @@ async fn memory_snapshot_restores_processes_twice_in_parallel() {
         "until python3 -c 'import urllib.request; urllib.request.urlopen(\"http://127.0.0.1:8000/index.html\")' 2>/dev/null; do sleep 0.1; done",
     )
     .await;
-    let snap = snapshot(&s, &id, "memory").await;
+    let snap = s.snapshot(&id, "memory").await;
     let captured = count(&s, &id).await;
     let sid = snap["snapshot_id"].as_str().unwrap().to_string();
     assert_eq!(snap["snapshot_type"], "memory");
@@ -191,12 +148,12 @@ async fn memory_snapshot_restores_processes_twice_in_parallel() {
     assert!(count(&s, &id).await > captured);
 
     // Resources are fixed for a memory snapshot.
-    let (code, e) = post_status(
-        &s,
-        "/sandboxes",
-        json!({"snapshot_id": sid, "resources": {"memory_mb": 2048}}),
-    )
-    .await;
+    let (code, e) = s
+        .post_status(
+            "/sandboxes",
+            json!({"snapshot_id": sid, "resources": {"memory_mb": 2048}}),
+        )
+        .await;
     assert_eq!(code, 400, "{e}");
     assert!(
         e["message"]
@@ -251,7 +208,7 @@ async fn snapshot_while_the_source_keeps_writing() {
     .await;
     s.sh(&id, "until [ -s /root/log ]; do sleep 0.05; done")
         .await;
-    let snap = snapshot(&s, &id, "filesystem").await;
+    let snap = s.snapshot(&id, "filesystem").await;
     let restored = s.create(json!({"snapshot_id": snap["snapshot_id"]})).await;
     // The captured log is whole: every line complete and in order.
     let out = s
@@ -273,7 +230,9 @@ async fn a_failed_resume_says_why_and_a_later_one_succeeds() {
     let s = Server::start().await;
     let id = s.create(json!({"name": "fragile"})).await;
     s.sh("fragile", "echo kept > /root/kept").await;
-    let (code, v) = post_status(&s, "/sandboxes/fragile/suspend?wait_ms=30000", json!({})).await;
+    let (code, v) = s
+        .post_status("/sandboxes/fragile/suspend?wait_ms=30000", json!({}))
+        .await;
     assert_eq!(
         (code, v["status"].as_str()),
         (200, Some("suspended")),
@@ -288,7 +247,9 @@ async fn a_failed_resume_says_why_and_a_later_one_succeeds() {
     let away = image.with_extension("away");
     std::fs::rename(&image, &away).unwrap();
 
-    let (code, e) = post_status(&s, "/sandboxes/fragile/resume?wait_ms=30000", json!({})).await;
+    let (code, e) = s
+        .post_status("/sandboxes/fragile/resume?wait_ms=30000", json!({}))
+        .await;
     assert_eq!(code, 503, "{e}");
     assert_eq!(e["code"], "unavailable", "{e}");
     assert!(
@@ -314,7 +275,9 @@ async fn a_failed_resume_says_why_and_a_later_one_succeeds() {
     );
 
     std::fs::rename(&away, &image).unwrap();
-    let (code, v) = post_status(&s, "/sandboxes/fragile/resume?wait_ms=30000", json!({})).await;
+    let (code, v) = s
+        .post_status("/sandboxes/fragile/resume?wait_ms=30000", json!({}))
+        .await;
     assert_eq!((code, v["status"].as_str()), (200, Some("running")), "{v}");
     assert!(v["error_details"].is_null(), "{v}");
     assert_eq!(s.sh("fragile", "cat /root/kept").await, "kept\n");
@@ -326,7 +289,9 @@ async fn a_failed_resume_says_why_and_a_later_one_succeeds() {
 async fn suspend_and_resume_ten_times_keep_files_and_processes() {
     let s = Server::start().await;
     let eph = s.create(json!({})).await;
-    let (code, e) = post_status(&s, &format!("/sandboxes/{eph}/suspend"), json!({})).await;
+    let (code, e) = s
+        .post_status(&format!("/sandboxes/{eph}/suspend"), json!({}))
+        .await;
     assert_eq!(code, 400, "{e}");
     assert!(e["message"].as_str().unwrap().contains("ephemeral"), "{e}");
 
@@ -349,7 +314,9 @@ async fn suspend_and_resume_ten_times_keep_files_and_processes() {
     for round in 0..10 {
         s.sh("keeper", &format!("echo {round} > /root/round-{round}"))
             .await;
-        let (code, v) = post_status(&s, "/sandboxes/keeper/suspend?wait_ms=30000", json!({})).await;
+        let (code, v) = s
+            .post_status("/sandboxes/keeper/suspend?wait_ms=30000", json!({}))
+            .await;
         assert_eq!(code, 200, "{v}");
         assert_eq!(v["status"], "suspended");
         // Nothing of it runs on the host.
@@ -357,7 +324,9 @@ async fn suspend_and_resume_ten_times_keep_files_and_processes() {
             netns_of(std::slice::from_ref(&id)).is_empty(),
             "round {round}"
         );
-        let (code, v) = post_status(&s, "/sandboxes/keeper/resume?wait_ms=30000", json!({})).await;
+        let (code, v) = s
+            .post_status("/sandboxes/keeper/resume?wait_ms=30000", json!({}))
+            .await;
         assert_eq!(code, 200, "{v}");
         assert_eq!(v["status"], "running");
         assert_eq!(v["sandbox_id"], id.as_str());
@@ -407,9 +376,12 @@ async fn timeouts_suspend_named_and_terminate_ephemeral_and_proxy_resumes() {
     let named = s.create(json!({"name": "sleepy", "timeout_secs": 2})).await;
     let eph = s.create(json!({"timeout_secs": 2})).await;
     s.sh(&named, "echo kept > /root/kept").await;
-    let v = wait_status(&s, &eph, "terminated", Duration::from_secs(30)).await;
+    let v = s
+        .wait_status(&eph, "terminated", Duration::from_secs(30))
+        .await;
     assert_eq!(v["termination_reason"], "timeout");
-    wait_status(&s, &named, "suspended", Duration::from_secs(30)).await;
+    s.wait_status(&named, "suspended", Duration::from_secs(30))
+        .await;
     // Traffic through the proxy resumes it and is served.
     let out = s.sh("sleepy", "cat /root/kept").await;
     assert_eq!(out, "kept\n");
@@ -422,7 +394,9 @@ async fn timeouts_suspend_named_and_terminate_ephemeral_and_proxy_resumes() {
         .await
         .unwrap();
     assert!(r.status().is_success());
-    let (code, _) = post_status(&s, "/sandboxes/sleepy/suspend?wait_ms=30000", json!({})).await;
+    let (code, _) = s
+        .post_status("/sandboxes/sleepy/suspend?wait_ms=30000", json!({}))
+        .await;
     assert_eq!(code, 200);
     let r = s
         .daemon("sleepy", Method::GET, "/health")
@@ -439,9 +413,13 @@ async fn copy_makes_running_copies_from_one_memory_snapshot() {
     let id = s.create(json!({})).await;
     start_bg(&s, &id, COUNTER).await;
     s.sh(&id, "echo from-source > /root/origin").await;
-    let (code, e) = post_status(&s, &format!("/sandboxes/{id}/copy?times=0"), json!({})).await;
+    let (code, e) = s
+        .post_status(&format!("/sandboxes/{id}/copy?times=0"), json!({}))
+        .await;
     assert_eq!(code, 400, "{e}");
-    let (code, v) = post_status(&s, &format!("/sandboxes/{id}/copy?times=3"), json!({})).await;
+    let (code, v) = s
+        .post_status(&format!("/sandboxes/{id}/copy?times=3"), json!({}))
+        .await;
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["source_sandbox_id"], id.as_str());
     let copies: Vec<String> = v["sandboxes"]
@@ -490,17 +468,19 @@ async fn a_failed_capture_leaves_the_source_running_and_nothing_partial() {
         .unwrap();
     let v: Value = r.json().await.unwrap();
     let sid = v["snapshot_id"].as_str().unwrap().to_string();
-    let failed = wait_snapshot(&s, &sid, &["failed"]).await;
+    let failed = s.wait_snapshot(&sid, &["failed"]).await;
     assert!(chattr("-i").success());
     assert!(
         failed["error"].as_str().unwrap().contains("capture"),
         "{failed}"
     );
-    wait_status(&s, &id, "running", Duration::from_secs(10)).await;
+    s.wait_status(&id, "running", Duration::from_secs(10)).await;
     assert_eq!(s.sh(&id, "echo alive").await, "alive\n");
     let left: Vec<_> = std::fs::read_dir(&snaps).unwrap().collect();
     assert!(left.is_empty(), "partial artifacts: {left:?}");
-    let (code, _) = post_status(&s, "/sandboxes", json!({"snapshot_id": sid})).await;
+    let (code, _) = s
+        .post_status("/sandboxes", json!({"snapshot_id": sid}))
+        .await;
     assert_eq!(code, 409);
     s.cleanup().await;
 }
