@@ -560,23 +560,23 @@ impl Executor {
         if !self.host_memory_watch {
             return;
         }
-        let threshold = match memwatch::memory_cgroup(&self.cgroups.sandbox_path(id))
-            .map(|dir| memwatch::Threshold::register(&dir, memory_mb << 20))
-        {
-            Some(Ok(t)) => t,
-            Some(Err(e)) => {
-                tracing::warn!(sandbox = id, "cannot watch memory from the host: {e}");
-                return;
-            }
-            None => {
-                tracing::warn!(sandbox = id, "no memory cgroup to watch");
-                return;
-            }
+        let Some(dir) = memwatch::memory_cgroup(&self.cgroups.sandbox_path(id)) else {
+            tracing::warn!(sandbox = id, "no memory cgroup to watch");
+            return;
         };
         let runtime = self.runtime.clone();
         let idle = self.idle.clone();
         let sandbox = id.to_string();
+        // Registered in the background: it takes an RCU grace period, which
+        // a launch must not wait for (it cost ~20 ms of time to first command).
         let task = tokio::spawn(async move {
+            let threshold = match memwatch::Threshold::register(&dir, memory_mb << 20).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(sandbox, "cannot watch memory from the host: {e}");
+                    return;
+                }
+            };
             let tell = |over: bool| {
                 let (runtime, sandbox) = (runtime.clone(), sandbox.clone());
                 let hold = idle.hold(&sandbox);

@@ -43,20 +43,28 @@ pub fn supported() -> bool {
 }
 
 impl Threshold {
-    /// Registers `threshold` bytes on the memory cgroup `dir`.
-    pub fn register(dir: &Path, threshold: u64) -> std::io::Result<Self> {
-        // SAFETY: eventfd(2) with constant flags; the fd is owned at once.
-        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a new descriptor nothing else owns.
-        let event = unsafe { OwnedFd::from_raw_fd(raw) };
-        let usage = std::fs::File::open(dir.join("memory.usage_in_bytes"))?;
-        std::fs::write(
-            dir.join("cgroup.event_control"),
-            format!("{} {} {threshold}", event.as_raw_fd(), usage.as_raw_fd()),
-        )?;
+    /// Registers `threshold` bytes on the memory cgroup `dir`. The kernel
+    /// waits for an RCU grace period to install it (~20 ms here): this runs
+    /// on a blocking thread, and callers keep it off the launch path.
+    pub async fn register(dir: &Path, threshold: u64) -> std::io::Result<Self> {
+        let d = dir.to_path_buf();
+        let (event, usage) = tokio::task::spawn_blocking(move || {
+            // SAFETY: eventfd(2) with constant flags; the fd is owned at once.
+            let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+            if raw < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: `raw` is a new descriptor nothing else owns.
+            let event = unsafe { OwnedFd::from_raw_fd(raw) };
+            let usage = std::fs::File::open(d.join("memory.usage_in_bytes"))?;
+            std::fs::write(
+                d.join("cgroup.event_control"),
+                format!("{} {} {threshold}", event.as_raw_fd(), usage.as_raw_fd()),
+            )?;
+            Ok((event, usage))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
         // SAFETY: the OwnedFd stays open and the same for the AsyncFd's life.
         let event =
             unsafe { AsyncFd::register_with_interest(event, tokio::io::Interest::READABLE) }
@@ -112,7 +120,7 @@ mod tests {
         }
         let dir = Path::new(MEMORY_ROOT).join(format!("sbx-memwatch-test-{}", std::process::id()));
         std::fs::create_dir(&dir).unwrap();
-        let t = Threshold::register(&dir, 64 << 20).unwrap();
+        let t = Threshold::register(&dir, 64 << 20).await.unwrap();
         assert_eq!(t.over(), Some(false));
         // A child moved into the cgroup fills 128 MB there, then holds it
         // until its stdin closes.
