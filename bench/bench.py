@@ -443,7 +443,44 @@ def bench_snapshots(s, rootfs, work, raw_root, n):
         runsc(raw_root, "minimal", "resume", "rawbig")
         out["raw_pause"].append((time.perf_counter() - t0) * 1000)
         shutil.rmtree(img)
+    # Suspend = a plain checkpoint (the sandbox stops); resume = restore + a command.
+    susp_img = work / "rawbig-suspend"
+    susp_img.mkdir()
+    t0 = time.perf_counter()
+    runsc(raw_root, "minimal", "checkpoint", "--compression=none", "--direct",
+          f"--image-path={susp_img}", "rawbig")
+    out["raw_suspend"] = [(time.perf_counter() - t0) * 1000]
     runsc(raw_root, "minimal", "delete", "--force", "rawbig")
+    out["raw_resume"] = []
+    for i in range(3):
+        name = f"rawresume{i}"
+        t0 = time.perf_counter()
+        runsc(raw_root, "minimal", "restore", "--detach", f"--image-path={susp_img}", f"--bundle={b}", name)
+        runsc(raw_root, "minimal", "exec", name, "/bin/true")
+        out["raw_resume"].append((time.perf_counter() - t0) * 1000)
+        runsc(raw_root, "minimal", "delete", "--force", name)
+    shutil.rmtree(susp_img)
+
+    # Suspend -> suspended and resume -> first command of a named sandbox
+    # holding 256 MB, three cycles.
+    st, v = s.api("POST", "/sandboxes", {"name": "bench-suspend"})
+    assert st == 200, v
+    named = v["sandbox_id"]
+    s.daemon(named, "POST", "/processes", {"command": "python3", "args": ["-c", HOLD_256MB]})
+    wait_for(lambda: s.sh_ok(named, "test -f /tmp/ready"), "256 MB in the named sandbox")
+    out["suspend"], out["resume"] = [], []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        st, v = s.api("POST", "/sandboxes/bench-suspend/suspend?wait_ms=30000")
+        assert st == 200 and v["status"] == "suspended", (st, v)
+        out["suspend"].append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        st, v = s.api("POST", "/sandboxes/bench-suspend/resume?wait_ms=30000")
+        assert st == 200 and v["status"] == "running", (st, v)
+        conn = http.client.HTTPConnection("127.0.0.1", s.proxy_port, timeout=60)
+        s.run_true(conn, named)
+        out["resume"].append((time.perf_counter() - t0) * 1000)
+    s.delete_and_wait(named)
 
     # 2. Warm restore -> first command, of a small sandbox.
     _, v = s.api("POST", "/sandboxes", {})
@@ -511,6 +548,14 @@ def print_snapshots(r):
     ok = r["copy10"] <= 3000 and r["copies_running"] == 10
     print(f"copy x10: {r['copy10']:.0f} ms, {r['copies_running']}/10 running   target <= 3000 ms   "
           f"{'OK' if ok else 'MISSED'}")
+    print(summary("sbx suspend -> suspended (256MB)", r["suspend"]))
+    print(summary("raw runsc checkpoint (stops it)", r["raw_suspend"]))
+    ratio = med(r["suspend"]) / med(r["raw_suspend"])
+    print(f"suspend ratio (median) {ratio:.2f}x   target <= 1.2x   {'OK' if ratio <= 1.2 else 'MISSED'}")
+    print(summary("sbx resume -> first command", r["resume"]))
+    print(summary("raw restore + exec true (256MB)", r["raw_resume"]))
+    ratio = med(r["resume"]) / med(r["raw_resume"])
+    print(f"resume ratio (median) {ratio:.2f}x   target <= 1.0x   {'OK' if ratio <= 1.0 else 'MISSED'}")
 
 
 def cgroup_read(path):

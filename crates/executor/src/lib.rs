@@ -180,6 +180,9 @@ pub struct Executor {
     /// The memory watch of each sandbox that runs here.
     memory_watches: Mutex<HashMap<String, tokio::task::AbortHandle>>,
     idle: Arc<idle::Idle>,
+    /// Teardowns of suspended sandboxes still under way, each done when its
+    /// receiver sees `true` (a resume or destroy of that sandbox waits).
+    teardowns: Arc<Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>>,
 }
 
 impl Executor {
@@ -237,6 +240,7 @@ impl Executor {
             host_memory_watch: memwatch::supported(),
             memory_watches: Mutex::new(HashMap::new()),
             idle: idle::Idle::new(cgroups.clone(), config.idle_freeze),
+            teardowns: Arc::new(Mutex::new(HashMap::new())),
             cgroups,
         })
     }
@@ -860,18 +864,44 @@ impl Executor {
         drop(thawed);
         self.idle.remove(id);
         self.live.lock().unwrap().remove(id);
-        if let Err(e) = self.runtime.destroy(id).await {
-            tracing::warn!(sandbox = id, "runtime destroy after suspend: {e}");
+        // The memory image and the disk are safe: the sandbox is suspended.
+        // Tearing the old one down (runsc's delete alone takes ~1.5 s) goes
+        // on in the background; a resume or destroy of it waits for that.
+        let ms = started.elapsed().as_millis() as u64;
+        let (done, rx) = tokio::sync::watch::channel(false);
+        self.teardowns.lock().unwrap().insert(id.to_string(), rx);
+        let (runtime, cgroups, teardowns) = (
+            self.runtime.clone(),
+            self.cgroups.clone(),
+            self.teardowns.clone(),
+        );
+        let id = id.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = runtime.destroy(&id).await {
+                tracing::warn!(sandbox = id, "runtime destroy after suspend: {e}");
+            }
+            let layer = Layer::new(&dir);
+            tokio::join!(net::destroy(&id, slot), layer.unmount());
+            cgroups.remove_sandbox(&id).await;
+            teardowns.lock().unwrap().remove(&id);
+            let _ = done.send(true);
+        });
+        Ok(ms)
+    }
+
+    /// Waits until the background teardown of suspended sandbox `id` (if
+    /// one is under way) is done.
+    async fn teardown_done(&self, id: &str) {
+        let rx = self.teardowns.lock().unwrap().get(id).cloned();
+        if let Some(mut rx) = rx {
+            let _ = rx.wait_for(|done| *done).await;
         }
-        let layer = Layer::new(&dir);
-        tokio::join!(net::destroy(id, slot), layer.unmount());
-        self.cgroups.remove_sandbox(id).await;
-        Ok(started.elapsed().as_millis() as u64)
     }
 
     /// Restores a suspended sandbox under its id, with a new network slot.
     /// On failure it stays suspended, its disk and memory image intact.
     pub async fn resume(&self, id: &str) -> Result<SocketAddr, Error> {
+        self.teardown_done(id).await;
         let dir = self.sandbox_dir(id);
         let image = dir.join(SUSPEND_DIR);
         let meta = read_meta(&dir)
@@ -942,6 +972,7 @@ impl Executor {
 
     /// Stops a sandbox and removes everything it had on the host. Idempotent.
     pub async fn destroy(&self, id: &str) -> Result<(), Error> {
+        self.teardown_done(id).await;
         let slot = self.live.lock().unwrap().get(id).map(|l| l.slot);
         let slot = match slot {
             Some(s) => Some(s),
@@ -985,9 +1016,14 @@ impl Executor {
         layer.destroy().await;
     }
 
-    /// Removes the spare volumes and, when no sandbox is left in it, the
-    /// cgroup parent (on shutdown; sandboxes keep running).
+    /// Finishes the teardowns of suspended sandboxes, removes the spare
+    /// volumes and, when no sandbox is left in it, the cgroup parent (on
+    /// shutdown; sandboxes keep running).
     pub async fn shutdown(&self) {
+        let pending: Vec<String> = self.teardowns.lock().unwrap().keys().cloned().collect();
+        for id in pending {
+            self.teardown_done(&id).await;
+        }
         self.pool.drain().await;
         if self.cgroups.remove_if_empty() {
             tracing::info!(cgroup_parent = self.cgroups.name(), "cgroup parent removed");
