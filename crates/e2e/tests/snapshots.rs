@@ -497,6 +497,9 @@ async fn killing_the_server_mid_snapshot_leaves_a_clean_state() {
         "exec python3 -c 'import os, time; b = bytearray(os.urandom(200 << 20)); time.sleep(3600)'",
     )
     .await;
+    // And enough written that its layer is still being copied too.
+    s.sh(&id, "head -c 300M /dev/zero > /root/big && sync")
+        .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let r = s
         .req(Method::POST, &format!("/sandboxes/{id}/snapshot"))
@@ -506,8 +509,25 @@ async fn killing_the_server_mid_snapshot_leaves_a_clean_state() {
         .unwrap();
     let v: Value = r.json().await.unwrap();
     let sid = v["snapshot_id"].as_str().unwrap().to_string();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Killed while it copies the layer (the `cp` of it is seen running).
+    let data_dir = s.data_dir.to_string_lossy().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while copies_into(&data_dir).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the capture's copy was never seen"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     s.kill9();
+    // Nothing the killed server started to copy runs on: the `cp` seen
+    // just now (300 MB to go) dies with the server instead of finishing.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        copies_into(&data_dir).is_empty(),
+        "{:?}",
+        copies_into(&data_dir)
+    );
     s.spawn().await;
     let snap = s.api_json(Method::GET, &format!("/snapshots/{sid}")).await;
     let st = snap["status"].as_str().unwrap();
@@ -524,5 +544,29 @@ async fn killing_the_server_mid_snapshot_leaves_a_clean_state() {
         .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp"))
         .collect();
     assert!(tmp.is_empty(), "{tmp:?}");
+    // Nor does an upload it cut short leave temporary files in the store.
+    let store_tmp = s.data_dir.join("store/tmp");
+    let left: Vec<_> = std::fs::read_dir(&store_tmp)
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
     s.cleanup().await;
+}
+
+/// `cp` processes with an argument under `data_dir`.
+fn copies_into(data_dir: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).to_string())
+            .collect();
+        if args.first().is_some_and(|a| a == "cp") && args.iter().any(|a| a.contains(data_dir)) {
+            found.push(args.join(" "));
+        }
+    }
+    found
 }

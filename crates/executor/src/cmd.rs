@@ -21,8 +21,21 @@ pub async fn run_with_input(
         what: what(),
         reason: format!("cannot start {program}: {e}"),
     };
-    let mut child = Command::new(program)
+    let mut cmd = Command::new(program);
+    // A tool must not outlive the server (a `cp` of a capture ran on after
+    // a kill -9 of the server): it dies with it, and with a dropped task.
+    // SAFETY: prctl with integer arguments, async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
         .args(args)
+        .kill_on_drop(true)
         .stdin(if input.is_some() {
             Stdio::piped()
         } else {

@@ -149,6 +149,12 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
         sbx_store::Store::open(data_dir.join("store"))
             .map_err(|e| Error::Config(format!("snapshot store: {e}")))?,
     );
+    // An upload cut short by a crash leaves temporary files behind.
+    match blobs.remove_temporaries() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(files = n, "removed unfinished store writes"),
+        Err(e) => tracing::warn!("cannot sweep the store's temporary files: {e}"),
+    }
     let host = lifecycle::HostLimits::detect();
     let admission = admission::Admission {
         memory_reserve_mb: config

@@ -305,6 +305,13 @@ impl Store {
         tree::restore(self, tree, dest.as_ref())
     }
 
+    /// Removes what interrupted writes left (a server killed mid-upload):
+    /// run at start, before anything writes. Waits for running writers.
+    pub fn remove_temporaries(&self) -> Result<u64> {
+        let _lock = self.backend.lock(LockMode::Exclusive)?;
+        self.backend.remove_temporaries()
+    }
+
     /// Deletes every chunk that no manifest references, and leftovers of
     /// interrupted writes. Waits for running writers; a manifest that cannot
     /// be parsed aborts gc before anything is deleted.

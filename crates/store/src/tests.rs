@@ -438,3 +438,13 @@ fn hostile_trees_are_rejected() {
     }
     assert!(!dir.path().join("out").exists());
 }
+
+#[test]
+fn temporaries_of_a_killed_writer_are_removed_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store")).unwrap();
+    // What a writer killed mid-upload leaves.
+    std::fs::write(dir.path().join("store/tmp/4242-7.tmp"), b"half a chunk").unwrap();
+    assert_eq!(store.remove_temporaries().unwrap(), 1);
+    assert_eq!(count_files(&dir.path().join("store/tmp")), 0);
+}
