@@ -412,6 +412,19 @@ def raw_restores_equivalent(rootfs, work, raw_root, n):
         subprocess.run(["ip", "netns", "del", netns], check=False)
 
 
+def raw_restores(raw_root, img, bundle, prefix, n):
+    """Milliseconds of n raw `runsc restore` + `exec true` of one image."""
+    times = []
+    for i in range(n):
+        name = f"{prefix}{i}"
+        t0 = time.perf_counter()
+        runsc(raw_root, "minimal", "restore", "--detach", f"--image-path={img}", f"--bundle={bundle}", name)
+        runsc(raw_root, "minimal", "exec", name, "/bin/true")
+        times.append((time.perf_counter() - t0) * 1000)
+        runsc(raw_root, "minimal", "delete", "--force", name)
+    return times
+
+
 def bench_snapshots(s, rootfs, work, raw_root, n):
     """Snapshot measurements, sbx and raw runsc side by side; returns a dict."""
     out = {}
@@ -451,14 +464,7 @@ def bench_snapshots(s, rootfs, work, raw_root, n):
           f"--image-path={susp_img}", "rawbig")
     out["raw_suspend"] = [(time.perf_counter() - t0) * 1000]
     runsc(raw_root, "minimal", "delete", "--force", "rawbig")
-    out["raw_resume"] = []
-    for i in range(3):
-        name = f"rawresume{i}"
-        t0 = time.perf_counter()
-        runsc(raw_root, "minimal", "restore", "--detach", f"--image-path={susp_img}", f"--bundle={b}", name)
-        runsc(raw_root, "minimal", "exec", name, "/bin/true")
-        out["raw_resume"].append((time.perf_counter() - t0) * 1000)
-        runsc(raw_root, "minimal", "delete", "--force", name)
+    out["raw_resume"] = raw_restores(raw_root, susp_img, b, "rawresume", 3)
     shutil.rmtree(susp_img)
 
     # Suspend -> suspended and resume -> first command of a named sandbox
@@ -502,14 +508,7 @@ def bench_snapshots(s, rootfs, work, raw_root, n):
     runsc(raw_root, "minimal", "checkpoint", "--compression=none", "--direct",
           f"--image-path={img}", "rawsmall")
     runsc(raw_root, "minimal", "delete", "--force", "rawsmall")
-    out["raw_restore"] = []
-    for i in range(n):
-        name = f"rawrestore{i}"
-        t0 = time.perf_counter()
-        runsc(raw_root, "minimal", "restore", "--detach", f"--image-path={img}", f"--bundle={b}", name)
-        runsc(raw_root, "minimal", "exec", name, "/bin/true")
-        out["raw_restore"].append((time.perf_counter() - t0) * 1000)
-        runsc(raw_root, "minimal", "delete", "--force", name)
+    out["raw_restore"] = raw_restores(raw_root, img, b, "rawrestore", n)
     out["raw_restore_eq"] = raw_restores_equivalent(rootfs, work, raw_root, n)
 
     # 3. Ten running copies of a running sandbox.
