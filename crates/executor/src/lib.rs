@@ -851,11 +851,24 @@ impl Executor {
         if let Err(e) = self.sync(id).await {
             tracing::warn!(sandbox = id, "sync before suspend: {e}");
         }
+        // As for a capture: a pinned sentry has one Go processor to write
+        // its memory image with. Pinned again if the checkpoint fails.
+        let pinned = self.live.lock().unwrap().get(id).and_then(|l| l.cpu);
+        if pinned.is_some() {
+            if let Err(e) = self.set_cpus(id, &placement::list(&self.cpus)).await {
+                tracing::warn!(sandbox = id, "cannot unpin for the suspend: {e}");
+            }
+        }
         let started = std::time::Instant::now();
         if let Err(e) = self.runtime.checkpoint(id, &tmp, false).await {
             let _ = tokio::fs::remove_dir_all(&tmp).await;
+            if let Some(cpu) = pinned {
+                let _ = self.set_cpus(id, &cpu.to_string()).await;
+            }
             return Err(e.into());
         }
+        let checkpointed_ms = started.elapsed().as_millis() as u64;
+        tracing::debug!(sandbox = id, checkpointed_ms, "suspend: checkpoint written");
         write_addresses(&tmp, slot, &meta).await?;
         tokio::fs::rename(&tmp, &image).await?;
         meta.suspended = true;
