@@ -23,16 +23,8 @@ pub async fn run_with_input(
     };
     let mut cmd = Command::new(program);
     // A tool must not outlive the server (a `cp` of a capture ran on after
-    // a kill -9 of the server): it dies with it, and with a dropped task.
-    // SAFETY: prctl with integer arguments, async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // a kill -9 of the server), nor a dropped task.
+    dies_with_server(&mut cmd);
     let mut child = cmd
         .args(args)
         .kill_on_drop(true)
@@ -60,5 +52,18 @@ pub async fn run_with_input(
             what: what(),
             reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         })
+    }
+}
+
+/// Makes the program `cmd` starts die (SIGKILL) when the server does.
+pub fn dies_with_server(cmd: &mut Command) {
+    // SAFETY: prctl with integer arguments, async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }

@@ -180,14 +180,7 @@ impl Images {
         .process_group(0);
         // It dies with the server (a build that outlived it would write
         // into a directory the next start removes).
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        crate::cmd::dies_with_server(&mut cmd);
         let mut child = cmd.spawn().map_err(|e| {
             Error::Image(format!(
                 "cannot run debootstrap ({e}); apt-get install debootstrap"
