@@ -113,15 +113,6 @@ impl Idle {
         }
     }
 
-    /// Whether sandbox `id` is frozen now.
-    pub fn is_frozen(&self, id: &str) -> bool {
-        self.sandboxes
-            .lock()
-            .unwrap()
-            .get(id)
-            .is_some_and(|s| s.frozen)
-    }
-
     fn thaw(&self, id: &str) {
         if let Err(e) = self.cgroups.set_frozen(id, false) {
             tracing::warn!(sandbox = id, "cannot thaw: {e}");
