@@ -349,25 +349,23 @@ pub struct Manager {
     pub tasks: tokio_util::task::TaskTracker,
     /// Whether the host can hold another sandbox.
     pub admission: crate::admission::Admission,
-    /// Launches under way (admitted, not running yet).
-    starting: std::sync::atomic::AtomicUsize,
+    /// Sandboxes whose launch is under way (admitted, not running yet).
+    starting: Mutex<HashSet<String>>,
 }
 
 /// Counts a launch as starting while it lives.
-struct Starting(Arc<Manager>);
+struct Starting(Arc<Manager>, String);
 
 impl Starting {
-    fn new(m: Arc<Manager>) -> Self {
-        m.starting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Starting(m)
+    fn new(m: Arc<Manager>, id: &str) -> Self {
+        m.starting.lock().unwrap().insert(id.to_string());
+        Starting(m, id.to_string())
     }
 }
 
 impl Drop for Starting {
     fn drop(&mut self) {
-        self.0
-            .starting
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.starting.lock().unwrap().remove(&self.1);
     }
 }
 
@@ -392,7 +390,7 @@ impl Manager {
             host,
             blobs,
             admission,
-            starting: std::sync::atomic::AtomicUsize::new(0),
+            starting: Mutex::new(HashSet::new()),
             locks: Mutex::new(HashMap::new()),
             activity: Mutex::new(HashMap::new()),
             tasks: tokio_util::task::TaskTracker::new(),
@@ -463,7 +461,7 @@ impl Manager {
         let me = self.clone();
         let id = row.id.clone();
         let spec = row.spec.clone();
-        let starting = Starting::new(self.clone());
+        let starting = Starting::new(self.clone(), &id);
         let task = self.tasks.spawn(async move {
             let _starting = starting;
             me.launch(&id, &spec).await
@@ -476,8 +474,13 @@ impl Manager {
         let Some(host) = crate::admission::HostUse::read() else {
             return Ok(());
         };
-        let starting = self.starting.load(std::sync::atomic::Ordering::SeqCst);
-        let live = self.executor.running().len() + starting;
+        // A launch under way is in both once it has claimed its network.
+        let (live, starting) = {
+            let starting = self.starting.lock().unwrap();
+            let mut live: HashSet<String> = self.executor.running().into_iter().collect();
+            live.extend(starting.iter().cloned());
+            (live.len(), starting.len())
+        };
         self.admission.check(host, live, starting).map_err(|why| {
             tracing::warn!("create refused: {why}");
             ApiError::new(
