@@ -2,9 +2,10 @@
 # Installs what `make run` and `make test` need on a Debian 12 host: gVisor's
 # runsc from bookworm-backports (the 2024 build; bookworm's own 2022 build
 # lacks what sbx needs), debootstrap for the default image, the network and
-# filesystem tools, a C toolchain with a static glibc (the agent is linked
-# statically) and Rust (Debian's rustc-web/cargo-web when cargo is missing or
-# older than the workspace's rust-version).
+# filesystem tools (btrfs-progs: sandbox volumes are btrfs), a C toolchain
+# with a static glibc (the agent is linked statically) and Rust (Debian's
+# rustc-web/cargo-web when cargo is missing or older than the workspace's
+# rust-version).
 #
 # Idempotent: it installs only what is missing, runs `apt-get update` only
 # when it is about to install, and on a ready host changes nothing.
@@ -220,7 +221,7 @@ check_only() {
   elif ! runsc_ok; then
     missing+=("runsc: '$v' is too old, sbx needs a 2024 or newer build: update it as https://gvisor.dev/docs/user_guide/install/ says")
   fi
-  for c in debootstrap:debootstrap ip:iproute2 iptables:iptables mkfs.ext4:e2fsprogs unshare:util-linux curl:curl cc:gcc make:make; do
+  for c in debootstrap:debootstrap ip:iproute2 iptables:iptables mkfs.ext4:e2fsprogs mkfs.btrfs:btrfs-progs unshare:util-linux curl:curl cc:gcc make:make; do
     pkg=${c#*:} c=${c%%:*}
     if ! command -v "$c" >/dev/null; then missing+=("$c: $(hint "$pkg")"); fi
   done
@@ -256,7 +257,7 @@ fi
 
 # What is missing: Debian packages from the default suites, and runsc.
 packages=()
-for c in debootstrap:debootstrap ip:iproute2 iptables:iptables mkfs.ext4:e2fsprogs unshare:util-linux \
+for c in debootstrap:debootstrap ip:iproute2 iptables:iptables mkfs.ext4:e2fsprogs mkfs.btrfs:btrfs-progs unshare:util-linux \
   curl:curl tmux:tmux make:make cc:gcc; do
   if ! command -v "${c%%:*}" >/dev/null; then packages+=("${c#*:}"); fi
 done
@@ -334,7 +335,7 @@ hash -r
 
 # Check that the result is what sbx needs.
 runsc_ok || die "runsc is '$(runsc_line)' after the install; sbx needs a 2024 or newer build (bookworm-backports has 0.0~20240729; \`apt-cache policy runsc\` shows what apt sees)"
-for c in debootstrap ip iptables mkfs.ext4 unshare curl tmux make cc; do
+for c in debootstrap ip iptables mkfs.ext4 mkfs.btrfs unshare curl tmux make cc; do
   command -v "$c" >/dev/null || die "$c is still missing after the install"
 done
 static_libc_ok || die "the C compiler finds no static libc.a after installing libc6-dev"

@@ -655,6 +655,8 @@ SWITCH = {"101": {"description": "WebSocket upgrade."}}
 daemon = {
     "/health": {"get": dop("daemonHealth", "Daemon liveness.", {"200": ok(ref("Health")), **derr()})},
     "/info": {"get": dop("daemonInfo", "Daemon version and process counts.", {"200": ok(ref("DaemonInfo")), **derr()})},
+    "/sync": {"post": dop("syncFiles", "Flush the sandbox's file caches to its disk (sync(2)); sbx does this "
+                          "before every snapshot.", {**NO_CONTENT, **derr()})},
     "/processes/run": {"post": dop(
         "runProcess", "Run to completion, streamed as SSE: StartedEvent, OutputEvent per line, one ExitEvent.",
         {"200": {"description": "event stream", "content": SSE}, **derr(400)}, body=ref("RunRequest"))},

@@ -35,6 +35,7 @@ pub fn router(state: AppState) -> Router {
             get(|| async { Json(HealthResponse { healthy: true }) }),
         )
         .route("/info", get(info))
+        .route("/sync", post(sync_files))
         .route("/processes/run", post(run_process))
         .route("/processes", get(list_processes).post(start_process))
         .route("/processes/{p}", get(get_process).delete(delete_process))
@@ -75,6 +76,14 @@ async fn info(State(s): State<AppState>) -> Json<DaemonInfo> {
         total_processes: total,
         has_processes: s.procs.reaper().has_children(),
     })
+}
+
+/// Flushes the sandbox's file caches to its writable layer (`sync(2)`), as
+/// the host does before it captures the layer.
+async fn sync_files() -> StatusCode {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    let _ = tokio::task::spawn_blocking(|| unsafe { libc::sync() }).await;
+    StatusCode::NO_CONTENT
 }
 
 async fn run_process(State(s): State<AppState>, body: Bytes) -> R<Response> {

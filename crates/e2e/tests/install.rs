@@ -222,7 +222,7 @@ fn check_root(root: &Path, mirror: &str, rust_min: &str) {
     let v = sh("runsc --version");
     assert!(v.starts_with("runsc version 0.0~2024"), "{v}");
     let missing = sh(
-        "for c in debootstrap ip iptables mkfs.ext4 unshare curl cc make cargo rustc tmux; do \
+        "for c in debootstrap ip iptables mkfs.ext4 mkfs.btrfs unshare curl cc make cargo rustc tmux; do \
          command -v $c >/dev/null || echo $c; done",
     );
     assert_eq!(missing, "", "missing in {}", root.display());

@@ -550,6 +550,122 @@ async fn killing_the_server_mid_snapshot_leaves_a_clean_state() {
         .map(|rd| rd.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
+    // The volume's own snapshot the capture was copying from is gone too.
+    let volume = s.data_dir.join("sandboxes").join(&id).join("disk");
+    let captures: Vec<_> = std::fs::read_dir(&volume)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".capture-"))
+        .collect();
+    assert!(captures.is_empty(), "{captures:?}");
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn killing_the_server_while_a_capture_pauses_the_sandbox_leaves_it_running() {
+    let mut s = Server::start().await;
+    let id = s.create(json!({"name": "paused-victim"})).await;
+    start_bg(&s, &id, COUNTER).await;
+    start_bg(
+        &s,
+        &id,
+        "exec python3 -c 'import os, time; b = bytearray(os.urandom(300 << 20)); time.sleep(3600)'",
+    )
+    .await;
+    s.sh(&id, "sleep 4").await;
+    let before = count(&s, &id).await;
+    let r = s
+        .req(Method::POST, &format!("/sandboxes/{id}/snapshot"))
+        .json(&json!({"snapshot_type": "memory"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    // Killed while the memory image is written: the sandbox is paused then.
+    let data_dir = s.data_dir.to_string_lossy().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !runsc_running(&data_dir, "checkpoint") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the checkpoint was never seen"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    s.kill9();
+    s.spawn().await;
+    let (_, info) = s.get(&id).await;
+    assert_eq!(info["status"], "running", "{info}");
+    // It runs on: its processes count again and it answers.
+    let after = count(&s, &id).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(count(&s, &id).await > after.max(before));
+    assert_eq!(s.sh(&id, "echo alive").await, "alive\n");
+    // A capture after the restart works.
+    let snap = s.snapshot(&id, "memory").await;
+    assert_eq!(snap["status"], "completed", "{snap}");
+    s.cleanup().await;
+}
+
+/// Whether a `runsc <subcommand>` of the server on `data_dir` runs.
+fn runsc_running(data_dir: &str, subcommand: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            return false;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).to_string())
+            .collect();
+        args.first().is_some_and(|a| a.ends_with("runsc"))
+            && args.iter().any(|a| a == subcommand)
+            && args.iter().any(|a| a.contains(data_dir))
+    })
+}
+
+#[tokio::test]
+async fn snapshots_of_a_sandbox_with_600_mb_written_restore_every_byte() {
+    let s = Server::start().await;
+    let id = s.create(json!({})).await;
+    start_bg(&s, &id, COUNTER).await;
+    s.sh(
+        &id,
+        "mkdir -p /data && for i in 1 2 3 4 5 6; do head -c 100M /dev/urandom > /data/f$i; done && \
+         mkdir -p /data/many && for i in $(seq 500); do echo $i > /data/many/$i; done && \
+         rm /etc/motd",
+    )
+    .await;
+    let sums = "cd /data && sha256sum f1 f2 f3 f4 f5 f6 && cat many/* | sha256sum && \
+                ls /etc/motd 2>&1; du -sm /data | cut -f1";
+    let want = s.sh(&id, sums).await;
+    assert!(want.contains("No such file"), "{want}");
+    let mb: u64 = want.lines().last().unwrap().trim().parse().unwrap();
+    assert!(mb > 500, "{want}");
+    let mut restored = Vec::new();
+    for kind in ["memory", "filesystem"] {
+        let snap = s.snapshot(&id, kind).await;
+        assert_eq!(snap["status"], "completed", "{snap}");
+        assert!(snap["pause_ms"].as_u64().is_some(), "{snap}");
+        assert!(snap["size_bytes"].as_u64().unwrap() > 600 << 20, "{snap}");
+        let copy = s.create(json!({"snapshot_id": snap["snapshot_id"]})).await;
+        assert_eq!(s.sh(&copy, sums).await, want, "{kind} snapshot");
+        restored.push((kind, copy));
+    }
+    // The memory snapshot's processes run on in its restore.
+    let (_, warm) = &restored[0];
+    let first = count(&s, warm).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(count(&s, warm).await > first);
+    // The source is untouched and its capture left nothing in its volume.
+    assert_eq!(s.sh(&id, sums).await, want);
+    let volume = s.data_dir.join("sandboxes").join(&id).join("disk");
+    let left: Vec<_> = std::fs::read_dir(&volume)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".capture-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     s.cleanup().await;
 }
 

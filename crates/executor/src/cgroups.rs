@@ -221,6 +221,44 @@ impl CgroupParent {
         }
     }
 
+    /// Whether every process of sandbox `id` is frozen now (a freeze is
+    /// asynchronous: each task stops at its next safe point).
+    pub fn is_frozen(&self, id: &str) -> bool {
+        match (self.version, &self.freezer) {
+            (Version::V1, Some(d)) => std::fs::read_to_string(d.join(id).join("freezer.state"))
+                .is_ok_and(|s| s.trim() == "FROZEN"),
+            (Version::V2, _) => {
+                std::fs::read_to_string(self.root.join(&self.name).join(id).join("cgroup.events"))
+                    .is_ok_and(|s| s.lines().any(|l| l.trim() == "frozen 1"))
+            }
+            (Version::V1, None) => false,
+        }
+    }
+
+    /// Freezes sandbox `id` and waits until all of it is stopped; thaws it
+    /// again and fails when that takes longer than `limit`.
+    pub async fn freeze_and_wait(
+        &self,
+        id: &str,
+        limit: std::time::Duration,
+    ) -> std::io::Result<()> {
+        self.set_frozen(id, true)?;
+        let started = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_micros(200);
+        while !self.is_frozen(id) {
+            if started.elapsed() > limit {
+                let _ = self.set_frozen(id, false);
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("sandbox {id} did not freeze within {limit:?}"),
+                ));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
     /// Thaws every sandbox cgroup under the parent (after a restart: a
     /// frozen sentry answers no runsc command, not even `list`).
     pub fn thaw_all(&self) {

@@ -191,24 +191,10 @@ impl Idle {
 /// Asks the agent at `addr` whether any process besides itself exists;
 /// `None` when it does not answer or does not say.
 async fn agent_has_processes(addr: SocketAddr) -> Option<bool> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let ask = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(b"GET /api/v1/info HTTP/1.0\r\nHost: agent\r\n\r\n")
-            .await
-            .ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8_lossy(&buf);
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-            return None;
-        }
-        let info: serde_json::Value = serde_json::from_str(body).ok()?;
-        info.get("has_processes")?.as_bool()
-    };
-    tokio::time::timeout(Duration::from_secs(2), ask)
-        .await
-        .ok()
-        .flatten()
+    let a = crate::agent_http::request(addr, "GET", "/api/v1/info", Duration::from_secs(2)).await?;
+    if a.status != 200 {
+        return None;
+    }
+    let info: serde_json::Value = serde_json::from_slice(&a.body).ok()?;
+    info.get("has_processes")?.as_bool()
 }

@@ -2,6 +2,8 @@
 //! writable layers, network namespaces — and can rebuild its picture of them
 //! after a crash.
 
+mod agent_http;
+mod btrfs;
 pub mod cgroups;
 mod cmd;
 mod host;
@@ -18,7 +20,7 @@ pub mod snapshot;
 use cgroups::CgroupParent;
 pub use idle::Hold;
 use image::Images;
-use layer::Layer;
+use layer::{Layer, VolumeFs};
 use net::Slot;
 use sbx_runtime::{Bind, Runtime, RuntimeError, SandboxSpec};
 use serde::{Deserialize, Serialize};
@@ -183,6 +185,8 @@ pub struct Executor {
     /// Teardowns of suspended sandboxes still under way, each done when its
     /// receiver sees `true` (a resume or destroy of that sandbox waits).
     teardowns: Arc<Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>>,
+    /// The filesystem of new sandbox volumes.
+    volume_fs: VolumeFs,
 }
 
 impl Executor {
@@ -193,15 +197,7 @@ impl Executor {
         tokio::fs::create_dir_all(data_dir.join("snapshots")).await?;
         let agent_dir = data_dir.join("agent");
         tokio::fs::create_dir_all(&agent_dir).await?;
-        // Copy then rename: sandboxes that run keep the binary they booted with.
-        let tmp = agent_dir.join(format!(".{AGENT_NAME}.tmp"));
-        tokio::fs::copy(&config.agent_bin, &tmp)
-            .await
-            .map_err(|e| Error::Host {
-                what: format!("agent binary {}", config.agent_bin.display()),
-                reason: e.to_string(),
-            })?;
-        tokio::fs::rename(&tmp, agent_dir.join(AGENT_NAME)).await?;
+        install_agent(&config.agent_bin, &agent_dir.join(AGENT_NAME)).await?;
         install_ca_bundle(&agent_dir, config.ca_bundle.as_deref()).await?;
         host::raise_limits();
         let cgroups = CgroupParent::prepare(&config.cgroup_parent)?;
@@ -222,10 +218,12 @@ impl Executor {
         );
         net::install_firewall().await?;
         tokio::fs::write(data_dir.join("resolv.conf"), net::sandbox_resolv_conf()).await?;
+        let volume_fs = VolumeFs::detect();
         let pool = pool::VolumePool::new(
             data_dir.join("pool"),
             config.spare_disk_mb,
             config.spare_volumes,
+            volume_fs,
         )
         .await;
         Ok(Self {
@@ -242,6 +240,7 @@ impl Executor {
             idle: idle::Idle::new(cgroups.clone(), config.idle_freeze),
             teardowns: Arc::new(Mutex::new(HashMap::new())),
             cgroups,
+            volume_fs,
         })
     }
 
@@ -429,7 +428,7 @@ impl Executor {
                     }
                     r
                 }
-                None => layer.create(&lowers, spec.disk_mb).await,
+                None => layer.create(&lowers, spec.disk_mb, self.volume_fs).await,
             }
         };
         // A restore has no `runsc create` to overlap the interfaces'
@@ -677,9 +676,27 @@ impl Executor {
             .join("snapshots")
             .join(format!(".tmp-{snapshot_id}"));
         let _ = tokio::fs::remove_dir_all(&tmp).await;
+        let layer = Layer::new(self.sandbox_dir(id));
+        // Named after the snapshot: a crash leaves it for recovery to find.
+        let cow = layer.can_snapshot().then_some(snapshot_id);
         let result = async {
             tokio::fs::create_dir_all(&tmp).await?;
-            let pause_ms = self.capture_into(id, &tmp, memory).await?;
+            let pause_ms = self.capture_into(id, &tmp, memory, &layer, cow).await?;
+            let upper = tmp.join("upper");
+            if let Some(name) = cow {
+                // The sandbox runs again: the layer is copied out of the
+                // volume's snapshot now.
+                let copied = layer
+                    .volume()
+                    .join(format!(".capture-{name}"))
+                    .join("upper");
+                let copy = snapshot::copy_tree(&copied, &upper).await;
+                let (l, n) = (layer.clone(), name.to_string());
+                tokio::task::spawn_blocking(move || l.drop_snapshot(&n))
+                    .await
+                    .expect("subvolume task");
+                copy?;
+            }
             if memory {
                 let slot = self
                     .live
@@ -691,7 +708,6 @@ impl Executor {
                 let meta = read_meta(&self.sandbox_dir(id)).await;
                 write_addresses(&tmp.join("checkpoint"), slot, meta.as_ref()).await?;
             }
-            let upper = tmp.join("upper");
             let layer = tmp.join("layer");
             match &parent {
                 Some(parent) => {
@@ -721,13 +737,26 @@ impl Executor {
         .await;
         if result.is_err() {
             let _ = tokio::fs::remove_dir_all(&tmp).await;
+            if let Some(name) = cow {
+                let (l, n) = (layer.clone(), name.to_string());
+                let _ = tokio::task::spawn_blocking(move || l.drop_snapshot(&n)).await;
+            }
         }
         result
     }
 
-    /// Flushes what the sandbox's kernel still caches to its writable layer
-    /// (through the runtime: works whatever state the agent is in).
+    /// Flushes what the sandbox's kernel still caches to its writable layer:
+    /// asks the agent (~2 ms), or where it does not answer (busy, or older
+    /// than its `/sync`) runs the agent's `--sync` through the runtime
+    /// (~100 ms, whatever state the agent is in).
     async fn sync(&self, id: &str) -> Result<(), Error> {
+        if let Some(addr) = self.agent_addr(id) {
+            let limit = std::time::Duration::from_secs(60);
+            let answer = agent_http::request(addr, "POST", "/api/v1/sync", limit).await;
+            if answer.is_some_and(|a| a.status == 204) {
+                return Ok(());
+            }
+        }
         let agent = format!("{AGENT_MOUNT}/{AGENT_NAME}");
         self.runtime
             .exec(id, &[agent, "--sync".into()])
@@ -736,35 +765,84 @@ impl Executor {
             .map_err(Error::from)
     }
 
-    /// Pauses the sandbox, copies its upper dir to `tmp/upper` and, with
-    /// `memory`, checkpoints it into `tmp/checkpoint`; then resumes it.
-    /// Returns the pause in milliseconds.
-    async fn capture_into(&self, id: &str, tmp: &Path, memory: bool) -> Result<u64, Error> {
+    /// Stops the sandbox, captures its upper dir and, with `memory`, its
+    /// memory and processes into `tmp/checkpoint`, and lets it run again;
+    /// returns how long it was stopped, in milliseconds.
+    ///
+    /// With `cow` (a btrfs volume) the upper dir is captured as the
+    /// volume's read-only snapshot named after it, in constant time; the
+    /// caller copies it out. Otherwise it is copied to `tmp/upper` while
+    /// the sandbox is stopped.
+    async fn capture_into(
+        &self,
+        id: &str,
+        tmp: &Path,
+        memory: bool,
+        layer: &Layer,
+        cow: Option<&str>,
+    ) -> Result<u64, Error> {
         let _thawed = self.hold(id);
-        // Data the sandbox's kernel still caches goes to the layer first.
+        // Data the sandbox's kernel still caches goes to the layer first,
+        // and, for a snapshot of the volume, from the host's cache to the
+        // volume, while the sandbox runs: the snapshot then has next to
+        // nothing left to write.
         if let Err(e) = self.sync(id).await {
             tracing::warn!(sandbox = id, "sync before capture: {e}");
         }
-        // A pinned sandbox may use every CPU while it is captured: its image
-        // is written sooner, and the pause is shorter. It is pinned again
-        // however the capture ends.
-        let pinned = self.unpin(id).await;
-        let captured = self.pause_and_capture(id, tmp, memory).await;
+        if cow.is_some() {
+            if let Err(e) = layer.sync_volume().await {
+                tracing::warn!(sandbox = id, "syncfs before capture: {e}");
+            }
+        }
+        // A pinned sandbox may use every CPU while its memory image is
+        // written, and the pause is shorter. It is pinned again however the
+        // capture ends.
+        let pinned = if memory { self.unpin(id).await } else { None };
+        let captured = self.pause_and_capture(id, tmp, memory, layer, cow).await;
         self.pin_again(id, pinned).await;
         let pause_ms = captured?;
         tracing::info!(sandbox = id, pause_ms, memory, "captured");
         Ok(pause_ms)
     }
 
-    /// The paused part of [`Self::capture_into`]; returns the pause in ms.
-    async fn pause_and_capture(&self, id: &str, tmp: &Path, memory: bool) -> Result<u64, Error> {
-        let upper = Layer::new(self.sandbox_dir(id)).upper();
+    /// The stopped part of [`Self::capture_into`]; returns its length in ms.
+    ///
+    /// A memory image needs the sandbox paused by the runtime (whose kernel
+    /// then still answers the checkpoint). Files alone need only that
+    /// nothing writes them: the cgroup freezer stops the sandbox in a few
+    /// ms, where `runsc pause` and `resume` take ~25 ms each.
+    async fn pause_and_capture(
+        &self,
+        id: &str,
+        tmp: &Path,
+        memory: bool,
+        layer: &Layer,
+        cow: Option<&str>,
+    ) -> Result<u64, Error> {
+        let freeze = !memory && self.cgroups.can_freeze();
         let started = std::time::Instant::now();
-        self.runtime.pause(id).await?;
-        // Both read a paused sandbox: copy the layer while gVisor writes
-        // the memory image, so the pause is the longer of the two.
-        let upper_copy = tmp.join("upper");
-        let files = snapshot::copy_tree(&upper, &upper_copy);
+        if freeze {
+            self.cgroups
+                .freeze_and_wait(id, std::time::Duration::from_secs(10))
+                .await?;
+        } else {
+            self.runtime.pause(id).await?;
+        }
+        // Both read a stopped sandbox, side by side: the pause is the
+        // longer of the two.
+        let files = async {
+            match cow {
+                Some(name) => {
+                    let (l, n) = (layer.clone(), name.to_string());
+                    tokio::task::spawn_blocking(move || l.snapshot_volume(&n))
+                        .await
+                        .expect("snapshot task")
+                        .map(drop)
+                        .map_err(Error::from)
+                }
+                None => snapshot::copy_tree(&layer.upper(), &tmp.join("upper")).await,
+            }
+        };
         let image = async {
             if memory {
                 let dir = tmp.join("checkpoint");
@@ -776,14 +854,48 @@ impl Executor {
             (Err(e), _) => Err(e),
             (Ok(()), image) => image,
         };
-        let mut resumed = self.runtime.resume(id).await;
-        if resumed.is_err() {
-            resumed = self.runtime.resume(id).await;
-        }
+        let resumed = if freeze {
+            self.cgroups.set_frozen(id, false).map_err(Error::from)
+        } else {
+            let mut resumed = self.runtime.resume(id).await;
+            if resumed.is_err() {
+                resumed = self.runtime.resume(id).await;
+            }
+            resumed.map_err(Error::from)
+        };
         let pause_ms = started.elapsed().as_millis() as u64;
         captured?;
         resumed?;
         Ok(pause_ms)
+    }
+
+    /// After a crash: a sandbox the runtime may have left paused (see
+    /// [`Runtime::may_be_paused`]) is resumed if its agent does not answer.
+    /// Whether it runs.
+    async fn settle_pause(&self, id: &str, meta: Option<&Meta>) -> bool {
+        if !self.runtime.may_be_paused(id) {
+            return true;
+        }
+        let Some(meta) = meta else { return false };
+        let addr = SocketAddr::new(Slot(meta.slot).sandbox_ip().into(), AGENT_PORT);
+        if wait_for_agent(addr, std::time::Duration::from_secs(3))
+            .await
+            .is_ok()
+        {
+            self.runtime.forget_pause(id).await;
+            return true;
+        }
+        tracing::info!(
+            sandbox = id,
+            "left paused by a capture cut short: resuming it"
+        );
+        match self.runtime.resume(id).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(sandbox = id, "cannot resume: {e}");
+                false
+            }
+        }
     }
 
     /// Forgets a snapshot's files. A layer that sandboxes still run on (or
@@ -927,6 +1039,8 @@ impl Executor {
         let result = async {
             if !layer.is_mounted() {
                 layer.mount_volume().await?;
+                let l = layer.clone();
+                let _ = tokio::task::spawn_blocking(move || l.drop_all_snapshots()).await;
                 layer.mount_overlay(&self.lowers(&spec)).await?;
             }
             let slot = self.create_net(&spec).await?;
@@ -1102,8 +1216,9 @@ impl Executor {
                 && netns.contains(&id)
                 && layer::mounts_below(&dir).contains(&layer.rootfs())
                 && meta.is_some();
-            let resumed =
-                intact && (running[&id].0 != "paused" || self.runtime.resume(&id).await.is_ok());
+            let resumed = intact
+                && (running[&id].0 != "paused" || self.runtime.resume(&id).await.is_ok())
+                && self.settle_pause(&id, meta.as_ref()).await;
             if intact && resumed {
                 let meta = meta.expect("checked");
                 {
@@ -1122,6 +1237,8 @@ impl Executor {
                 if let Some(spec) = &meta.spec {
                     self.watch_memory(&id, spec.memory_mb, true);
                 }
+                // Snapshots of its volume a capture cut short left.
+                let _ = tokio::task::spawn_blocking(move || layer.drop_all_snapshots()).await;
                 report.adopted.push(id);
             } else {
                 match meta.filter(|m| !m.suspended) {
@@ -1134,6 +1251,27 @@ impl Executor {
         self.release_layers().await;
         Ok(report)
     }
+}
+
+/// Puts the agent binary at `dest`, by copy then rename: sandboxes that run
+/// keep the binary they booted with. An identical binary is left in place:
+/// gVisor cannot checkpoint a sandbox whose agent file was replaced under
+/// it (a deleted file it maps), so a restart of the server must not.
+async fn install_agent(src: &Path, dest: &Path) -> Result<(), Error> {
+    let host_err = |e: std::io::Error| Error::Host {
+        what: format!("agent binary {}", src.display()),
+        reason: e.to_string(),
+    };
+    let new = tokio::fs::read(src).await.map_err(host_err)?;
+    if tokio::fs::read(dest).await.is_ok_and(|old| old == new) {
+        return Ok(());
+    }
+    let tmp = dest.with_extension("tmp");
+    tokio::fs::write(&tmp, &new).await.map_err(host_err)?;
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    tokio::fs::set_permissions(&tmp, mode).await?;
+    tokio::fs::rename(&tmp, dest).await?;
+    Ok(())
 }
 
 /// The cgroup limit sits above the user's memory so that the agent's
@@ -1223,26 +1361,20 @@ async fn install_ca_bundle(agent_dir: &Path, bundle: Option<&Path>) -> Result<()
 
 /// Polls the agent's health route until it answers 200.
 async fn wait_for_agent(addr: SocketAddr, limit: std::time::Duration) -> Result<(), Error> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let deadline = tokio::time::Instant::now() + limit;
-    let mut last;
     loop {
-        let attempt = async {
-            let mut s = tokio::net::TcpStream::connect(addr).await?;
-            s.write_all(b"GET /api/v1/health HTTP/1.0\r\nHost: agent\r\n\r\n")
-                .await?;
-            let mut buf = [0u8; 64];
-            let n = s.read(&mut buf).await?;
-            Ok::<bool, std::io::Error>(
-                buf[..n].starts_with(b"HTTP/1.1 200") || buf[..n].starts_with(b"HTTP/1.0 200"),
-            )
+        let answer = agent_http::request(
+            addr,
+            "GET",
+            "/api/v1/health",
+            std::time::Duration::from_millis(500),
+        )
+        .await;
+        let last = match answer {
+            Some(a) if a.status == 200 => return Ok(()),
+            Some(a) => format!("agent answered {}", a.status),
+            None => "no answer".to_string(),
         };
-        match tokio::time::timeout(std::time::Duration::from_millis(500), attempt).await {
-            Ok(Ok(true)) => return Ok(()),
-            Ok(Ok(false)) => last = "agent answered with an error".into(),
-            Ok(Err(e)) => last = e.to_string(),
-            Err(_) => last = "timed out".into(),
-        }
         if tokio::time::Instant::now() >= deadline {
             return Err(Error::AgentTimeout(format!("{addr}: {last}")));
         }

@@ -2,7 +2,7 @@
 //! does not wait for `mkfs` and a loop mount (about 30 ms of its start).
 //! Only volumes of the default size are kept; other sizes are made on demand.
 
-use crate::layer::{self, Layer};
+use crate::layer::{self, Layer, VolumeFs};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 pub struct VolumePool {
     dir: PathBuf,
     disk_mb: u64,
+    fs: VolumeFs,
     target: usize,
     ready: Mutex<Vec<Layer>>,
     filling: AtomicBool,
@@ -21,7 +22,7 @@ pub struct VolumePool {
 impl VolumePool {
     /// A pool under `dir` keeping `target` spare volumes of `disk_mb`.
     /// Whatever an earlier run left in `dir` is removed.
-    pub async fn new(dir: PathBuf, disk_mb: u64, target: usize) -> Arc<Self> {
+    pub async fn new(dir: PathBuf, disk_mb: u64, target: usize, fs: VolumeFs) -> Arc<Self> {
         for m in layer::mounts_below(&dir) {
             let s = m.to_string_lossy().to_string();
             if crate::cmd::run("umount", &[&s]).await.is_err() {
@@ -32,6 +33,7 @@ impl VolumePool {
         let pool = Arc::new(Self {
             dir,
             disk_mb,
+            fs,
             target,
             ready: Mutex::new(Vec::new()),
             filling: AtomicBool::new(false),
@@ -62,7 +64,7 @@ impl VolumePool {
             while !me.closed.load(Ordering::SeqCst) && me.ready.lock().unwrap().len() < me.target {
                 let n = me.counter.fetch_add(1, Ordering::Relaxed);
                 let spare = Layer::new(me.dir.join(n.to_string()));
-                match spare.make_volume(me.disk_mb).await {
+                match spare.make_volume(me.disk_mb, me.fs).await {
                     Ok(()) => me.ready.lock().unwrap().push(spare),
                     Err(e) => {
                         tracing::warn!("cannot make a spare volume: {e}");

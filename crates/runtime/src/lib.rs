@@ -5,6 +5,7 @@
 //! above this trait knows which isolation technology runs underneath; today
 //! that is gVisor ([`gvisor::Gvisor`]).
 
+mod control;
 pub mod gvisor;
 pub mod oci;
 mod pinning;
@@ -99,6 +100,17 @@ pub trait Runtime: Send + Sync {
     async fn exec(&self, id: &str, argv: &[String]) -> Result<()>;
     /// Thaws a paused sandbox.
     async fn resume(&self, id: &str) -> Result<()>;
+    /// Whether the sandbox may be paused although [`list`](Self::list) and
+    /// [`state`](Self::state) say it runs: a pause whose resume a crash cut
+    /// short, which only the sandbox itself can tell (its agent does not
+    /// answer). Settle it with [`resume`](Self::resume) or
+    /// [`forget_pause`](Self::forget_pause).
+    fn may_be_paused(&self, _id: &str) -> bool {
+        false
+    }
+    /// Forgets a pause [`may_be_paused`](Self::may_be_paused) reported: the
+    /// sandbox is known to run.
+    async fn forget_pause(&self, _id: &str) {}
     /// Sends `signal` to the sandbox's init process (its agent).
     async fn signal(&self, id: &str, signal: i32) -> Result<()>;
     /// Saves memory and processes into `image_dir` (which must not exist

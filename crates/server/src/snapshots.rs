@@ -398,6 +398,10 @@ impl Manager {
     ) -> ApiResult<SandboxRow> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
+            // Armed before the read: a change right after it is not missed.
+            let changed = self.store.status_changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             let row = self
                 .store
                 .get(id)
@@ -409,7 +413,9 @@ impl Manager {
             {
                 return Ok(row);
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Looked at again at least every second all the same.
+            let next = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
+            let _ = tokio::time::timeout_at(next, changed).await;
         }
     }
 

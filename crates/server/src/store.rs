@@ -47,6 +47,8 @@ pub struct SandboxRow {
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// Woken whenever a sandbox changes status (see [`Store::status_changed`]).
+    changed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 const SCHEMA: &str = r#"
@@ -120,7 +122,10 @@ impl Store {
             .connect_with(opts)
             .await?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            changed: Default::default(),
+        })
     }
 
     pub async fn insert(&self, row: &SandboxRow) -> Result<(), StoreError> {
@@ -259,7 +264,17 @@ impl Store {
         .bind(id)
         .execute(&self.pool)
         .await?;
-        Ok(r.rows_affected() == 1)
+        let moved = r.rows_affected() == 1;
+        if moved {
+            self.changed.notify_waiters();
+        }
+        Ok(moved)
+    }
+
+    /// Completes at the next status change of any sandbox made through this
+    /// store after the future is enabled (`Notified::enable`) or first polled.
+    pub fn status_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
     }
 
     /// Sets (or, with `None`, clears) the error a sandbox reports.
