@@ -452,20 +452,14 @@ impl Executor {
         };
         write_meta(&dir, &meta).await?;
         l?;
-        let cpuset = self.place(&spec.id, spec.cpus);
-        let restoring = spec.checkpoint.is_some();
-        let runtime_spec = self.runtime_spec(spec, cpuset.clone().filter(|_| !restoring));
+        let runtime_spec = self.runtime_spec(spec, self.place(&spec.id, spec.cpus));
         let t1 = std::time::Instant::now();
         if spec.checkpoint.is_none() {
             self.create_and_configure(&runtime_spec, slot, spec).await?;
         }
         let t_created = std::time::Instant::now();
         let state = match &spec.checkpoint {
-            Some(ck) => {
-                let state = self.runtime.restore(&runtime_spec, ck).await?;
-                self.pin_after_restore(&spec.id, cpuset.as_deref()).await;
-                state
-            }
+            Some(ck) => self.runtime.restore(&runtime_spec, ck).await?,
             None => self.runtime.start(&runtime_spec).await?,
         };
         let t2 = std::time::Instant::now();
@@ -636,18 +630,6 @@ impl Executor {
             }
         }
         pinned
-    }
-
-    /// Pins a sandbox restored unpinned to the CPU [`Self::place`] chose: a
-    /// restore, like a checkpoint, is quicker with every CPU (a pinned
-    /// sentry loads its memory with one Go processor; resumes of a 256 MB
-    /// sandbox took 0.9-1.0 s pinned, against ~0.36 s).
-    async fn pin_after_restore(&self, id: &str, cpuset: Option<&str>) {
-        if let Some(cpus) = cpuset {
-            if let Err(e) = self.set_cpus(id, cpus).await {
-                tracing::warn!(sandbox = id, "cannot pin after the restore: {e}");
-            }
-        }
     }
 
     /// Pins a sandbox [`Self::unpin`] released to its CPU again.
@@ -1093,13 +1075,14 @@ impl Executor {
                 },
             )
             .await?;
-            let cpuset = self.place(id, spec.cpus);
-            let runtime_spec = self.runtime_spec(&spec, None);
+            // Pinned from the start, not after: runsc sizes the sentry
+            // (GOMAXPROCS) by the cpuset it starts in, and a sentry sized
+            // for more CPUs than it then has spins (see `placement`).
+            let runtime_spec = self.runtime_spec(&spec, self.place(id, spec.cpus));
             // `runsc restore` creates the sandbox itself.
             net::configure(id, slot, &spec.egress, &spec.aliases).await?;
             let prepared_ms = ms(t0);
             let state = self.runtime.restore(&runtime_spec, &image).await?;
-            self.pin_after_restore(id, cpuset.as_deref()).await;
             let restored_ms = ms(t0);
             let addr = SocketAddr::new(slot.sandbox_ip().into(), AGENT_PORT);
             self.agent_ready(id, addr).await?;
