@@ -551,13 +551,7 @@ async fn killing_the_server_mid_snapshot_leaves_a_clean_state() {
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
     // The volume's own snapshot the capture was copying from is gone too.
-    let volume = s.data_dir.join("sandboxes").join(&id).join("disk");
-    let captures: Vec<_> = std::fs::read_dir(&volume)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".capture-"))
-        .collect();
+    let captures = captures_in_volume(&s, &id);
     assert!(captures.is_empty(), "{captures:?}");
     s.cleanup().await;
 }
@@ -605,6 +599,17 @@ async fn killing_the_server_while_a_capture_pauses_the_sandbox_leaves_it_running
     let snap = s.snapshot(&id, "memory").await;
     assert_eq!(snap["status"], "completed", "{snap}");
     s.cleanup().await;
+}
+
+/// The capture snapshots (`.capture-<sid>`) in sandbox `id`'s volume.
+fn captures_in_volume(s: &Server, id: &str) -> Vec<String> {
+    let volume = s.data_dir.join("sandboxes").join(id).join("disk");
+    std::fs::read_dir(&volume)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".capture-"))
+        .collect()
 }
 
 /// Whether a `runsc <subcommand>` of the server on `data_dir` runs.
@@ -658,13 +663,7 @@ async fn snapshots_of_a_sandbox_with_600_mb_written_restore_every_byte() {
     assert!(count(&s, warm).await > first);
     // The source is untouched and its capture left nothing in its volume.
     assert_eq!(s.sh(&id, sums).await, want);
-    let volume = s.data_dir.join("sandboxes").join(&id).join("disk");
-    let left: Vec<_> = std::fs::read_dir(&volume)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".capture-"))
-        .collect();
+    let left = captures_in_volume(&s, &id);
     assert!(left.is_empty(), "{left:?}");
     s.cleanup().await;
 }

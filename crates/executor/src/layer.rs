@@ -251,30 +251,36 @@ impl Layer {
     }
 
     /// Takes a read-only snapshot of the volume named after `capture`
-    /// (constant time); its copy of the upper dir is at the path returned.
-    /// Blocking.
-    pub fn snapshot_volume(&self, capture: &str) -> std::io::Result<PathBuf> {
-        let name = format!("{CAPTURE_PREFIX}{capture}");
-        btrfs::snapshot_readonly(&self.volume(), &self.volume(), &name)?;
-        Ok(self.volume().join(name).join("upper"))
+    /// (constant time); its copy of the upper dir is at
+    /// [`Self::captured_upper`]. Blocking.
+    pub fn snapshot_volume(&self, capture: &str) -> std::io::Result<()> {
+        btrfs::snapshot_readonly(&self.volume(), &self.volume(), &capture_name(capture))
+    }
+
+    /// The upper dir as [`Self::snapshot_volume`] captured it for `capture`.
+    pub fn captured_upper(&self, capture: &str) -> PathBuf {
+        self.volume().join(capture_name(capture)).join("upper")
     }
 
     /// Removes the snapshot [`Self::snapshot_volume`] took for `capture`.
     /// Idempotent.
-    pub fn drop_snapshot(&self, capture: &str) {
-        let name = format!("{CAPTURE_PREFIX}{capture}");
-        if self.volume().join(&name).exists() {
-            if let Err(e) = btrfs::delete_subvolume(&self.volume(), &name) {
-                tracing::warn!(volume = %self.volume().display(), "cannot remove {name}: {e}");
-            }
-        }
+    pub async fn drop_snapshot(&self, capture: &str) {
+        let (volume, name) = (self.volume(), capture_name(capture));
+        tokio::task::spawn_blocking(move || drop_subvolume(&volume, &name))
+            .await
+            .expect("subvolume task");
     }
 
     /// Removes every capture snapshot in the volume (those a crash left).
-    pub fn drop_all_snapshots(&self) {
-        for name in btrfs::entries_with_prefix(&self.volume(), CAPTURE_PREFIX) {
-            self.drop_snapshot(&name[CAPTURE_PREFIX.len()..]);
-        }
+    pub async fn drop_all_snapshots(&self) {
+        let volume = self.volume();
+        tokio::task::spawn_blocking(move || {
+            for name in btrfs::entries_with_prefix(&volume, CAPTURE_PREFIX) {
+                drop_subvolume(&volume, &name);
+            }
+        })
+        .await
+        .expect("subvolume task");
     }
 
     /// Whether the overlay is mounted.
@@ -286,6 +292,19 @@ impl Layer {
     pub async fn destroy(&self) {
         self.unmount().await;
         let _ = tokio::fs::remove_dir_all(&self.dir).await;
+    }
+}
+
+fn capture_name(capture: &str) -> String {
+    format!("{CAPTURE_PREFIX}{capture}")
+}
+
+/// Removes subvolume `volume/name` if it is there; a failure is logged.
+fn drop_subvolume(volume: &Path, name: &str) {
+    if volume.join(name).exists() {
+        if let Err(e) = btrfs::delete_subvolume(volume, name) {
+            tracing::warn!(volume = %volume.display(), "cannot remove {name}: {e}");
+        }
     }
 }
 
@@ -347,7 +366,8 @@ mod tests {
         assert!(layer.can_snapshot());
         std::fs::write(layer.upper().join("a"), "before").unwrap();
         layer.sync_volume().await.unwrap();
-        let copy = layer.snapshot_volume("snap1").unwrap();
+        layer.snapshot_volume("snap1").unwrap();
+        let copy = layer.captured_upper("snap1");
         std::fs::write(layer.upper().join("a"), "after").unwrap();
         std::fs::write(layer.upper().join("b"), "new").unwrap();
         assert_eq!(std::fs::read_to_string(copy.join("a")).unwrap(), "before");
@@ -356,7 +376,7 @@ mod tests {
         assert!(std::fs::write(copy.join("c"), "x").is_err());
         // A crash's leftovers are found and removed.
         layer.snapshot_volume("snap2").unwrap();
-        layer.drop_all_snapshots();
+        layer.drop_all_snapshots().await;
         assert!(btrfs::entries_with_prefix(&layer.volume(), CAPTURE_PREFIX).is_empty());
         assert_eq!(
             std::fs::read_to_string(layer.upper().join("a")).unwrap(),
