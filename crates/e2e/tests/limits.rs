@@ -74,6 +74,17 @@ fn cpus_and_role(pid: &str) -> Option<(String, bool)> {
     Some((cpus, gofer))
 }
 
+/// The CPUs of a cpuset list such as `0-2,5`.
+fn cpu_list(list: &str) -> Vec<usize> {
+    list.split(',')
+        .filter(|p| !p.is_empty())
+        .flat_map(|p| match p.split_once('-') {
+            Some((a, b)) => (a.parse().unwrap()..=b.parse().unwrap()).collect::<Vec<usize>>(),
+            None => vec![p.parse().unwrap()],
+        })
+        .collect()
+}
+
 fn cgroup_procs(s: &Server, hierarchy: &str, id: &str) -> Vec<String> {
     std::fs::read_to_string(s.cgroup(hierarchy, id).join("cgroup.procs"))
         .unwrap()
@@ -89,41 +100,46 @@ async fn small_sandboxes_are_pinned_one_cpu_each_and_their_gofer_is_not() {
         eprintln!("one host CPU: nothing to pin");
         return;
     }
+    let by_affinity = sbx_runtime::pinning::affinity_survives_cpusets();
     let s = Server::start().await;
     let a = s.create(json!({"resources": {"cpus": 1}})).await;
     let b = s.create(json!({"resources": {"cpus": 0.5}})).await;
     let big = s
         .create(json!({"resources": {"cpus": 2, "memory_mb": 2048}}))
         .await;
-    let (cpu_a, cpu_b) = (s.cpuset(&a), s.cpuset(&b));
-    assert!(cpu_a.parse::<usize>().is_ok(), "one CPU: {cpu_a}");
-    assert!(cpu_b.parse::<usize>().is_ok(), "one CPU: {cpu_b}");
+    assert_eq!(s.sh(&big, "nproc").await.trim(), host_cpus.to_string());
+    let mut pinned_to = Vec::new();
+    for id in [&a, &b] {
+        let procs = cgroup_procs(&s, "cpu", id);
+        let roles: Vec<(String, bool)> = procs.iter().filter_map(|p| cpus_and_role(p)).collect();
+        // The sentry and its stubs run on one CPU...
+        let cpus: Vec<&String> = roles.iter().filter(|r| !r.1).map(|r| &r.0).collect();
+        assert!(cpus.len() >= 2, "sentry and stubs of {id}: {roles:?}");
+        let cpu = cpus[0].clone();
+        assert!(cpu.parse::<usize>().is_ok(), "one CPU: {cpu}");
+        assert!(cpus.iter().all(|c| **c == cpu), "{id}: {roles:?}");
+        // ...which its cgroup's cpuset holds, beside a second CPU when the
+        // pin is an affinity (the sentry then has two Go processors, and
+        // the sandbox sees the cpuset's CPUs)...
+        let cpuset = s.cpuset(id);
+        let in_cpuset = cpu_list(&cpuset);
+        assert!(
+            in_cpuset.contains(&cpu.parse().unwrap()),
+            "{cpu} in {cpuset}"
+        );
+        assert_eq!(in_cpuset.len(), if by_affinity { 2 } else { 1 }, "{cpuset}");
+        assert_eq!(s.sh(id, "nproc").await.trim(), in_cpuset.len().to_string());
+        // ...while its gofer, still in its cpu and memory cgroups, may run
+        // on more.
+        let gofers: Vec<&String> = roles.iter().filter(|r| r.1).map(|r| &r.0).collect();
+        assert_eq!(gofers.len(), 1, "{id}: {roles:?}");
+        assert_ne!(gofers[0], &cpu, "{id}");
+        pinned_to.push(cpu);
+    }
     assert_ne!(
-        cpu_a, cpu_b,
+        pinned_to[0], pinned_to[1],
         "two sandboxes share a CPU while another is free"
     );
-    // The sandbox sees the one CPU it has.
-    assert_eq!(s.sh(&a, "nproc").await.trim(), "1");
-    assert_eq!(s.sh(&big, "nproc").await.trim(), host_cpus.to_string());
-    for (id, cpu) in [(&a, &cpu_a), (&b, &cpu_b)] {
-        // The sentry and its stubs run on the sandbox's CPU only...
-        let pinned = cgroup_procs(&s, "cpuset", id);
-        assert!(!pinned.is_empty());
-        for pid in &pinned {
-            if let Some((cpus, gofer)) = cpus_and_role(pid) {
-                assert!(!gofer, "the gofer {pid} of {id} is pinned");
-                assert_eq!(&cpus, cpu, "process {pid} of {id}");
-            }
-        }
-        // ...while its gofer, still in its cpu and memory cgroups, may run anywhere.
-        let gofers: Vec<String> = cgroup_procs(&s, "cpu", id)
-            .iter()
-            .filter_map(|pid| cpus_and_role(pid).filter(|(_, gofer)| *gofer))
-            .map(|(cpus, _)| cpus)
-            .collect();
-        assert_eq!(gofers.len(), 1, "{id}: {gofers:?}");
-        assert_ne!(&gofers[0], cpu, "{id}");
-    }
     s.cleanup().await;
 }
 

@@ -23,7 +23,7 @@ pub use idle::Hold;
 use image::Images;
 use layer::{Layer, VolumeFs};
 use net::Slot;
-use sbx_runtime::{Bind, Runtime, RuntimeError, SandboxSpec};
+use sbx_runtime::{Bind, Pin, Runtime, RuntimeError, SandboxSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -175,6 +175,10 @@ pub struct Executor {
     next_slot: Mutex<u32>,
     /// Host CPUs small sandboxes are pinned to, one each.
     cpus: Vec<usize>,
+    /// Whether a pin is a CPU affinity inside a two-CPU cgroup (and the
+    /// sentry gets two Go processors), rather than a one-CPU cgroup: see
+    /// `sbx_runtime::pinning`.
+    pin_by_affinity: bool,
     cgroups: CgroupParent,
     /// Whether sandboxes get the CA bundle (in the agent's directory).
     ca_bundle: bool,
@@ -236,6 +240,7 @@ impl Executor {
             pool,
             next_slot: Mutex::new(0),
             cpus,
+            pin_by_affinity: sbx_runtime::pinning::affinity_survives_cpusets(),
             ca_bundle: config.ca_bundle.is_some(),
             host_memory_watch: memwatch::supported(),
             memory_watches: Mutex::new(HashMap::new()),
@@ -488,19 +493,25 @@ impl Executor {
     }
 
     /// Pins a sandbox of at most one CPU to the host CPU with the fewest
-    /// pinned sandboxes and records it; the cpuset for its runtime spec, or
+    /// pinned sandboxes and records it; the pin for its runtime spec, or
     /// `None` to let it run anywhere.
-    fn place(&self, id: &str, cpus: f64) -> Option<String> {
+    fn place(&self, id: &str, cpus: f64) -> Option<Pin> {
         if !placement::is_pinned(cpus) {
             return None;
         }
         let mut live = self.live.lock().unwrap();
         let cpu = placement::least_loaded(&self.cpus, live.values().filter_map(|l| l.cpu))?;
         live.get_mut(id)?.cpu = Some(cpu);
-        Some(cpu.to_string())
+        Some(Pin {
+            cpu,
+            partner: self
+                .pin_by_affinity
+                .then(|| placement::partner(&self.cpus, cpu))
+                .flatten(),
+        })
     }
 
-    fn runtime_spec(&self, spec: &LaunchSpec, cpuset: Option<String>) -> SandboxSpec {
+    fn runtime_spec(&self, spec: &LaunchSpec, pin: Option<Pin>) -> SandboxSpec {
         let dir = self.sandbox_dir(&spec.id);
         let mut args = vec![format!("{AGENT_MOUNT}/{AGENT_NAME}")];
         if !spec.entrypoint.is_empty() {
@@ -514,7 +525,7 @@ impl Executor {
             netns: Some(net::netns_path(&spec.id)),
             cgroup_path: self.cgroups.sandbox_path(&spec.id),
             cpus: spec.cpus,
-            cpuset,
+            pin,
             memory_limit_bytes: hard_memory_limit_mb(spec.memory_mb) * 1024 * 1024,
             args,
             env: self.sandbox_env(spec),
@@ -618,11 +629,15 @@ impl Executor {
         }
     }
 
-    /// Lets a pinned sandbox use every CPU while its memory image is
-    /// written: a pinned sentry (`GOMAXPROCS=1`) writes it with one Go
-    /// processor (256 MB: ~2 s against ~0.26 s). Returns the CPU it was
-    /// pinned to, for [`Self::pin_again`].
+    /// Lets a sandbox pinned by its cgroup alone use every CPU while its
+    /// memory image is written: such a sentry (`GOMAXPROCS=1`) writes it
+    /// with one Go processor (256 MB: ~2 s against ~0.26 s). Returns the CPU
+    /// it was pinned to, for [`Self::pin_again`]. A sandbox pinned by its
+    /// affinity has two Go processors and stays (~0.25 s pinned).
     async fn unpin(&self, id: &str) -> Option<usize> {
+        if self.pin_by_affinity {
+            return None;
+        }
         let pinned = self.live.lock().unwrap().get(id).and_then(|l| l.cpu);
         if pinned.is_some() {
             if let Err(e) = self.set_cpus(id, &placement::list(&self.cpus)).await {

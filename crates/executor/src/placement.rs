@@ -40,6 +40,14 @@ pub fn least_loaded(cpus: &[usize], taken: impl IntoIterator<Item = usize>) -> O
         .map(|i| cpus[i])
 }
 
+/// The CPU of `cpus` after `cpu` (the first after the last), to name
+/// beside it in a pinned sandbox's cgroup; `None` without another.
+pub fn partner(cpus: &[usize], cpu: usize) -> Option<usize> {
+    let i = cpus.iter().position(|&c| c == cpu)?;
+    let next = cpus[(i + 1) % cpus.len()];
+    (next != cpu).then_some(next)
+}
+
 /// A cpuset list naming every CPU of `cpus`.
 pub fn list(cpus: &[usize]) -> String {
     cpus.iter()
@@ -51,6 +59,15 @@ pub fn list(cpus: &[usize]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partner_is_the_next_cpu_round_the_list() {
+        assert_eq!(partner(&[0, 1], 0), Some(1));
+        assert_eq!(partner(&[0, 1], 1), Some(0));
+        assert_eq!(partner(&[2, 5, 7], 5), Some(7));
+        assert_eq!(partner(&[3], 3), None);
+        assert_eq!(partner(&[0, 1], 4), None);
+    }
 
     #[test]
     fn sandboxes_spread_over_the_cpus() {

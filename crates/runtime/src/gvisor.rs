@@ -141,17 +141,23 @@ impl Gvisor {
     /// namespace: runsc otherwise believes every netns is the host's on this
     /// kernel family and refuses ("cannot run with network enabled in root
     /// network namespace").
+    /// `starts_processes`: the command starts the sandbox's processes
+    /// (`restore`), which then inherit its pin.
     async fn run_in_netns_workaround(
         &self,
         args: &[String],
-        with_network: bool,
-        log: &Path,
+        spec: &SandboxSpec,
+        starts_processes: bool,
     ) -> Result<()> {
         let command = args.iter().find(|a| !a.starts_with("--"));
         let what = format!("runsc {}", command.map(String::as_str).unwrap_or(""));
+        let log = spec.bundle_dir.join("console.log");
         let mut cmd = self.sandbox_command();
         cmd.args(args);
-        if with_network {
+        if starts_processes {
+            pin(&mut cmd, spec);
+        }
+        if spec.netns.is_some() {
             // In the child, before exec: what `unshare -m sh -c 'mount -t
             // tmpfs none /proc/sys/net && exec runsc …'` did, without
             // starting two more programs per launch.
@@ -161,18 +167,18 @@ impl Gvisor {
                 cmd.pre_exec(private_proc_sys_net);
             }
         }
-        self.run_detached(cmd, &what, log).await
+        self.run_detached(cmd, &what, &log).await
     }
 
     /// Runs `starting` (a runsc command that starts the sandbox's processes)
-    /// and, for a sandbox pinned to a cpuset, moves its gofer out of the pin
-    /// meanwhile: see [`crate::pinning`].
+    /// and, for a pinned sandbox, frees its gofer from the pin meanwhile:
+    /// see [`crate::pinning`].
     async fn with_gofer_released(
         &self,
         spec: &SandboxSpec,
         starting: impl std::future::Future<Output = Result<()>>,
     ) -> Result<()> {
-        if spec.cpuset.is_none() {
+        if spec.pin.is_none() {
             return starting.await;
         }
         tokio::pin!(starting);
@@ -183,9 +189,13 @@ impl Gvisor {
     }
 
     /// Runs a start-like command, destroying the sandbox when it fails.
-    async fn launch(&self, spec: &SandboxSpec, args: &[String]) -> Result<SandboxState> {
-        let log = spec.bundle_dir.join("console.log");
-        let run = self.run_in_netns_workaround(args, spec.netns.is_some(), &log);
+    async fn launch(
+        &self,
+        spec: &SandboxSpec,
+        args: &[String],
+        starts_processes: bool,
+    ) -> Result<SandboxState> {
+        let run = self.run_in_netns_workaround(args, spec, starts_processes);
         if let Err(e) = self.with_gofer_released(spec, run).await {
             let _ = self.destroy(&spec.id).await;
             return Err(e);
@@ -239,6 +249,7 @@ impl Runtime for Gvisor {
             .arg(format!("--bundle={}", spec.bundle_dir.display()))
             .arg(format!("--pid-file={}", pid_file(spec).display()))
             .arg(&spec.id);
+        pin(&mut create, spec);
         let created = self
             .with_gofer_released(spec, self.run_detached(create, "runsc create", &log))
             .await;
@@ -250,7 +261,8 @@ impl Runtime for Gvisor {
     }
 
     async fn start(&self, spec: &SandboxSpec) -> Result<SandboxState> {
-        self.launch(spec, &["start".into(), spec.id.clone()]).await
+        self.launch(spec, &["start".into(), spec.id.clone()], false)
+            .await
     }
 
     async fn state(&self, id: &str) -> Result<Option<SandboxState>> {
@@ -381,7 +393,7 @@ impl Runtime for Gvisor {
             format!("--pid-file={}", pid_file(spec).display()),
             spec.id.clone(),
         ];
-        self.launch(spec, &args).await
+        self.launch(spec, &args, true).await
     }
 }
 
@@ -416,6 +428,18 @@ fn batch_scheduling() -> std::io::Result<()> {
     // SAFETY: a plain system call on a value on the stack.
     unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
     Ok(())
+}
+
+/// Runs `cmd` (a runsc command that starts the sandbox's sentry and gofer)
+/// on the sandbox's one CPU, when it is pinned: see [`crate::pinning`].
+fn pin(cmd: &mut Command, spec: &SandboxSpec) {
+    if let Some(pin) = spec.pin.as_ref().filter(|p| p.partner.is_some()) {
+        // SAFETY: the hook makes one async-signal-safe system call on a set
+        // built before the fork.
+        unsafe {
+            cmd.pre_exec(crate::pinning::affinity_hook(pin.cpu));
+        }
+    }
 }
 
 /// Moves the calling process into a private mount namespace (mounts no

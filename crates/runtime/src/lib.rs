@@ -8,7 +8,7 @@
 mod control;
 pub mod gvisor;
 pub mod oci;
-mod pinning;
+pub mod pinning;
 
 use async_trait::async_trait;
 use std::path::{Path, PathBuf};
@@ -28,9 +28,9 @@ pub struct SandboxSpec {
     pub cgroup_path: String,
     /// CPU quota in cores (1.5 = one and a half cores).
     pub cpus: f64,
-    /// Host CPUs the sandbox runs on, as a cpuset list (`"1"`, `"0-3"`);
-    /// `None`: any CPU. See [`gvisor`] for why a small sandbox is pinned.
-    pub cpuset: Option<String>,
+    /// The one host CPU a small sandbox runs on; `None`: any CPU. See
+    /// [`pinning`] for why and how.
+    pub pin: Option<Pin>,
     /// Hard memory limit in bytes.
     pub memory_limit_bytes: u64,
     /// PID 1 of the sandbox and its arguments.
@@ -40,6 +40,31 @@ pub struct SandboxSpec {
     /// Host paths bound into the sandbox.
     pub binds: Vec<Bind>,
     pub hostname: String,
+}
+
+/// Where a pinned sandbox runs: see [`pinning`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    /// The host CPU the sentry and its stubs run on.
+    pub cpu: usize,
+    /// Another host CPU, which only the sandbox's cgroup names beside `cpu`:
+    /// runsc sizes the sentry's Go scheduler by the cgroup's CPUs. `None`
+    /// where the kernel would not keep the narrower affinity (see
+    /// [`pinning::affinity_survives_cpusets`]): the cgroup then names `cpu`
+    /// alone.
+    pub partner: Option<usize>,
+}
+
+impl Pin {
+    /// The cpuset list of the sandbox's cgroup.
+    pub fn cpuset(&self) -> String {
+        match self.partner {
+            Some(p) if p != self.cpu => {
+                format!("{},{}", self.cpu.min(p), self.cpu.max(p))
+            }
+            _ => self.cpu.to_string(),
+        }
+    }
 }
 
 /// A host path bound into the sandbox.

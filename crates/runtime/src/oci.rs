@@ -63,8 +63,8 @@ pub fn config(spec: &SandboxSpec) -> Value {
     }
     let quota = (spec.cpus * CPU_PERIOD_US as f64).round() as i64;
     let mut cpu = json!({"quota": quota, "period": CPU_PERIOD_US});
-    if let Some(cpuset) = &spec.cpuset {
-        cpu["cpus"] = json!(cpuset);
+    if let Some(pin) = &spec.pin {
+        cpu["cpus"] = json!(pin.cpuset());
     }
     json!({
         "ociVersion": "1.0.2",
@@ -107,7 +107,7 @@ mod tests {
             netns: Some("/var/run/netns/sbx-sbx1".into()),
             cgroup_path: "/sbx/sbx1".into(),
             cpus: 1.5,
-            cpuset: None,
+            pin: None,
             memory_limit_bytes: 1 << 30,
             args: vec!["/.sbx/sbx-agent".into()],
             env: vec!["A=1".into()],
@@ -140,13 +140,24 @@ mod tests {
     }
 
     #[test]
-    fn a_cpuset_is_set_only_when_asked_for() {
+    fn a_cpuset_is_set_only_for_a_pinned_sandbox() {
         let c = config(&spec());
         assert!(c["linux"]["resources"]["cpu"].get("cpus").is_none());
         let pinned = SandboxSpec {
-            cpuset: Some("1".into()),
+            pin: Some(crate::Pin {
+                cpu: 3,
+                partner: Some(0),
+            }),
             ..spec()
         };
-        assert_eq!(config(&pinned)["linux"]["resources"]["cpu"]["cpus"], "1");
+        assert_eq!(config(&pinned)["linux"]["resources"]["cpu"]["cpus"], "0,3");
+        let alone = SandboxSpec {
+            pin: Some(crate::Pin {
+                cpu: 1,
+                partner: None,
+            }),
+            ..spec()
+        };
+        assert_eq!(config(&alone)["linux"]["resources"]["cpu"]["cpus"], "1");
     }
 }
