@@ -222,13 +222,35 @@ impl Server {
             .join(id)
     }
 
-    /// The host CPUs of a sandbox's cpuset cgroup, as a cpuset list (one CPU
-    /// for a pinned sandbox).
+    /// The host CPUs of a sandbox's cpuset cgroup, as a cpuset list.
     pub fn cpuset(&self, id: &str) -> String {
         std::fs::read_to_string(self.cgroup("cpuset", id).join("cpuset.cpus"))
             .unwrap()
             .trim()
             .to_string()
+    }
+
+    /// Each host process of sandbox `id` (from its cpu cgroup): its
+    /// `Cpus_allowed_list` and whether it is runsc's gofer.
+    pub fn processes_cpus(&self, id: &str) -> Vec<(String, bool)> {
+        std::fs::read_to_string(self.cgroup("cpu", id).join("cgroup.procs"))
+            .unwrap()
+            .lines()
+            .filter_map(cpus_and_role)
+            .collect()
+    }
+
+    /// The one host CPU the sentry and stubs of sandbox `id` run on, if
+    /// they all run on the same single CPU.
+    pub fn pinned_cpu(&self, id: &str) -> Option<usize> {
+        let cpus: Vec<String> = self
+            .processes_cpus(id)
+            .into_iter()
+            .filter(|(_, gofer)| !gofer)
+            .map(|(cpus, _)| cpus)
+            .collect();
+        let first = cpus.first()?.parse().ok()?;
+        cpus.iter().all(|c| *c == cpus[0]).then_some(first)
     }
 
     /// SIGKILLs the server, as a crash would.
@@ -589,6 +611,20 @@ pub fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
         found.push(v2);
     }
     found
+}
+
+/// The `Cpus_allowed_list` of a host process, and whether it is runsc's
+/// gofer; `None` for a process gone since it was listed.
+fn cpus_and_role(pid: &str) -> Option<(String, bool)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let cpus = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
+        .trim()
+        .to_string();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let gofer = cmdline.split(|b| *b == 0).any(|a| a == b"gofer");
+    Some((cpus, gofer))
 }
 
 /// The sandbox's address: runsc takes it off the netns interface, so read

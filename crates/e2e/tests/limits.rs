@@ -61,19 +61,6 @@ async fn cpu_quota_follows_the_request_and_the_sandbox_runs_as_batch() {
     s.cleanup().await;
 }
 
-/// The `Cpus_allowed_list` of a host process, and whether it is runsc's gofer.
-fn cpus_and_role(pid: &str) -> Option<(String, bool)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let cpus = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
-        .trim()
-        .to_string();
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let gofer = cmdline.split(|b| *b == 0).any(|a| a == b"gofer");
-    Some((cpus, gofer))
-}
-
 /// The CPUs of a cpuset list such as `0-2,5`.
 fn cpu_list(list: &str) -> Vec<usize> {
     list.split(',')
@@ -82,14 +69,6 @@ fn cpu_list(list: &str) -> Vec<usize> {
             Some((a, b)) => (a.parse().unwrap()..=b.parse().unwrap()).collect::<Vec<usize>>(),
             None => vec![p.parse().unwrap()],
         })
-        .collect()
-}
-
-fn cgroup_procs(s: &Server, hierarchy: &str, id: &str) -> Vec<String> {
-    std::fs::read_to_string(s.cgroup(hierarchy, id).join("cgroup.procs"))
-        .unwrap()
-        .lines()
-        .map(str::to_string)
         .collect()
 }
 
@@ -110,8 +89,7 @@ async fn small_sandboxes_are_pinned_one_cpu_each_and_their_gofer_is_not() {
     assert_eq!(s.sh(&big, "nproc").await.trim(), host_cpus.to_string());
     let mut pinned_to = Vec::new();
     for id in [&a, &b] {
-        let procs = cgroup_procs(&s, "cpu", id);
-        let roles: Vec<(String, bool)> = procs.iter().filter_map(|p| cpus_and_role(p)).collect();
+        let roles = s.processes_cpus(id);
         // The sentry and its stubs run on one CPU...
         let cpus: Vec<&String> = roles.iter().filter(|r| !r.1).map(|r| &r.0).collect();
         assert!(cpus.len() >= 2, "sentry and stubs of {id}: {roles:?}");

@@ -140,8 +140,9 @@ async fn memory_snapshot_restores_processes_twice_in_parallel() {
     assert!(snap["pause_ms"].as_u64().is_some(), "{snap}");
     let pinned = std::thread::available_parallelism().unwrap().get() > 1;
     if pinned {
-        // Unpinned for the capture, pinned again after it.
-        assert!(s.cpuset(&id).parse::<usize>().is_ok(), "{}", s.cpuset(&id));
+        // Pinned after the capture (unpinned for it where the pin is the
+        // cgroup's cpuset, see sbx_runtime::pinning).
+        assert!(s.pinned_cpu(&id).is_some(), "{:?}", s.processes_cpus(&id));
     }
     // The source keeps counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -168,8 +169,10 @@ async fn memory_snapshot_restores_processes_twice_in_parallel() {
     assert_ne!(a, b);
     if pinned {
         // Restored copies are pinned too, each to a CPU of its own.
-        assert!(s.cpuset(&a).parse::<usize>().is_ok(), "{}", s.cpuset(&a));
-        assert_ne!(s.cpuset(&a), s.cpuset(&b));
+        let (cpu_a, cpu_b) = (s.pinned_cpu(&a), s.pinned_cpu(&b));
+        assert!(cpu_a.is_some(), "{:?}", s.processes_cpus(&a));
+        assert!(cpu_b.is_some(), "{:?}", s.processes_cpus(&b));
+        assert_ne!(cpu_a, cpu_b);
     }
     for copy in [&a, &b] {
         let first = count(&s, copy).await;

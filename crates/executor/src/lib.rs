@@ -49,6 +49,9 @@ const CA_VARIABLES: [&str; 5] = [
 const DELETED_MARK: &str = "deleted";
 /// A suspended sandbox's memory image, in its directory.
 const SUSPEND_DIR: &str = "suspend";
+/// Names a resumed sandbox's memory image while it is deleted in the
+/// background (a 256 MB image takes ~50 ms to delete); swept at recovery.
+const SUSPEND_TRASH_PREFIX: &str = ".suspend.trash-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -1010,7 +1013,7 @@ impl Executor {
         self.stop_memory_watch(id);
         drop(thawed);
         self.idle.remove(id);
-        self.live.lock().unwrap().remove(id);
+        let sentry = self.live.lock().unwrap().remove(id).and_then(|l| l.pid);
         // The memory image and the disk are safe: the sandbox is suspended.
         // Tearing the old one down (~0.12 s, mostly `runsc delete` and the
         // volume's unmount) goes on in the background; a resume or destroy
@@ -1026,12 +1029,29 @@ impl Executor {
         );
         let id = id.to_string();
         tokio::spawn(async move {
+            let t0 = std::time::Instant::now();
+            let ms = |t: std::time::Instant| t.elapsed().as_millis() as u64;
+            // The checkpoint ends the sentry. `runsc delete` finding it
+            // still exiting would wait another 100 ms (it polls at that
+            // pace); the server reaps it (see `orphans`) within a few ms.
+            if let Some(pid) = sentry {
+                orphans::wait_gone(pid, std::time::Duration::from_secs(2)).await;
+            }
             if let Err(e) = runtime.destroy(&id).await {
                 tracing::warn!(sandbox = id, "runtime destroy after suspend: {e}");
             }
+            let destroyed_ms = ms(t0);
             let layer = Layer::new(&dir);
             tokio::join!(net::destroy(&id, slot), layer.unmount());
+            let unmounted_ms = ms(t0);
             cgroups.remove_sandbox(&id).await;
+            tracing::debug!(
+                sandbox = id,
+                destroyed_ms,
+                unmounted_ms,
+                done_ms = ms(t0),
+                "suspend teardown"
+            );
             teardowns.lock().unwrap().remove(&id);
             let _ = done.send(true);
         });
@@ -1117,7 +1137,7 @@ impl Executor {
                 if let Some(l) = self.live.lock().unwrap().get_mut(id) {
                     l.pid = pid;
                 }
-                let _ = tokio::fs::remove_dir_all(&image).await;
+                discard_in_background(&dir, &image).await;
                 Ok(addr)
             }
             Err(e) => {
@@ -1238,6 +1258,7 @@ impl Executor {
         seen.extend(dirs.iter().cloned());
         for id in seen {
             let dir = self.sandbox_dir(&id);
+            sweep_discarded(&dir).await;
             let layer = Layer::new(&dir);
             let meta = read_meta(&dir).await;
             let suspended = meta.as_ref().is_some_and(|m| m.suspended)
@@ -1350,6 +1371,42 @@ async fn read_addresses(checkpoint: &Path) -> Vec<Ipv4Addr> {
     }
 }
 
+/// Renames `path` (a directory in `dir`) out of the way and deletes it in
+/// the background; deletes it at once if it cannot be renamed.
+async fn discard_in_background(dir: &Path, path: &Path) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let trash = dir.join(format!("{SUSPEND_TRASH_PREFIX}{nanos}"));
+    match tokio::fs::rename(path, &trash).await {
+        Ok(()) => {
+            tokio::spawn(async move {
+                let _ = tokio::fs::remove_dir_all(trash).await;
+            });
+        }
+        Err(_) => {
+            let _ = tokio::fs::remove_dir_all(path).await;
+        }
+    }
+}
+
+/// Deletes what [`discard_in_background`] left in `dir` when the server
+/// stopped before it was done.
+async fn sweep_discarded(dir: &Path) {
+    let Ok(mut rd) = tokio::fs::read_dir(dir).await else {
+        return;
+    };
+    while let Ok(Some(e)) = rd.next_entry().await {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with(SUSPEND_TRASH_PREFIX)
+        {
+            let _ = tokio::fs::remove_dir_all(e.path()).await;
+        }
+    }
+}
+
 async fn write_meta(dir: &Path, meta: &Meta) -> Result<(), Error> {
     let tmp = dir.join(".meta.json.tmp");
     tokio::fs::write(&tmp, serde_json::to_vec(meta).expect("json")).await?;
@@ -1430,6 +1487,36 @@ pub fn sandbox_ip(slot: u32) -> Ipv4Addr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_discarded_image_goes_at_once_and_leftovers_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join(SUSPEND_DIR);
+        std::fs::create_dir(&image).unwrap();
+        std::fs::write(image.join("pages.img"), vec![1u8; 1 << 20]).unwrap();
+        discard_in_background(dir.path(), &image).await;
+        assert!(!image.exists());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let left = || {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name() != "meta.json")
+                .count()
+        };
+        while left() > 0 {
+            assert!(std::time::Instant::now() < deadline, "the trash stays");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // What a stopped server left behind is swept; the rest stays.
+        let trash = dir.path().join(format!("{SUSPEND_TRASH_PREFIX}123"));
+        std::fs::create_dir(&trash).unwrap();
+        std::fs::write(trash.join("pages.img"), b"x").unwrap();
+        std::fs::write(dir.path().join("meta.json"), b"{}").unwrap();
+        sweep_discarded(dir.path()).await;
+        assert!(!trash.exists());
+        assert!(dir.path().join("meta.json").exists());
+    }
 
     #[test]
     fn a_launch_spec_keeps_its_policy_and_reads_older_metadata() {

@@ -50,6 +50,16 @@ pub fn adopt_and_reap() {
     });
 }
 
+/// Waits until process `pid` is gone (exited and reaped), for at most
+/// `limit`.
+pub async fn wait_gone(pid: i32, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let proc_dir = format!("/proc/{pid}");
+    while std::path::Path::new(&proc_dir).exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 async fn reap_every(period: Duration) {
     let mut zombies = HashMap::new();
     loop {
@@ -114,6 +124,27 @@ fn parse_stat(stat: &str) -> Option<(String, char)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn waits_until_a_process_is_gone() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let reaper = std::thread::spawn(move || child.wait());
+        let t0 = Instant::now();
+        wait_gone(pid, Duration::from_secs(5)).await;
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        reaper.join().unwrap().unwrap();
+        // Gone already: returns at once; still there: gives up at the limit.
+        wait_gone(pid, Duration::from_secs(5)).await;
+        let own = std::process::id() as i32;
+        let t0 = Instant::now();
+        wait_gone(own, Duration::from_millis(50)).await;
+        assert!(t0.elapsed() >= Duration::from_millis(50));
+    }
 
     #[test]
     fn stat_lines_give_name_and_state() {

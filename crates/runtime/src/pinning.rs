@@ -85,22 +85,62 @@ fn kernel_at_least(release: &str, want: (u32, u32)) -> bool {
     (major, minor) >= want
 }
 
+/// A set of host CPUs, as `sched_setaffinity` takes it.
+#[derive(Clone, Copy)]
+struct CpuMask(libc::cpu_set_t);
+
+impl CpuMask {
+    fn one(cpu: usize) -> Self {
+        // SAFETY: cpu_set_t is plain data; all zeroes is the empty set, and
+        // CPU_SET ignores CPUs beyond the set's size.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+        CpuMask(set)
+    }
+
+    /// The CPUs this process may use.
+    fn own() -> std::io::Result<Self> {
+        // SAFETY: plain data, then our own mask into a set of its size.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        if unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(CpuMask(set))
+    }
+
+    /// Applies the mask to thread `tid` (0: the caller). A thread that has
+    /// just exited (ESRCH) needs nothing.
+    fn apply(&self, tid: libc::pid_t) -> std::io::Result<()> {
+        // SAFETY: a plain system call on a set we borrow.
+        let rc = unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&self.0), &self.0) };
+        match rc {
+            0 => Ok(()),
+            _ => match std::io::Error::last_os_error() {
+                e if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+                e => Err(e),
+            },
+        }
+    }
+}
+
 /// A `pre_exec` hook that restricts the child (and everything it starts)
 /// to host CPU `cpu`. The set is built before the fork; the hook makes one
 /// async-signal-safe system call.
 pub fn affinity_hook(cpu: usize) -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
-    // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: CPU_SET ignores CPUs beyond the set's size.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    move || {
-        // SAFETY: a plain system call on a set owned by the closure.
-        let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
+    let mask = CpuMask::one(cpu);
+    move || mask.apply(0)
+}
+
+/// The sandbox's processes in the cpuset hierarchy (cgroup v1) or the
+/// unified one, and, under v1, the parent cpuset cgroup.
+fn cgroup_dirs(cgroup_path: &str) -> (PathBuf, Option<PathBuf>) {
+    let relative = cgroup_path.trim_start_matches('/');
+    if Path::new(CPUSET_ROOT).is_dir() {
+        let dir = Path::new(CPUSET_ROOT).join(relative);
+        let parent = dir.parent().map(Path::to_path_buf);
+        (dir, parent)
+    } else {
+        (Path::new(UNIFIED_ROOT).join(relative), None)
     }
 }
 
@@ -109,22 +149,14 @@ pub fn affinity_hook(cpu: usize) -> impl FnMut() -> std::io::Result<()> + Send +
 /// started the sentry: the gofer is started first, so by then it has been
 /// seen. Run it beside `runsc create` or `runsc restore` and drop it when
 /// they end. Failures are logged and otherwise ignored: the sandbox only
-/// boots slower.
+/// starts slower.
+///
+/// The sentry itself stays pinned while it restores: given every CPU
+/// meanwhile it restored no faster here, and ran commands twice as slowly
+/// afterwards, pinned again or not.
 pub async fn release_gofer(cgroup_path: &str) {
-    let relative = cgroup_path.trim_start_matches('/');
-    let (dir, parent) = if Path::new(CPUSET_ROOT).is_dir() {
-        let dir = Path::new(CPUSET_ROOT).join(relative);
-        let parent = dir.parent().map(Path::to_path_buf);
-        (dir, parent)
-    } else {
-        (Path::new(UNIFIED_ROOT).join(relative), None)
-    };
-    // SAFETY: cpu_set_t is plain data; all zeroes is the empty set.
-    let mut wide: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: our own mask, into a set of the size we pass.
-    if unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&wide), &mut wide) } != 0 {
-        return;
-    }
+    let (dir, parent) = cgroup_dirs(cgroup_path);
+    let Ok(wide) = CpuMask::own() else { return };
     let mut released = Vec::new();
     loop {
         match scan(&dir, parent.as_deref(), &wide, &mut released) {
@@ -140,7 +172,7 @@ pub async fn release_gofer(cgroup_path: &str) {
 fn scan(
     dir: &Path,
     parent: Option<&Path>,
-    wide: &libc::cpu_set_t,
+    wide: &CpuMask,
     released: &mut Vec<String>,
 ) -> std::io::Result<bool> {
     let procs = match std::fs::read_to_string(dir.join("cgroup.procs")) {
@@ -157,7 +189,7 @@ fn scan(
                 if let Some(parent) = parent {
                     std::fs::write(parent.join("cgroup.procs"), pid)?;
                 }
-                widen_threads(pid, wide)?;
+                set_threads(pid, wide)?;
                 released.push(pid.to_string());
             }
             Role::Sentry => sentry = true,
@@ -167,26 +199,29 @@ fn scan(
     Ok(sentry)
 }
 
-/// Sets the affinity of every thread of process `pid` to `wide`, again
-/// until a pass finds no thread it had not seen (a thread started meanwhile
-/// by a thread not yet widened would keep the narrow mask).
-fn widen_threads(pid: &str, wide: &libc::cpu_set_t) -> std::io::Result<()> {
+/// Applies `mask` to every thread of process `pid`, again until a pass
+/// finds no thread it had not seen (a thread started meanwhile by one not
+/// yet changed would keep the old mask). A process that is gone needs
+/// nothing.
+fn set_threads(pid: &str, mask: &CpuMask) -> std::io::Result<()> {
     let tasks = PathBuf::from(format!("/proc/{pid}/task"));
     let mut done: Vec<libc::pid_t> = Vec::new();
     loop {
+        let entries = match std::fs::read_dir(&tasks) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
         let mut new = false;
-        for entry in std::fs::read_dir(&tasks)? {
+        for entry in entries {
             let Some(tid) = entry?.file_name().to_str().and_then(|t| t.parse().ok()) else {
                 continue;
             };
-            if done.contains(&tid) {
-                continue;
+            if !done.contains(&tid) {
+                new = true;
+                mask.apply(tid)?;
+                done.push(tid);
             }
-            new = true;
-            // SAFETY: a plain system call on a set we borrow. A thread that
-            // has just exited (ESRCH) needs nothing.
-            unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(wide), wide) };
-            done.push(tid);
         }
         if !new {
             return Ok(());
