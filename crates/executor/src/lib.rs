@@ -804,9 +804,9 @@ impl Executor {
                 tracing::warn!(sandbox = id, "syncfs before capture: {e}");
             }
         }
-        // A pinned sandbox may use every CPU while its memory image is
-        // written, and the pause is shorter. It is pinned again however the
-        // capture ends.
+        // A sandbox pinned by a one-CPU cpuset may use every CPU while its
+        // memory image is written (see `unpin`). It is pinned again however
+        // the capture ends.
         let pinned = if memory { self.unpin(id).await } else { None };
         let captured = self.pause_and_capture(id, tmp, memory, layer, cow).await;
         self.pin_again(id, pinned).await;
@@ -1099,9 +1099,10 @@ impl Executor {
                 },
             )
             .await?;
-            // Pinned from the start, not after: runsc sizes the sentry
-            // (GOMAXPROCS) by the cpuset it starts in, and a sentry sized
-            // for more CPUs than it then has spins (see `placement`).
+            // Pinned from the start, not after: the sentry counts its CPUs
+            // when it starts, and one that counted more than it then has
+            // spins (see `sbx_runtime::pinning`); pinned only after its
+            // restore, it also ran commands twice as slowly.
             let runtime_spec = self.runtime_spec(&spec, self.place(id, spec.cpus));
             // `runsc restore` creates the sandbox itself.
             net::configure(id, slot, &spec.egress, &spec.aliases).await?;
