@@ -163,6 +163,9 @@ class Sbx:
         if cgroup_dirs(self.cgroup_parent):
             shutil.rmtree(self.dir, ignore_errors=True)
             assert_no_cgroup(self.cgroup_parent)
+        # SBX_BENCH_SERVER_LOG=FILE keeps the server's log (else dropped).
+        log_path = os.environ.get("SBX_BENCH_SERVER_LOG")
+        self.log = open(log_path, "ab") if log_path else subprocess.DEVNULL
         try:
             (self.dir / "images").symlink_to(images)
             self.api_port, self.proxy_port = free_port(), free_port()
@@ -172,7 +175,7 @@ class Sbx:
                  "--api-addr", f"127.0.0.1:{self.api_port}",
                  "--proxy-addr", f"127.0.0.1:{self.proxy_port}",
                  "--agent-bin", agent],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=self.log,
             )
             self.wait_ready()
         except BaseException:
@@ -301,6 +304,8 @@ class Sbx:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if self.log is not subprocess.DEVNULL:
+            self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
         # The server removes its cgroup parent at a clean stop.
         if cgroup_dirs(self.cgroup_parent):
@@ -751,13 +756,13 @@ def sandbox_tasks(s, sid):
 
 
 def timed_true(s, sid):
-    """Milliseconds for a `true` through the API, or None when it failed."""
+    """Milliseconds for a `true` through the API, or why it failed."""
     t0 = time.perf_counter()
     try:
         conn = http.client.HTTPConnection("127.0.0.1", s.proxy_port, timeout=30)
         s.run_true(conn, sid)
-    except (OSError, AssertionError, ValueError):
-        return None
+    except (OSError, AssertionError, ValueError) as e:
+        return f"{sid}: {type(e).__name__}: {e}"[:300]
     return (time.perf_counter() - t0) * 1000
 
 
@@ -815,11 +820,13 @@ def print_density(r):
     for row in r["rows"]:
         print(f"  {row['count']:>5}  {row['create_ms']:>9.0f}  {row['mem_mb']:>14.1f}  {row['cpu_ms_s']:>13.2f}"
               f"  {row['tasks']:>18.0f}  {row['host_avail_gb']:>17.1f}")
-    ok = [a for a in r["answers"] if a is not None]
+    ok = [a for a in r["answers"] if not isinstance(a, str)]
     slow = [a for a in ok if a > 1000]
-    failed = len(r["answers"]) - len(ok)
-    print(f"  every sandbox asked to run `true`: {len(ok)} answered, {failed} failed, {len(slow)} over 1 s"
+    failed = [a for a in r["answers"] if isinstance(a, str)]
+    print(f"  every sandbox asked to run `true`: {len(ok)} answered, {len(failed)} failed, {len(slow)} over 1 s"
           + (f"; median {statistics.median(ok):.0f} ms, max {max(ok):.0f} ms" if ok else ""))
+    for why in failed[:5]:
+        print(f"  failed: {why}")
 
 
 def print_idle(r):
