@@ -125,10 +125,15 @@ impl CpuMask {
 
 /// A `pre_exec` hook that restricts the child (and everything it starts)
 /// to host CPU `cpu`. The set is built before the fork; the hook makes one
-/// async-signal-safe system call.
+/// async-signal-safe system call. A CPU the child may not use (taken
+/// offline since the server started) leaves it unpinned rather than
+/// failing the launch: the sandbox then only runs slower.
 pub fn affinity_hook(cpu: usize) -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
     let mask = CpuMask::one(cpu);
-    move || mask.apply(0)
+    move || {
+        let _ = mask.apply(0);
+        Ok(())
+    }
 }
 
 /// The sandbox's processes in the cpuset hierarchy (cgroup v1) or the
