@@ -493,13 +493,13 @@ def bench_snapshots(s, rootfs, work, raw_root, n):
         # does this; a sandbox pinned by its affinity stays pinned).
         out[key] = []
         cpus = s.cpuset_file(big)
+        pinned = cpus.read_text() if cpus else None
+        if pinned is not None and ("," in pinned or "-" in pinned):
+            cpus = None  # a two-CPU cpuset: pinned by its affinity
         for i in range(3):
             img = work / f"same-sandbox-{key}{i}"
             img.mkdir()
             assert s.sh_ok(big, "true")  # thawed, if it was idle
-            pinned = cpus.read_text() if cpus else None
-            if pinned is not None and ("," in pinned or "-" in pinned):
-                cpus = None
             if cpus:
                 cpus.write_text(s.all_cpus())
             t0 = time.perf_counter()

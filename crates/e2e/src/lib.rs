@@ -422,15 +422,22 @@ impl Server {
     /// Takes a snapshot of sandbox `id` (id or name) and waits until it is
     /// stored (`completed`); returns its info.
     pub async fn snapshot(&self, id: &str, kind: &str) -> Value {
-        let (_, v) = self
+        let sid = self.start_snapshot(id, kind).await;
+        self.wait_snapshot(&sid, &["completed"]).await
+    }
+
+    /// Asks for a snapshot of sandbox `id` and returns its id at once,
+    /// while it is still `in_progress`.
+    pub async fn start_snapshot(&self, id: &str, kind: &str) -> String {
+        let (code, v) = self
             .post_status(
                 &format!("/sandboxes/{id}/snapshot"),
                 json!({"snapshot_type": kind}),
             )
             .await;
+        assert_eq!(code, 200, "{v}");
         assert_eq!(v["status"], "in_progress", "{v}");
-        let sid = v["snapshot_id"].as_str().unwrap().to_string();
-        self.wait_snapshot(&sid, &["completed"]).await
+        v["snapshot_id"].as_str().unwrap().to_string()
     }
 
     /// Waits until snapshot `sid` is in one of `want` (panics on `failed`

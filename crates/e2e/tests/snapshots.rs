@@ -464,14 +464,7 @@ async fn a_failed_capture_leaves_the_source_running_and_nothing_partial() {
             .unwrap()
     };
     assert!(chattr("+i").success());
-    let r = s
-        .req(Method::POST, &format!("/sandboxes/{id}/snapshot"))
-        .json(&json!({"snapshot_type": "memory"}))
-        .send()
-        .await
-        .unwrap();
-    let v: Value = r.json().await.unwrap();
-    let sid = v["snapshot_id"].as_str().unwrap().to_string();
+    let sid = s.start_snapshot(&id, "memory").await;
     let failed = s.wait_snapshot(&sid, &["failed"]).await;
     assert!(chattr("-i").success());
     assert!(
@@ -504,14 +497,7 @@ async fn killing_the_server_mid_snapshot_leaves_a_clean_state() {
     s.sh(&id, "head -c 300M /dev/zero > /root/big && sync")
         .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let r = s
-        .req(Method::POST, &format!("/sandboxes/{id}/snapshot"))
-        .json(&json!({"snapshot_type": "memory"}))
-        .send()
-        .await
-        .unwrap();
-    let v: Value = r.json().await.unwrap();
-    let sid = v["snapshot_id"].as_str().unwrap().to_string();
+    let sid = s.start_snapshot(&id, "memory").await;
     // Killed while it copies the layer (the `cp` of it is seen running).
     let data_dir = s.data_dir.to_string_lossy().to_string();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -572,13 +558,7 @@ async fn killing_the_server_while_a_capture_pauses_the_sandbox_leaves_it_running
     .await;
     s.sh(&id, "sleep 4").await;
     let before = count(&s, &id).await;
-    let r = s
-        .req(Method::POST, &format!("/sandboxes/{id}/snapshot"))
-        .json(&json!({"snapshot_type": "memory"}))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    s.start_snapshot(&id, "memory").await;
     // Killed while the memory image is written: the sandbox is paused then.
     let data_dir = s.data_dir.to_string_lossy().to_string();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

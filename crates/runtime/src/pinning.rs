@@ -249,12 +249,11 @@ mod tests {
 
     #[test]
     fn the_hook_pins_the_child_to_one_cpu() {
-        // SAFETY: plain data, then our own mask into a set of its size.
-        let mut own: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&own), &mut own) };
+        let own = CpuMask::own().unwrap();
         let cpu = (0..libc::CPU_SETSIZE as usize)
             .rev()
-            .find(|&c| unsafe { libc::CPU_ISSET(c, &own) })
+            // SAFETY: a lookup in a set we own.
+            .find(|&c| unsafe { libc::CPU_ISSET(c, &own.0) })
             .unwrap();
         let mut cmd = std::process::Command::new("grep");
         cmd.args(["Cpus_allowed_list", "/proc/self/status"]);
