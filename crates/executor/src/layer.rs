@@ -291,7 +291,7 @@ impl Layer {
     /// Unmounts everything and removes the directory. Best effort, idempotent.
     pub async fn destroy(&self) {
         self.unmount().await;
-        let _ = tokio::fs::remove_dir_all(&self.dir).await;
+        let _ = crate::gently::remove(&self.dir).await;
     }
 }
 

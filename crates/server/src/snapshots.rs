@@ -358,19 +358,8 @@ impl Manager {
                 Ok(_) => {
                     if let Ok(Some(mut r)) = me.store.get(&id).await {
                         r.spec.active_since = Some(Utc::now());
-                        let _ = me.store.set_spec(&id, &r.spec).await;
+                        let _ = me.store.mark_resumed(&id, &r.spec).await;
                     }
-                    let _ = me
-                        .store
-                        .transition(
-                            &id,
-                            &[SandboxStatus::Suspended],
-                            SandboxStatus::Running,
-                            None,
-                            None,
-                        )
-                        .await;
-                    let _ = me.store.set_error(&id, None).await;
                     tracing::info!(
                         sandbox = id,
                         ms = started.elapsed().as_millis() as u64,

@@ -302,6 +302,27 @@ impl Store {
         }
     }
 
+    /// Moves a suspended sandbox to running with `spec` and no error, in one
+    /// statement (one commit on the resume's path); false if it was not
+    /// suspended.
+    pub async fn mark_resumed(&self, id: &str, spec: &SandboxSpec) -> Result<bool, sqlx::Error> {
+        let r = sqlx::query(
+            "UPDATE sandboxes SET status = ?, spec = ?, error = NULL, pending_reason = NULL
+             WHERE id = ? AND status = ?",
+        )
+        .bind(SandboxStatus::Running.as_str())
+        .bind(serde_json::to_string(spec).expect("json"))
+        .bind(id)
+        .bind(SandboxStatus::Suspended.as_str())
+        .execute(&self.pool)
+        .await?;
+        let moved = r.rows_affected() == 1;
+        if moved {
+            self.changed.notify_waiters();
+        }
+        Ok(moved)
+    }
+
     pub async fn set_spec(&self, id: &str, spec: &SandboxSpec) -> Result<(), sqlx::Error> {
         sqlx::query("UPDATE sandboxes SET spec = ? WHERE id = ?")
             .bind(serde_json::to_string(spec).expect("json"))
@@ -547,6 +568,33 @@ mod tests {
         assert!(s.find("other", "b").await.unwrap().is_none());
         assert_eq!(s.list("default", None, false).await.unwrap().len(), 1);
         assert_eq!(s.list("default", None, true).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_resume_sets_status_spec_and_error_together_only_when_suspended() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("state.db")).await.unwrap();
+        s.insert(&row("a", None)).await.unwrap();
+        let mut spec = s.get("a").await.unwrap().unwrap().spec;
+        spec.active_since = Some(Utc::now());
+        assert!(
+            !s.mark_resumed("a", &spec).await.unwrap(),
+            "pending, not suspended"
+        );
+        let any = [SandboxStatus::Pending];
+        assert!(s
+            .transition("a", &any, SandboxStatus::Suspended, None, Some("x"))
+            .await
+            .unwrap());
+        assert!(s.mark_resumed("a", &spec).await.unwrap());
+        let r = s.get("a").await.unwrap().unwrap();
+        assert_eq!(r.status, SandboxStatus::Running);
+        assert_eq!(r.error, None);
+        assert_eq!(r.spec.active_since, spec.active_since);
+        assert!(
+            !s.mark_resumed("a", &spec).await.unwrap(),
+            "already running"
+        );
     }
 
     #[tokio::test]
