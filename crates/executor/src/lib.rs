@@ -195,6 +195,8 @@ pub struct Executor {
     /// Teardowns of suspended sandboxes still under way, each done when its
     /// receiver sees `true` (a resume or destroy of that sandbox waits).
     teardowns: Arc<Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>>,
+    /// Suspend images being read into the page cache, by sandbox.
+    warming: Mutex<HashMap<String, warm::Warming>>,
     /// The filesystem of new sandbox volumes.
     volume_fs: VolumeFs,
 }
@@ -251,6 +253,7 @@ impl Executor {
             memory_watches: Mutex::new(HashMap::new()),
             idle: idle::Idle::new(cgroups.clone(), config.idle_freeze),
             teardowns: Arc::new(Mutex::new(HashMap::new())),
+            warming: Mutex::new(HashMap::new()),
             cgroups,
             volume_fs,
         })
@@ -1020,10 +1023,11 @@ impl Executor {
         // Tearing the old one down (~0.08 s, mostly the old sentry's exit
         // and the volume's unmount) goes on in the background; a resume or
         // destroy of it waits for that. Meanwhile the image is read back
-        // into the page cache for the resume.
+        // into the page cache for the resume (see `warm`).
         let ms = started.elapsed().as_millis() as u64;
         tracing::debug!(sandbox = id, sync_ms, checkpoint_ms = ms, "suspend");
-        warm::into_page_cache(image.clone());
+        let warming = warm::into_page_cache(image.clone());
+        self.warming.lock().unwrap().insert(id.to_string(), warming);
         let (done, rx) = tokio::sync::watch::channel(false);
         self.teardowns.lock().unwrap().insert(id.to_string(), rx);
         let (runtime, cgroups, teardowns) = (
@@ -1111,6 +1115,8 @@ impl Executor {
             // `runsc restore` creates the sandbox itself.
             net::configure(id, slot, &spec.egress, &spec.aliases).await?;
             let prepared_ms = ms(t0);
+            // The image's read into the page cache goes on beside the
+            // restore's: two streams read it sooner than one.
             let state = self.runtime.restore(&runtime_spec, &image).await?;
             let restored_ms = ms(t0);
             let addr = SocketAddr::new(slot.sandbox_ip().into(), AGENT_PORT);
@@ -1161,8 +1167,16 @@ impl Executor {
         }
     }
 
+    /// Stops reading sandbox `id`'s suspend image into the page cache.
+    fn stop_warming(&self, id: &str) {
+        if let Some(w) = self.warming.lock().unwrap().remove(id) {
+            w.stop();
+        }
+    }
+
     /// Stops a sandbox and removes everything it had on the host. Idempotent.
     pub async fn destroy(&self, id: &str) -> Result<(), Error> {
+        self.stop_warming(id);
         self.teardown_done(id).await;
         let slot = self.live.lock().unwrap().get(id).map(|l| l.slot);
         let slot = match slot {

@@ -12,15 +12,30 @@
 
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// An image is read only while the host has this many times its size
 /// available.
 const HEADROOM: u64 = 4;
 
-/// Reads the files in `dir` into the page cache in the background, with
-/// idle I/O priority so that other work's reads and writes go first (on a
-/// thread of its own: the priority stays with the thread).
-pub fn into_page_cache(dir: PathBuf) {
+/// A read of an image into the page cache under way.
+#[derive(Clone, Default)]
+pub struct Warming(Arc<AtomicBool>);
+
+impl Warming {
+    /// Stops the read at its next 4 MB (the sandbox is going away; a
+    /// resume lets it run: two streams fill the cache sooner than one).
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Reads the files in `dir` into the page cache in the background, until
+/// stopped.
+pub fn into_page_cache(dir: PathBuf) -> Warming {
+    let warming = Warming::default();
+    let stopped = warming.0.clone();
     let spawned = std::thread::Builder::new()
         .name("sbx-warm".into())
         .spawn(move || {
@@ -39,17 +54,19 @@ pub fn into_page_cache(dir: PathBuf) {
             if available_bytes().is_none_or(|a| a < size.saturating_mul(HEADROOM)) {
                 return;
             }
-            idle_io_priority();
             let mut buf = vec![0u8; 4 << 20];
             for path in files {
                 if let Ok(mut f) = std::fs::File::open(path) {
-                    while matches!(f.read(&mut buf), Ok(n) if n > 0) {}
+                    while !stopped.load(Ordering::Relaxed)
+                        && matches!(f.read(&mut buf), Ok(n) if n > 0)
+                    {}
                 }
             }
         });
     if let Err(e) = spawned {
         tracing::debug!("no thread to warm a suspend image: {e}");
     }
+    warming
 }
 
 /// The host's available memory (`MemAvailable`).
@@ -58,23 +75,6 @@ fn available_bytes() -> Option<u64> {
     let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
-}
-
-/// Gives the calling thread the idle I/O class (best effort: schedulers
-/// without classes ignore it).
-fn idle_io_priority() {
-    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
-    const IOPRIO_CLASS_IDLE: libc::c_long = 3;
-    const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
-    // SAFETY: ioprio_set on the calling thread (who = 0) with integer arguments.
-    unsafe {
-        libc::syscall(
-            libc::SYS_ioprio_set,
-            IOPRIO_WHO_PROCESS,
-            0 as libc::c_long,
-            IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
-        );
-    }
 }
 
 #[cfg(test)]
@@ -87,21 +87,15 @@ mod tests {
     }
 
     #[test]
-    fn idle_priority_applies_to_the_calling_thread_only() {
-        fn class_of_this_thread() -> libc::c_long {
-            // SAFETY: ioprio_get on the calling thread.
-            unsafe {
-                libc::syscall(libc::SYS_ioprio_get, 1 as libc::c_long, 0 as libc::c_long) >> 13
-            }
-        }
-        let before = class_of_this_thread();
-        let inside = std::thread::spawn(|| {
-            idle_io_priority();
-            class_of_this_thread()
-        })
-        .join()
-        .unwrap();
-        assert_eq!(inside, 3);
-        assert_eq!(class_of_this_thread(), before);
+    fn a_stopped_read_leaves_the_files_as_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pages"), vec![1u8; 9 << 20]).unwrap();
+        let w = into_page_cache(dir.path().to_path_buf());
+        w.stop();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(
+            std::fs::read(dir.path().join("pages")).unwrap().len(),
+            9 << 20
+        );
     }
 }
