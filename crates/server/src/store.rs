@@ -264,11 +264,17 @@ impl Store {
         .bind(id)
         .execute(&self.pool)
         .await?;
+        Ok(self.status_moved(&r))
+    }
+
+    /// Whether an update of one sandbox's status applied; wakes the
+    /// waiters for status changes when it did.
+    fn status_moved(&self, r: &sqlx::sqlite::SqliteQueryResult) -> bool {
         let moved = r.rows_affected() == 1;
         if moved {
             self.changed.notify_waiters();
         }
-        Ok(moved)
+        moved
     }
 
     /// Completes at the next status change of any sandbox made through this
@@ -316,11 +322,7 @@ impl Store {
         .bind(SandboxStatus::Suspended.as_str())
         .execute(&self.pool)
         .await?;
-        let moved = r.rows_affected() == 1;
-        if moved {
-            self.changed.notify_waiters();
-        }
-        Ok(moved)
+        Ok(self.status_moved(&r))
     }
 
     pub async fn set_spec(&self, id: &str, spec: &SandboxSpec) -> Result<(), sqlx::Error> {
