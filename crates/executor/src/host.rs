@@ -5,6 +5,18 @@
 //! entry per veth pair (the table overflows at `gc_thresh3`, 1024 by
 //! default); two descriptors in the server for its memory watch.
 
+/// A field of `/proc/meminfo` (`MemTotal`, `MemAvailable`, ...), in kB.
+pub fn meminfo_kb(field: &str) -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// A sysctl raised to at least `min`; what it was, when it was raised.
 fn raise_sysctl(path: &str, min: u64) -> Option<u64> {
     let now: u64 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
@@ -51,5 +63,21 @@ pub fn raise_limits() {
                 tracing::debug!(was, now = lim.rlim_max, "raised the open-file limit");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meminfo_fields_are_read_by_their_exact_name() {
+        let total = meminfo_kb("MemTotal").unwrap();
+        let available = meminfo_kb("MemAvailable").unwrap();
+        assert!(
+            available > 0 && available <= total,
+            "{available} of {total}"
+        );
+        assert_eq!(meminfo_kb("Mem"), None, "a prefix of a name is not a field");
     }
 }

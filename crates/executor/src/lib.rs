@@ -21,6 +21,7 @@ pub mod snapshot;
 mod warm;
 
 use cgroups::CgroupParent;
+pub use host::meminfo_kb;
 pub use idle::Hold;
 use image::Images;
 use layer::{Layer, VolumeFs};
@@ -52,7 +53,7 @@ const DELETED_MARK: &str = "deleted";
 /// A suspended sandbox's memory image, in its directory.
 const SUSPEND_DIR: &str = "suspend";
 /// Names a resumed sandbox's memory image while it is deleted in the
-/// background (a 256 MB image takes ~50 ms to delete); swept at recovery.
+/// background (see `gently`); swept at recovery.
 const SUSPEND_TRASH_PREFIX: &str = ".suspend.trash-";
 
 #[derive(Debug, thiserror::Error)]

@@ -51,7 +51,10 @@ pub fn into_page_cache(dir: PathBuf) -> Warming {
                 .filter_map(|p| std::fs::metadata(p).ok())
                 .map(|m| m.len())
                 .sum();
-            if available_bytes().is_none_or(|a| a < size.saturating_mul(HEADROOM)) {
+            if crate::host::meminfo_kb("MemAvailable")
+                .map(|kb| kb * 1024)
+                .is_none_or(|a| a < size.saturating_mul(HEADROOM))
+            {
                 return;
             }
             let mut buf = vec![0u8; 4 << 20];
@@ -69,22 +72,9 @@ pub fn into_page_cache(dir: PathBuf) -> Warming {
     warming
 }
 
-/// The host's available memory (`MemAvailable`).
-fn available_bytes() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_host_reports_its_available_memory() {
-        assert!(available_bytes().is_some_and(|b| b > 0));
-    }
 
     #[test]
     fn a_stopped_read_leaves_the_files_as_they_are() {

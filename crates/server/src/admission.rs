@@ -31,14 +31,7 @@ pub struct HostUse {
 
 impl HostUse {
     pub fn read() -> Option<Self> {
-        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-        let available_kb: u64 = meminfo
-            .lines()
-            .find(|l| l.starts_with("MemAvailable:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()?;
+        let available_kb = sbx_executor::meminfo_kb("MemAvailable")?;
         // The 4th field of loadavg is running/total scheduling entities.
         let loadavg = std::fs::read_to_string("/proc/loadavg").ok()?;
         let tasks = loadavg

@@ -37,14 +37,7 @@ impl HostLimits {
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get() as f64)
             .unwrap_or(1.0);
-        let memory_mb = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| {
-                m.lines()
-                    .find(|l| l.starts_with("MemTotal:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|kb| kb.parse::<u64>().ok())
-            })
+        let memory_mb = sbx_executor::meminfo_kb("MemTotal")
             .map(|kb| kb / 1024)
             .unwrap_or(1024);
         Self { cpus, memory_mb }
