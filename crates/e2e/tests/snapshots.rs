@@ -290,7 +290,11 @@ async fn a_failed_resume_says_why_and_a_later_one_succeeds() {
 
 #[tokio::test]
 async fn suspend_and_resume_ten_times_keep_files_and_processes() {
-    let s = Server::start().await;
+    let s = Server::start_with(Options {
+        args: vec!["--suspend-linger-secs".into(), "2".into()],
+        ..Options::default()
+    })
+    .await;
     let eph = s.create(json!({})).await;
     let (code, e) = s
         .post_status(&format!("/sandboxes/{eph}/suspend"), json!({}))
@@ -317,23 +321,36 @@ async fn suspend_and_resume_ten_times_keep_files_and_processes() {
     for round in 0..10 {
         s.sh("keeper", &format!("echo {round} > /root/round-{round}"))
             .await;
+        let address = sandbox_ip(&id);
         let (code, v) = s
             .post_status("/sandboxes/keeper/suspend?wait_ms=30000", json!({}))
             .await;
         assert_eq!(code, 200, "{v}");
         assert_eq!(v["status"], "suspended");
-        // Nothing of it stays on the host: `suspended` is reported once the
-        // image is safe, the old sandbox is torn down in the background.
-        wait_until(Duration::from_secs(30), || {
-            netns_of(std::slice::from_ref(&id)).is_empty()
-        })
-        .await;
+        let quick = round % 2 == 1;
+        if !quick {
+            // Nothing of it stays on the host once its volume and network
+            // have lingered for a quick resume (2 s here).
+            wait_until(Duration::from_secs(30), || {
+                netns_of(std::slice::from_ref(&id)).is_empty()
+            })
+            .await;
+        }
         let (code, v) = s
             .post_status("/sandboxes/keeper/resume?wait_ms=30000", json!({}))
             .await;
         assert_eq!(code, 200, "{v}");
         assert_eq!(v["status"], "running");
         assert_eq!(v["sandbox_id"], id.as_str());
+        // A resume right after the suspend takes over the lingering network
+        // (the same address); a later one gets a new slot (slots are handed
+        // out in turn, so another address).
+        assert_eq!(
+            sandbox_ip(&id) == address,
+            quick,
+            "round {round}: address {address} then {}",
+            sandbox_ip(&id)
+        );
         let files = s.sh("keeper", "cat /root/round-*").await;
         let want: String = (0..=round).map(|i| format!("{i}\n")).collect();
         assert_eq!(files, want, "round {round}");
@@ -370,8 +387,18 @@ async fn suspend_and_resume_ten_times_keep_files_and_processes() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_ne!(status["status"], "running", "{status}");
+    // Deleted while its volume and network linger: nothing is left.
+    let (code, v) = s
+        .post_status("/sandboxes/keeper/suspend?wait_ms=30000", json!({}))
+        .await;
+    assert_eq!(
+        (code, v["status"].as_str()),
+        (200, Some("suspended")),
+        "{v}"
+    );
     s.cleanup().await;
     assert!(s.host_leftovers().is_empty(), "{:?}", s.host_leftovers());
+    assert!(netns_of(std::slice::from_ref(&id)).is_empty());
 }
 
 #[tokio::test]

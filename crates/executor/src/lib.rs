@@ -11,6 +11,7 @@ mod host;
 mod idle;
 pub mod image;
 pub mod layer;
+mod linger;
 mod memwatch;
 pub mod net;
 mod orphans;
@@ -100,6 +101,9 @@ pub struct ExecutorConfig {
     /// Idle time after which a sandbox with no process of its own is frozen
     /// ([`idle`]); `None`: never.
     pub idle_freeze: Option<std::time::Duration>,
+    /// How long a suspended sandbox's volume and network stay ready for a
+    /// quick resume ([`linger`]); zero: released right after the suspend.
+    pub suspend_linger: std::time::Duration,
 }
 
 /// What the executor needs to launch one sandbox.
@@ -193,9 +197,11 @@ pub struct Executor {
     /// The memory watch of each sandbox that runs here.
     memory_watches: Mutex<HashMap<String, tokio::task::AbortHandle>>,
     idle: Arc<idle::Idle>,
-    /// Teardowns of suspended sandboxes still under way, each done when its
-    /// receiver sees `true` (a resume or destroy of that sandbox waits).
-    teardowns: Arc<Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>>,
+    /// Suspended sandboxes whose old sandbox is being stopped, or whose
+    /// volume and network linger for a quick resume (a resume or destroy
+    /// of one waits for, or takes over, what is under way).
+    lingering: Arc<linger::Lingering>,
+    suspend_linger: std::time::Duration,
     /// Suspend images being read into the page cache, by sandbox.
     warming: Mutex<HashMap<String, warm::Warming>>,
     /// The filesystem of new sandbox volumes.
@@ -253,7 +259,8 @@ impl Executor {
             host_memory_watch: memwatch::supported(),
             memory_watches: Mutex::new(HashMap::new()),
             idle: idle::Idle::new(cgroups.clone(), config.idle_freeze),
-            teardowns: Arc::new(Mutex::new(HashMap::new())),
+            lingering: Arc::new(linger::Lingering::default()),
+            suspend_linger: config.suspend_linger,
             warming: Mutex::new(HashMap::new()),
             cgroups,
             volume_fs,
@@ -335,7 +342,12 @@ impl Executor {
 
     fn take_slot(&self, id: &str) -> Result<Slot, Error> {
         let mut live = self.live.lock().unwrap();
-        let used: HashSet<u32> = live.values().map(|l| l.slot.0).collect();
+        let used: HashSet<u32> = live
+            .values()
+            .map(|l| l.slot)
+            .chain(self.lingering.slots())
+            .map(|s| s.0)
+            .collect();
         let mut next = self.next_slot.lock().unwrap();
         let slot = (0..net::MAX_SLOTS)
             .map(|i| (*next + i) % net::MAX_SLOTS)
@@ -1021,59 +1033,50 @@ impl Executor {
         self.idle.remove(id);
         let sentry = self.live.lock().unwrap().remove(id).and_then(|l| l.pid);
         // The memory image and the disk are safe: the sandbox is suspended.
-        // Tearing the old one down (~0.08 s, mostly the old sentry's exit
-        // and the volume's unmount) goes on in the background; a resume or
-        // destroy of it waits for that. Meanwhile the image is read back
-        // into the page cache for the resume (see `warm`).
+        // The old sentry's exit and `runsc delete` (~0.06 s) go on in the
+        // background, then its volume and network linger for a quick resume
+        // (see `linger`); a resume or destroy waits for, or takes over, what
+        // is under way. Meanwhile the image is read back into the page cache
+        // for the resume (see `warm`).
         let ms = started.elapsed().as_millis() as u64;
         tracing::debug!(sandbox = id, sync_ms, checkpoint_ms = ms, "suspend");
         let warming = warm::into_page_cache(image.clone());
         self.warming.lock().unwrap().insert(id.to_string(), warming);
-        let (done, rx) = tokio::sync::watch::channel(false);
-        self.teardowns.lock().unwrap().insert(id.to_string(), rx);
-        let (runtime, cgroups, teardowns) = (
+        let busy = self.lingering.begin(id);
+        let (runtime, cgroups, lingering, linger) = (
             self.runtime.clone(),
             self.cgroups.clone(),
-            self.teardowns.clone(),
+            self.lingering.clone(),
+            self.suspend_linger,
         );
         let id = id.to_string();
         tokio::spawn(async move {
             let t0 = std::time::Instant::now();
-            let ms = |t: std::time::Instant| t.elapsed().as_millis() as u64;
             // The checkpoint ends the sentry. `runsc delete` finding it
             // still exiting would wait another 100 ms (it polls at that
             // pace); the server reaps it (see `orphans`) within a few ms.
             if let Some(pid) = sentry {
                 orphans::wait_gone(pid, std::time::Duration::from_secs(2)).await;
             }
+            let gone_ms = t0.elapsed().as_millis() as u64;
             if let Err(e) = runtime.destroy(&id).await {
                 tracing::warn!(sandbox = id, "runtime destroy after suspend: {e}");
             }
-            let destroyed_ms = ms(t0);
-            let layer = Layer::new(&dir);
-            tokio::join!(net::destroy(&id, slot), layer.unmount());
-            let unmounted_ms = ms(t0);
             cgroups.remove_sandbox(&id).await;
             tracing::debug!(
                 sandbox = id,
-                destroyed_ms,
-                unmounted_ms,
-                done_ms = ms(t0),
-                "suspend teardown"
+                gone_ms,
+                stopped_ms = t0.elapsed().as_millis() as u64,
+                "suspend: old sandbox stopped"
             );
-            teardowns.lock().unwrap().remove(&id);
-            let _ = done.send(true);
+            let turn = lingering.ready(&id, slot, busy);
+            tokio::time::sleep(linger).await;
+            if let Some((slot, busy)) = lingering.expire(&id, turn) {
+                release(&id, slot, &dir).await;
+                lingering.finish(&id, busy);
+            }
         });
         Ok(ms)
-    }
-
-    /// Waits until the background teardown of suspended sandbox `id` (if
-    /// one is under way) is done.
-    async fn teardown_done(&self, id: &str) {
-        let rx = self.teardowns.lock().unwrap().get(id).cloned();
-        if let Some(mut rx) = rx {
-            let _ = rx.wait_for(|done| *done).await;
-        }
     }
 
     /// Restores a suspended sandbox under its id, with a new network slot.
@@ -1081,14 +1084,19 @@ impl Executor {
     pub async fn resume(&self, id: &str) -> Result<SocketAddr, Error> {
         let t0 = std::time::Instant::now();
         let ms = |t: std::time::Instant| t.elapsed().as_millis() as u64;
-        self.teardown_done(id).await;
+        let lingering = self.lingering.take(id).await;
         let teardown_ms = ms(t0);
         let dir = self.sandbox_dir(id);
         let image = dir.join(SUSPEND_DIR);
-        let meta = read_meta(&dir)
+        let Some(meta) = read_meta(&dir)
             .await
             .filter(|m| m.suspended && image.is_dir())
-            .ok_or_else(|| Error::NotSuspended(id.into()))?;
+        else {
+            if let Some(slot) = lingering {
+                release(id, slot, &dir).await;
+            }
+            return Err(Error::NotSuspended(id.into()));
+        };
         let mut spec = meta.spec.clone().expect("suspended sandboxes have a spec");
         spec.checkpoint = Some(image.clone());
         spec.aliases = read_addresses(&image).await;
@@ -1099,7 +1107,22 @@ impl Executor {
                 layer.drop_all_snapshots().await;
                 layer.mount_overlay(&self.lowers(&spec)).await?;
             }
-            let slot = self.create_net(&spec).await?;
+            // A lingering network has the firewall rules of the spec's
+            // policy, and its slot's address is among the image's.
+            let slot = match lingering {
+                Some(slot) => {
+                    self.live.lock().unwrap().insert(
+                        id.to_string(),
+                        Live {
+                            slot,
+                            pid: None,
+                            cpu: None,
+                        },
+                    );
+                    slot
+                }
+                None => self.create_net(&spec).await?,
+            };
             write_meta(
                 &dir,
                 &Meta {
@@ -1114,7 +1137,10 @@ impl Executor {
             // restore, it also ran commands twice as slowly.
             let runtime_spec = self.runtime_spec(&spec, self.place(id, spec.cpus));
             // `runsc restore` creates the sandbox itself.
-            net::configure(id, slot, &spec.egress, &spec.aliases).await?;
+            match lingering {
+                Some(_) => net::reconfigure_sandbox_end(id, slot, &spec.aliases).await?,
+                None => net::configure(id, slot, &spec.egress, &spec.aliases).await?,
+            }
             let prepared_ms = ms(t0);
             // The image's read into the page cache goes on beside the
             // restore's: two streams read it sooner than one.
@@ -1125,6 +1151,7 @@ impl Executor {
             tracing::debug!(
                 sandbox = id,
                 teardown_ms,
+                lingered = lingering.is_some(),
                 prepared_ms,
                 restored_ms,
                 ready_ms = ms(t0),
@@ -1178,9 +1205,9 @@ impl Executor {
     /// Stops a sandbox and removes everything it had on the host. Idempotent.
     pub async fn destroy(&self, id: &str) -> Result<(), Error> {
         self.stop_warming(id);
-        self.teardown_done(id).await;
+        let lingering = self.lingering.take(id).await;
         let slot = self.live.lock().unwrap().get(id).map(|l| l.slot);
-        let slot = match slot {
+        let slot = match slot.or(lingering) {
             Some(s) => Some(s),
             // A suspended sandbox holds no slot: its number may be another's now.
             None => read_meta(&self.sandbox_dir(id))
@@ -1222,13 +1249,14 @@ impl Executor {
         layer.destroy().await;
     }
 
-    /// Finishes the teardowns of suspended sandboxes, removes the spare
-    /// volumes and, when no sandbox is left in it, the cgroup parent (on
-    /// shutdown; sandboxes keep running).
+    /// Finishes the teardowns of suspended sandboxes and releases what
+    /// lingers of them, removes the spare volumes and, when no sandbox is
+    /// left in it, the cgroup parent (on shutdown; sandboxes keep running).
     pub async fn shutdown(&self) {
-        let pending: Vec<String> = self.teardowns.lock().unwrap().keys().cloned().collect();
-        for id in pending {
-            self.teardown_done(&id).await;
+        for id in self.lingering.ids() {
+            if let Some(slot) = self.lingering.take(&id).await {
+                release(&id, slot, &self.sandbox_dir(&id)).await;
+            }
         }
         self.pool.drain().await;
         if self.cgroups.remove_if_empty() {
@@ -1332,6 +1360,13 @@ impl Executor {
         self.release_layers().await;
         Ok(report)
     }
+}
+
+/// Releases what a stopped sandbox kept on the host besides its files:
+/// its network on `slot` and its volume's mounts (in directory `dir`).
+async fn release(id: &str, slot: Slot, dir: &Path) {
+    let layer = Layer::new(dir);
+    tokio::join!(net::destroy(id, slot), layer.unmount());
 }
 
 /// Puts the agent binary at `dest`, by copy then rename: sandboxes that run

@@ -203,32 +203,8 @@ pub async fn configure(
     egress: &Egress,
     aliases: &[Ipv4Addr],
 ) -> Result<(), Error> {
-    let h = slot.host_if();
     let result = async {
-        let path = netns_path(id);
-        let aliases: Vec<Ipv4Addr> = aliases
-            .iter()
-            .copied()
-            .filter(|a| *a != slot.sandbox_ip())
-            .collect();
-        let (host_if, c) = (h.clone(), slot.sandbox_if());
-        rtnl::on_own_thread(move || {
-            let mut host = Rtnl::open()?;
-            host.add_address(&host_if, slot.host_ip(), 30)?;
-            host.set_up(&host_if)?;
-            rtnl::enter_netns(&path)?;
-            let mut inside = Rtnl::open()?;
-            inside.add_address(&c, slot.sandbox_ip(), 30)?;
-            inside.set_up(&c)?;
-            inside.set_up("lo")?;
-            inside.add_default_route(slot.host_ip())?;
-            for a in aliases {
-                inside.add_address(&c, a, 32)?;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| host_error(format!("configuring {h}"), e))?;
+        configure_link(id, slot, aliases, true).await?;
         if let Some(rules) = egress.rules(slot) {
             // One program run for the chain, its rules and the jump to it,
             // applied all or nothing.
@@ -241,6 +217,56 @@ pub async fn configure(
         destroy(id, slot).await;
     }
     result
+}
+
+/// Configures the veth pair of sandbox `id` (see [`configure`]): the
+/// host end only with `host_end`, the sandbox's end always.
+async fn configure_link(
+    id: &str,
+    slot: Slot,
+    aliases: &[Ipv4Addr],
+    host_end: bool,
+) -> Result<(), Error> {
+    let path = netns_path(id);
+    let aliases: Vec<Ipv4Addr> = aliases
+        .iter()
+        .copied()
+        .filter(|a| *a != slot.sandbox_ip())
+        .collect();
+    let (host_if, c) = (slot.host_if(), slot.sandbox_if());
+    let what = format!("configuring {host_if}");
+    rtnl::on_own_thread(move || {
+        if host_end {
+            let mut host = Rtnl::open()?;
+            host.add_address(&host_if, slot.host_ip(), 30)?;
+            host.set_up(&host_if)?;
+        }
+        rtnl::enter_netns(&path)?;
+        let mut inside = Rtnl::open()?;
+        inside.add_address(&c, slot.sandbox_ip(), 30)?;
+        inside.set_up(&c)?;
+        inside.set_up("lo")?;
+        inside.add_default_route(slot.host_ip())?;
+        for a in aliases {
+            inside.add_address(&c, a, 32)?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| host_error(what, e))
+}
+
+/// Gives the sandbox's end of the link of a stopped sandbox its addresses
+/// and route again, for another sandbox on the same link: gVisor took
+/// them off the interface when it started (its own network stack holds
+/// them), and they went with it. The host end and the firewall rules stay
+/// as [`configure`] made them.
+pub async fn reconfigure_sandbox_end(
+    id: &str,
+    slot: Slot,
+    aliases: &[Ipv4Addr],
+) -> Result<(), Error> {
+    configure_link(id, slot, aliases, false).await
 }
 
 /// Removes the netns, its veth pair and any per-sandbox firewall rules. Best effort, idempotent.

@@ -42,6 +42,9 @@ pub struct ServerConfig {
     /// Idle time after which a sandbox with no process of its own is
     /// frozen (no CPU at all) until its next request; `None`: never.
     pub idle_freeze: Option<std::time::Duration>,
+    /// How long a suspended sandbox's volume and network stay ready for a
+    /// quick resume before they are released.
+    pub suspend_linger: std::time::Duration,
     /// Memory kept free of sandboxes; `None`: 5% of the host's, at least 512 MB.
     pub memory_reserve_mb: Option<u64>,
     /// At most this many sandboxes at once; `None`: as many as fit.
@@ -140,6 +143,7 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
                 cgroup_parent: config.cgroup_parent.clone(),
                 ca_bundle,
                 idle_freeze: config.idle_freeze,
+                suspend_linger: config.suspend_linger,
             },
             runtime,
         )

@@ -47,6 +47,12 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 5, value_name = "SECS")]
     pub idle_freeze_secs: u64,
 
+    /// Keep a suspended sandbox's volume mounted and its network ready for
+    /// this many seconds, so that a resume soon after is quicker; then
+    /// only its files stay on the host. 0: release them at once.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub suspend_linger_secs: u64,
+
     /// Memory kept free of sandboxes: a create that would start one into it
     /// is refused (503 no_resources_available). Default: 5% of the host's
     /// memory, at least 512 MB.
@@ -75,6 +81,7 @@ impl ServerArgs {
                 .unwrap_or_default(),
             idle_freeze: (self.idle_freeze_secs > 0)
                 .then(|| std::time::Duration::from_secs(self.idle_freeze_secs)),
+            suspend_linger: std::time::Duration::from_secs(self.suspend_linger_secs),
             memory_reserve_mb: self.memory_reserve_mb,
             max_sandboxes: self.max_sandboxes,
         }
