@@ -5,10 +5,14 @@ SBX := $(CURDIR)/target/release/sbx
 DATA_DIR ?= /var/lib/sbx
 PY ?= python3
 
-.PHONY: deps agent build run test test-rust test-python test-ts bench clean-host
+.PHONY: deps deps-test agent build run test test-rust test-python test-ts bench clean-host
 
 deps:
 	./scripts/install-deps.sh
+
+# Also the tools tests use beside sbx (an OCI registry, skopeo, umoci, busybox-static).
+deps-test:
+	./scripts/install-deps.sh --test
 
 # The agent runs as PID 1 inside every sandbox: a static binary.
 agent:
@@ -22,7 +26,7 @@ run: deps build
 
 # Every test: unit tests, end-to-end tests against real gVisor sandboxes,
 # and the tensorlake-client suite. Tests use the debug build of `sbx`.
-test: deps agent
+test: deps-test agent
 	cargo build -p sbx-cli
 	$(MAKE) test-rust test-python test-ts
 

@@ -27,6 +27,16 @@ on_err() { # EXIT-CODE LINE COMMAND
 trap 'on_err $? $LINENO "$BASH_COMMAND"' ERR
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# --test: also what the tests use beside sbx: an OCI registry (Debian's
+# docker-registry), skopeo and umoci to put images in it, and a static
+# busybox to make a shell-less image from.
+for_tests=no
+case "${1:-}" in
+  --test) for_tests=yes ;;
+  "") ;;
+  *) die "unknown option $1 (usage: $0 [--test])" ;;
+esac
+TEST_TOOLS="docker-registry:docker-registry skopeo:skopeo umoci:umoci busybox:busybox-static"
 RUNSC_MIN=20240101 # runsc builds are dated: 0.0~YYYYMMDD (Debian), release-YYYYMMDD (gVisor)
 FALLBACK_MIRROR=http://deb.debian.org/debian
 
@@ -261,6 +271,13 @@ for c in debootstrap:debootstrap ip:iproute2 iptables:iptables mkfs.ext4:e2fspro
   curl:curl tmux:tmux make:make cc:gcc; do
   if ! command -v "${c%%:*}" >/dev/null; then packages+=("${c#*:}"); fi
 done
+if [ "$for_tests" = yes ]; then
+  for c in $TEST_TOOLS; do
+    if ! command -v "${c%%:*}" >/dev/null; then packages+=("${c#*:}"); fi
+  done
+  # The tests copy /bin/busybox into images: it must be the static one.
+  if [ "$(dpkg-query -W -f='${db:Status-Status}' busybox-static 2>/dev/null || true)" != installed ]; then packages+=(busybox-static); fi
+fi
 for p in ca-certificates libc6-dev; do
   if [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)" != installed ]; then packages+=("$p"); fi
 done
@@ -339,6 +356,11 @@ for c in debootstrap ip iptables mkfs.ext4 mkfs.btrfs unshare curl tmux make cc;
   command -v "$c" >/dev/null || die "$c is still missing after the install"
 done
 static_libc_ok || die "the C compiler finds no static libc.a after installing libc6-dev"
+if [ "$for_tests" = yes ]; then
+  for c in $TEST_TOOLS; do
+    command -v "${c%%:*}" >/dev/null || die "${c%%:*} is still missing after the install"
+  done
+fi
 if ! cargo_ok; then
   die "cargo on PATH ($(command -v cargo || echo none), $(cargo_version || true)) is not >= $rust_min after the install; Debian's is /usr/bin/cargo ($(/usr/bin/cargo --version 2>/dev/null || echo missing))"
 fi

@@ -239,6 +239,47 @@ schemas = {
         },
     ),
     "ListSnapshotsResponse": obj(["snapshots"], {"snapshots": {"type": "array", "items": ref("SnapshotInfo")}}),
+    "ImageInfo": obj(
+        ["name", "id", "source", "env", "entrypoint"],
+        {
+            "name": {**STR, "description": "what creates name (`image`)"},
+            "id": {**STR, "description": "fixed at import: sandboxes and snapshots keep their image when a later import takes the name"},
+            "source": {**STR, "description": "a registry reference, `docker-archive`, `oci-archive`, or `debootstrap` (the built-in default)"},
+            "digest": {**STR, "description": "the manifest's digest, when the source has one"},
+            "created_at": TIME,
+            "size_bytes": U64,
+            "layers": U64,
+            "env": {**STRS, "description": "the image's Env: every process of its sandboxes gets it"},
+            "working_dir": {**STR, "description": "the image's WorkingDir: where commands run unless they say otherwise"},
+            "user": {**STR, "description": "the image's User: who commands run as unless they say otherwise"},
+            "entrypoint": {**STRS, "description": "ENTRYPOINT + CMD: started in a sandbox whose create gives no entrypoint"},
+        },
+    ),
+    "ListImagesResponse": obj(["images"], {"images": {"type": "array", "items": ref("ImageInfo")}}),
+    "ImportImageRequest": obj(
+        ["reference"],
+        {
+            "reference": {**STR, "description": "HOST[:PORT]/REPO[:TAG|@DIGEST]; Docker Hub when there is no host"},
+            "name": opt({**STR, "pattern": "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$", "description": "default: the repository's last component"}),
+            "insecure": opt({**BOOL, "description": "plain HTTP to the registry"}),
+            "username": opt(STR),
+            "password": opt(STR),
+        },
+    ),
+    "ImportEvent": {
+        "description": "One line of an import's application/x-ndjson answer; the last is `done` or `error`.",
+        "oneOf": [
+            obj(["event", "layers", "bytes"], {"event": {"const": "resolved"}, "layers": U64, "bytes": U64}),
+            obj(["event", "layer", "bytes"], {"event": {"const": "fetched"}, "layer": U64, "bytes": U64}),
+            obj(["event", "layer", "entries"], {"event": {"const": "applied"}, "layer": U64, "entries": U64}),
+            obj(["event", "image"], {"event": {"const": "done"}, "image": ref("ImageInfo")}),
+            obj(["event", "message"], {"event": {"const": "error"}, "message": STR}),
+        ],
+    },
+    "DeleteImageResponse": obj(
+        ["name", "id", "status"],
+        {"name": STR, "id": STR, "status": {"type": "string", "enum": ["removed"]}},
+    ),
     "DeleteSnapshotResponse": obj(
         ["snapshot_id", "status"],
         {"snapshot_id": STR, "status": {"type": "string", "enum": ["deleted"]}},
@@ -445,18 +486,21 @@ def err(description):
 responses = {
     "BadRequest": err("Invalid input (body, query or path); nothing was changed."),
     "Unauthorized": err("Missing or wrong bearer key (servers started with API keys)."),
-    "Forbidden": err("A server without API keys answers only loopback peers."),
-    "NotFound": err("No such sandbox or snapshot in this namespace."),
+    "Forbidden": err("A server without API keys answers only loopback peers; (image import) the registry refused the login (code `registry_denied`)."),
+    "NotFound": err("No such sandbox, snapshot or image; (image import) the registry has no such image (code `image_not_found`)."),
     "Conflict": err("Not possible in the current state (or the name is taken)."),
     "Unavailable": err("The sandbox could not be started or captured; or (create) the default image is still being "
                        "built on this host's first start (code `image_building`) or its build failed "
                        "(`image_unavailable`): nothing was created, try again."),
     "Unsupported": err("A change sbx cannot make (code `unsupported`; the message says why)."),
+    "TooLarge": err("The upload is larger than the server takes (code `too_large`)."),
+    "BadGateway": err("The image registry could not be reached or failed (code `registry_error`)."),
 }
 
 
 def errors(*codes):
-    names = {400: "BadRequest", 404: "NotFound", 409: "Conflict", 501: "Unsupported", 503: "Unavailable"}
+    names = {400: "BadRequest", 404: "NotFound", 409: "Conflict", 413: "TooLarge", 501: "Unsupported",
+             502: "BadGateway", 503: "Unavailable"}
     out = {str(c): {"$ref": f"#/components/responses/{names[c]}"} for c in codes}
     out["401"] = {"$ref": "#/components/responses/Unauthorized"}
     out["403"] = {"$ref": "#/components/responses/Forbidden"}
@@ -584,6 +628,41 @@ ns_paths = {
     "/snapshots": {
         "get": op("listSnapshots", "Snapshots of a namespace.", {"200": ok(ref("ListSnapshotsResponse")), **errors(400)},
                   tags=("snapshots",)),
+    },
+    "/images": {
+        "get": op("listImages", "Images sandboxes can be created from (the same in every namespace).",
+                  {"200": ok(ref("ListImagesResponse")), **errors(400)}, tags=("images",)),
+    },
+    "/images/import": {
+        "post": op(
+            "importImage",
+            "Pull an image from an OCI registry. Errors found before the download (bad reference, unknown image, refused "
+            "login, unreachable registry) are JSON errors; then the answer streams the import's progress as NDJSON.",
+            {"200": {"description": "The import's progress, one ImportEvent per line.",
+                     "content": {"application/x-ndjson": {"schema": ref("ImportEvent")}}},
+             **errors(400, 404, 409, 502)},
+            body=ref("ImportImageRequest"), body_required=True, tags=("images",)),
+    },
+    "/images/import-archive": {
+        "post": {
+            "operationId": "importImageArchive",
+            "summary": "Import an uploaded archive: what `docker save` (docker-archive) or `skopeo copy … oci-archive:` writes.",
+            "tags": ["images"],
+            "parameters": [
+                {**query("name", {**STR, "pattern": "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"}, "the image's name"), "required": True},
+                query("format", {"type": "string", "enum": ["docker-archive", "oci-archive"]}, "default: docker-archive"),
+            ],
+            "requestBody": {"required": True, "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}},
+            "responses": {"200": {"description": "The import's progress, one ImportEvent per line.",
+                                  "content": {"application/x-ndjson": {"schema": ref("ImportEvent")}}},
+                          **errors(400, 409, 413)},
+        },
+    },
+    "/images/{name}": {
+        "parameters": [path_param("name", "image name")],
+        "get": op("getImage", "One image.", {"200": ok(ref("ImageInfo")), **errors(400, 404)}, tags=("images",)),
+        "delete": op("deleteImage", "Remove an image: off the list at once, its files kept while sandboxes or snapshots use it.",
+                     {"200": ok(ref("DeleteImageResponse")), **errors(400, 404)}, tags=("images",)),
     },
     "/snapshots/{sid}": {
         "parameters": [SNAPSHOT_ID],
@@ -742,6 +821,7 @@ spec = {
     "tags": [
         {"name": "sandboxes", "description": "sandbox lifecycle"},
         {"name": "snapshots", "description": "snapshots, suspend/resume, copies"},
+        {"name": "images", "description": "images sandboxes boot: imported from registries and archives"},
         {"name": "meta", "description": "health and this document"},
         {"name": "daemon", "description": "the in-sandbox daemon, through the sandbox proxy"},
     ],

@@ -110,6 +110,7 @@ fn cloexec_inherited_fds() {
 /// that no spawn pays for it, and keeps inherited descriptors from children.
 pub fn init() {
     cloexec_inherited_fds();
+    image_defaults();
     let env = base_env();
     if !env.contains_key("HOME") {
         own_home();
@@ -171,12 +172,34 @@ fn needs_switch(id: &Identity) -> bool {
     false
 }
 
+/// The image's working directory and user (`WorkingDir`, `User`), which
+/// processes get unless their request names others: read once.
+fn image_defaults() -> &'static (Option<String>, Option<ProcessUser>) {
+    static DEFAULTS: OnceLock<(Option<String>, Option<ProcessUser>)> = OnceLock::new();
+    DEFAULTS.get_or_init(|| {
+        let var = |k| std::env::var(k).ok().filter(|v: &String| !v.is_empty());
+        (
+            var("SBX_DEFAULT_WORKDIR"),
+            var("SBX_DEFAULT_USER").map(ProcessUser::Spec),
+        )
+    })
+}
+
 /// Spawns a process in its own session (so its process group id is its pid).
 /// Failures (unknown user, bad directory, command not found) are 400s.
-pub fn spawn(reaper: &Reaper, spec: SpawnSpec<'_>) -> Result<Spawned, AppError> {
+pub fn spawn(reaper: &Reaper, mut spec: SpawnSpec<'_>) -> Result<Spawned, AppError> {
     if spec.command.is_empty() {
         return Err(AppError::bad_request("command must not be empty"));
     }
+    let (dir, user) = image_defaults();
+    // The image's WORKDIR may not exist yet (as Docker, it is made).
+    if spec.working_dir.is_none() {
+        if let Some(dir) = dir {
+            let _ = std::fs::create_dir_all(dir);
+            spec.working_dir = Some(dir);
+        }
+    }
+    spec.user = spec.user.or(user.as_ref());
     // The user databases are only read when a user is asked for.
     let identity = match spec.user {
         Some(u) => Some(UserDb::load().resolve(u).map_err(AppError::bad_request)?),

@@ -4,6 +4,7 @@
 
 pub mod daemon;
 pub mod error;
+pub mod image;
 pub mod sandbox;
 pub mod snapshot;
 

@@ -5,6 +5,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use sbx_api::image::{ImageInfo, ImportImageRequest, ListImagesResponse};
 use sbx_api::sandbox::{
     CreateSandboxRequest, CreateSandboxResponse, ListSandboxesResponse, SandboxInfo, SandboxStatus,
     UpdateSandboxRequest,
@@ -219,6 +220,62 @@ impl Client {
         let url = self.snapshots_url(&format!("/{}", encode_segment(snapshot_id)));
         self.send(self.api(Method::DELETE, url)).await?;
         Ok(())
+    }
+
+    /// `{api}/v1/namespaces/{ns}/images{suffix}`.
+    fn images_url(&self, suffix: &str) -> String {
+        format!(
+            "{}/v1/namespaces/{}/images{}",
+            self.api_url,
+            encode_segment(&self.namespace),
+            suffix
+        )
+    }
+
+    pub async fn images(&self) -> Result<Vec<ImageInfo>> {
+        let list: ListImagesResponse = self
+            .send(self.api(Method::GET, self.images_url("")))
+            .await?
+            .json()
+            .await?;
+        Ok(list.images)
+    }
+
+    pub async fn image(&self, name: &str) -> Result<ImageInfo> {
+        let url = self.images_url(&format!("/{}", encode_segment(name)));
+        Ok(self.send(self.api(Method::GET, url)).await?.json().await?)
+    }
+
+    pub async fn remove_image(&self, name: &str) -> Result<()> {
+        let url = self.images_url(&format!("/{}", encode_segment(name)));
+        self.send(self.api(Method::DELETE, url)).await?;
+        Ok(())
+    }
+
+    /// Starts a registry import; the answer streams its progress (NDJSON).
+    pub async fn import_image(&self, req: &ImportImageRequest) -> Result<Response> {
+        let rb = self.api(Method::POST, self.images_url("/import")).json(req);
+        self.send(rb).await
+    }
+
+    /// Uploads archive `path` (`format`: docker-archive or oci-archive) as
+    /// image `name`; the answer streams the import's progress (NDJSON).
+    pub async fn import_image_archive(
+        &self,
+        path: &std::path::Path,
+        format: &str,
+        name: &str,
+    ) -> Result<Response> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+        let rb = self
+            .api(Method::POST, self.images_url("/import-archive"))
+            .query(&[("name", name), ("format", format)])
+            .header("content-type", "application/x-tar")
+            .body(body);
+        self.send(rb).await
     }
 
     /// `POST …/sandboxes/{id}/{verb}?wait_ms=…` for `suspend` and `resume`:

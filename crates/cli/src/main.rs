@@ -6,7 +6,7 @@ mod table;
 
 use clap::{Parser, Subcommand};
 use commands::{
-    copy, cp, create, describe, exec, name, run, server, snapshot, ssh, suspend, terminate,
+    copy, cp, create, describe, exec, image, name, run, server, snapshot, ssh, suspend, terminate,
 };
 
 /// Exit status of a failed `sbx` verb (the command's own code wins in `exec`, `run`, `ssh`).
@@ -27,7 +27,8 @@ const EXIT_FAILURE: i32 = 1;
         sbx checkpoint my-box --checkpoint-type memory\n  \
         sbx create --snapshot SNAPSHOT_ID\n  \
         sbx suspend my-box && sbx resume my-box\n  \
-        sbx copy my-box -n 3"
+        sbx copy my-box -n 3\n  \
+        sbx image import 127.0.0.1:5000/tools/app:1 --insecure && sbx create -i app"
 )]
 pub struct Cli {
     /// Control-plane URL of the sbx server.
@@ -102,6 +103,8 @@ pub enum Command {
     /// Make running copies of a running sandbox (one memory snapshot, restored N times).
     #[command(visible_alias = "clone")]
     Copy(copy::CopyArgs),
+    /// Images to create sandboxes from: import (registry or archive), ls, inspect, rm.
+    Image(image::ImageArgs),
 }
 
 #[tokio::main]
@@ -138,6 +141,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Suspend(args) => suspend::run(&client, args, suspend::Direction::Suspend).await,
         Command::Resume(args) => suspend::run(&client, args, suspend::Direction::Resume).await,
         Command::Copy(args) => copy::run(&client, args).await,
+        Command::Image(args) => image::run(&client, args).await,
     }
 }
 
@@ -186,6 +190,7 @@ mod tests {
             "resume",
             "copy",
             "clone",
+            "image",
         ] {
             let err = Cli::try_parse_from(["sbx", verb, "--help"]).unwrap_err();
             assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp, "{verb}");

@@ -48,7 +48,8 @@ pub fn agent_bin() -> PathBuf {
     p
 }
 
-fn free_port() -> u16 {
+/// A TCP port on 127.0.0.1 nothing listens on (now).
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

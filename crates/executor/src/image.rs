@@ -1,7 +1,9 @@
 //! Root filesystem images. The default image is a Debian bookworm built once
 //! by debootstrap and then shared read-only by every sandbox.
 
+use crate::custom_images::{self, CustomImages};
 use crate::Error;
+use sbx_image::ImageConfig;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -31,11 +33,14 @@ pub enum BuildStatus {
     },
 }
 
-/// The images under `<dir>/<name>/rootfs`, each complete once `<dir>/<name>/ready` exists.
+/// The built-in images under `<dir>/<name>/rootfs`, each complete once
+/// `<dir>/<name>/ready` exists, and the imported ones ([`CustomImages`]).
+/// Sandboxes name an image by id: a built-in image's id is its name.
 #[derive(Debug, Clone)]
 pub struct Images {
     dir: PathBuf,
     default: Arc<watch::Sender<BuildStatus>>,
+    custom: CustomImages,
 }
 
 impl Images {
@@ -51,9 +56,34 @@ impl Images {
             }
         };
         Self {
+            custom: CustomImages::new(dir.join(".no-custom-images")),
             dir,
             default: Arc::new(watch::Sender::new(status)),
         }
+    }
+
+    /// Imported images live in `dir`.
+    pub fn with_custom(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.custom = CustomImages::new(dir);
+        self
+    }
+
+    pub fn custom(&self) -> &CustomImages {
+        &self.custom
+    }
+
+    /// The id of the image a create names: a built-in image's name, or the
+    /// current import of that name.
+    pub fn resolve(&self, name: &str) -> Option<String> {
+        if name == DEFAULT_IMAGE || self.exists(name) && !custom_images::is_id(name) {
+            return Some(name.to_string());
+        }
+        self.custom.find(name).map(|r| r.id)
+    }
+
+    /// The config of image `id` (the built-in ones have none).
+    pub fn config(&self, id: &str) -> ImageConfig {
+        self.custom.get(id).map(|r| r.config).unwrap_or_default()
     }
 
     /// Where the default image stands.
@@ -86,16 +116,25 @@ impl Images {
             .send_replace(BuildStatus::Building { progress, steps });
     }
 
-    pub fn rootfs(&self, name: &str) -> PathBuf {
-        self.dir.join(name).join("rootfs")
+    /// The root filesystem of image `id`.
+    pub fn rootfs(&self, id: &str) -> PathBuf {
+        if custom_images::is_id(id) {
+            return self.custom.rootfs(id);
+        }
+        self.dir.join(id).join("rootfs")
     }
 
     fn ready_marker(&self, name: &str) -> PathBuf {
         self.dir.join(name).join("ready")
     }
 
-    pub fn exists(&self, name: &str) -> bool {
-        is_ready(&self.dir, name)
+    /// Whether image `id` is complete (imported ones also once removed:
+    /// what uses them keeps them).
+    pub fn exists(&self, id: &str) -> bool {
+        if custom_images::is_id(id) {
+            return self.custom.get(id).is_some();
+        }
+        is_ready(&self.dir, id)
     }
 
     /// Names a sandbox may ask for: the complete images, and the default
@@ -104,12 +143,14 @@ impl Images {
         let mut names = self.list();
         if !names.iter().any(|n| n == DEFAULT_IMAGE) {
             names.push(DEFAULT_IMAGE.into());
-            names.sort();
         }
+        names.extend(self.custom.list().into_iter().map(|r| r.name));
+        names.sort();
+        names.dedup();
         names
     }
 
-    /// Names of complete images.
+    /// Names of complete built-in images.
     pub fn list(&self) -> Vec<String> {
         let Ok(rd) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
@@ -117,7 +158,7 @@ impl Images {
         let mut names: Vec<String> = rd
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| self.exists(n))
+            .filter(|n| is_ready(&self.dir, n))
             .collect();
         names.sort();
         names

@@ -6,6 +6,7 @@ mod agent_http;
 mod btrfs;
 pub mod cgroups;
 mod cmd;
+pub mod custom_images;
 mod gently;
 mod host;
 mod idle;
@@ -63,6 +64,9 @@ pub enum Error {
     Host { what: String, reason: String },
     #[error("image: {0}")]
     Image(String),
+    /// An image import failed (a bad source, the registry, the archive).
+    #[error(transparent)]
+    Import(#[from] sbx_image::Error),
     #[error("unknown image {name:?}; images: {available}")]
     UnknownImage { name: String, available: String },
     #[error("no free network slot: {0} sandboxes run on this host")]
@@ -247,7 +251,8 @@ impl Executor {
         )
         .await;
         Ok(Self {
-            images: Images::new(data_dir.join("images")),
+            images: Images::new(data_dir.join("images"))
+                .with_custom(data_dir.join("custom-images")),
             data_dir,
             runtime,
             live: Mutex::new(HashMap::new()),
@@ -535,9 +540,14 @@ impl Executor {
     fn runtime_spec(&self, spec: &LaunchSpec, pin: Option<Pin>) -> SandboxSpec {
         let dir = self.sandbox_dir(&spec.id);
         let mut args = vec![format!("{AGENT_MOUNT}/{AGENT_NAME}")];
-        if !spec.entrypoint.is_empty() {
+        // The create's entrypoint, else the image's ENTRYPOINT + CMD.
+        let entrypoint = match spec.entrypoint.is_empty() {
+            true => self.images.config(&spec.image).start_command(),
+            false => spec.entrypoint.clone(),
+        };
+        if !entrypoint.is_empty() {
             args.push("--".into());
-            args.extend(spec.entrypoint.iter().cloned());
+            args.extend(entrypoint);
         }
         SandboxSpec {
             id: spec.id.clone(),
@@ -568,13 +578,27 @@ impl Executor {
 
     /// The environment of the sandbox's PID 1, which its processes inherit.
     fn sandbox_env(&self, spec: &LaunchSpec) -> Vec<String> {
+        let image = self.images.config(&spec.image);
         let mut env = vec![
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
             "HOME=/root".into(),
             "LANG=C.UTF-8".into(),
-            format!("SBX_MEMORY_LIMIT_MB={}", spec.memory_mb),
-            format!("SBX_SANDBOX_ID={}", spec.id),
         ];
+        // The image's variables win over these defaults.
+        for var in &image.env {
+            let key = var.split('=').next().unwrap_or(var);
+            env.retain(|v| v.split('=').next() != Some(key));
+            env.push(var.clone());
+        }
+        env.push(format!("SBX_MEMORY_LIMIT_MB={}", spec.memory_mb));
+        env.push(format!("SBX_SANDBOX_ID={}", spec.id));
+        // The agent runs commands there and as that user unless told otherwise.
+        if let Some(dir) = &image.working_dir {
+            env.push(format!("SBX_DEFAULT_WORKDIR={dir}"));
+        }
+        if let Some(user) = &image.user {
+            env.push(format!("SBX_DEFAULT_USER={user}"));
+        }
         if self.ca_bundle {
             env.extend(CA_VARIABLES.map(|v| format!("{v}={AGENT_MOUNT}/{CA_NAME}")));
         }

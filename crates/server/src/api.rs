@@ -1,6 +1,7 @@
 //! Control-plane routes, under `/v1/namespaces/{ns}` and flat (namespace `default`).
 
 use crate::error::{ApiError, ApiResult, JsonBody, Path, Query};
+use crate::images;
 use crate::lifecycle::{validate_name, LaunchOutcome, Manager};
 use crate::store::{SandboxRow, SnapshotRow, StoreError};
 use axum::extract::{FromRef, State};
@@ -58,6 +59,13 @@ where
         .route(
             "/snapshots/{sid}",
             get(get_snapshot).delete(delete_snapshot),
+        )
+        .route("/images", get(images::list))
+        .route("/images/import", post(images::import))
+        .route("/images/import-archive", post(images::import_archive))
+        .route(
+            "/images/{name}",
+            get(images::get_one).delete(images::remove),
         );
     Router::new()
         .route("/healthz", get(healthz))

@@ -6,6 +6,7 @@ mod admission;
 mod api;
 mod auth;
 mod error;
+mod images;
 mod lifecycle;
 mod openapi;
 mod proxy;
@@ -168,6 +169,8 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     };
     let manager = lifecycle::Manager::new(store, executor, host, blobs, admission);
     manager.recover().await?;
+    // Imports and uploads a killed server left, removed images now unused.
+    manager.collect_images().await;
     let sweeper = manager.start_sweeper();
     let idler = manager.executor.start_idler();
     // The API answers while the default image is built (the first start

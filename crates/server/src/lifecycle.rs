@@ -222,6 +222,7 @@ pub fn validate(
     validate_network(&network)?;
     let spec = SandboxSpec {
         image,
+        image_id: None,
         resources: Resources {
             cpus,
             memory_mb,
@@ -426,11 +427,23 @@ impl Manager {
                     .await?
                     .ok_or_else(|| ApiError::not_found("snapshot", sid))?;
                 let merged = restore_request(req, &snap)?;
+                // The snapshot's image, even if it is no longer listed.
+                let mut images = images;
+                images.push(snap.spec.image.clone());
                 let (name, mut spec) = validate(&merged, self.host, &images)?;
                 spec.snapshot_id = Some(snap.id.clone());
+                spec.image_id = snap.spec.image_id.clone();
                 (name, spec)
             }
-            None => validate(req, self.host, &images)?,
+            None => {
+                let (name, mut spec) = validate(req, self.host, &images)?;
+                spec.image_id = self
+                    .executor
+                    .images()
+                    .resolve(&spec.image)
+                    .filter(|id| *id != spec.image);
+                (name, spec)
+            }
         };
         self.admit()?;
         let row = SandboxRow {
@@ -527,7 +540,7 @@ impl Manager {
         }
         let launch = LaunchSpec {
             id: id.to_string(),
-            image: spec.image.clone(),
+            image: spec.image_id.clone().unwrap_or_else(|| spec.image.clone()),
             cpus: spec.resources.cpus,
             memory_mb: spec.resources.memory_mb,
             disk_mb: spec.resources.disk_mb,
@@ -636,6 +649,7 @@ impl Manager {
         tracing::info!(sandbox = id, "sandbox removed from host");
         drop(_guard);
         self.locks.lock().unwrap().remove(id);
+        self.collect_images().await;
     }
 
     /// Terminates sandboxes whose time ran out and those whose runtime died.

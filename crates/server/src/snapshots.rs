@@ -241,6 +241,7 @@ impl Manager {
         }
         self.store.delete_snapshot(&snap.id).await?;
         self.executor.delete_snapshot(&snap.id).await;
+        self.collect_images().await;
         let blobs = self.blobs.clone();
         let id = snap.id.clone();
         tokio::task::spawn_blocking(move || {

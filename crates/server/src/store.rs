@@ -12,7 +12,13 @@ use std::str::FromStr;
 /// What does not change over a sandbox's life, stored as one JSON column.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SandboxSpec {
+    /// The image's name, as the create gave it.
     pub image: String,
+    /// The image's id on the host (see `sbx_executor::custom_images`): what
+    /// it boots, whatever the name means later. `None`: the name is the id
+    /// (built-in images, and records from before ids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
     pub resources: Resources,
     pub timeout_secs: Option<u64>,
     pub entrypoint: Option<Vec<String>>,
@@ -237,6 +243,24 @@ impl Store {
         .iter()
         .map(decode)
         .collect()
+    }
+
+    /// Ids of the images that sandboxes still holding anything, and
+    /// snapshots, were made from.
+    pub async fn images_in_use(&self) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+        let rows = sqlx::query(&format!(
+            "SELECT spec FROM sandboxes WHERE status NOT IN {FINAL} UNION ALL SELECT spec FROM snapshots"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut ids = std::collections::HashSet::new();
+        for r in rows {
+            let spec: String = r.try_get("spec")?;
+            let spec: SandboxSpec =
+                serde_json::from_str(&spec).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            ids.insert(spec.image_id.unwrap_or(spec.image));
+        }
+        Ok(ids)
     }
 
     /// Moves a sandbox from one of `from` to `to`; false when it was in none of them.
@@ -518,6 +542,7 @@ mod tests {
             status: SandboxStatus::Pending,
             spec: SandboxSpec {
                 image: "default".into(),
+                image_id: None,
                 resources: Resources {
                     cpus: 1.0,
                     memory_mb: 1024,

@@ -6,6 +6,7 @@ pub mod cp;
 pub mod create;
 pub mod describe;
 pub mod exec;
+pub mod image;
 pub mod ls;
 pub mod name;
 pub mod run;

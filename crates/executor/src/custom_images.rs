@@ -1,0 +1,424 @@
+//! Images users bring (imported from a registry or an archive): each in
+//! `<dir>/<id>/` with its root filesystem, its record (`image.json`) and a
+//! `ready` marker. The id is fixed at import, so a sandbox or snapshot made
+//! from an image keeps the same root filesystem even when a later import
+//! takes the name. A removed image (`removed` marker) is gone from the list
+//! at once and from the disk once nothing uses it.
+
+use crate::Error;
+use sbx_image::{Credentials, ImageConfig, Progress, Source};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+/// What sbx knows of an imported image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub id: String,
+    pub name: String,
+    /// Where it came from (`127.0.0.1:5000/tools/app:1`, `docker-archive`, …).
+    pub source: String,
+    /// The manifest's digest, when the source has one.
+    pub digest: Option<String>,
+    pub config: ImageConfig,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Bytes of its root filesystem.
+    pub size_bytes: u64,
+    pub layers: usize,
+}
+
+const RECORD: &str = "image.json";
+const READY: &str = "ready";
+const REMOVED: &str = "removed";
+/// Ids of imported images start with this (the built-in ones never do).
+pub const ID_PREFIX: &str = "img-";
+
+#[derive(Debug, Clone)]
+pub struct CustomImages {
+    dir: PathBuf,
+}
+
+impl CustomImages {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn rootfs(&self, id: &str) -> PathBuf {
+        self.dir.join(id).join("rootfs")
+    }
+
+    /// Where imported images live.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether some removed image (or a cut-short import) may wait for
+    /// [`Self::collect`].
+    pub fn has_removed(&self) -> bool {
+        std::fs::read_dir(&self.dir).is_ok_and(|rd| {
+            rd.flatten().any(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                name.ends_with(".importing")
+                    || is_stale_upload(&name)
+                    || is_id(&name) && self.is_removed(&name)
+            })
+        })
+    }
+
+    /// The record of image `id`, removed or not, once it is complete.
+    pub fn get(&self, id: &str) -> Option<ImageRecord> {
+        if !is_id(id) || !self.dir.join(id).join(READY).exists() {
+            return None;
+        }
+        let text = std::fs::read(self.dir.join(id).join(RECORD)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    fn is_removed(&self, id: &str) -> bool {
+        self.dir.join(id).join(REMOVED).exists()
+    }
+
+    /// Complete images not removed, newest first.
+    pub fn list(&self) -> Vec<ImageRecord> {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut all: Vec<ImageRecord> = rd
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|id| !self.is_removed(id))
+            .filter_map(|id| self.get(&id))
+            .collect();
+        all.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        all
+    }
+
+    /// The current image named `name`: the newest import of it.
+    pub fn find(&self, name: &str) -> Option<ImageRecord> {
+        self.list().into_iter().find(|r| r.name == name)
+    }
+
+    /// Fetches `source` and unpacks it as image `name`; the image appears
+    /// (and takes the name from an older one) only once it is complete.
+    pub async fn import(
+        &self,
+        name: &str,
+        source: &Source,
+        credentials: &Credentials,
+        insecure: bool,
+        progress: &(dyn Fn(Progress) + Send + Sync),
+    ) -> Result<ImageRecord, Error> {
+        let id = new_id();
+        let tmp = self.dir.join(format!(".{id}.importing"));
+        let tmp_name = format!(".{id}.importing");
+        IMPORTING.lock().unwrap().push(tmp_name.clone());
+        let result = async {
+            tokio::fs::create_dir_all(&tmp).await?;
+            let work = tmp.join("fetch");
+            let fetched = sbx_image::fetch(source, credentials, insecure, &work, progress).await?;
+            let rootfs = tmp.join("rootfs");
+            sbx_image::unpack(&fetched, &rootfs, progress).await?;
+            // Where the agent binary is mounted.
+            tokio::fs::create_dir_all(rootfs.join(".sbx")).await?;
+            let _ = crate::gently::remove(&work).await;
+            let record = ImageRecord {
+                id: id.clone(),
+                name: name.to_string(),
+                source: describe(source),
+                digest: fetched.digest.clone(),
+                config: fetched.config.clone(),
+                created_at: now_rfc3339(),
+                size_bytes: disk_usage(&rootfs).await,
+                layers: fetched.layers.len(),
+            };
+            tokio::fs::write(
+                tmp.join(RECORD),
+                serde_json::to_vec_pretty(&record).expect("json"),
+            )
+            .await?;
+            tokio::fs::write(tmp.join(READY), b"").await?;
+            tokio::fs::rename(&tmp, self.dir.join(&id)).await?;
+            // The name now means this image; the one it had before stays
+            // for what uses it.
+            for old in self.list() {
+                if old.name == name && old.id != id {
+                    let _ = tokio::fs::write(self.dir.join(&old.id).join(REMOVED), b"").await;
+                }
+            }
+            Ok::<_, Error>(record)
+        }
+        .await;
+        if result.is_err() {
+            let _ = crate::gently::remove(&tmp).await;
+        }
+        IMPORTING.lock().unwrap().retain(|n| *n != tmp_name);
+        result
+    }
+
+    /// Takes image `name` off the list; its files stay until [`Self::collect`]
+    /// finds nothing using them.
+    pub async fn remove(&self, name: &str) -> Option<ImageRecord> {
+        let record = self.find(name)?;
+        tokio::fs::write(self.dir.join(&record.id).join(REMOVED), b"")
+            .await
+            .ok()?;
+        Some(record)
+    }
+
+    /// Deletes removed images no id in `in_use` names, and imports a crash
+    /// cut short. Returns the ids deleted.
+    pub async fn collect(&self, in_use: &HashSet<String>) -> Vec<String> {
+        let mut gone = Vec::new();
+        let Ok(mut rd) = tokio::fs::read_dir(&self.dir).await else {
+            return gone;
+        };
+        while let Ok(Some(e)) = rd.next_entry().await {
+            let Ok(name) = e.file_name().into_string() else {
+                continue;
+            };
+            let dead = if name.starts_with('.') && name.ends_with(".importing") {
+                !IMPORTING.lock().unwrap().contains(&name)
+            } else if name.starts_with(UPLOAD_PREFIX) {
+                is_stale_upload(&name)
+            } else {
+                is_id(&name) && self.is_removed(&name) && !in_use.contains(&name)
+            };
+            if dead && crate::gently::remove(&e.path()).await.is_ok() {
+                gone.push(name);
+            }
+        }
+        gone
+    }
+}
+
+/// Archives uploaded for an import are `.upload-<pid>-<n>.tar` here while
+/// it runs.
+pub const UPLOAD_PREFIX: &str = ".upload-";
+
+/// An upload of another (so, dead) server process.
+fn is_stale_upload(name: &str) -> bool {
+    name.strip_prefix(UPLOAD_PREFIX)
+        .and_then(|rest| rest.split('-').next())
+        .is_some_and(|pid| pid != std::process::id().to_string())
+}
+
+/// Temporary directories of imports under way in this process.
+static IMPORTING: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn new_id() -> String {
+    let mut b = [0u8; 8];
+    // SAFETY: fills the buffer it is given.
+    unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    format!(
+        "{ID_PREFIX}{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
+}
+
+pub fn is_id(s: &str) -> bool {
+    s.strip_prefix(ID_PREFIX)
+        .is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn describe(source: &Source) -> String {
+    match source {
+        Source::Registry(r) => r.clone(),
+        Source::OciDir(p) => format!("oci:{}", p.display()),
+        Source::OciArchive(_) => "oci-archive".into(),
+        Source::DockerArchive(_) => "docker-archive".into(),
+    }
+}
+
+fn now_rfc3339() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = t.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        t.subsec_micros()
+    )
+}
+
+/// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Bytes of the files under `root` (each hard-linked file once).
+async fn disk_usage(root: &Path) -> u64 {
+    let root = root.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::MetadataExt;
+        let (mut total, mut seen, mut todo) = (0u64, HashSet::new(), vec![root]);
+        while let Some(dir) = todo.pop() {
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let Ok(m) = e.path().symlink_metadata() else {
+                    continue;
+                };
+                if m.is_dir() {
+                    todo.push(e.path());
+                } else if m.nlink() == 1 || seen.insert((m.dev(), m.ino())) {
+                    total += m.len();
+                }
+            }
+        }
+        total
+    })
+    .await
+    .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_rfc3339() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_793), (2026, 12, 6));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        let now = now_rfc3339();
+        assert_eq!(now.len(), "2026-12-06T14:43:08.000000Z".len(), "{now}");
+    }
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(is_id("img-0a1b"));
+        assert!(!is_id("img-"));
+        assert!(!is_id("default"));
+        assert!(!is_id("img-../x"));
+        assert!(is_id(&new_id()));
+    }
+
+    /// A tiny image in an OCI layout, made by hand: one layer, one config.
+    fn layout(dir: &Path, files: &[(&str, &str)], env: &str) {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, text) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_size(text.len() as u64);
+            b.append_data(&mut h, path, text.as_bytes()).unwrap();
+        }
+        let layer = b.into_inner().unwrap();
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","config":{{"Env":["{env}"],"WorkingDir":"/w"}}}}"#
+        );
+        let blobs = dir.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let put = |data: &[u8]| {
+            let d = fake_digest(data);
+            std::fs::write(blobs.join(&d), data).unwrap();
+            (format!("sha256:{d}"), data.len())
+        };
+        let (ld, ls) = put(&layer);
+        let (cd, cs) = put(config.as_bytes());
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{cs}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{ld}","size":{ls}}}]}}"#
+        );
+        let (md, ms) = put(manifest.as_bytes());
+        std::fs::write(
+            dir.join("index.json"),
+            format!(
+                r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{md}","size":{ms}}}]}}"#
+            ),
+        )
+        .unwrap();
+    }
+
+    /// Blob names for test layouts (an `oci:` layout's digests are not
+    /// checked, only used as names).
+    fn fake_digest(data: &[u8]) -> String {
+        let mut h: u64 = 0xcbf29ce484222325;
+        for b in data {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x100000001b3);
+        }
+        format!("{h:016x}")
+    }
+
+    #[tokio::test]
+    async fn imports_replace_names_and_removed_images_go_once_unused() {
+        let t = tempfile::tempdir().unwrap();
+        let images = CustomImages::new(t.path().join("images"));
+        let (one, two) = (t.path().join("one"), t.path().join("two"));
+        layout(&one, &[("etc/v", "1")], "V=1");
+        layout(&two, &[("etc/v", "2")], "V=2");
+        let none = Credentials::default();
+        let quiet = |_: Progress| {};
+        let a = images
+            .import("app", &Source::OciDir(one), &none, false, &quiet)
+            .await
+            .unwrap();
+        assert_eq!(a.config.env, vec!["V=1"]);
+        assert_eq!(a.config.working_dir.as_deref(), Some("/w"));
+        assert_eq!(
+            std::fs::read_to_string(images.rootfs(&a.id).join("etc/v")).unwrap(),
+            "1"
+        );
+        let b = images
+            .import("app", &Source::OciDir(two), &none, false, &quiet)
+            .await
+            .unwrap();
+        // The name moved to the new import; the old one stays while used.
+        assert_eq!(images.find("app").unwrap().id, b.id);
+        assert_eq!(images.list().len(), 1);
+        assert!(images.get(&a.id).is_some());
+        let used: HashSet<String> = [a.id.clone()].into();
+        assert!(images.collect(&used).await.is_empty());
+        assert!(images.rootfs(&a.id).exists());
+        assert_eq!(images.collect(&HashSet::new()).await, vec![a.id.clone()]);
+        assert!(!images.rootfs(&a.id).exists());
+        // Removed: off the list at once, on disk until unused.
+        assert_eq!(images.remove("app").await.unwrap().id, b.id);
+        assert!(images.find("app").is_none());
+        assert!(images.remove("app").await.is_none());
+        assert!(images.rootfs(&b.id).exists());
+        images.collect(&HashSet::new()).await;
+        assert!(!images.rootfs(&b.id).exists());
+    }
+
+    #[tokio::test]
+    async fn a_failed_import_leaves_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let images = CustomImages::new(t.path().join("images"));
+        let broken = t.path().join("broken");
+        std::fs::create_dir_all(&broken).unwrap();
+        std::fs::write(broken.join("index.json"), "{}").unwrap();
+        let e = images
+            .import(
+                "x",
+                &Source::OciDir(broken),
+                &Credentials::default(),
+                false,
+                &|_| {},
+            )
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("index.json"), "{e}");
+        assert_eq!(
+            std::fs::read_dir(t.path().join("images")).unwrap().count(),
+            0
+        );
+    }
+}

@@ -1,0 +1,392 @@
+//! `/images`: list, inspect, import (from a registry, or an uploaded
+//! archive) and remove sandbox images. Images belong to the host: every
+//! namespace sees the same ones.
+//!
+//! An import answers once its source is resolved — a bad reference, an
+//! unknown image, a refused login or an unreadable archive are plain JSON
+//! errors — and then streams its progress as `application/x-ndjson`
+//! ([`ImportEvent`] lines, the last one `done` or `error`). It goes on if
+//! the client goes away.
+
+use crate::api::ApiState;
+use crate::error::{ApiError, ApiResult, JsonBody, ObjectBody, Path, Query};
+use crate::lifecycle::Manager;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::StreamExt;
+use sbx_api::image::{ImageInfo, ImportEvent, ImportImageRequest, ListImagesResponse};
+use sbx_executor::custom_images::{self, ImageRecord};
+use sbx_executor::image::DEFAULT_IMAGE;
+use sbx_image::{Credentials, Progress, Source};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+
+impl ObjectBody for ImportImageRequest {}
+
+pub async fn list(State(state): State<ApiState>) -> Json<ListImagesResponse> {
+    let images = state.manager.executor.images();
+    let mut all: Vec<ImageInfo> = images.list().into_iter().map(|n| built_in(&n)).collect();
+    all.extend(images.custom().list().iter().map(info));
+    Json(ListImagesResponse { images: all })
+}
+
+pub async fn get_one(
+    State(state): State<ApiState>,
+    Path(params): Path<HashMap<String, String>>,
+) -> ApiResult<Json<ImageInfo>> {
+    let name = &params["name"];
+    let images = state.manager.executor.images();
+    if images.list().contains(name) {
+        return Ok(Json(built_in(name)));
+    }
+    images
+        .custom()
+        .find(name)
+        .map(|r| Json(info(&r)))
+        .ok_or_else(|| ApiError::not_found("image", name))
+}
+
+/// Takes the image off the list at once; its files go when no sandbox or
+/// snapshot uses them.
+pub async fn remove(
+    State(state): State<ApiState>,
+    Path(params): Path<HashMap<String, String>>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let name = &params["name"];
+    let images = state.manager.executor.images();
+    if images.list().contains(name) || name == DEFAULT_IMAGE {
+        return Err(ApiError::bad_request(format!(
+            "{name} is a built-in image and cannot be removed"
+        )));
+    }
+    let record = images
+        .custom()
+        .remove(name)
+        .await
+        .ok_or_else(|| ApiError::not_found("image", name))?;
+    tracing::info!(image = name, id = record.id, "image removed");
+    state.manager.collect_images().await;
+    Ok(Json(
+        serde_json::json!({"name": name, "id": record.id, "status": "removed"}),
+    ))
+}
+
+pub async fn import(
+    State(state): State<ApiState>,
+    JsonBody(req): JsonBody<ImportImageRequest>,
+) -> ApiResult<Response> {
+    if req.reference.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "reference must name an image: HOST[:PORT]/REPO[:TAG]",
+        ));
+    }
+    let source = Source::parse(&req.reference).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let Source::Registry(reference) = &source else {
+        return Err(ApiError::bad_request(
+            "this route pulls from a registry; upload archives to …/images/import-archive",
+        ));
+    };
+    let name = match &req.name {
+        Some(n) => n.clone(),
+        None => default_name(reference),
+    };
+    check_name(&state.manager, &name)?;
+    let credentials = Credentials {
+        username: req.username.clone().filter(|u| !u.is_empty()),
+        password: req.password.clone(),
+    };
+    start(
+        &state.manager,
+        name,
+        source,
+        credentials,
+        req.insecure,
+        None,
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ArchiveQuery {
+    name: Option<String>,
+    format: Option<String>,
+}
+
+/// Most bytes an uploaded archive may have.
+const MAX_ARCHIVE_BYTES: u64 = 32 << 30;
+
+pub async fn import_archive(
+    State(state): State<ApiState>,
+    Query(q): Query<ArchiveQuery>,
+    body: Body,
+) -> ApiResult<Response> {
+    let name = q
+        .name
+        .ok_or_else(|| ApiError::bad_request("name is required (?name=…)"))?;
+    check_name(&state.manager, &name)?;
+    let format = q.format.as_deref().unwrap_or("docker-archive");
+    let dir = state.manager.executor.images().custom().dir().to_path_buf();
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(|e| ApiError::internal(format!("image directory: {e}")))?;
+    let upload = Upload(dir.join(format!("{}{}.tar", custom_images::UPLOAD_PREFIX, unique())));
+    let source = match format {
+        "docker-archive" => Source::DockerArchive(upload.0.clone()),
+        "oci-archive" => Source::OciArchive(upload.0.clone()),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "format must be docker-archive or oci-archive (got {other:?})"
+            )))
+        }
+    };
+    let mut file = tokio::fs::File::create(&upload.0)
+        .await
+        .map_err(|e| ApiError::internal(format!("upload: {e}")))?;
+    let mut stream = body.into_data_stream();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload: {e}")))?;
+        size += chunk.len() as u64;
+        if size > MAX_ARCHIVE_BYTES {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("an archive may have at most {MAX_ARCHIVE_BYTES} bytes"),
+            ));
+        }
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| ApiError::internal(format!("upload: {e}")))?;
+    }
+    file.flush()
+        .await
+        .map_err(|e| ApiError::internal(format!("upload: {e}")))?;
+    if size == 0 {
+        return Err(ApiError::bad_request(
+            "the request body must be the archive (a tar file)",
+        ));
+    }
+    start(
+        &state.manager,
+        name,
+        source,
+        Credentials::default(),
+        false,
+        Some(upload),
+    )
+    .await
+}
+
+/// An uploaded archive, removed when the import is done with it.
+struct Upload(std::path::PathBuf);
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+enum Step {
+    Event(ImportEvent),
+    Failed(sbx_executor::Error),
+}
+
+/// Runs the import in the background; answers with its first step: an
+/// error, or the stream of its progress.
+async fn start(
+    manager: &Arc<Manager>,
+    name: String,
+    source: Source,
+    credentials: Credentials,
+    insecure: bool,
+    upload: Option<Upload>,
+) -> ApiResult<Response> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Step>();
+    let images = manager.executor.images().clone();
+    tracing::info!(image = name, source = ?source, "image import started");
+    manager.tasks.spawn(async move {
+        let progress_tx = tx.clone();
+        let progress = move |p: Progress| {
+            let _ = progress_tx.send(Step::Event(event(p)));
+        };
+        let result = images
+            .custom()
+            .import(&name, &source, &credentials, insecure, &progress)
+            .await;
+        drop(upload);
+        match result {
+            Ok(record) => {
+                tracing::info!(
+                    image = name,
+                    id = record.id,
+                    bytes = record.size_bytes,
+                    "image imported"
+                );
+                let _ = tx.send(Step::Event(ImportEvent::Done {
+                    image: Box::new(info(&record)),
+                }));
+            }
+            Err(e) => {
+                tracing::warn!(image = name, "image import failed: {e}");
+                let _ = tx.send(Step::Failed(e));
+            }
+        }
+    });
+    let first = match rx.recv().await {
+        Some(Step::Failed(e)) => return Err(import_error(e)),
+        Some(Step::Event(e)) => e,
+        None => return Err(ApiError::internal("the import stopped")),
+    };
+    let rest = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|step| {
+            let e = match step {
+                Step::Event(e) => e,
+                Step::Failed(e) => ImportEvent::Error {
+                    message: e.to_string(),
+                },
+            };
+            (e, rx)
+        })
+    });
+    let lines = futures::stream::once(async { first }).chain(rest).map(|e| {
+        let mut line = serde_json::to_vec(&e).expect("json");
+        line.push(b'\n');
+        Ok::<_, std::convert::Infallible>(line)
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response())
+}
+
+fn event(p: Progress) -> ImportEvent {
+    match p {
+        Progress::Resolved { layers, bytes } => ImportEvent::Resolved { layers, bytes },
+        Progress::Fetched { index, bytes } => ImportEvent::Fetched {
+            layer: index + 1,
+            bytes,
+        },
+        Progress::Applied { index, entries } => ImportEvent::Applied {
+            layer: index + 1,
+            entries,
+        },
+    }
+}
+
+fn import_error(e: sbx_executor::Error) -> ApiError {
+    use sbx_image::Error as E;
+    match e {
+        sbx_executor::Error::Import(e) => {
+            let message = e.to_string();
+            match e {
+                E::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "image_not_found", message),
+                E::Unauthorized(_) => {
+                    ApiError::new(StatusCode::FORBIDDEN, "registry_denied", message)
+                }
+                E::Registry(_) => ApiError::new(StatusCode::BAD_GATEWAY, "registry_error", message),
+                E::Io(_) => ApiError::internal(message),
+                E::BadReference(..) | E::Archive(_) | E::Layer(_) | E::Unsupported(_) => {
+                    ApiError::bad_request(message)
+                }
+            }
+        }
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
+fn check_name(manager: &Manager, name: &str) -> ApiResult<()> {
+    if !sbx_executor::image::is_plain_name(name) || custom_images::is_id(name) {
+        return Err(ApiError::bad_request(format!(
+            "image name {name:?}: use 1-64 letters, digits, '.', '_' or '-', not starting with '.'"
+        )));
+    }
+    if name == DEFAULT_IMAGE || manager.executor.images().list().iter().any(|n| n == name) {
+        return Err(ApiError::conflict(format!(
+            "{name} is a built-in image; import under another name"
+        )));
+    }
+    Ok(())
+}
+
+/// `127.0.0.1:5000/tools/app:1` → `app`.
+fn default_name(reference: &str) -> String {
+    let path = reference.split('@').next().unwrap_or(reference);
+    let last = path.rsplit('/').next().unwrap_or(path);
+    last.split(':').next().unwrap_or(last).to_string()
+}
+
+/// A name no other upload of this process has.
+fn unique() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n}", std::process::id())
+}
+
+fn built_in(name: &str) -> ImageInfo {
+    ImageInfo {
+        name: name.to_string(),
+        id: name.to_string(),
+        source: "debootstrap".into(),
+        digest: None,
+        created_at: None,
+        size_bytes: None,
+        layers: None,
+        env: Vec::new(),
+        working_dir: None,
+        user: None,
+        entrypoint: Vec::new(),
+    }
+}
+
+fn info(r: &ImageRecord) -> ImageInfo {
+    ImageInfo {
+        name: r.name.clone(),
+        id: r.id.clone(),
+        source: r.source.clone(),
+        digest: r.digest.clone(),
+        created_at: Some(r.created_at.clone()),
+        size_bytes: Some(r.size_bytes),
+        layers: Some(r.layers),
+        env: r.config.env.clone(),
+        working_dir: r.config.working_dir.clone(),
+        user: r.config.user.clone(),
+        entrypoint: r.config.start_command(),
+    }
+}
+
+impl Manager {
+    /// Deletes removed images nothing uses any more.
+    pub async fn collect_images(&self) {
+        let custom = self.executor.images().custom();
+        if !custom.has_removed() {
+            return;
+        }
+        match self.store.images_in_use().await {
+            Ok(in_use) => {
+                for id in custom.collect(&in_use).await {
+                    tracing::info!(id, "removed image deleted from the host");
+                }
+            }
+            Err(e) => tracing::warn!("images in use: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_names_are_the_repository() {
+        assert_eq!(default_name("127.0.0.1:5000/tools/app:1"), "app");
+        assert_eq!(default_name("busybox"), "busybox");
+        assert_eq!(default_name("reg.example/a/b@sha256:00"), "b");
+        assert_eq!(default_name("localhost:5000/x"), "x");
+    }
+}
