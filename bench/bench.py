@@ -387,6 +387,76 @@ HOLD_256MB = ("import os, time; b = os.urandom(256 << 20); "
 WRITE_1GB = "mkdir -p /root/gb && for i in 1 2 3 4 5 6 7 8; do head -c 128M /dev/urandom > /root/gb/$i; done"
 
 
+def busybox_oci_archive(work):
+    """An OCI archive of a busybox-only image (Debian's busybox-static,
+    packed by umoci, written by skopeo); None without those tools."""
+    if not all(shutil.which(t) for t in ("umoci", "skopeo")) or not pathlib.Path("/bin/busybox").exists():
+        return None
+    d = work / "bb-image"
+    rootfs = d / "rootfs"
+    for sub in ("bin", "etc", "tmp", "root"):
+        (rootfs / sub).mkdir(parents=True, exist_ok=True)
+    shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")
+    for applet in ("sh", "true", "sleep", "cat"):
+        (rootfs / "bin" / applet).symlink_to("busybox")
+    (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    layout, bundle = d / "layout", d / "bundle"
+    image = f"{layout}:1"
+    q = {"check": True, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    subprocess.run(["umoci", "init", "--layout", str(layout)], **q)
+    subprocess.run(["umoci", "new", "--image", image], **q)
+    subprocess.run(["umoci", "unpack", "--image", image, str(bundle)], **q)
+    subprocess.run(["cp", "-a", f"{rootfs}/.", str(bundle / "rootfs")], **q)
+    subprocess.run(["umoci", "repack", "--image", image, str(bundle)], **q)
+    subprocess.run(["umoci", "config", "--image", image, "--config.env", "PATH=/bin"], **q)
+    archive = d / "bb.tar"
+    subprocess.run(["skopeo", "copy", f"oci:{image}", f"oci-archive:{archive}"], **q)
+    return archive
+
+
+def bench_imported_image(s, work, raw_root, n):
+    """TTI of sandboxes of an imported (busybox-only) image, and raw runsc
+    on the same root filesystem; None when the image cannot be made."""
+    archive = busybox_oci_archive(work)
+    if archive is None:
+        print("note: no umoci/skopeo/busybox-static: the imported-image case is skipped", file=sys.stderr)
+        return None
+    t0 = time.perf_counter()
+    c = http.client.HTTPConnection("127.0.0.1", s.api_port, timeout=300)
+    c.request("POST", "/v1/namespaces/default/images/import-archive?name=bench-bb&format=oci-archive",
+              body=archive.read_bytes(), headers={"Content-Type": "application/x-tar"})
+    r = c.getresponse()
+    lines = [json.loads(x) for x in r.read().decode().splitlines() if x.strip()]
+    assert r.status == 200 and lines[-1]["event"] == "done", (r.status, lines)
+    out = {"import_ms": (time.perf_counter() - t0) * 1000}
+    image = lines[-1]["image"]
+    rootfs = s.dir / "custom-images" / image["id"] / "rootfs"
+    out["sbx"], out["raw"] = [], {k: [] for k in BASELINES}
+    for i in range(n):
+        t0 = time.perf_counter()
+        st, v = s.api("POST", "/sandboxes", {"image": "bench-bb"})
+        assert st == 200 and v["status"] == "running", v
+        conn = http.client.HTTPConnection("127.0.0.1", s.proxy_port, timeout=60)
+        s.run_true(conn, v["sandbox_id"])
+        out["sbx"].append((time.perf_counter() - t0) * 1000)
+        s.delete_and_wait(v["sandbox_id"])
+        for kind in BASELINES:
+            ms, cleanup = raw_tti(rootfs, work, raw_root, kind, f"bb{i}")
+            out["raw"][kind].append(ms)
+            cleanup()
+    return out
+
+
+def print_imported_image(r):
+    print(f"image import (oci-archive, busybox, {r['import_ms']:.0f} ms)")
+    print(summary("sbx create -i imported -> first command", r["sbx"]))
+    for kind in BASELINES:
+        print(summary(f"raw runsc ({kind}), same rootfs", r["raw"][kind]))
+    for kind in BASELINES:
+        ratio = statistics.median(r["sbx"]) / statistics.median(r["raw"][kind])
+        print(f"imported-image TTI ratio vs {kind:<10} (median) {ratio:.2f}x   target <= 1.2x   {verdict(ratio <= 1.2)}")
+
+
 def wait_for(cond, what, limit=120):
     deadline = time.time() + limit
     while not cond():
@@ -933,6 +1003,7 @@ def main():
             raw_rt.append((time.perf_counter() - t0) * 1000)
         s.api("DELETE", f"/sandboxes/{keep}")
         keep_raw[1]()
+        imported = bench_imported_image(s, work, raw_root, args.n)
         snapshots = None if args.no_snapshots else bench_snapshots(s, rootfs, work, raw_root, args.n)
         idle = bench_idle(s, args.idle) if args.idle else None
     finally:
@@ -956,6 +1027,8 @@ def main():
     f = statistics.median(floor)
     print(f"round trip median {m:.1f} ms = {m / f:.2f}x the floor   target <= 1.5x   {verdict(m <= 1.5 * f)}   "
           f"({statistics.median(raw_rt) / m:.1f}x faster than runsc exec)")
+    if imported:
+        print_imported_image(imported)
     if snapshots:
         print_snapshots(snapshots)
     if idle:

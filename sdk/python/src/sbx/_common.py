@@ -1,18 +1,20 @@
 """What the sync and async clients share: configuration, request bodies,
-answer parsing and the server-sent-events decoder. No I/O here."""
+answer parsing and the server-sent-events decoder. No network I/O here."""
 
 from __future__ import annotations
 
 import json
 import os
+import posixpath
 import shlex
+import tarfile
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
 from urllib.parse import quote, urlsplit
 
 from . import __version__
-from .errors import SbxError
-from .models import CommandResult, OutputLine, SnapshotInfo, SnapshotStatus, SnapshotType
+from .errors import ImageImportError, SbxError
+from .models import CommandResult, ImageInfo, OutputLine, SnapshotInfo, SnapshotStatus, SnapshotType
 
 DEFAULT_API_URL = "http://localhost:8900"
 SANDBOX_HEADER = "X-Tensorlake-Sandbox-Id"
@@ -158,6 +160,78 @@ def check_snapshot(info: SnapshotInfo, require_completed: bool) -> bool:
     if require_completed:
         return info.status == SnapshotStatus.COMPLETED
     return info.is_ready
+
+
+def import_body(
+    reference: str, name: Optional[str], insecure: bool, username: Optional[str], password: Optional[str]
+) -> dict[str, Any]:
+    """The JSON of ``POST /images/import``; unset fields are left out."""
+    body: dict[str, Any] = {"reference": reference}
+    if insecure:
+        body["insecure"] = True
+    for key, value in (("name", name), ("username", username), ("password", password)):
+        if value is not None:
+            body[key] = value
+    return body
+
+
+ARCHIVE_FORMATS = ("docker-archive", "oci-archive")
+
+
+def archive_params(path: Union[str, os.PathLike], name: Optional[str], format: Optional[str]) -> dict[str, str]:
+    """The query of ``POST /images/import-archive``: ``name`` defaults to the
+    file name up to its first dot, ``format`` to what the tar holds."""
+    if format is not None and format not in ARCHIVE_FORMATS:
+        raise ValueError(f"format must be 'docker-archive' or 'oci-archive', not {format!r}")
+    return {
+        "name": name if name is not None else os.path.basename(os.fspath(path)).split(".", 1)[0],
+        "format": format or archive_format(path),
+    }
+
+
+def archive_format(path: Union[str, os.PathLike]) -> str:
+    """``oci-archive`` when the tar has ``oci-layout`` at its top, else ``docker-archive``."""
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if posixpath.normpath(member.name) == "oci-layout":
+                    return "oci-archive"
+    except tarfile.TarError:
+        pass  # not a tar: the server says so
+    return "docker-archive"
+
+
+class ImportReader:
+    """Reads the NDJSON answer of an image import: progress events, then the image."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.image: Optional[ImageInfo] = None
+
+    def feed(self, line: str) -> Optional[dict]:
+        """Records one line; returns it when it is a progress event. Raises
+        :class:`ImageImportError` on the ``error`` event."""
+        line = line.strip()
+        if not line:
+            return None
+        try:
+            event = json.loads(line)
+        except ValueError:
+            event = None
+        if not isinstance(event, dict):
+            raise SbxError(f"bad line from the import of {self.what}: {line[:200]!r}")
+        kind = event.get("event")
+        if kind == "done":
+            self.image = ImageInfo.from_json(event.get("image") or {})
+            return None
+        if kind == "error":
+            raise ImageImportError(f"importing {self.what} failed: {event.get('message')}", body=event)
+        return event
+
+    def result(self) -> ImageInfo:
+        if self.image is None:
+            raise ImageImportError(f"the import of {self.what} ended without its result")
+        return self.image
 
 
 def command_argv(cmd: str, args: Optional[Iterable[str]]) -> tuple[str, list[str]]:

@@ -20,6 +20,7 @@ from .errors import (
     CommandError,
     ConflictError,
     CopyError,
+    ImageNotFoundError,
     NotFoundError,
     SandboxError,
     SandboxFileNotFoundError,
@@ -35,6 +36,7 @@ from .models import (
     CommandResult,
     CopyResult,
     FileEntry,
+    ImageInfo,
     OutputLine,
     ProcessInfo,
     PtySessionInfo,
@@ -356,6 +358,72 @@ class AsyncSandboxClient:
         poll_interval: float = 1.0,
     ) -> SnapshotInfo:
         return await self.snapshot_and_wait(identifier, checkpoint_type, timeout=timeout, poll_interval=poll_interval)
+
+    # --- images ------------------------------------------------------------
+
+    async def list_images(self) -> List[ImageInfo]:
+        data = await self._json("GET", "/images")
+        return [ImageInfo.from_json(i) for i in data.get("images", [])]
+
+    async def get_image(self, name: str) -> ImageInfo:
+        return ImageInfo.from_json(
+            await self._json("GET", f"/images/{c.seg(name)}", not_found=ImageNotFoundError)
+        )
+
+    async def delete_image(self, name: str) -> None:
+        await self._t.request("DELETE", self._cfg.api(f"/images/{c.seg(name)}"), not_found=ImageNotFoundError)
+
+    async def import_image(
+        self,
+        reference: str,
+        *,
+        name: Optional[str] = None,
+        insecure: bool = False,
+        username: Optional[str] = None,
+        password: Optional[str] = None,
+        on_progress: Optional[Callable[[dict], Any]] = None,
+    ) -> ImageInfo:
+        """See :meth:`sbx.SandboxClient.import_image` (``on_progress`` may be a coroutine function)."""
+        return await self._import(
+            reference,
+            on_progress,
+            "/images/import",
+            json=c.import_body(reference, name, insecure, username, password),
+        )
+
+    async def import_image_archive(
+        self,
+        path: Union[str, os.PathLike],
+        *,
+        name: Optional[str] = None,
+        format: Optional[str] = None,
+        on_progress: Optional[Callable[[dict], Any]] = None,
+    ) -> ImageInfo:
+        """See :meth:`sbx.SandboxClient.import_image_archive`."""
+        params = c.archive_params(path, name, format)
+        with open(path, "rb") as f:
+            return await self._import(
+                os.fspath(path),
+                on_progress,
+                "/images/import-archive",
+                params=params,
+                content=_achunks(f),
+                headers={"Content-Type": "application/x-tar"},
+            )
+
+    async def _import(
+        self, what: str, on_progress: Optional[Callable[[dict], Any]], path: str, **kw: Any
+    ) -> ImageInfo:
+        reader = c.ImportReader(what)
+        timeout = httpx.Timeout(60.0, read=None)
+        async with self._t.stream(
+            "POST", self._cfg.api(path), timeout=timeout, not_found=ImageNotFoundError, **kw
+        ) as resp:
+            async for line in resp.aiter_lines():
+                event = reader.feed(line)
+                if event is not None:
+                    await _acall(on_progress, event)
+        return reader.result()
 
 
 class _Opening:

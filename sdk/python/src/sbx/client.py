@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
-from typing import List, TYPE_CHECKING, Any, Iterator, Mapping, Optional, Union
+from typing import List, TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional, Union
 
 import httpx
 
@@ -12,6 +13,7 @@ from . import _common as c
 from .errors import (
     ConflictError,
     CopyError,
+    ImageNotFoundError,
     NotFoundError,
     SandboxError,
     SandboxNotFoundError,
@@ -23,6 +25,7 @@ from .errors import (
 from .models import (
     CheckpointType,
     CopyResult,
+    ImageInfo,
     SandboxInfo,
     SandboxStatus,
     SnapshotInfo,
@@ -88,7 +91,7 @@ class _Transport:
 
 
 class SandboxClient:
-    """Lifecycle of sandboxes and snapshots.
+    """Lifecycle of sandboxes, snapshots and images.
 
     ``api_url``, ``api_key`` and ``namespace`` default to the environment
     (``SBX_API_URL``, default ``http://localhost:8900``; ``SBX_API_KEY``;
@@ -419,3 +422,77 @@ class SandboxClient:
         """A snapshot to come back to, ready to restore when this returns.
         ``MEMORY`` (default) also keeps running processes and memory."""
         return self.snapshot_and_wait(identifier, checkpoint_type, timeout=timeout, poll_interval=poll_interval)
+
+    # --- images ------------------------------------------------------------
+
+    def list_images(self) -> List[ImageInfo]:
+        """The images sandboxes can be created from: ``default`` and every import."""
+        return [ImageInfo.from_json(i) for i in self._json("GET", "/images").get("images", [])]
+
+    def get_image(self, name: str) -> ImageInfo:
+        return ImageInfo.from_json(self._json("GET", f"/images/{c.seg(name)}", not_found=ImageNotFoundError))
+
+    def delete_image(self, name: str) -> None:
+        """Takes an imported image off the list; sandboxes and snapshots made
+        from it keep it. The built-in ``default`` cannot be deleted (400)."""
+        self._t.request("DELETE", self._cfg.api(f"/images/{c.seg(name)}"), not_found=ImageNotFoundError)
+
+    def import_image(
+        self,
+        reference: str,
+        *,
+        name: Optional[str] = None,
+        insecure: bool = False,
+        username: Optional[str] = None,
+        password: Optional[str] = None,
+        on_progress: Optional[Callable[[dict], Any]] = None,
+    ) -> ImageInfo:
+        """Pulls ``HOST[:PORT]/REPO[:TAG|@DIGEST]`` from a registry as image
+        ``name`` (default: the repository's last component), replacing an
+        earlier import of that name. ``insecure`` talks plain HTTP.
+        ``on_progress`` gets each progress event (``{"event": "resolved",
+        "layers", "bytes"}``, ``fetched`` and ``applied`` with ``layer``).
+
+        Raises :class:`ImageNotFoundError` when the registry has no such image
+        and :class:`ImageImportError` when the import fails on the way.
+        """
+        return self._import(
+            reference,
+            on_progress,
+            "/images/import",
+            json=c.import_body(reference, name, insecure, username, password),
+        )
+
+    def import_image_archive(
+        self,
+        path: Union[str, os.PathLike],
+        *,
+        name: Optional[str] = None,
+        format: Optional[str] = None,
+        on_progress: Optional[Callable[[dict], Any]] = None,
+    ) -> ImageInfo:
+        """Uploads a ``docker save`` / ``skopeo`` archive as image ``name``
+        (default: the file name up to its first dot). ``format`` is
+        ``docker-archive`` or ``oci-archive``; by default ``oci-archive`` when
+        the tar has an ``oci-layout``. Otherwise as :meth:`import_image`."""
+        params = c.archive_params(path, name, format)
+        with open(path, "rb") as f:
+            return self._import(
+                os.fspath(path),
+                on_progress,
+                "/images/import-archive",
+                params=params,
+                content=c.file_chunks(f),
+                headers={"Content-Type": "application/x-tar"},
+            )
+
+    def _import(self, what: str, on_progress: Optional[Callable[[dict], Any]], path: str, **kw: Any) -> ImageInfo:
+        reader = c.ImportReader(what)
+        # No read timeout: fetching one large layer may take minutes without a line.
+        timeout = httpx.Timeout(60.0, read=None)
+        with self._t.stream("POST", self._cfg.api(path), timeout=timeout, not_found=ImageNotFoundError, **kw) as resp:
+            for line in resp.iter_lines():
+                event = reader.feed(line)
+                if event is not None and on_progress is not None:
+                    on_progress(event)
+        return reader.result()

@@ -19,6 +19,7 @@ __all__ = [
     "NotFoundError",
     "SandboxNotFoundError",
     "SnapshotNotFoundError",
+    "ImageNotFoundError",
     "SandboxFileNotFoundError",
     "ConflictError",
     "ServerError",
@@ -26,6 +27,7 @@ __all__ = [
     "SbxTimeoutError",
     "SandboxError",
     "SnapshotError",
+    "ImageImportError",
     "CommandError",
     "CopyError",
 ]
@@ -89,6 +91,11 @@ class SnapshotNotFoundError(NotFoundError):
     """404 on a snapshot route."""
 
 
+class ImageNotFoundError(NotFoundError):
+    """404 on an image route: no image of that name, or (on an import) no
+    such image in the registry."""
+
+
 class SandboxFileNotFoundError(NotFoundError, FileNotFoundError):
     """404 on a file route: the path does not exist inside the sandbox."""
 
@@ -118,6 +125,11 @@ class SandboxError(SbxError):
 
 class SnapshotError(SbxError):
     """A snapshot failed (or was deleted) while the SDK waited for it."""
+
+
+class ImageImportError(SbxError):
+    """An image import failed after the server accepted it (its progress
+    stream ended in an error, or without the image)."""
 
 
 class CommandError(SbxError):

@@ -22,6 +22,7 @@ __all__ = [
     "SandboxInfo",
     "SnapshotInfo",
     "CopyResult",
+    "ImageInfo",
     "CommandResult",
     "OutputLine",
     "ProcessInfo",
@@ -246,6 +247,47 @@ class CopyResult:
             source_sandbox_id=d.get("source_sandbox_id", ""),
             sandboxes=[SandboxInfo.from_json(s) for s in d.get("sandboxes") or []],
             snapshot_id=d.get("snapshot_id"),
+            raw=d,
+        )
+
+
+@dataclass
+class ImageInfo:
+    """An image sandboxes can be created from (``create(image=name)``). Images
+    belong to the host: every namespace sees the same ones."""
+
+    name: str
+    #: Fixed at import: sandboxes and snapshots keep their image when a later import takes the name.
+    id: str
+    #: A registry reference, ``docker-archive``, ``oci-archive``, or ``debootstrap`` (built in).
+    source: str
+    digest: Optional[str] = None
+    created_at: Optional[datetime] = None
+    size_bytes: Optional[int] = None
+    layers: Optional[int] = None
+    #: ``KEY=value`` pairs every process of its sandboxes gets.
+    env: list[str] = field(default_factory=list)
+    #: Where and as whom commands run unless they say otherwise.
+    working_dir: Optional[str] = None
+    user: Optional[str] = None
+    #: The image's ENTRYPOINT + CMD: started in a sandbox created without an entrypoint.
+    entrypoint: list[str] = field(default_factory=list)
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ImageInfo":
+        return cls(
+            name=d.get("name", ""),
+            id=d.get("id", ""),
+            source=d.get("source", ""),
+            digest=d.get("digest"),
+            created_at=parse_time(d.get("created_at")),
+            size_bytes=d.get("size_bytes"),
+            layers=d.get("layers"),
+            env=list(d.get("env") or []),
+            working_dir=d.get("working_dir"),
+            user=d.get("user"),
+            entrypoint=list(d.get("entrypoint") or []),
             raw=d,
         )
 
