@@ -3,6 +3,20 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Whether `name` can name an image: 1-64 letters, digits, `.`, `_` or
+/// `-`, not starting with `.`.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// What is wrong with a name [`is_valid_name`] refuses.
+pub const NAME_RULE: &str = "use 1-64 letters, digits, '.', '_' or '-', not starting with '.'";
+
 /// One image a sandbox can be created from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageInfo {

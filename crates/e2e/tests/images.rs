@@ -141,6 +141,17 @@ fn skopeo_copy(from: &str, to: &str) {
     run(Command::new("skopeo").args(["copy", "--dest-tls-verify=false", from, to]));
 }
 
+/// The output of a successful `sbx` CLI command against `s`, trimmed.
+fn cli(s: &Server, args: &[&str]) -> String {
+    let out = s.cli().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "sbx {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// The lines of an import's NDJSON answer.
 async fn import_events(r: reqwest::Response) -> Vec<Value> {
     assert_eq!(r.status(), 200);
@@ -212,33 +223,11 @@ async fn images_from_a_registry_and_archives_boot_with_their_config() {
     assert_eq!(bb["user"], "app");
     assert_eq!(bb["entrypoint"], json!(["sleep", "1000000"]));
     // From the archives, through the CLI (it uploads them).
-    let out = s
-        .cli()
-        .args(["image", "import"])
-        .arg(format!("docker-archive:{}", docker_tar.display()))
-        .args(["-t", "bbd"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "bbd");
-    let out = s
-        .cli()
-        .args(["image", "import"])
-        .arg(format!("oci-archive:{}", oci_tar.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "bb-oci");
-    let out = s.cli().args(["image", "ls", "--json"]).output().unwrap();
-    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let docker = format!("docker-archive:{}", docker_tar.display());
+    assert_eq!(cli(&s, &["image", "import", &docker, "-t", "bbd"]), "bbd");
+    let oci = format!("oci-archive:{}", oci_tar.display());
+    assert_eq!(cli(&s, &["image", "import", &oci]), "bb-oci");
+    let listed: Value = serde_json::from_str(&cli(&s, &["image", "ls", "--json"])).unwrap();
     let names: Vec<&str> = listed["images"]
         .as_array()
         .unwrap()
@@ -300,12 +289,7 @@ async fn images_from_a_registry_and_archives_boot_with_their_config() {
     let snap = s.snapshot(&ids[0], "memory").await;
     let sid = snap["snapshot_id"].as_str().unwrap().to_string();
     let bb_id = bb["id"].as_str().unwrap().to_string();
-    let out = s.cli().args(["image", "rm", "bb"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(cli(&s, &["image", "rm", "bb"]), "bb");
     let v = s.api_json(Method::GET, "/images/bb").await;
     assert_eq!(v["code"], "not_found", "{v}");
     let (code, e) = s.post_status("/sandboxes", json!({"image": "bb"})).await;

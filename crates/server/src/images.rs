@@ -301,9 +301,10 @@ fn import_error(e: sbx_executor::Error) -> ApiError {
 }
 
 fn check_name(manager: &Manager, name: &str) -> ApiResult<()> {
-    if !sbx_executor::image::is_plain_name(name) || custom_images::is_id(name) {
+    if !sbx_api::image::is_valid_name(name) || custom_images::is_id(name) {
         return Err(ApiError::bad_request(format!(
-            "image name {name:?}: use 1-64 letters, digits, '.', '_' or '-', not starting with '.'"
+            "image name {name:?}: {}",
+            sbx_api::image::NAME_RULE
         )));
     }
     if name == DEFAULT_IMAGE || manager.executor.images().list().iter().any(|n| n == name) {

@@ -272,16 +272,8 @@ fn docker_login(config: &str, registry: &str) -> Option<(String, String)> {
 /// What the server takes as an image name (it says why not, but only
 /// after an upload).
 fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if !ok {
-        bail!(
-            "image name {name:?}: use 1-64 letters, digits, '.', '_' or '-', not starting with '.'"
-        );
+    if !sbx_api::image::is_valid_name(name) {
+        bail!("image name {name:?}: {}", sbx_api::image::NAME_RULE);
     }
     Ok(())
 }
