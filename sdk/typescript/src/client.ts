@@ -1,19 +1,26 @@
-/** The control-plane client: sandbox lifecycle, snapshots, suspend/resume, copies. */
+/** The control-plane client: sandbox lifecycle, snapshots, suspend/resume, copies, images. */
 
+import { openAsBlob } from "node:fs";
+import { open } from "node:fs/promises";
+import { basename, posix } from "node:path";
 import {
   ConflictError,
+  ImageImportError,
   SandboxError,
   SbxError,
   SbxTimeoutError,
   SnapshotError,
   SnapshotTimeoutError,
 } from "./errors.js";
-import { camelize, HttpClient, sleep } from "./http.js";
+import { camelize, HttpClient, ndjsonLines, sleep } from "./http.js";
 import { Sandbox } from "./sandbox.js";
 import type {
   CopyResult,
   CreateSandboxResult,
   CreateSnapshotResult,
+  ImageArchiveFormat,
+  ImageImportProgress,
+  ImageInfo,
   SandboxInfo,
   SandboxStatus,
   SnapshotInfo,
@@ -106,6 +113,25 @@ export interface UpdateSandboxOptions {
   allowUnauthenticatedAccess?: boolean;
   exposedPorts?: number[];
   autoResume?: boolean;
+}
+
+export interface ImportImageOptions {
+  /** The name sandboxes use; default: the repository's last component. An earlier import of it is replaced. */
+  name?: string;
+  /** Plain HTTP to the registry. */
+  insecure?: boolean;
+  username?: string;
+  password?: string;
+  /** Called with each progress line: `resolved`, then `fetched` and `applied` per layer. */
+  onProgress?: (event: ImageImportProgress) => void;
+}
+
+export interface ImportImageArchiveOptions {
+  /** Default: the file name up to its first dot. */
+  name?: string;
+  /** Default: `oci-archive` when the tar has an `oci-layout` at its top, else `docker-archive`. */
+  format?: ImageArchiveFormat;
+  onProgress?: (event: ImageImportProgress) => void;
 }
 
 const FINAL_STATUSES: ReadonlySet<SandboxStatus> = new Set(["terminated", "failed", "timeout"]);
@@ -361,6 +387,107 @@ export class SandboxClient {
       return this.getSnapshot(started.snapshotId);
     }
     return this.snapshotAndWait(identifier, { ...options, snapshotType: options.checkpointType });
+  }
+
+  // ---- images (the host's: every namespace sees the same ones) ----
+
+  /** The images sandboxes can be created from: `default` and every import. */
+  async listImages(): Promise<ImageInfo[]> {
+    const body = await this.http.json<{ images: unknown[] }>(this.url("/images"));
+    return (body?.images ?? []).map((i) => camelize<ImageInfo>(i));
+  }
+
+  async getImage(name: string): Promise<ImageInfo> {
+    return camelize<ImageInfo>(await this.http.json(this.imagePath(name), { notFound: "image" }));
+  }
+
+  /**
+   * Takes an imported image off the list; sandboxes and snapshots made from
+   * it keep it. The built-in `default` cannot be deleted (400).
+   */
+  async deleteImage(name: string): Promise<void> {
+    await this.http.request(this.imagePath(name), { method: "DELETE", notFound: "image" });
+  }
+
+  /**
+   * Pulls `HOST[:PORT]/REPO[:TAG|@DIGEST]` from a registry. Throws
+   * `ImageNotFoundError` when the registry has no such image and
+   * {@link ImageImportError} when the import fails on the way.
+   */
+  async importImage(reference: string, options: ImportImageOptions = {}): Promise<ImageInfo> {
+    const body: Record<string, unknown> = { reference };
+    if (options.name !== undefined) body.name = options.name;
+    if (options.insecure) body.insecure = true;
+    if (options.username !== undefined) body.username = options.username;
+    if (options.password !== undefined) body.password = options.password;
+    const res = await this.http.request(this.url("/images/import"), { method: "POST", json: body, notFound: "image" });
+    return readImport(res, reference, options.onProgress);
+  }
+
+  /** Uploads a `docker save` or `skopeo` archive (streamed from `path`); otherwise as {@link importImage}. */
+  async importImageArchive(path: string, options: ImportImageArchiveOptions = {}): Promise<ImageInfo> {
+    const res = await this.http.request(this.url("/images/import-archive"), {
+      method: "POST",
+      query: {
+        name: options.name ?? basename(path).split(".")[0],
+        format: options.format ?? (await archiveFormat(path)),
+      },
+      headers: { "Content-Type": "application/x-tar" },
+      body: await openAsBlob(path),
+      notFound: "image",
+    });
+    return readImport(res, path, options.onProgress);
+  }
+
+  private imagePath(name: string): string {
+    return this.url(`/images/${encodeURIComponent(name)}`);
+  }
+}
+
+/** Reads an import's NDJSON answer: progress lines to `onProgress`, then the image. */
+async function readImport(
+  res: Response,
+  what: string,
+  onProgress?: (event: ImageImportProgress) => void,
+): Promise<ImageInfo> {
+  type Line = ImageImportProgress | { event: "done"; image: unknown } | { event: "error"; message: string };
+  for await (const line of ndjsonLines<Line>(res)) {
+    if (line.event === "done") return camelize<ImageInfo>(line.image);
+    if (line.event === "error") throw new ImageImportError(`importing ${what} failed: ${line.message}`);
+    onProgress?.(line);
+  }
+  throw new ImageImportError(`the import of ${what} ended without its result`);
+}
+
+/**
+ * `oci-archive` when the tar at `path` has `oci-layout` at its top, else
+ * `docker-archive` (also for a file that is no tar: the server says so).
+ */
+async function archiveFormat(path: string): Promise<ImageArchiveFormat> {
+  const file = await open(path);
+  try {
+    const h = Buffer.alloc(512);
+    const text = (start: number, end: number) => {
+      const nul = h.indexOf(0, start);
+      return h.toString("utf8", start, nul >= 0 && nul < end ? nul : end);
+    };
+    for (let offset = 0; ; ) {
+      const { bytesRead } = await file.read(h, 0, 512, offset);
+      if (bytesRead < 512 || h[0] === 0) return "docker-archive";
+      // The checksum counts its own field as spaces.
+      let sum = 8 * 0x20;
+      for (let i = 0; i < 512; i++) if (i < 148 || i >= 156) sum += h[i];
+      if (sum !== parseInt(text(148, 156).trim(), 8)) return "docker-archive";
+      // POSIX ustar ("ustar\0") may put the start of the name in a prefix field; GNU ("ustar ") has none.
+      const prefix = text(257, 263) === "ustar" ? text(345, 500) : "";
+      const name = prefix ? `${prefix}/${text(0, 100)}` : text(0, 100);
+      if (posix.normalize(name) === "oci-layout") return "oci-archive";
+      // Sizes past 8 GiB are base-256 with the top bit set.
+      const size = h[124] & 0x80 ? Number(h.readBigUInt64BE(128)) : parseInt(text(124, 136).trim(), 8) || 0;
+      offset += 512 + Math.ceil(size / 512) * 512;
+    }
+  } finally {
+    await file.close();
   }
 }
 

@@ -42,6 +42,9 @@ export class SandboxNotFoundError extends NotFoundError {}
 /** 404: no snapshot with this id. */
 export class SnapshotNotFoundError extends NotFoundError {}
 
+/** 404: no image of this name, or (on an import) no such image in the registry. */
+export class ImageNotFoundError extends NotFoundError {}
+
 /** 404: no such file or directory in the sandbox. */
 export class SandboxFileNotFoundError extends NotFoundError {}
 
@@ -62,6 +65,9 @@ export class SnapshotTimeoutError extends SbxTimeoutError {}
 
 /** A snapshot failed (its `error` is the message) or was deleted while waited for. */
 export class SnapshotError extends SbxError {}
+
+/** An image import failed after the server accepted it (its progress ended in an error, or without the image). */
+export class ImageImportError extends SbxError {}
 
 /** The sandbox failed or ended while it was expected to run. */
 export class SandboxError extends SbxError {}
@@ -86,7 +92,7 @@ export class CommandError extends SbxError {
 }
 
 /** What a 404 is about, for the right error class. */
-export type NotFoundKind = "sandbox" | "snapshot" | "file" | "other";
+export type NotFoundKind = "sandbox" | "snapshot" | "image" | "file" | "other";
 
 /** The error for a non-2xx answer with this status and body text. */
 export function errorFromResponse(
@@ -120,6 +126,7 @@ export function errorFromResponse(
     case 404:
       if (notFound === "sandbox") return new SandboxNotFoundError(message, opts);
       if (notFound === "snapshot") return new SnapshotNotFoundError(message, opts);
+      if (notFound === "image") return new ImageNotFoundError(message, opts);
       if (notFound === "file") return new SandboxFileNotFoundError(message, opts);
       return new NotFoundError(message, opts);
     case 409:

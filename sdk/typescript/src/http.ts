@@ -195,3 +195,27 @@ export async function* sseEvents<T>(res: Response): AsyncGenerator<T> {
     await reader.cancel().catch(() => {});
   }
 }
+
+/** Parses an `application/x-ndjson` body into one JSON value per line; cancels the body when the consumer stops. */
+export async function* ndjsonLines<T>(res: Response): AsyncGenerator<T> {
+  if (!res.body) return;
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let nl: number;
+      while ((nl = buffer.indexOf("\n")) >= 0) {
+        const line = buffer.slice(0, nl).trim();
+        buffer = buffer.slice(nl + 1);
+        if (line) yield JSON.parse(line) as T;
+      }
+    }
+    if (buffer.trim()) yield JSON.parse(buffer) as T;
+  } finally {
+    await reader.cancel().catch(() => {});
+  }
+}

@@ -14,6 +14,8 @@ export type {
   CheckpointOptions,
   ClientOptions,
   CreateSandboxOptions,
+  ImportImageArchiveOptions,
+  ImportImageOptions,
   LifecycleWaitOptions,
   SnapshotWaitOptions,
   UpdateSandboxOptions,

@@ -110,6 +110,35 @@ export interface CopyResult {
   sandboxes: CreateSandboxResult[];
 }
 
+/** `GET …/images/{name}`: an image sandboxes can be created from (`create({ image: name })`). */
+export interface ImageInfo {
+  name: string;
+  /** Fixed at import: sandboxes and snapshots keep their image when a later import takes the name. */
+  id: string;
+  /** A registry reference, `docker-archive`, `oci-archive`, or `debootstrap` (built in). */
+  source: string;
+  digest?: string;
+  /** ISO 8601. */
+  createdAt?: string;
+  sizeBytes?: number;
+  layers?: number;
+  /** `KEY=value` pairs every process of its sandboxes gets. */
+  env: string[];
+  /** Where and as whom commands run unless they say otherwise. */
+  workingDir?: string;
+  user?: string;
+  /** The image's ENTRYPOINT + CMD: started in a sandbox created without an entrypoint. */
+  entrypoint: string[];
+}
+
+export type ImageArchiveFormat = "docker-archive" | "oci-archive";
+
+/** A progress line of an image import (layers count from 1). */
+export type ImageImportProgress =
+  | { event: "resolved"; layers: number; bytes: number }
+  | { event: "fetched"; layer: number; bytes: number }
+  | { event: "applied"; layer: number; entries: number };
+
 export type ProcessStatus = "running" | "exited" | "signaled" | "oom_killed";
 
 /** A process in a sandbox (`/api/v1/processes`). */
