@@ -276,6 +276,19 @@ schemas = {
             obj(["event", "message"], {"event": {"const": "error"}, "message": STR}),
         ],
     },
+    "BuildEvent": {
+        "description": "One line of a build's application/x-ndjson answer; the last is `done` or `error`.",
+        "oneOf": [
+            obj(["event", "line", "message"], {"event": {"const": "warning"}, "line": U64, "message": STR}),
+            obj(["event", "stage", "stages", "step", "steps", "line", "text"],
+                {"event": {"const": "step"}, "stage": U64, "stages": U64, "step": U64, "steps": U64, "line": U64, "text": STR}),
+            obj(["event"], {"event": {"const": "cached"}}),
+            obj(["event", "line"], {"event": {"const": "output"}, "line": STR}),
+            obj(["event", "ms", "bytes"], {"event": {"const": "step_done"}, "ms": U64, "bytes": U64}),
+            obj(["event", "image"], {"event": {"const": "done"}, "image": ref("ImageInfo")}),
+            obj(["event", "message"], {"event": {"const": "error"}, "message": STR}),
+        ],
+    },
     "DeleteImageResponse": obj(
         ["name", "id", "status"],
         {"name": STR, "id": STR, "status": {"type": "string", "enum": ["removed"]}},
@@ -656,6 +669,26 @@ ns_paths = {
             "responses": {"200": {"description": "The import's progress, one ImportEvent per line.",
                                   "content": {"application/x-ndjson": {"schema": ref("ImportEvent")}}},
                           **errors(400, 409, 413)},
+        },
+    },
+    "/images/build": {
+        "post": {
+            "operationId": "buildImage",
+            "summary": "Build an image from a Dockerfile: each RUN in a builder sandbox, each step's layer cached. "
+                       "A Dockerfile error (or an unknown base image) is a 400 naming its line; then the answer streams "
+                       "the build's progress as NDJSON.",
+            "tags": ["images"],
+            "parameters": [
+                {**query("name", {**STR, "pattern": "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"}, "the image's name"), "required": True},
+                query("dockerfile", STR, "the Dockerfile's path in the context (default: .sbx-dockerfile, where `sbx image build` puts it)"),
+                query("build_arg", {**STR, "pattern": "^[^=]+=.*$"}, "KEY=VALUE for an ARG (repeatable)"),
+                query("no_cache", BOOL, "run every step again"),
+                query("insecure", BOOL, "base images from a plain-HTTP registry"),
+            ],
+            "requestBody": {"required": True, "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}}},
+            "responses": {"200": {"description": "The build's progress, one BuildEvent per line.",
+                                  "content": {"application/x-ndjson": {"schema": ref("BuildEvent")}}},
+                          **errors(400, 409)},
         },
     },
     "/images/{name}": {

@@ -88,3 +88,31 @@ pub enum ImportEvent {
     /// The import failed and left nothing: the last line.
     Error { message: String },
 }
+
+/// One line of a build's `application/x-ndjson` answer
+/// (`POST …/images/build`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum BuildEvent {
+    /// An instruction that has no effect here, or an ignored directive.
+    Warning { line: usize, message: String },
+    /// A step starts: `step` of `steps` (from 1) in stage `stage` of `stages`.
+    Step {
+        stage: usize,
+        stages: usize,
+        step: usize,
+        steps: usize,
+        line: usize,
+        text: String,
+    },
+    /// The step's result came from the build cache.
+    Cached,
+    /// A line the step's command printed.
+    Output { line: String },
+    /// The step is done: its milliseconds and the bytes it added.
+    StepDone { ms: u64, bytes: u64 },
+    /// The image is ready: the last line.
+    Done { image: Box<ImageInfo> },
+    /// The build failed and left no image: the last line.
+    Error { message: String },
+}

@@ -7,6 +7,7 @@
 //! `LABEL`, `VOLUME`, `STOPSIGNAL`, `SHELL`, `ONBUILD`, `MAINTAINER`) are
 //! accepted with a [`Warning`]. Every error names its line.
 
+pub mod globs;
 mod words;
 
 use parse_dockerfile::{Command, Flag, Instruction};

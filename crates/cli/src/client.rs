@@ -258,6 +258,32 @@ impl Client {
         self.send(rb).await
     }
 
+    /// Sends a build: context tar `context` (with the Dockerfile in it);
+    /// the answer streams the build's progress (NDJSON).
+    pub async fn build_image(
+        &self,
+        name: &str,
+        build_args: &[String],
+        no_cache: bool,
+        insecure: bool,
+        context: Vec<u8>,
+    ) -> Result<Response> {
+        let mut query: Vec<(&str, &str)> = vec![("name", name)];
+        if no_cache {
+            query.push(("no_cache", "true"));
+        }
+        if insecure {
+            query.push(("insecure", "true"));
+        }
+        query.extend(build_args.iter().map(|a| ("build_arg", a.as_str())));
+        let rb = self
+            .api(Method::POST, self.images_url("/build"))
+            .query(&query)
+            .header("content-type", "application/x-tar")
+            .body(context);
+        self.send(rb).await
+    }
+
     /// Uploads archive `path` (`format`: docker-archive or oci-archive) as
     /// image `name`; the answer streams the import's progress (NDJSON).
     pub async fn import_image_archive(

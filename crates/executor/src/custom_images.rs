@@ -109,51 +109,47 @@ impl CustomImages {
         insecure: bool,
         progress: &(dyn Fn(Progress) + Send + Sync),
     ) -> Result<ImageRecord, Error> {
-        let id = new_id();
-        let tmp = self.dir.join(format!(".{id}.importing"));
-        let tmp_name = format!(".{id}.importing");
-        IMPORTING.lock().unwrap().push(tmp_name.clone());
+        let image = self.begin().await?;
         let result = async {
-            tokio::fs::create_dir_all(&tmp).await?;
-            let work = tmp.join("fetch");
+            let work = image.tmp.join("fetch");
             let fetched = sbx_image::fetch(source, credentials, insecure, &work, progress).await?;
-            let rootfs = tmp.join("rootfs");
-            sbx_image::unpack(&fetched, &rootfs, progress).await?;
-            // Where the agent binary is mounted.
-            tokio::fs::create_dir_all(rootfs.join(".sbx")).await?;
+            sbx_image::unpack(&fetched, &image.rootfs(), progress).await?;
             let _ = crate::gently::remove(&work).await;
-            let record = ImageRecord {
-                id: id.clone(),
-                name: name.to_string(),
-                source: describe(source),
-                digest: fetched.digest.clone(),
-                config: fetched.config.clone(),
-                created_at: now_rfc3339(),
-                size_bytes: disk_usage(&rootfs).await,
-                layers: fetched.layers.len(),
-            };
-            tokio::fs::write(
-                tmp.join(RECORD),
-                serde_json::to_vec_pretty(&record).expect("json"),
-            )
-            .await?;
-            tokio::fs::write(tmp.join(READY), b"").await?;
-            tokio::fs::rename(&tmp, self.dir.join(&id)).await?;
-            // The name now means this image; the one it had before stays
-            // for what uses it.
-            for old in self.list() {
-                if old.name == name && old.id != id {
-                    let _ = tokio::fs::write(self.dir.join(&old.id).join(REMOVED), b"").await;
-                }
-            }
-            Ok::<_, Error>(record)
+            Ok::<_, Error>(fetched)
         }
         .await;
-        if result.is_err() {
-            let _ = crate::gently::remove(&tmp).await;
+        match result {
+            Ok(fetched) => {
+                let source = describe(source);
+                let layers = fetched.layers.len();
+                image
+                    .commit(name, &source, fetched.digest, fetched.config, layers)
+                    .await
+            }
+            Err(e) => {
+                image.abandon().await;
+                Err(e)
+            }
         }
-        IMPORTING.lock().unwrap().retain(|n| *n != tmp_name);
-        result
+    }
+
+    /// Starts a new image: fill its [`NewImage::rootfs`], then
+    /// [`NewImage::commit`] it (or [`NewImage::abandon`] it).
+    pub async fn begin(&self) -> Result<NewImage, Error> {
+        let id = new_id();
+        let tmp_name = format!(".{id}.importing");
+        let tmp = self.dir.join(&tmp_name);
+        IMPORTING.lock().unwrap().push(tmp_name);
+        let image = NewImage {
+            images: self.clone(),
+            id,
+            tmp,
+        };
+        if let Err(e) = tokio::fs::create_dir_all(image.rootfs()).await {
+            image.abandon().await;
+            return Err(e.into());
+        }
+        Ok(image)
     }
 
     /// Takes image `name` off the list; its files stay until [`Self::collect`]
@@ -201,6 +197,75 @@ fn is_stale_upload(name: &str) -> bool {
     name.strip_prefix(UPLOAD_PREFIX)
         .and_then(|rest| rest.split('-').next())
         .is_some_and(|pid| pid != std::process::id().to_string())
+}
+
+/// An image being made (imported or built), in a temporary directory of
+/// the image store until it is committed.
+pub struct NewImage {
+    images: CustomImages,
+    id: String,
+    tmp: PathBuf,
+}
+
+impl NewImage {
+    /// Where its root filesystem goes.
+    pub fn rootfs(&self) -> PathBuf {
+        self.tmp.join("rootfs")
+    }
+
+    /// Makes it image `name` (which an older image of that name then
+    /// leaves, staying for what uses it).
+    pub async fn commit(
+        self,
+        name: &str,
+        source: &str,
+        digest: Option<String>,
+        config: ImageConfig,
+        layers: usize,
+    ) -> Result<ImageRecord, Error> {
+        let result = async {
+            // Where the agent binary is mounted.
+            tokio::fs::create_dir_all(self.rootfs().join(".sbx")).await?;
+            let record = ImageRecord {
+                id: self.id.clone(),
+                name: name.to_string(),
+                source: source.to_string(),
+                digest,
+                config,
+                created_at: now_rfc3339(),
+                size_bytes: disk_usage(&self.rootfs()).await,
+                layers,
+            };
+            tokio::fs::write(
+                self.tmp.join(RECORD),
+                serde_json::to_vec_pretty(&record).expect("json"),
+            )
+            .await?;
+            tokio::fs::write(self.tmp.join(READY), b"").await?;
+            tokio::fs::rename(&self.tmp, self.images.dir.join(&self.id)).await?;
+            for old in self.images.list() {
+                if old.name == name && old.id != self.id {
+                    let _ =
+                        tokio::fs::write(self.images.dir.join(&old.id).join(REMOVED), b"").await;
+                }
+            }
+            Ok::<_, Error>(record)
+        }
+        .await;
+        let tmp_name = format!(".{}.importing", self.id);
+        if result.is_err() {
+            let _ = crate::gently::remove(&self.tmp).await;
+        }
+        IMPORTING.lock().unwrap().retain(|n| *n != tmp_name);
+        result
+    }
+
+    /// Removes what was made of it.
+    pub async fn abandon(self) {
+        let _ = crate::gently::remove(&self.tmp).await;
+        let tmp_name = format!(".{}.importing", self.id);
+        IMPORTING.lock().unwrap().retain(|n| *n != tmp_name);
+    }
 }
 
 /// Temporary directories of imports under way in this process.

@@ -4,10 +4,11 @@
 
 mod agent_http;
 mod btrfs;
+pub mod build_fs;
 pub mod cgroups;
 mod cmd;
 pub mod custom_images;
-mod gently;
+pub mod gently;
 mod host;
 mod idle;
 pub mod image;
@@ -270,6 +271,11 @@ impl Executor {
             cgroups,
             volume_fs,
         })
+    }
+
+    /// Where image builds keep the layer of each step (see `build_fs`).
+    pub fn build_cache_dir(&self) -> PathBuf {
+        self.data_dir.join("build-cache")
     }
 
     pub fn images(&self) -> &Images {

@@ -71,6 +71,20 @@ pub fn apply_layer(
     blob: impl Read,
     compression: Compression,
 ) -> Result<Applied, Error> {
+    apply_layer_over(root, &[], blob, compression)
+}
+
+/// [`apply_layer`] into `root` where `root` is the top of an overlay over
+/// `below` (top-most first): paths resolve through the symlinks of the
+/// merged view, entries are written in `root`.
+pub fn apply_layer_over(
+    root: &Path,
+    below: &[&Path],
+    blob: impl Read,
+    compression: Compression,
+) -> Result<Applied, Error> {
+    let mut roots = vec![root];
+    roots.extend_from_slice(below);
     let reader: Box<dyn Read> = match compression {
         Compression::None => Box::new(blob),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(blob)),
@@ -92,7 +106,7 @@ pub fn apply_layer(
         let Some(name) = rel.file_name().map(|n| n.to_os_string()) else {
             continue; // the root itself
         };
-        let parent = resolve(root, rel.parent().unwrap_or(Path::new("")))?;
+        let parent = resolve_over(&roots, rel.parent().unwrap_or(Path::new("")))?;
         applied.entries += 1;
         let name_bytes = name.as_bytes();
         if name_bytes == OPAQUE.as_bytes() {
@@ -103,7 +117,8 @@ pub fn apply_layer(
             remove_any(&parent.join(std::ffi::OsStr::from_bytes(hidden)))?;
             continue;
         }
-        std::fs::create_dir_all(&parent).map_err(io_err_at("mkdir", &parent))?;
+        // Errors name the entry, not where the host keeps it.
+        std::fs::create_dir_all(&parent).map_err(io_err_at("mkdir", &rel))?;
         let dest = parent.join(&name);
         let kind = entry.header().entry_type();
         match kind {
@@ -111,7 +126,7 @@ pub fn apply_layer(
                 if !std::fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
                     remove_any(&dest)?;
                 }
-                entry.unpack(&dest).map_err(io_err_at("unpack", &dest))?;
+                entry.unpack(&dest).map_err(io_err_at("unpack", &rel))?;
             }
             tar::EntryType::Link => {
                 let target = entry
@@ -119,10 +134,10 @@ pub fn apply_layer(
                     .map_err(io_err("link name"))?
                     .ok_or_else(|| Error::Layer("hard link without a target".into()))?;
                 let target = clean(&target);
-                let target_parent = resolve(root, target.parent().unwrap_or(Path::new("")))?;
+                let target_parent = resolve_over(&roots, target.parent().unwrap_or(Path::new("")))?;
                 let target = target_parent.join(target.file_name().unwrap_or_default());
                 remove_any(&dest)?;
-                std::fs::hard_link(&target, &dest).map_err(io_err_at("hard link", &dest))?;
+                std::fs::hard_link(&target, &dest).map_err(io_err_at("hard link", &rel))?;
             }
             tar::EntryType::Char | tar::EntryType::Block => {
                 applied.skipped_devices += 1;
@@ -134,7 +149,7 @@ pub fn apply_layer(
             | tar::EntryType::Fifo => {
                 remove_any(&dest)?;
                 applied.bytes += entry.size();
-                entry.unpack(&dest).map_err(io_err_at("unpack", &dest))?;
+                entry.unpack(&dest).map_err(io_err_at("unpack", &rel))?;
             }
             // Metadata entries (pax, GNU long names) are read by `tar`.
             _ => continue,
@@ -156,6 +171,14 @@ fn clean(p: &Path) -> PathBuf {
 /// followed as if `root` were `/`. Missing components are taken as they
 /// are (they will be made as directories).
 pub fn resolve(root: &Path, rel: &Path) -> Result<PathBuf, Error> {
+    resolve_over(&[root], rel)
+}
+
+/// [`resolve`] in the merged view of overlay layers `roots` (top-most
+/// first; an overlay whiteout hides what is below it): the path under
+/// `roots[0]`.
+pub fn resolve_over(roots: &[&Path], rel: &Path) -> Result<PathBuf, Error> {
+    let root = roots[0];
     let mut todo: VecDeque<OsString> = VecDeque::new();
     push_front(&mut todo, rel);
     let mut at = PathBuf::new();
@@ -168,7 +191,7 @@ pub fn resolve(root: &Path, rel: &Path) -> Result<PathBuf, Error> {
         if c == "." || c.is_empty() {
             continue;
         }
-        let host = root.join(&at).join(&c);
+        let host = top_most(roots, &at.join(&c)).unwrap_or_else(|| root.join(&at).join(&c));
         match std::fs::symlink_metadata(&host) {
             Ok(m) if m.file_type().is_symlink() => {
                 hops += 1;
@@ -188,6 +211,20 @@ pub fn resolve(root: &Path, rel: &Path) -> Result<PathBuf, Error> {
         }
     }
     Ok(root.join(at))
+}
+
+/// The host path of `rel` in the top-most of `roots` that has it; `None`
+/// when none does or a whiteout hides it.
+pub fn top_most(roots: &[&Path], rel: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    for r in roots {
+        let p = r.join(rel);
+        if let Ok(m) = std::fs::symlink_metadata(&p) {
+            let whiteout = m.file_type().is_char_device() && m.rdev() == 0;
+            return (!whiteout).then_some(p);
+        }
+    }
+    None
 }
 
 fn push_front(todo: &mut VecDeque<OsString>, p: &Path) {
@@ -395,6 +432,36 @@ mod tests {
         let ino = |p: &str| std::fs::metadata(r.join(p)).unwrap().ino();
         assert_eq!(ino("a"), ino("b"));
         assert_eq!(ino("a"), ino("c"));
+    }
+
+    #[test]
+    fn paths_resolve_through_the_layers_below() {
+        let (top, base) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // merged-usr in the base: /lib -> usr/lib; the top writes through it.
+        apply(
+            base.path(),
+            &[("usr", "d"), ("usr/lib", "d"), ("lib", "l:usr/lib")],
+        )
+        .unwrap();
+        apply_layer_over(
+            top.path(),
+            &[base.path()],
+            &layer(&[("lib/x.so", "f:x")])[..],
+            Compression::None,
+        )
+        .unwrap();
+        assert_eq!(read(top.path().join("usr/lib/x.so")), "x");
+        assert!(!top.path().join("lib").exists());
+        let roots = [top.path(), base.path()];
+        assert_eq!(
+            top_most(&roots, Path::new("usr/lib/x.so")),
+            Some(top.path().join("usr/lib/x.so"))
+        );
+        assert_eq!(
+            top_most(&roots, Path::new("lib")),
+            Some(base.path().join("lib"))
+        );
+        assert_eq!(top_most(&roots, Path::new("nope")), None);
     }
 
     #[test]

@@ -63,6 +63,7 @@ where
         .route("/images", get(images::list))
         .route("/images/import", post(images::import))
         .route("/images/import-archive", post(images::import_archive))
+        .route("/images/build", post(crate::build::build))
         .route(
             "/images/{name}",
             get(images::get_one).delete(images::remove),

@@ -242,27 +242,41 @@ async fn start(
         Some(Step::Event(e)) => e,
         None => return Err(ApiError::internal("the import stopped")),
     };
-    let rest = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|step| {
+    let (events, rest) = tokio::sync::mpsc::unbounded_channel();
+    let _ = events.send(first);
+    tokio::spawn(async move {
+        while let Some(step) = rx.recv().await {
             let e = match step {
                 Step::Event(e) => e,
                 Step::Failed(e) => ImportEvent::Error {
                     message: e.to_string(),
                 },
             };
-            (e, rx)
+            if events.send(e).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(stream_events(rest))
+}
+
+/// An `application/x-ndjson` answer: one JSON line per event, until the
+/// sender is dropped.
+pub(crate) fn stream_events<T: serde::Serialize + Send + 'static>(
+    rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> Response {
+    let lines = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| {
+            let mut line = serde_json::to_vec(&e).expect("json");
+            line.push(b'\n');
+            (Ok::<_, std::convert::Infallible>(line), rx)
         })
     });
-    let lines = futures::stream::once(async { first }).chain(rest).map(|e| {
-        let mut line = serde_json::to_vec(&e).expect("json");
-        line.push(b'\n');
-        Ok::<_, std::convert::Infallible>(line)
-    });
-    Ok((
+    (
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(lines),
     )
-        .into_response())
+        .into_response()
 }
 
 fn event(p: Progress) -> ImportEvent {
@@ -300,7 +314,7 @@ fn import_error(e: sbx_executor::Error) -> ApiError {
     }
 }
 
-fn check_name(manager: &Manager, name: &str) -> ApiResult<()> {
+pub(crate) fn check_name(manager: &Manager, name: &str) -> ApiResult<()> {
     if !sbx_api::image::is_valid_name(name) || custom_images::is_id(name) {
         return Err(ApiError::bad_request(format!(
             "image name {name:?}: {}",
@@ -316,7 +330,7 @@ fn check_name(manager: &Manager, name: &str) -> ApiResult<()> {
 }
 
 /// `127.0.0.1:5000/tools/app:1` → `app`.
-fn default_name(reference: &str) -> String {
+pub(crate) fn default_name(reference: &str) -> String {
     let path = reference.split('@').next().unwrap_or(reference);
     let last = path.rsplit('/').next().unwrap_or(path);
     last.split(':').next().unwrap_or(last).to_string()
@@ -345,7 +359,7 @@ fn built_in(name: &str) -> ImageInfo {
     }
 }
 
-fn info(r: &ImageRecord) -> ImageInfo {
+pub(crate) fn info(r: &ImageRecord) -> ImageInfo {
     ImageInfo {
         name: r.name.clone(),
         id: r.id.clone(),

@@ -5,6 +5,7 @@
 mod admission;
 mod api;
 mod auth;
+mod build;
 mod error;
 mod images;
 mod lifecycle;
@@ -171,6 +172,7 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     manager.recover().await?;
     // Imports and uploads a killed server left, removed images now unused.
     manager.collect_images().await;
+    build::sweep(&manager.executor.build_cache_dir()).await;
     let sweeper = manager.start_sweeper();
     let idler = manager.executor.start_idler();
     // The API answers while the default image is built (the first start

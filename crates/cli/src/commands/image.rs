@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use base64::Engine;
 use clap::{Args, Subcommand};
 use futures::StreamExt;
-use sbx_api::image::{ImageInfo, ImportEvent, ImportImageRequest};
+use sbx_api::image::{BuildEvent, ImageInfo, ImportEvent, ImportImageRequest};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -19,6 +19,9 @@ pub struct ImageArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ImageAction {
+    /// Build an image from a Dockerfile: each RUN in a builder sandbox,
+    /// each step's result cached (an unchanged rebuild takes seconds).
+    Build(BuildArgs),
     /// Import an image: from a registry (`HOST[:PORT]/REPO[:TAG]`, Docker
     /// Hub without a host), or an archive (`docker-archive:PATH`, what
     /// `docker save` writes; `oci-archive:PATH`, what `skopeo copy … oci-archive:` writes).
@@ -63,6 +66,43 @@ pub struct ImportArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The build context: the files COPY and ADD see (default: the
+    /// Dockerfile's directory). `.dockerignore` in it is honoured.
+    #[arg(value_name = "CONTEXT")]
+    pub context: Option<PathBuf>,
+
+    /// The Dockerfile (default: CONTEXT/Dockerfile).
+    #[arg(short = 'f', long = "file", value_name = "PATH")]
+    pub file: Option<PathBuf>,
+
+    /// The image's name.
+    #[arg(short = 't', long = "tag", visible_alias = "name", value_name = "NAME")]
+    pub name: String,
+
+    /// A build argument (ARG), repeatable.
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    pub build_args: Vec<String>,
+
+    /// Run every step again.
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// A base image from a plain-HTTP registry.
+    #[arg(long)]
+    pub insecure: bool,
+
+    /// `plain`: every line as it comes; `tty`: step lines redrawn in place
+    /// (default: tty on a terminal).
+    #[arg(long, value_name = "plain|tty", value_parser = ["plain", "tty"])]
+    pub progress: Option<String>,
+
+    /// Print the build's events as JSON lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct LsArgs {
     /// Print `{"images": [...]}` as JSON.
     #[arg(long)]
@@ -84,6 +124,7 @@ pub struct RmArgs {
 pub async fn run(client: &Client, args: ImageArgs) -> Result<i32> {
     match args.action {
         ImageAction::Import(a) => import(client, a).await,
+        ImageAction::Build(a) => build(client, a).await,
         ImageAction::Ls(a) => {
             let images = client.images().await?;
             if a.json {
@@ -150,6 +191,164 @@ async fn import(client: &Client, args: ImportArgs) -> Result<i32> {
         }
     };
     follow(resp, args.json).await
+}
+
+async fn build(client: &Client, args: BuildArgs) -> Result<i32> {
+    check_name(&args.name)?;
+    let context = match (&args.context, &args.file) {
+        (Some(c), _) => c.clone(),
+        (None, Some(f)) => f
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| ".".into()),
+        (None, None) => ".".into(),
+    };
+    let file = args
+        .file
+        .clone()
+        .unwrap_or_else(|| context.join("Dockerfile"));
+    let dockerfile = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+    let tar = tokio::task::spawn_blocking(move || context_tar(&context, &dockerfile))
+        .await
+        .expect("tar task")?;
+    for a in &args.build_args {
+        if !a.contains('=') {
+            bail!("--build-arg {a:?} is not KEY=VALUE");
+        }
+    }
+    let resp = client
+        .build_image(
+            &args.name,
+            &args.build_args,
+            args.no_cache,
+            args.insecure,
+            tar,
+        )
+        .await?;
+    let tty = match args.progress.as_deref() {
+        Some(p) => p == "tty",
+        None => std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    follow_build(resp, args.json, tty).await
+}
+
+/// The context directory as a tar (without what `.dockerignore` excludes),
+/// with the Dockerfile added where the server looks for it.
+fn context_tar(dir: &Path, dockerfile: &[u8]) -> Result<Vec<u8>> {
+    let ignore = std::fs::read_to_string(dir.join(".dockerignore"))
+        .map(|t| sbx_build::globs::Ignore::parse(&t))
+        .unwrap_or_default();
+    let mut b = tar::Builder::new(Vec::new());
+    b.follow_symlinks(false);
+    let mut todo = vec![PathBuf::new()];
+    while let Some(rel) = todo.pop() {
+        let path = dir.join(&rel);
+        let mut entries: Vec<_> = std::fs::read_dir(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .flatten()
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let r = rel.join(e.file_name());
+            if ignore.excludes(&r.to_string_lossy()) {
+                continue;
+            }
+            let meta = e.path().symlink_metadata()?;
+            if meta.is_dir() {
+                b.append_dir(&r, e.path())?;
+                todo.push(r);
+            } else {
+                b.append_path_with_name(e.path(), &r)
+                    .with_context(|| format!("adding {}", e.path().display()))?;
+            }
+        }
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_size(dockerfile.len() as u64);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    b.append_data(&mut h, ".sbx-dockerfile", dockerfile)?;
+    Ok(b.into_inner()?)
+}
+
+/// Prints a build's progress; the image's name at the end.
+async fn follow_build(resp: reqwest::Response, json: bool, tty: bool) -> Result<i32> {
+    let mut stream = resp.bytes_stream();
+    let mut buf = Vec::new();
+    let mut progress = Progress::new();
+    while let Some(chunk) = stream.next().await {
+        buf.extend_from_slice(&chunk.context("reading the build's progress")?);
+        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            let event: BuildEvent = serde_json::from_slice(&line).with_context(|| {
+                format!("bad progress line {:?}", String::from_utf8_lossy(&line))
+            })?;
+            if json {
+                println!("{}", String::from_utf8_lossy(&line).trim_end());
+            }
+            match event {
+                BuildEvent::Warning { line, message } if !json => {
+                    eprintln!("warning: Dockerfile line {line}: {message}")
+                }
+                BuildEvent::Step {
+                    stage,
+                    stages,
+                    step,
+                    steps,
+                    text,
+                    ..
+                } if !json => {
+                    let head = if stages > 1 {
+                        format!("[stage {stage}/{stages}, {step}/{steps}]")
+                    } else {
+                        format!("[{step}/{steps}]")
+                    };
+                    if tty {
+                        progress.show(&format!("{head} {text}"));
+                    } else {
+                        eprintln!("{head} {text}");
+                    }
+                }
+                BuildEvent::Cached if !json && !tty => eprintln!("  cached"),
+                BuildEvent::Output { line } if !json => {
+                    progress.clear();
+                    eprintln!("  {line}");
+                }
+                BuildEvent::StepDone { ms, bytes } if !json && !tty && (ms > 0 || bytes > 0) => {
+                    eprintln!(
+                        "  done in {:.1}s{}",
+                        ms as f64 / 1000.0,
+                        match bytes {
+                            0 => String::new(),
+                            b => format!(", {}", table::bytes(b)),
+                        }
+                    )
+                }
+                BuildEvent::Done { image } => {
+                    progress.clear();
+                    if !json {
+                        eprintln!(
+                            "built {} ({}, {})",
+                            image.name,
+                            image.id,
+                            image.size_bytes.map(table::bytes).unwrap_or_default()
+                        );
+                        println!("{}", image.name);
+                    }
+                    return Ok(0);
+                }
+                BuildEvent::Error { message } => {
+                    progress.clear();
+                    bail!("build failed: {message}");
+                }
+                _ => {}
+            }
+        }
+    }
+    progress.clear();
+    bail!("the server stopped answering before the build finished")
 }
 
 /// Prints an import's progress; the image's name at the end.
