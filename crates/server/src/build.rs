@@ -97,7 +97,7 @@ pub async fn build(
         stages = plan.stages.len(),
         "image build started"
     );
-    let m = manager.clone();
+    let (m, m2) = (manager.clone(), manager.clone());
     manager.tasks.spawn(async move {
         let builder = Builder {
             manager: m,
@@ -121,6 +121,7 @@ pub async fn build(
         };
         let _ = tx.send(event);
         work.remove().await;
+        prune(&m2.executor.build_cache_dir(), CACHE_BYTES).await;
     });
     Ok(stream_events(rx))
 }
@@ -216,6 +217,57 @@ fn names_registry(name: &str) -> bool {
         (host.contains('.') || host.contains(':') || host == "localhost")
             && Source::parse(name).is_ok()
     })
+}
+
+/// The build cache is pruned down to this many bytes of layers after a build.
+const CACHE_BYTES: u64 = 20 << 30;
+/// Layers used this recently stay (a build may be booting on them).
+const CACHE_KEEP_RECENT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Deletes the least recently used step layers until the cache holds at
+/// most `limit` bytes (layers share files by hard links: each is counted
+/// whole, so the cache may hold less).
+async fn prune(cache: &Path, limit: u64) {
+    let cache = cache.to_path_buf();
+    let doomed = tokio::task::spawn_blocking(move || {
+        let Ok(rd) = std::fs::read_dir(&cache) else {
+            return Vec::new();
+        };
+        let mut entries: Vec<(std::time::SystemTime, u64, PathBuf)> = rd
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter_map(|e| {
+                let used = e.metadata().ok()?.modified().ok()?;
+                let bytes = sbx_executor::snapshot::tree_bytes(&e.path());
+                Some((used, bytes, e.path()))
+            })
+            .collect();
+        entries.sort();
+        let mut total: u64 = entries.iter().map(|e| e.1).sum();
+        let recent = std::time::SystemTime::now() - CACHE_KEEP_RECENT;
+        let mut doomed = Vec::new();
+        for (used, bytes, path) in entries {
+            if total <= limit || used > recent {
+                break;
+            }
+            total -= bytes;
+            doomed.push(path);
+        }
+        doomed
+    })
+    .await
+    .unwrap_or_default();
+    for dir in doomed {
+        tracing::info!(layer = %dir.display(), "build cache: least recently used layer removed");
+        let _ = sbx_executor::gently::remove(&dir).await;
+    }
+}
+
+/// Marks a cached layer used now (the cache is pruned least recently used first).
+fn touch(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
 }
 
 /// Removes the scratch directories of builds a stopped server left (at start).
@@ -560,6 +612,7 @@ impl Builder<'_> {
         if self.no_cache || !layer.is_dir() {
             return None;
         }
+        touch(layer.parent().expect("key dir"));
         self.emit(BuildEvent::Cached);
         Some(layer)
     }
@@ -818,6 +871,33 @@ fn hex(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_cache_loses_its_least_recently_used_layers_first() {
+        let t = tempfile::tempdir().unwrap();
+        let old = std::time::SystemTime::now() - 2 * CACHE_KEEP_RECENT;
+        for (i, key) in ["a", "b", "c"].iter().enumerate() {
+            let layer = t.path().join(key).join("layer");
+            std::fs::create_dir_all(&layer).unwrap();
+            std::fs::write(layer.join("f"), vec![0u8; 1000]).unwrap();
+            let used = old + std::time::Duration::from_secs(i as u64);
+            std::fs::File::open(t.path().join(key))
+                .unwrap()
+                .set_modified(used)
+                .unwrap();
+        }
+        // `a` is the oldest, but was just used.
+        touch(&t.path().join("a"));
+        std::fs::create_dir_all(t.path().join(".work-x")).unwrap();
+        prune(t.path(), 1500).await;
+        let mut left: Vec<String> = std::fs::read_dir(t.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".work-x", "a"]);
+    }
 
     #[test]
     fn only_names_with_a_host_are_pulled() {
