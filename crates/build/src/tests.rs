@@ -194,3 +194,31 @@ fn errors_name_their_line() {
             .starts_with(&format!("Dockerfile line {line}:")));
     }
 }
+
+#[test]
+fn the_examples_read_cleanly() {
+    for (name, text) in [
+        ("python-app", include_str!("../../../examples/python-app/Dockerfile")),
+        ("browser", include_str!("../../../examples/browser/Dockerfile")),
+        ("desktop", include_str!("../../../examples/desktop/Dockerfile")),
+    ] {
+        let p = plan(text, &no_args()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let stage = p.stages.last().unwrap();
+        assert_eq!(stage.base, Base::Image("default".into()), "{name}");
+        assert!(
+            stage.config.entrypoint.is_some() || stage.config.cmd.is_some(),
+            "{name} starts nothing"
+        );
+        // Only EXPOSE may warn: nothing else is ignored.
+        for w in &p.warnings {
+            assert!(w.message.starts_with("EXPOSE"), "{name}: {w:?}");
+        }
+        let copies_chmod = stage.steps.iter().all(|s| match &s.action {
+            Action::Copy { sources, .. } => sources.iter().all(|src| !src.contains(".sh")) || {
+                matches!(&s.action, Action::Copy { chmod: Some(0o755), .. })
+            },
+            _ => true,
+        });
+        assert!(copies_chmod, "{name}: scripts are copied executable");
+    }
+}
