@@ -198,9 +198,18 @@ fn errors_name_their_line() {
 #[test]
 fn the_examples_read_cleanly() {
     for (name, text) in [
-        ("python-app", include_str!("../../../examples/python-app/Dockerfile")),
-        ("browser", include_str!("../../../examples/browser/Dockerfile")),
-        ("desktop", include_str!("../../../examples/desktop/Dockerfile")),
+        (
+            "python-app",
+            include_str!("../../../examples/python-app/Dockerfile"),
+        ),
+        (
+            "browser",
+            include_str!("../../../examples/browser/Dockerfile"),
+        ),
+        (
+            "desktop",
+            include_str!("../../../examples/desktop/Dockerfile"),
+        ),
     ] {
         let p = plan(text, &no_args()).unwrap_or_else(|e| panic!("{name}: {e}"));
         let stage = p.stages.last().unwrap();
@@ -214,9 +223,17 @@ fn the_examples_read_cleanly() {
             assert!(w.message.starts_with("EXPOSE"), "{name}: {w:?}");
         }
         let copies_chmod = stage.steps.iter().all(|s| match &s.action {
-            Action::Copy { sources, .. } => sources.iter().all(|src| !src.contains(".sh")) || {
-                matches!(&s.action, Action::Copy { chmod: Some(0o755), .. })
-            },
+            Action::Copy { sources, .. } => {
+                sources.iter().all(|src| !src.contains(".sh")) || {
+                    matches!(
+                        &s.action,
+                        Action::Copy {
+                            chmod: Some(0o755),
+                            ..
+                        }
+                    )
+                }
+            }
             _ => true,
         });
         assert!(copies_chmod, "{name}: scripts are copied executable");

@@ -3,11 +3,14 @@
 //! meets. The Python example installs a small package from PyPI through
 //! the host's route, as the fresh-host test does.
 
+use futures::{SinkExt, StreamExt};
 use reqwest::Method;
 use sbx_e2e::*;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
 
 fn write(dir: &Path, files: &[(&str, &str)]) {
     for (name, text) in files {
@@ -246,4 +249,130 @@ async fn multi_stage_builds_and_build_errors() {
         .filter(|n| n.starts_with('.'))
         .collect();
     assert!(work.is_empty(), "{work:?}");
+}
+
+/// One HTTP request to Chromium's DevTools (port 9222 in sandbox `id`)
+/// through the sandbox's TCP tunnel; the answer's body.
+async fn devtools(s: &Server, id: &str, method: &str, path: &str) -> String {
+    let url = format!(
+        "ws://127.0.0.1:{}/api/v1/tunnels/tcp?port=9222",
+        s.proxy_port
+    );
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("X-Tensorlake-Sandbox-Id", id.parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("tunnel");
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    ws.send(Message::Binary(request.into_bytes().into()))
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let read = async {
+        while let Some(Ok(m)) = ws.next().await {
+            match m {
+                Message::Binary(b) => raw.extend_from_slice(&b),
+                Message::Close(_) => break,
+                Message::Text(t) => panic!("tunnel error: {t}"),
+                _ => {}
+            }
+            // The whole body, by its Content-Length.
+            let text = String::from_utf8_lossy(&raw).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().to_string())
+                    })
+                    .and_then(|v| v.parse::<usize>().ok());
+                if len.is_some_and(|n| body.len() >= n) {
+                    break;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("DevTools answered");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "{text}");
+    body.to_string()
+}
+
+/// Waits until one of sandbox `id`'s browser tabs has title `title`.
+async fn tab_titled(s: &Server, id: &str, title: &str) {
+    for _ in 0..100 {
+        let tabs: Value =
+            serde_json::from_str(&devtools(s, id, "GET", "/json/list").await).unwrap();
+        if tabs.as_array().unwrap().iter().any(|t| t["title"] == title) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("no tab titled {title:?} in {id}");
+}
+
+/// The browser-agent guide: an image with Chromium built from
+/// `examples/browser`, a page that sets a cookie, a memory snapshot
+/// copied twice, and each copy's browser answering DevTools through a
+/// tunnel with the cookie already there. Chromium comes from Debian's
+/// mirror, installed in the builder sandbox as the host installs packages.
+#[tokio::test]
+async fn the_browser_example_keeps_its_cookie_in_every_copy() {
+    let s = Server::start().await;
+    let example = workspace().join("examples/browser");
+    let (ok, out, err) = build(
+        &s,
+        &[
+            "-t",
+            "browser",
+            "--progress",
+            "plain",
+            example.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "browser");
+    let id = s
+        .create(json!({"name": "browser-1", "image": "browser", "resources": {"memory_mb": 2048}}))
+        .await;
+    // The entrypoint started Chromium; a page server beside it.
+    let site = "mkdir -p /srv/site && cd /srv/site \
+        && echo '<script>document.cookie=\"session=warm-42; max-age=86400\"; document.title=\"set:\"+document.cookie</script>' > set.html \
+        && echo '<script>document.title=\"seen:\"+document.cookie</script>' > show.html";
+    s.sh(&id, site).await;
+    let r = s
+        .daemon(&id, Method::POST, "/processes")
+        .json(&json!({"command": "python3", "args": ["-m", "http.server", "8000", "--bind", "127.0.0.1", "--directory", "/srv/site"]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let ready = "for i in $(seq 100); do curl -sf -m 2 127.0.0.1:9222/json/version >/dev/null && curl -sf -m 2 127.0.0.1:8000/set.html >/dev/null && exit 0; sleep 0.2; done; exit 1";
+    s.sh(&id, ready).await;
+    devtools(&s, &id, "PUT", "/json/new?http://127.0.0.1:8000/set.html").await;
+    tab_titled(&s, &id, "set:session=warm-42").await;
+
+    let (code, v) = s
+        .post_status("/sandboxes/browser-1/copy?times=2", json!({}))
+        .await;
+    assert_eq!(code, 200, "{v}");
+    let copies: Vec<String> = v["sandboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["sandbox_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(copies.len(), 2, "{v}");
+    for copy in &copies {
+        // The tab of the original, and a new one that finds the cookie.
+        tab_titled(&s, copy, "set:session=warm-42").await;
+        devtools(&s, copy, "PUT", "/json/new?http://127.0.0.1:8000/show.html").await;
+        tab_titled(&s, copy, "seen:session=warm-42").await;
+    }
+    s.cleanup().await;
+    assert!(s.host_leftovers().is_empty(), "{:?}", s.host_leftovers());
 }
