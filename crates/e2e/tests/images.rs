@@ -152,6 +152,54 @@ fn cli(s: &Server, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Runs `sh` on a PTY in sandbox `id`, types `input`; what the terminal
+/// showed until the shell exited.
+async fn pty_session(s: &Server, id: &str, input: &str) -> String {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let p: Value = s
+        .daemon(id, Method::POST, "/pty")
+        .json(&json!({"command": "sh", "rows": 24, "cols": 80}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (sid, token) = (
+        p["session_id"].as_str().unwrap(),
+        p["token"].as_str().unwrap(),
+    );
+    let url = format!(
+        "ws://127.0.0.1:{}/api/v1/pty/{sid}/ws?token={token}",
+        s.proxy_port
+    );
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("X-Tensorlake-Sandbox-Id", id.parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    ws.send(Message::Binary(vec![0x02].into())).await.unwrap();
+    let mut bytes = vec![0x00];
+    bytes.extend_from_slice(input.as_bytes());
+    ws.send(Message::Binary(bytes.into())).await.unwrap();
+    let mut screen = String::new();
+    let read = async {
+        while let Some(Ok(m)) = ws.next().await {
+            match m {
+                Message::Binary(b) if b[0] == 0x00 => {
+                    screen.push_str(&String::from_utf8_lossy(&b[1..]))
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the shell exited");
+    screen
+}
+
 /// The lines of an import's NDJSON answer.
 async fn import_events(r: reqwest::Response) -> Vec<Value> {
     assert_eq!(r.status(), 200);
@@ -270,6 +318,9 @@ async fn images_from_a_registry_and_archives_boot_with_their_config() {
         )
         .await;
     assert_eq!(r.stdout, "0\n");
+    // A terminal: busybox's sh on a PTY, as the image's user, in its directory.
+    let screen = pty_session(&s, &ids[1], "echo pty:$FOO:$(pwd):$(id -u); exit 7\n").await;
+    assert!(screen.contains("pty:bar:/app:1000"), "{screen}");
     // Files in and out.
     let r = s
         .daemon(&ids[0], Method::PUT, "/files?path=/tmp/up.txt")
