@@ -249,6 +249,7 @@ schemas = {
             "created_at": TIME,
             "size_bytes": U64,
             "layers": U64,
+            "stored_bytes": {**U64, "description": "compressed bytes its files added to the content-addressed store, once they are there"},
             "env": {**STRS, "description": "the image's Env: every process of its sandboxes gets it"},
             "working_dir": {**STR, "description": "the image's WorkingDir: where commands run unless they say otherwise"},
             "user": {**STR, "description": "the image's User: who commands run as unless they say otherwise"},

@@ -35,6 +35,10 @@ pub struct ImageInfo {
     pub size_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layers: Option<usize>,
+    /// Compressed bytes its files added to the content-addressed store, once
+    /// they are there (a host without them then brings them back from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_bytes: Option<u64>,
     /// The image's `Env`: every process of its sandboxes gets it.
     #[serde(default)]
     pub env: Vec<String>,

@@ -467,3 +467,50 @@ async fn bad_imports_are_clear_errors_and_leave_nothing() {
         .collect();
     assert_eq!(names, ["default"]);
 }
+
+#[tokio::test]
+async fn an_image_lost_from_the_host_comes_back_from_the_store() {
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let layout = busybox_image(tmp.path());
+    let archive = tmp.path().join("bb.tar");
+    skopeo_copy(
+        &format!("oci:{}:1", layout.display()),
+        &format!("oci-archive:{}", archive.display()),
+    );
+    let mut s = Server::start().await;
+    let source = format!("oci-archive:{}", archive.display());
+    assert_eq!(cli(&s, &["image", "import", &source, "-t", "kept"]), "kept");
+    // Stored in the background after the import.
+    let mut image = Value::Null;
+    for _ in 0..100 {
+        image = s.api_json(Method::GET, "/images/kept").await;
+        if image["stored_bytes"].as_u64().is_some_and(|b| b > 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        image["stored_bytes"].as_u64().is_some_and(|b| b > 0),
+        "{image}"
+    );
+    let id = image["id"].as_str().unwrap().to_string();
+    let manifest = s
+        .data_dir
+        .join("store/manifests")
+        .join(format!("image-{id}.json"));
+    assert!(manifest.exists());
+    // The host loses the image's files; the next start brings them back.
+    s.stop();
+    std::fs::remove_dir_all(s.data_dir.join("custom-images").join(&id)).unwrap();
+    s.spawn().await;
+    let again = s.api_json(Method::GET, "/images/kept").await;
+    assert_eq!(again["id"], id.as_str(), "{again}");
+    let sandbox = s.create(json!({"image": "kept"})).await;
+    assert_eq!(s.sh(&sandbox, "pwd; cat /app/hello").await, "/app\nhi\n");
+    // Removed and unused: gone from the store too.
+    assert_eq!(s.delete(&sandbox).await, 200);
+    assert_eq!(cli(&s, &["image", "rm", "kept"]), "kept");
+    wait_until(Duration::from_secs(30), || !manifest.exists()).await;
+    s.cleanup().await;
+    assert!(s.host_leftovers().is_empty(), "{:?}", s.host_leftovers());
+}

@@ -26,6 +26,10 @@ pub struct ImageRecord {
     /// Bytes of its root filesystem.
     pub size_bytes: u64,
     pub layers: usize,
+    /// Compressed bytes its files added to the content-addressed store,
+    /// once they are there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_bytes: Option<u64>,
 }
 
 const RECORD: &str = "image.json";
@@ -133,6 +137,43 @@ impl CustomImages {
         }
     }
 
+    /// Records that image `id`'s files are in the content-addressed store.
+    pub async fn set_stored(&self, id: &str, bytes: u64) -> Result<(), Error> {
+        let mut record = self
+            .get(id)
+            .ok_or_else(|| Error::Image(format!("image {id} is gone")))?;
+        record.stored_bytes = Some(bytes);
+        let dir = self.dir.join(id);
+        let tmp = dir.join(".image.json.tmp");
+        tokio::fs::write(&tmp, serde_json::to_vec_pretty(&record).expect("json")).await?;
+        tokio::fs::rename(&tmp, dir.join(RECORD)).await?;
+        Ok(())
+    }
+
+    /// Whether image `id` is here and not removed.
+    pub fn is_listed(&self, id: &str) -> bool {
+        self.get(id).is_some() && !self.is_removed(id)
+    }
+
+    /// Starts bringing image `record` back from the store: fill
+    /// [`NewImage::rootfs`] (which does not exist yet), then
+    /// [`NewImage::commit_record`].
+    pub fn begin_restore(&self, record: &ImageRecord) -> Result<NewImage, Error> {
+        if !is_id(&record.id) {
+            return Err(Error::Image(format!("bad image id {:?}", record.id)));
+        }
+        let tmp_name = format!(".{}.importing", record.id);
+        let tmp = self.dir.join(&tmp_name);
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)?;
+        IMPORTING.lock().unwrap().push(tmp_name);
+        Ok(NewImage {
+            images: self.clone(),
+            id: record.id.clone(),
+            tmp,
+        })
+    }
+
     /// Starts a new image: fill its [`NewImage::rootfs`], then
     /// [`NewImage::commit`] it (or [`NewImage::abandon`] it).
     pub async fn begin(&self) -> Result<NewImage, Error> {
@@ -235,6 +276,7 @@ impl NewImage {
                 created_at: now_rfc3339(),
                 size_bytes: disk_usage(&self.rootfs()).await,
                 layers,
+                stored_bytes: None,
             };
             tokio::fs::write(
                 self.tmp.join(RECORD),
@@ -256,6 +298,27 @@ impl NewImage {
         if result.is_err() {
             let _ = crate::gently::remove(&self.tmp).await;
         }
+        IMPORTING.lock().unwrap().retain(|n| *n != tmp_name);
+        result
+    }
+
+    /// Makes it the image `record` describes (one brought back from the store).
+    pub async fn commit_record(self, record: &ImageRecord) -> Result<(), Error> {
+        let result = async {
+            tokio::fs::write(
+                self.tmp.join(RECORD),
+                serde_json::to_vec_pretty(record).expect("json"),
+            )
+            .await?;
+            tokio::fs::write(self.tmp.join(READY), b"").await?;
+            tokio::fs::rename(&self.tmp, self.images.dir.join(&self.id)).await?;
+            Ok::<_, Error>(())
+        }
+        .await;
+        if result.is_err() {
+            let _ = crate::gently::remove(&self.tmp).await;
+        }
+        let tmp_name = format!(".{}.importing", self.id);
         IMPORTING.lock().unwrap().retain(|n| *n != tmp_name);
         result
     }

@@ -21,6 +21,7 @@ use sbx_api::daemon::{ProcessUser, RunEvent, RunRequest};
 use sbx_api::image::BuildEvent;
 use sbx_build::{Action, Base, Plan, Step};
 use sbx_executor::build_fs::{self, CopySpec};
+use sbx_executor::custom_images::ImageRecord;
 use sbx_executor::LaunchSpec;
 use sbx_image::{Credentials, ImageConfig, Source};
 use sha2::{Digest, Sha256};
@@ -107,9 +108,11 @@ pub async fn build(
             no_cache: q.no_cache,
             insecure: q.insecure,
         };
+        let mut built = None;
         let event = match builder.run(&plan, &q.name).await {
-            Ok(image) => {
+            Ok((image, record)) => {
                 tracing::info!(image = q.name, id = image.id, "image built");
+                built = Some(record);
                 BuildEvent::Done {
                     image: Box::new(image),
                 }
@@ -120,7 +123,11 @@ pub async fn build(
             }
         };
         let _ = tx.send(event);
+        drop(tx);
         work.remove().await;
+        if let Some(record) = built {
+            m2.store_image(&record).await;
+        }
         prune(&m2.executor.build_cache_dir(), CACHE_BYTES).await;
     });
     Ok(stream_events(rx))
@@ -306,7 +313,11 @@ impl Builder<'_> {
         let _ = self.tx.send(e);
     }
 
-    async fn run(&self, plan: &Plan, name: &str) -> Result<sbx_api::image::ImageInfo, String> {
+    async fn run(
+        &self,
+        plan: &Plan,
+        name: &str,
+    ) -> Result<(sbx_api::image::ImageInfo, ImageRecord), String> {
         for w in &plan.warnings {
             self.emit(BuildEvent::Warning {
                 line: w.line,
@@ -372,7 +383,7 @@ impl Builder<'_> {
             .commit(name, "build", None, last.config.clone(), steps)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(info(&record))
+        Ok((info(&record), record))
     }
 
     /// The id of base image `name`: an sbx image, or a registry reference

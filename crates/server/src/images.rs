@@ -208,6 +208,7 @@ async fn start(
 ) -> ApiResult<Response> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Step>();
     let images = manager.executor.images().clone();
+    let m = manager.clone();
     tracing::info!(image = name, source = ?source, "image import started");
     manager.tasks.spawn(async move {
         let progress_tx = tx.clone();
@@ -230,6 +231,8 @@ async fn start(
                 let _ = tx.send(Step::Event(ImportEvent::Done {
                     image: Box::new(info(&record)),
                 }));
+                drop(tx);
+                m.store_image(&record).await;
             }
             Err(e) => {
                 tracing::warn!(image = name, "image import failed: {e}");
@@ -352,6 +355,7 @@ fn built_in(name: &str) -> ImageInfo {
         created_at: None,
         size_bytes: None,
         layers: None,
+        stored_bytes: None,
         env: Vec::new(),
         working_dir: None,
         user: None,
@@ -368,6 +372,7 @@ pub(crate) fn info(r: &ImageRecord) -> ImageInfo {
         created_at: Some(r.created_at.clone()),
         size_bytes: Some(r.size_bytes),
         layers: Some(r.layers),
+        stored_bytes: r.stored_bytes,
         env: r.config.env.clone(),
         working_dir: r.config.working_dir.clone(),
         user: r.config.user.clone(),
@@ -375,8 +380,13 @@ pub(crate) fn info(r: &ImageRecord) -> ImageInfo {
     }
 }
 
+/// The store manifest of image `id`: its root filesystem and its record.
+fn manifest_id(id: &str) -> String {
+    format!("image-{id}")
+}
+
 impl Manager {
-    /// Deletes removed images nothing uses any more.
+    /// Deletes removed images nothing uses any more, here and in the store.
     pub async fn collect_images(&self) {
         let custom = self.executor.images().custom();
         if !custom.has_removed() {
@@ -384,11 +394,123 @@ impl Manager {
         }
         match self.store.images_in_use().await {
             Ok(in_use) => {
-                for id in custom.collect(&in_use).await {
+                let gone = custom.collect(&in_use).await;
+                for id in &gone {
                     tracing::info!(id, "removed image deleted from the host");
+                }
+                let ids: Vec<String> = gone
+                    .into_iter()
+                    .filter(|id| custom_images::is_id(id))
+                    .collect();
+                if !ids.is_empty() {
+                    let blobs = self.blobs.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        for id in ids {
+                            let _ = blobs.delete_manifest(&manifest_id(&id));
+                        }
+                        if let Err(e) = blobs.gc() {
+                            tracing::warn!("store gc: {e}");
+                        }
+                    })
+                    .await;
                 }
             }
             Err(e) => tracing::warn!("images in use: {e}"),
+        }
+    }
+
+    /// Puts image `record`'s files into the content-addressed store (chunks
+    /// shared with snapshots and other images), so that a host without them
+    /// can bring the image back; records the bytes it added.
+    pub async fn store_image(&self, record: &ImageRecord) {
+        let images = self.executor.images().clone();
+        let rootfs = images.rootfs(&record.id);
+        let (blobs, r) = (self.blobs.clone(), record.clone());
+        let stored = tokio::task::spawn_blocking(move || {
+            let w = blobs.writer().map_err(|e| e.to_string())?;
+            let (tree, stats) = w.put_dir(&rootfs).map_err(|e| e.to_string())?;
+            let mut manifest = sbx_store::Manifest::default();
+            manifest.trees.insert("rootfs".into(), tree);
+            manifest.meta = serde_json::to_value(&r).expect("json");
+            w.commit_manifest(&manifest_id(&r.id), &manifest)
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(stats.stored_bytes)
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match stored {
+            // Removed meanwhile: its manifest goes too.
+            Ok(_) if !images.custom().is_listed(&record.id) => {
+                let blobs = self.blobs.clone();
+                let id = manifest_id(&record.id);
+                let _ = tokio::task::spawn_blocking(move || blobs.delete_manifest(&id)).await;
+            }
+            Ok(bytes) => {
+                tracing::info!(image = record.name, id = record.id, bytes, "image stored");
+                if let Err(e) = images.custom().set_stored(&record.id, bytes).await {
+                    tracing::warn!(id = record.id, "image stored: {e}");
+                }
+            }
+            Err(e) => tracing::warn!(image = record.name, "storing the image failed: {e}"),
+        }
+    }
+
+    /// Brings back the images the store has and this host lacks (at start):
+    /// their files from their chunks, their record from the manifest.
+    pub async fn restore_images(&self) {
+        let blobs = self.blobs.clone();
+        let images = self.executor.images().clone();
+        let restored = tokio::task::spawn_blocking(move || {
+            let mut restored = Vec::new();
+            let Ok(ids) = blobs.list_manifests() else {
+                return restored;
+            };
+            for mid in ids.iter().filter(|m| m.starts_with("image-")) {
+                let Ok(manifest) = blobs.manifest(mid) else {
+                    continue;
+                };
+                let Ok(record) = serde_json::from_value::<ImageRecord>(manifest.meta.clone())
+                else {
+                    continue;
+                };
+                let dir = images.custom().dir().join(&record.id);
+                if dir.exists() {
+                    continue;
+                }
+                let (Some(tree), Ok(image)) = (
+                    manifest.trees.get("rootfs"),
+                    images.custom().begin_restore(&record),
+                ) else {
+                    continue;
+                };
+                let filled = blobs.restore_dir(tree, image.rootfs());
+                restored.push((record, image, filled.map_err(|e| e.to_string())));
+            }
+            restored
+        })
+        .await
+        .unwrap_or_default();
+        for (record, image, filled) in restored {
+            let result = match filled {
+                Ok(()) => image
+                    .commit_record(&record)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => {
+                    image.abandon().await;
+                    Err(e)
+                }
+            };
+            match result {
+                Ok(()) => tracing::info!(
+                    image = record.name,
+                    id = record.id,
+                    "image brought back from the store"
+                ),
+                Err(e) => {
+                    tracing::warn!(image = record.name, "bringing the image back failed: {e}")
+                }
+            }
         }
     }
 }

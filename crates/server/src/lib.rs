@@ -172,6 +172,7 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     manager.recover().await?;
     // Imports and uploads a killed server left, removed images now unused.
     manager.collect_images().await;
+    manager.restore_images().await;
     build::sweep(&manager.executor.build_cache_dir()).await;
     let sweeper = manager.start_sweeper();
     let idler = manager.executor.start_idler();
