@@ -443,13 +443,21 @@ impl Builder<'_> {
                     .base
                     .clone()
                     .ok_or("RUN needs an image to run in (FROM scratch has none)")?;
-                let layer = self
+                let (layer, layer_bytes) = self
                     .run_in_sandbox(&base, state.layer.as_deref(), step, argv)
                     .await?;
+                let before = match state.layer.clone() {
+                    Some(l) => {
+                        tokio::task::spawn_blocking(move || sbx_executor::snapshot::tree_bytes(&l))
+                            .await
+                            .unwrap_or(0)
+                    }
+                    None => 0,
+                };
                 let layer = self.keep(&key, &layer).await?;
                 state.key = key;
                 state.layer = Some(layer);
-                Ok(0)
+                Ok(layer_bytes.saturating_sub(before))
             }
             Action::Copy {
                 sources,
@@ -648,14 +656,15 @@ impl Builder<'_> {
     }
 
     /// Boots a builder sandbox on `base` + `layer`, runs the step in it,
-    /// and returns its files as a new layer (in the build's directory).
+    /// and returns its files as a new layer (in the build's directory) and
+    /// that layer's bytes.
     async fn run_in_sandbox(
         &self,
         base: &str,
         layer: Option<&Path>,
         step: &Step,
         argv: &[String],
-    ) -> Result<PathBuf, String> {
+    ) -> Result<(PathBuf, u64), String> {
         let executor = &self.manager.executor;
         let id = format!("bld{}", random_hex(20));
         let spec = LaunchSpec {
@@ -685,7 +694,7 @@ impl Builder<'_> {
             let moved = tokio::fs::rename(captured.dir.join("layer"), &next).await;
             executor.delete_snapshot(&sid).await;
             moved.map_err(|e| e.to_string())?;
-            Ok(next)
+            Ok((next, captured.layer_bytes))
         }
         .await;
         let _ = executor.destroy(&id).await;
