@@ -139,19 +139,22 @@ async fn a_python_image_builds_boots_snapshots_and_rebuilds_from_cache() {
     assert_eq!(s.sh(&restored, "cat /srv/app/out.toml").await, toml);
 
     // Unchanged: every step from the cache.
-    let (ok, out, err) = build(
-        &s,
-        &[
-            "-t",
-            "pyapp",
-            "--build-arg",
-            "GREETING=bonjour",
-            "--json",
-            dir,
-        ],
-    );
-    assert!(ok, "{err}");
-    let ev = events(&out);
+    let rebuild = || {
+        let (ok, out, err) = build(
+            &s,
+            &[
+                "-t",
+                "pyapp",
+                "--build-arg",
+                "GREETING=bonjour",
+                "--json",
+                dir,
+            ],
+        );
+        assert!(ok, "{err}");
+        events(&out)
+    };
+    let ev = rebuild();
     for (step, cached) in cached_steps(&ev) {
         let makes_layer = step.starts_with("RUN") || step.starts_with("COPY");
         assert!(!makes_layer || cached, "{step} ran again: {ev:?}");
@@ -160,19 +163,7 @@ async fn a_python_image_builds_boots_snapshots_and_rebuilds_from_cache() {
     assert_eq!(ev.last().unwrap()["event"], "done");
     // A changed file reruns from the step that copies it.
     write(ctx.path(), &[("app.py", &APP.replace("greeting", "salut"))]);
-    let (ok, out, err) = build(
-        &s,
-        &[
-            "-t",
-            "pyapp",
-            "--build-arg",
-            "GREETING=bonjour",
-            "--json",
-            dir,
-        ],
-    );
-    assert!(ok, "{err}");
-    let steps = cached_steps(&events(&out));
+    let steps = cached_steps(&rebuild());
     let of = |prefix: &str| steps.iter().find(|(t, _)| t.starts_with(prefix)).unwrap().1;
     assert!(of("RUN pip"), "{steps:?}");
     assert!(!of("COPY app.py"), "{steps:?}");

@@ -370,12 +370,7 @@ fn mirror_from_sources(text: &str) -> Option<String> {
 
 /// Image names are single path components of safe characters.
 pub fn is_plain_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    sbx_api::image::is_valid_name(name)
 }
 
 #[cfg(test)]
