@@ -36,7 +36,7 @@ case "${1:-}" in
   "") ;;
   *) die "unknown option $1 (usage: $0 [--test])" ;;
 esac
-TEST_TOOLS="docker-registry:docker-registry skopeo:skopeo umoci:umoci busybox:busybox-static"
+TEST_TOOLS="docker-registry:docker-registry skopeo:skopeo umoci:umoci"
 RUNSC_MIN=20240101 # runsc builds are dated: 0.0~YYYYMMDD (Debian), release-YYYYMMDD (gVisor)
 FALLBACK_MIRROR=http://deb.debian.org/debian
 
@@ -357,7 +357,7 @@ for c in debootstrap ip iptables mkfs.ext4 mkfs.btrfs unshare curl tmux make cc;
 done
 static_libc_ok || die "the C compiler finds no static libc.a after installing libc6-dev"
 if [ "$for_tests" = yes ]; then
-  for c in $TEST_TOOLS; do
+  for c in $TEST_TOOLS busybox:busybox-static; do
     command -v "${c%%:*}" >/dev/null || die "${c%%:*} is still missing after the install"
   done
 fi

@@ -146,6 +146,25 @@ fn install_deps_sets_up_fresh_debian12_roots() {
         "the second run changed apt or dpkg state"
     );
 
+    // `--test` (what `make test` runs) adds the tools the tests use: the
+    // registry, skopeo, umoci and a static busybox; then nothing again.
+    let (out, took) = install_with(&deb822, "--test");
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("==== --test ({took:.0?}):\n{text}");
+    assert!(out.status.success(), "{text}");
+    let check = in_root(
+        &deb822,
+        "for c in docker-registry skopeo umoci busybox; do command -v $c >/dev/null || echo $c; done; \
+         dpkg-query -W -f='${db:Status-Status}' busybox-static",
+    );
+    assert_eq!(String::from_utf8_lossy(&check.stdout), "installed");
+    let (out, _) = install_with(&deb822, "--test");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("nothing to install"),
+        "{text}"
+    );
+
     // The mounts were in the chroots' own namespaces: none is left here.
     assert_eq!(mounts_under(&scratch.dir), Vec::<String>::new());
     eprintln!("total: {:.0?}", t0.elapsed());
@@ -154,8 +173,13 @@ fn install_deps_sets_up_fresh_debian12_roots() {
 /// Runs the checkout's script in `root` (see [`in_root`]); its output and
 /// how long it took.
 fn install(root: &Path) -> (Output, Duration) {
+    install_with(root, "")
+}
+
+/// [`install`] with `args` for the script.
+fn install_with(root: &Path, args: &str) -> (Output, Duration) {
     let t = Instant::now();
-    let out = in_root(root, "bash /sbx/scripts/install-deps.sh");
+    let out = in_root(root, &format!("bash /sbx/scripts/install-deps.sh {args}"));
     (out, t.elapsed())
 }
 
