@@ -155,6 +155,19 @@ impl Server {
         assert!(self.try_spawn().await, "sbx server exited during start");
     }
 
+    /// Restarts the server on its data, on other ports when a parallel
+    /// test took its own meanwhile (for tests that need no fixed port).
+    pub async fn respawn(&mut self) {
+        for _ in 0..5 {
+            if self.try_spawn().await {
+                return;
+            }
+            self.api_port = free_port();
+            self.proxy_port = free_port();
+        }
+        panic!("sbx server did not restart on free ports");
+    }
+
     /// Like [`spawn`](Self::spawn); false when the server exited during start.
     async fn try_spawn(&mut self) -> bool {
         self.api = format!("http://127.0.0.1:{}", self.api_port);

@@ -502,7 +502,7 @@ async fn an_image_lost_from_the_host_comes_back_from_the_store() {
     // The host loses the image's files; the next start brings them back.
     s.stop();
     std::fs::remove_dir_all(s.data_dir.join("custom-images").join(&id)).unwrap();
-    s.spawn().await;
+    s.respawn().await;
     let again = s.api_json(Method::GET, "/images/kept").await;
     assert_eq!(again["id"], id.as_str(), "{again}");
     let sandbox = s.create(json!({"image": "kept"})).await;

@@ -451,6 +451,10 @@ impl Manager {
                     tracing::warn!(id = record.id, "image stored: {e}");
                 }
             }
+            // Removed (and deleted) while it was being stored.
+            Err(e) if !images.custom().is_listed(&record.id) => {
+                tracing::debug!(image = record.name, "image gone before it was stored: {e}")
+            }
             Err(e) => tracing::warn!(image = record.name, "storing the image failed: {e}"),
         }
     }
