@@ -242,17 +242,29 @@ async fn multi_stage_builds_and_build_errors() {
     assert!(work.is_empty(), "{work:?}");
 }
 
-/// One HTTP request to Chromium's DevTools (port 9222 in sandbox `id`)
-/// through the sandbox's TCP tunnel; the answer's body.
-async fn devtools(s: &Server, id: &str, method: &str, path: &str) -> String {
+/// A TCP connection to `port` in sandbox `id` through its tunnel.
+async fn tunnel(
+    s: &Server,
+    id: &str,
+    port: u16,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
     let url = format!(
-        "ws://127.0.0.1:{}/api/v1/tunnels/tcp?port=9222",
+        "ws://127.0.0.1:{}/api/v1/tunnels/tcp?port={port}",
         s.proxy_port
     );
     let mut req = url.into_client_request().unwrap();
     req.headers_mut()
         .insert("X-Tensorlake-Sandbox-Id", id.parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("tunnel");
+    tokio_tungstenite::connect_async(req)
+        .await
+        .expect("tunnel")
+        .0
+}
+
+/// One HTTP request to Chromium's DevTools (port 9222 in sandbox `id`)
+/// through the sandbox's TCP tunnel; the answer's body.
+async fn devtools(s: &Server, id: &str, method: &str, path: &str) -> String {
+    let mut ws = tunnel(s, id, 9222).await;
     let request =
         format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
     ws.send(Message::Binary(request.into_bytes().into()))
@@ -364,6 +376,54 @@ async fn the_browser_example_keeps_its_cookie_in_every_copy() {
         devtools(&s, copy, "PUT", "/json/new?http://127.0.0.1:8000/show.html").await;
         tab_titled(&s, copy, "seen:session=warm-42").await;
     }
+    s.cleanup().await;
+    assert!(s.host_leftovers().is_empty(), "{:?}", s.host_leftovers());
+}
+
+/// The desktop example: built, booted, and its VNC server greets a client
+/// that comes through the sandbox's TCP tunnel (what a VNC viewer does).
+#[tokio::test]
+async fn the_desktop_example_answers_vnc_through_a_tunnel() {
+    let s = Server::start().await;
+    let example = workspace().join("examples/desktop");
+    let (ok, out, err) = build(
+        &s,
+        &[
+            "-t",
+            "desktop",
+            "--progress",
+            "plain",
+            example.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "desktop");
+    let id = s
+        .create(json!({"image": "desktop", "resources": {"memory_mb": 2048}}))
+        .await;
+    // Port 5901 (0x170D) listening.
+    let listening = "for i in $(seq 100); do grep -q ':170D 00000000:0000 0A' /proc/net/tcp && exit 0; sleep 0.1; done; exit 1";
+    s.sh(&id, listening).await;
+    let mut ws = tunnel(&s, &id, 5901).await;
+    let mut greeting = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while greeting.len() < 12 {
+            match ws.next().await.unwrap().unwrap() {
+                Message::Binary(b) => greeting.extend_from_slice(&b),
+                Message::Text(t) => panic!("tunnel error: {t}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the VNC server greeted");
+    assert!(
+        greeting.starts_with(b"RFB 003."),
+        "{:?}",
+        String::from_utf8_lossy(&greeting)
+    );
+    // The window manager runs on the display.
+    assert!(s.sh(&id, "ps -eo args").await.contains("openbox"));
     s.cleanup().await;
     assert!(s.host_leftovers().is_empty(), "{:?}", s.host_leftovers());
 }
