@@ -35,6 +35,17 @@ fn build(s: &Server, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Builds `examples/NAME` as image NAME.
+fn build_example(s: &Server, name: &str) {
+    let example = workspace().join("examples").join(name);
+    let (ok, out, err) = build(
+        s,
+        &["-t", name, "--progress", "plain", example.to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), name);
+}
+
 /// The events of a `--json` build.
 fn events(stdout: &str) -> Vec<Value> {
     stdout
@@ -326,19 +337,7 @@ async fn tab_titled(s: &Server, id: &str, title: &str) {
 #[tokio::test]
 async fn the_browser_example_keeps_its_cookie_in_every_copy() {
     let s = Server::start().await;
-    let example = workspace().join("examples/browser");
-    let (ok, out, err) = build(
-        &s,
-        &[
-            "-t",
-            "browser",
-            "--progress",
-            "plain",
-            example.to_str().unwrap(),
-        ],
-    );
-    assert!(ok, "{err}");
-    assert_eq!(out.trim(), "browser");
+    build_example(&s, "browser");
     let id = s
         .create(json!({"name": "browser-1", "image": "browser", "resources": {"memory_mb": 2048}}))
         .await;
@@ -385,19 +384,7 @@ async fn the_browser_example_keeps_its_cookie_in_every_copy() {
 #[tokio::test]
 async fn the_desktop_example_answers_vnc_through_a_tunnel() {
     let s = Server::start().await;
-    let example = workspace().join("examples/desktop");
-    let (ok, out, err) = build(
-        &s,
-        &[
-            "-t",
-            "desktop",
-            "--progress",
-            "plain",
-            example.to_str().unwrap(),
-        ],
-    );
-    assert!(ok, "{err}");
-    assert_eq!(out.trim(), "desktop");
+    build_example(&s, "desktop");
     let id = s
         .create(json!({"image": "desktop", "resources": {"memory_mb": 2048}}))
         .await;

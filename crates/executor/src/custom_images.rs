@@ -162,30 +162,16 @@ impl CustomImages {
         if !is_id(&record.id) {
             return Err(Error::Image(format!("bad image id {:?}", record.id)));
         }
-        let tmp_name = format!(".{}.importing", record.id);
-        let tmp = self.dir.join(&tmp_name);
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp)?;
-        IMPORTING.lock().unwrap().push(tmp_name);
-        Ok(NewImage {
-            images: self.clone(),
-            id: record.id.clone(),
-            tmp,
-        })
+        let image = NewImage::new(self, record.id.clone());
+        let _ = std::fs::remove_dir_all(&image.tmp);
+        std::fs::create_dir_all(&image.tmp)?;
+        Ok(image)
     }
 
     /// Starts a new image: fill its [`NewImage::rootfs`], then
     /// [`NewImage::commit`] it (or [`NewImage::abandon`] it).
     pub async fn begin(&self) -> Result<NewImage, Error> {
-        let id = new_id();
-        let tmp_name = format!(".{id}.importing");
-        let tmp = self.dir.join(&tmp_name);
-        IMPORTING.lock().unwrap().push(tmp_name);
-        let image = NewImage {
-            images: self.clone(),
-            id,
-            tmp,
-        };
+        let image = NewImage::new(self, new_id());
         if let Err(e) = tokio::fs::create_dir_all(image.rootfs()).await {
             image.abandon().await;
             return Err(e.into());
@@ -249,6 +235,19 @@ pub struct NewImage {
 }
 
 impl NewImage {
+    /// Image `id` in the making: its temporary directory, which a
+    /// [`CustomImages::collect`] leaves alone while this lives.
+    fn new(images: &CustomImages, id: String) -> NewImage {
+        let tmp_name = temporary_name(&id);
+        let tmp = images.dir.join(&tmp_name);
+        IMPORTING.lock().unwrap().push(tmp_name);
+        NewImage {
+            images: images.clone(),
+            id,
+            tmp,
+        }
+    }
+
     /// Where its root filesystem goes.
     pub fn rootfs(&self) -> PathBuf {
         self.tmp.join("rootfs")
@@ -264,45 +263,34 @@ impl NewImage {
         config: ImageConfig,
         layers: usize,
     ) -> Result<ImageRecord, Error> {
-        let result = async {
-            // Where the agent binary is mounted.
-            tokio::fs::create_dir_all(self.rootfs().join(".sbx")).await?;
-            let record = ImageRecord {
-                id: self.id.clone(),
-                name: name.to_string(),
-                source: source.to_string(),
-                digest,
-                config,
-                created_at: now_rfc3339(),
-                size_bytes: disk_usage(&self.rootfs()).await,
-                layers,
-                stored_bytes: None,
-            };
-            tokio::fs::write(
-                self.tmp.join(RECORD),
-                serde_json::to_vec_pretty(&record).expect("json"),
-            )
-            .await?;
-            tokio::fs::write(self.tmp.join(READY), b"").await?;
-            tokio::fs::rename(&self.tmp, self.images.dir.join(&self.id)).await?;
-            for old in self.images.list() {
-                if old.name == name && old.id != self.id {
-                    let _ =
-                        tokio::fs::write(self.images.dir.join(&old.id).join(REMOVED), b"").await;
-                }
+        // Where the agent binary is mounted.
+        if let Err(e) = tokio::fs::create_dir_all(self.rootfs().join(".sbx")).await {
+            self.abandon().await;
+            return Err(e.into());
+        }
+        let record = ImageRecord {
+            id: self.id.clone(),
+            name: name.to_string(),
+            source: source.to_string(),
+            digest,
+            config,
+            created_at: now_rfc3339(),
+            size_bytes: disk_usage(&self.rootfs()).await,
+            layers,
+            stored_bytes: None,
+        };
+        let images = self.images.clone();
+        self.commit_record(&record).await?;
+        for old in images.list() {
+            if old.name == name && old.id != record.id {
+                let _ = tokio::fs::write(images.dir.join(&old.id).join(REMOVED), b"").await;
             }
-            Ok::<_, Error>(record)
         }
-        .await;
-        let tmp_name = format!(".{}.importing", self.id);
-        if result.is_err() {
-            let _ = crate::gently::remove(&self.tmp).await;
-        }
-        IMPORTING.lock().unwrap().retain(|n| *n != tmp_name);
-        result
+        Ok(record)
     }
 
-    /// Makes it the image `record` describes (one brought back from the store).
+    /// Makes it the image `record` describes (also one brought back from
+    /// the store); on failure nothing of it stays.
     pub async fn commit_record(self, record: &ImageRecord) -> Result<(), Error> {
         let result = async {
             tokio::fs::write(
@@ -316,19 +304,27 @@ impl NewImage {
         }
         .await;
         if result.is_err() {
-            let _ = crate::gently::remove(&self.tmp).await;
+            self.abandon().await;
         }
-        let tmp_name = format!(".{}.importing", self.id);
-        IMPORTING.lock().unwrap().retain(|n| *n != tmp_name);
         result
     }
 
     /// Removes what was made of it.
     pub async fn abandon(self) {
         let _ = crate::gently::remove(&self.tmp).await;
-        let tmp_name = format!(".{}.importing", self.id);
+    }
+}
+
+impl Drop for NewImage {
+    fn drop(&mut self) {
+        let tmp_name = temporary_name(&self.id);
         IMPORTING.lock().unwrap().retain(|n| *n != tmp_name);
     }
+}
+
+/// The temporary directory's name of image `id` in the making.
+fn temporary_name(id: &str) -> String {
+    format!(".{id}.importing")
 }
 
 /// Temporary directories of imports under way in this process.

@@ -546,9 +546,11 @@ impl Executor {
     fn runtime_spec(&self, spec: &LaunchSpec, pin: Option<Pin>) -> SandboxSpec {
         let dir = self.sandbox_dir(&spec.id);
         let mut args = vec![format!("{AGENT_MOUNT}/{AGENT_NAME}")];
+        // Read once: it is the image's record on disk.
+        let image = self.images.config(&spec.image);
         // The create's entrypoint, else the image's ENTRYPOINT + CMD.
         let entrypoint = match spec.entrypoint.is_empty() {
-            true => self.images.config(&spec.image).start_command(),
+            true => image.start_command(),
             false => spec.entrypoint.clone(),
         };
         if !entrypoint.is_empty() {
@@ -565,7 +567,7 @@ impl Executor {
             pin,
             memory_limit_bytes: hard_memory_limit_mb(spec.memory_mb) * 1024 * 1024,
             args,
-            env: self.sandbox_env(spec),
+            env: self.sandbox_env(spec, &image),
             binds: vec![
                 Bind {
                     source: self.data_dir.join("agent"),
@@ -583,8 +585,7 @@ impl Executor {
     }
 
     /// The environment of the sandbox's PID 1, which its processes inherit.
-    fn sandbox_env(&self, spec: &LaunchSpec) -> Vec<String> {
-        let image = self.images.config(&spec.image);
+    fn sandbox_env(&self, spec: &LaunchSpec, image: &sbx_image::ImageConfig) -> Vec<String> {
         let mut env = vec![
             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
             "HOME=/root".into(),
@@ -1271,12 +1272,12 @@ impl Executor {
         if let Err(e) = self.runtime.destroy(id).await {
             tracing::warn!(sandbox = id, "runtime destroy: {e}");
         }
-        let layer = Layer::new(self.sandbox_dir(id));
+        let dir = self.sandbox_dir(id);
+        release(id, slot, &dir).await;
+        self.cgroups.remove_sandbox(id).await;
         // The directory goes last: once it is gone, nothing of the sandbox
         // is left on the host (what callers and tests wait for).
-        tokio::join!(net::destroy(id, slot), layer.unmount());
-        self.cgroups.remove_sandbox(id).await;
-        layer.destroy().await;
+        Layer::new(dir).destroy().await;
     }
 
     /// Finishes the teardowns of suspended sandboxes and releases what

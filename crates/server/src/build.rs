@@ -28,7 +28,6 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::UnboundedSender;
 
 /// The Dockerfile `sbx image build` puts into the context it sends.
@@ -143,7 +142,7 @@ async fn prepare(
 ) -> ApiResult<(PathBuf, Plan)> {
     // The context, kept inside its directory whatever its paths say.
     let upload = work.dir.join("context.tar");
-    receive(body, &upload).await?;
+    crate::images::receive(body, &upload, None).await?;
     let context = work.dir.join("context");
     let (u, c) = (upload.clone(), context.clone());
     tokio::task::spawn_blocking(move || {
@@ -179,22 +178,6 @@ async fn prepare(
         }
     }
     Ok((context, plan))
-}
-
-async fn receive(body: Body, path: &Path) -> ApiResult<()> {
-    let mut file = tokio::fs::File::create(path)
-        .await
-        .map_err(|e| ApiError::internal(format!("upload: {e}")))?;
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload: {e}")))?;
-        file.write_all(&chunk)
-            .await
-            .map_err(|e| ApiError::internal(format!("upload: {e}")))?;
-    }
-    file.flush()
-        .await
-        .map_err(|e| ApiError::internal(format!("upload: {e}")))
 }
 
 /// A build's scratch directory (the context, flattened stages), removed
@@ -497,10 +480,6 @@ impl Builder<'_> {
                     Some(spec) => Some(self.owner(state, spec)?),
                     None => None,
                 };
-                let next = self.work.dir.join(format!("layer-{}", random_hex(8)));
-                build_fs::next_layer(state.layer.as_deref(), &next)
-                    .await
-                    .map_err(|e| e.to_string())?;
                 let spec = CopySpec {
                     sources: matched,
                     dest,
@@ -508,15 +487,11 @@ impl Builder<'_> {
                     mode: *chmod,
                     unpack_archives: *add,
                 };
-                let below = self.below(state);
-                let n = next.clone();
-                let bytes = tokio::task::spawn_blocking(move || {
-                    let below: Vec<&Path> = below.iter().map(PathBuf::as_path).collect();
-                    build_fs::copy_into(&n, &below, &spec)
-                })
-                .await
-                .expect("copy task")
-                .map_err(|e| e.to_string())?;
+                let (next, bytes) = self
+                    .write_layer(state, move |layer, below| {
+                        build_fs::copy_into(layer, below, &spec)
+                    })
+                    .await?;
                 let layer = self.keep(&key, &next).await?;
                 state.key = key;
                 state.layer = Some(layer);
@@ -534,12 +509,40 @@ impl Builder<'_> {
             .collect()
     }
 
-    /// Makes `dir` exist (a `WORKDIR` a `RUN` runs in), as a layer of its own.
-    async fn ensure_dir(&self, state: &mut StageState, dir: &str) -> Result<(), String> {
+    /// Where image path `rel` (relative) is in the stage's merged view.
+    fn visible(&self, state: &StageState, rel: &str) -> Option<PathBuf> {
         let mut roots: Vec<PathBuf> = state.layer.iter().cloned().collect();
         roots.extend(self.below(state));
         let refs: Vec<&Path> = roots.iter().map(PathBuf::as_path).collect();
-        let exists = sbx_image::unpack::top_most(&refs, Path::new(dir.trim_start_matches('/')))
+        sbx_image::unpack::top_most(&refs, Path::new(rel))
+    }
+
+    /// Writes the stage's next layer on the host: a hard-linked copy of
+    /// its layer, changed by `change(layer, below)` (on a blocking thread).
+    async fn write_layer<R: Send + 'static>(
+        &self,
+        state: &StageState,
+        change: impl FnOnce(&Path, &[&Path]) -> Result<R, sbx_executor::Error> + Send + 'static,
+    ) -> Result<(PathBuf, R), String> {
+        let next = self.work.dir.join(format!("layer-{}", random_hex(8)));
+        build_fs::next_layer(state.layer.as_deref(), &next)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (below, n) = (self.below(state), next.clone());
+        let changed = tokio::task::spawn_blocking(move || {
+            let below: Vec<&Path> = below.iter().map(PathBuf::as_path).collect();
+            change(&n, &below)
+        })
+        .await
+        .expect("layer task")
+        .map_err(|e| e.to_string())?;
+        Ok((next, changed))
+    }
+
+    /// Makes `dir` exist (a `WORKDIR` a `RUN` runs in), as a layer of its own.
+    async fn ensure_dir(&self, state: &mut StageState, dir: &str) -> Result<(), String> {
+        let exists = self
+            .visible(state, dir.trim_start_matches('/'))
             .is_some_and(|p| p.is_dir());
         if exists {
             return Ok(());
@@ -550,19 +553,12 @@ impl Builder<'_> {
             state.layer = Some(layer);
             return Ok(());
         }
-        let next = self.work.dir.join(format!("layer-{}", random_hex(8)));
-        build_fs::next_layer(state.layer.as_deref(), &next)
-            .await
-            .map_err(|e| e.to_string())?;
-        let below = self.below(state);
-        let (n, d) = (next.clone(), dir.to_string());
-        tokio::task::spawn_blocking(move || {
-            let below: Vec<&Path> = below.iter().map(PathBuf::as_path).collect();
-            build_fs::make_dir(&n, &below, &d)
-        })
-        .await
-        .expect("mkdir task")
-        .map_err(|e| e.to_string())?;
+        let d = dir.to_string();
+        let (next, ()) = self
+            .write_layer(state, move |layer, below| {
+                build_fs::make_dir(layer, below, &d)
+            })
+            .await?;
         state.layer = Some(self.keep(&key, &next).await?);
         state.key = key;
         Ok(())
@@ -586,11 +582,8 @@ impl Builder<'_> {
     /// `--chown=USER[:GROUP]`: numbers, or names from the image's
     /// `/etc/passwd` and `/etc/group`.
     fn owner(&self, state: &StageState, spec: &str) -> Result<(u32, u32), String> {
-        let mut roots: Vec<PathBuf> = state.layer.iter().cloned().collect();
-        roots.extend(self.below(state));
-        let refs: Vec<&Path> = roots.iter().map(PathBuf::as_path).collect();
         let table = |file: &str| {
-            sbx_image::unpack::top_most(&refs, Path::new(file))
+            self.visible(state, file)
                 .and_then(|p| std::fs::read_to_string(p).ok())
                 .unwrap_or_default()
         };

@@ -144,28 +144,7 @@ pub async fn import_archive(
             )))
         }
     };
-    let mut file = tokio::fs::File::create(&upload.0)
-        .await
-        .map_err(|e| ApiError::internal(format!("upload: {e}")))?;
-    let mut stream = body.into_data_stream();
-    let mut size = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload: {e}")))?;
-        size += chunk.len() as u64;
-        if size > MAX_ARCHIVE_BYTES {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("an archive may have at most {MAX_ARCHIVE_BYTES} bytes"),
-            ));
-        }
-        file.write_all(&chunk)
-            .await
-            .map_err(|e| ApiError::internal(format!("upload: {e}")))?;
-    }
-    file.flush()
-        .await
-        .map_err(|e| ApiError::internal(format!("upload: {e}")))?;
+    let size = receive(body, &upload.0, Some(MAX_ARCHIVE_BYTES)).await?;
     if size == 0 {
         return Err(ApiError::bad_request(
             "the request body must be the archive (a tar file)",
@@ -180,6 +159,33 @@ pub async fn import_archive(
         Some(upload),
     )
     .await
+}
+
+/// Writes a request body (an uploaded tar) to `path`; its bytes. More than
+/// `limit` is a 413.
+pub(crate) async fn receive(
+    body: Body,
+    path: &std::path::Path,
+    limit: Option<u64>,
+) -> ApiResult<u64> {
+    let io = |e: std::io::Error| ApiError::internal(format!("upload: {e}"));
+    let mut file = tokio::fs::File::create(path).await.map_err(io)?;
+    let mut stream = body.into_data_stream();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("upload: {e}")))?;
+        size += chunk.len() as u64;
+        if let Some(limit) = limit.filter(|l| size > *l) {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("an upload may have at most {limit} bytes"),
+            ));
+        }
+        file.write_all(&chunk).await.map_err(io)?;
+    }
+    file.flush().await.map_err(io)?;
+    Ok(size)
 }
 
 /// An uploaded archive, removed when the import is done with it.

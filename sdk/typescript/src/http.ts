@@ -163,41 +163,33 @@ export function camelize<T>(value: unknown): T {
  * events. Stops when the body ends; cancels the body when the consumer stops.
  */
 export async function* sseEvents<T>(res: Response): AsyncGenerator<T> {
-  if (!res.body) return;
-  const reader = res.body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
   let data: string[] = [];
-  try {
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      let nl: number;
-      while ((nl = buffer.indexOf("\n")) >= 0) {
-        let line = buffer.slice(0, nl);
-        buffer = buffer.slice(nl + 1);
-        if (line.endsWith("\r")) line = line.slice(0, -1);
-        if (line === "") {
-          if (data.length) {
-            const payload = data.join("\n");
-            data = [];
-            yield JSON.parse(payload) as T;
-          }
-        } else if (line.startsWith("data:")) {
-          data.push(line.slice(line.startsWith("data: ") ? 6 : 5));
-        }
-        // Comments (":") and other fields (event, id, retry) are ignored.
+  for await (let line of bodyLines(res, false)) {
+    if (line.endsWith("\r")) line = line.slice(0, -1);
+    if (line === "") {
+      if (data.length) {
+        const payload = data.join("\n");
+        data = [];
+        yield JSON.parse(payload) as T;
       }
+    } else if (line.startsWith("data:")) {
+      data.push(line.slice(line.startsWith("data: ") ? 6 : 5));
     }
-    if (data.length) yield JSON.parse(data.join("\n")) as T;
-  } finally {
-    await reader.cancel().catch(() => {});
+    // Comments (":") and other fields (event, id, retry) are ignored.
   }
+  if (data.length) yield JSON.parse(data.join("\n")) as T;
 }
 
 /** Parses an `application/x-ndjson` body into one JSON value per line; cancels the body when the consumer stops. */
 export async function* ndjsonLines<T>(res: Response): AsyncGenerator<T> {
+  for await (const line of bodyLines(res, true)) {
+    if (line.trim()) yield JSON.parse(line) as T;
+  }
+}
+
+/** The lines of a streamed body (without their "\n"), and with `tail` what
+ * follows the last one; cancels the body when the consumer stops. */
+async function* bodyLines(res: Response, tail: boolean): AsyncGenerator<string> {
   if (!res.body) return;
   const reader = res.body.getReader();
   const decoder = new TextDecoder();
@@ -209,12 +201,12 @@ export async function* ndjsonLines<T>(res: Response): AsyncGenerator<T> {
       buffer += decoder.decode(value, { stream: true });
       let nl: number;
       while ((nl = buffer.indexOf("\n")) >= 0) {
-        const line = buffer.slice(0, nl).trim();
+        const line = buffer.slice(0, nl);
         buffer = buffer.slice(nl + 1);
-        if (line) yield JSON.parse(line) as T;
+        yield line;
       }
     }
-    if (buffer.trim()) yield JSON.parse(buffer) as T;
+    if (tail && buffer) yield buffer;
   } finally {
     await reader.cancel().catch(() => {});
   }

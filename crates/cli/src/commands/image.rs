@@ -275,132 +275,133 @@ fn context_tar(dir: &Path, dockerfile: &[u8]) -> Result<Vec<u8>> {
 
 /// Prints a build's progress; the image's name at the end.
 async fn follow_build(resp: reqwest::Response, json: bool, tty: bool) -> Result<i32> {
-    let mut stream = resp.bytes_stream();
-    let mut buf = Vec::new();
-    let mut progress = Progress::new();
-    while let Some(chunk) = stream.next().await {
-        buf.extend_from_slice(&chunk.context("reading the build's progress")?);
-        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=nl).collect();
-            let event: BuildEvent = serde_json::from_slice(&line).with_context(|| {
-                format!("bad progress line {:?}", String::from_utf8_lossy(&line))
-            })?;
-            if json {
-                println!("{}", String::from_utf8_lossy(&line).trim_end());
+    follow_events(resp, json, "build", |event: BuildEvent, progress| {
+        match event {
+            BuildEvent::Warning { line, message } if !json => {
+                eprintln!("warning: Dockerfile line {line}: {message}")
             }
-            match event {
-                BuildEvent::Warning { line, message } if !json => {
-                    eprintln!("warning: Dockerfile line {line}: {message}")
+            BuildEvent::Step {
+                stage,
+                stages,
+                step,
+                steps,
+                text,
+                ..
+            } if !json => {
+                let head = if stages > 1 {
+                    format!("[stage {stage}/{stages}, {step}/{steps}]")
+                } else {
+                    format!("[{step}/{steps}]")
+                };
+                if tty {
+                    progress.show(&format!("{head} {text}"));
+                } else {
+                    eprintln!("{head} {text}");
                 }
-                BuildEvent::Step {
-                    stage,
-                    stages,
-                    step,
-                    steps,
-                    text,
-                    ..
-                } if !json => {
-                    let head = if stages > 1 {
-                        format!("[stage {stage}/{stages}, {step}/{steps}]")
-                    } else {
-                        format!("[{step}/{steps}]")
-                    };
-                    if tty {
-                        progress.show(&format!("{head} {text}"));
-                    } else {
-                        eprintln!("{head} {text}");
-                    }
-                }
-                BuildEvent::Cached if !json && !tty => eprintln!("  cached"),
-                BuildEvent::Output { line } if !json => {
-                    progress.clear();
-                    eprintln!("  {line}");
-                }
-                BuildEvent::StepDone { ms, bytes } if !json && !tty && (ms > 0 || bytes > 0) => {
-                    eprintln!(
-                        "  done in {:.1}s{}",
-                        ms as f64 / 1000.0,
-                        match bytes {
-                            0 => String::new(),
-                            b => format!(", {}", table::bytes(b)),
-                        }
-                    )
-                }
-                BuildEvent::Done { image } => {
-                    progress.clear();
-                    if !json {
-                        eprintln!(
-                            "built {} ({}, {})",
-                            image.name,
-                            image.id,
-                            image.size_bytes.map(table::bytes).unwrap_or_default()
-                        );
-                        println!("{}", image.name);
-                    }
-                    return Ok(0);
-                }
-                BuildEvent::Error { message } => {
-                    progress.clear();
-                    bail!("build failed: {message}");
-                }
-                _ => {}
             }
+            BuildEvent::Cached if !json && !tty => eprintln!("  cached"),
+            BuildEvent::Output { line } if !json => {
+                progress.clear();
+                eprintln!("  {line}");
+            }
+            BuildEvent::StepDone { ms, bytes } if !json && !tty && (ms > 0 || bytes > 0) => {
+                eprintln!(
+                    "  done in {:.1}s{}",
+                    ms as f64 / 1000.0,
+                    match bytes {
+                        0 => String::new(),
+                        b => format!(", {}", table::bytes(b)),
+                    }
+                )
+            }
+            BuildEvent::Done { image } => {
+                progress.clear();
+                return Ok(Some(finished("built", &image, json)));
+            }
+            BuildEvent::Error { message } => bail!("build failed: {message}"),
+            _ => {}
         }
-    }
-    progress.clear();
-    bail!("the server stopped answering before the build finished")
+        Ok(None)
+    })
+    .await
 }
 
 /// Prints an import's progress; the image's name at the end.
 async fn follow(resp: reqwest::Response, json: bool) -> Result<i32> {
+    let mut total_layers = 0;
+    follow_events(resp, json, "import", |event: ImportEvent, progress| {
+        match event {
+            ImportEvent::Resolved { layers, bytes } => {
+                total_layers = layers;
+                progress.show(&format!("{layers} layers, {}", table::bytes(bytes)));
+            }
+            ImportEvent::Fetched { layer, bytes } => progress.show(&format!(
+                "fetched layer {layer}/{total_layers} ({})",
+                table::bytes(bytes)
+            )),
+            ImportEvent::Applied { layer, entries } => progress.show(&format!(
+                "unpacked layer {layer}/{total_layers} ({entries} entries)"
+            )),
+            ImportEvent::Done { image } => {
+                progress.clear();
+                return Ok(Some(finished("imported", &image, json)));
+            }
+            ImportEvent::Error { message } => bail!("import failed: {message}"),
+        }
+        Ok(None)
+    })
+    .await
+}
+
+/// Reads an NDJSON progress answer (each line also printed as it came,
+/// with `json`) and hands each event to `on_event` until it returns the
+/// exit code; the progress line is cleared however it ends.
+async fn follow_events<T: serde::de::DeserializeOwned>(
+    resp: reqwest::Response,
+    json: bool,
+    work: &str,
+    mut on_event: impl FnMut(T, &mut Progress) -> Result<Option<i32>>,
+) -> Result<i32> {
     let mut progress = Progress::new();
     let mut stream = resp.bytes_stream();
     let mut buf = Vec::new();
-    let mut total_layers = 0;
-    while let Some(chunk) = stream.next().await {
-        buf.extend_from_slice(&chunk.context("reading the import's progress")?);
-        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=nl).collect();
-            let event: ImportEvent = serde_json::from_slice(&line).with_context(|| {
-                format!("bad progress line {:?}", String::from_utf8_lossy(&line))
-            })?;
-            if json {
-                println!("{}", String::from_utf8_lossy(&line).trim_end());
-            }
-            match event {
-                ImportEvent::Resolved { layers, bytes } => {
-                    total_layers = layers;
-                    progress.show(&format!("{layers} layers, {}", table::bytes(bytes)));
+    let result = async {
+        while let Some(chunk) = stream.next().await {
+            buf.extend_from_slice(
+                &chunk.with_context(|| format!("reading the {work}'s progress"))?,
+            );
+            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=nl).collect();
+                let event: T = serde_json::from_slice(&line).with_context(|| {
+                    format!("bad progress line {:?}", String::from_utf8_lossy(&line))
+                })?;
+                if json {
+                    println!("{}", String::from_utf8_lossy(&line).trim_end());
                 }
-                ImportEvent::Fetched { layer, bytes } => progress.show(&format!(
-                    "fetched layer {layer}/{total_layers} ({})",
-                    table::bytes(bytes)
-                )),
-                ImportEvent::Applied { layer, entries } => progress.show(&format!(
-                    "unpacked layer {layer}/{total_layers} ({entries} entries)"
-                )),
-                ImportEvent::Done { image } => {
-                    progress.clear();
-                    if !json {
-                        eprintln!(
-                            "imported {} ({}, {})",
-                            image.name,
-                            image.id,
-                            image.size_bytes.map(table::bytes).unwrap_or_default()
-                        );
-                        println!("{}", image.name);
-                    }
-                    return Ok(0);
-                }
-                ImportEvent::Error { message } => {
-                    progress.clear();
-                    bail!("import failed: {message}");
+                if let Some(code) = on_event(event, &mut progress)? {
+                    return Ok(code);
                 }
             }
         }
+        bail!("the server stopped answering before the {work} finished")
     }
+    .await;
     progress.clear();
-    bail!("the server stopped answering before the import finished")
+    result
+}
+
+/// Says what an import or build made (`verb`) and prints its name; 0.
+fn finished(verb: &str, image: &ImageInfo, json: bool) -> i32 {
+    if !json {
+        eprintln!(
+            "{verb} {} ({}, {})",
+            image.name,
+            image.id,
+            image.size_bytes.map(table::bytes).unwrap_or_default()
+        );
+        println!("{}", image.name);
+    }
+    0
 }
 
 /// `--username` with the password from stdin, else what
