@@ -288,9 +288,30 @@ async fn a_failed_resume_says_why_and_a_later_one_succeeds() {
     assert!(s.host_leftovers().is_empty(), "{:?}", s.host_leftovers());
 }
 
+/// The memory cgroups under the server's cgroup parent that hold
+/// processes, with their limits (cgroup v1 only: empty elsewhere).
+fn busy_memory_cgroups(s: &Server) -> Vec<(String, u64)> {
+    let parent = std::path::Path::new("/sys/fs/cgroup/memory").join(&s.cgroup_parent);
+    let Ok(rd) = std::fs::read_dir(&parent) else {
+        return Vec::new();
+    };
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    rd.flatten()
+        .filter(|e| e.path().is_dir())
+        .filter(|e| !read(e.path().join("cgroup.procs")).trim().is_empty())
+        .map(|e| {
+            let limit = read(e.path().join("memory.limit_in_bytes"));
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                limit.trim().parse().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn suspend_and_resume_ten_times_keep_files_and_processes() {
-    let s = Server::start_with(Options {
+    let mut s = Server::start_with(Options {
         args: vec!["--suspend-linger-secs".into(), "2".into()],
         ..Options::default()
     })
@@ -303,6 +324,7 @@ async fn suspend_and_resume_ten_times_keep_files_and_processes() {
     assert!(e["message"].as_str().unwrap().contains("ephemeral"), "{e}");
 
     let id = s.create(json!({"name": "keeper"})).await;
+    let limit = busy_memory_cgroups(&s).first().map(|(_, l)| *l);
     start_bg(&s, &id, COUNTER).await;
     // A process whose output the agent collects across every restore.
     let talker = s
@@ -351,6 +373,15 @@ async fn suspend_and_resume_ten_times_keep_files_and_processes() {
             "round {round}: address {address} then {}",
             sandbox_ip(&id)
         );
+        // A quick resume runs beside the old sandbox still being removed,
+        // in a cgroup of its own: whatever cgroup holds it has the limits.
+        if let Some(limit) = limit {
+            let busy = busy_memory_cgroups(&s);
+            assert!(!busy.is_empty(), "round {round}: no cgroup holds it");
+            for (cgroup, l) in busy {
+                assert_eq!(l, limit, "round {round}: cgroup {cgroup}");
+            }
+        }
         let files = s.sh("keeper", "cat /root/round-*").await;
         let want: String = (0..=round).map(|i| format!("{i}\n")).collect();
         assert_eq!(files, want, "round {round}");
@@ -399,6 +430,118 @@ async fn suspend_and_resume_ten_times_keep_files_and_processes() {
     s.cleanup().await;
     assert!(s.host_leftovers().is_empty(), "{:?}", s.host_leftovers());
     assert!(netns_of(std::slice::from_ref(&id)).is_empty());
+    // No cgroup of any of its runs is left: a clean stop removes the parent.
+    s.stop();
+    assert!(
+        cgroup_dirs(&s.cgroup_parent).is_empty(),
+        "{:?}",
+        cgroup_dirs(&s.cgroup_parent)
+    );
+}
+
+/// A server killed while a resume right after a suspend restores (the old
+/// sandbox may still be being removed) leaves the sandbox suspended, and
+/// the restart removes both; one killed right after such a resume leaves
+/// it running, and the restart adopts what runs and removes the rest.
+#[tokio::test]
+async fn killing_the_server_around_a_quick_resume_leaves_one_clean_sandbox() {
+    let mut s = Server::start().await;
+    let id = s.create(json!({"name": "quick"})).await;
+    start_bg(&s, &id, COUNTER).await;
+    s.sh("quick", "echo kept > /root/kept").await;
+    let data_dir = s.data_dir.to_string_lossy().to_string();
+    let (code, v) = s
+        .post_status("/sandboxes/quick/suspend?wait_ms=30000", json!({}))
+        .await;
+    assert_eq!(
+        (code, v["status"].as_str()),
+        (200, Some("suspended")),
+        "{v}"
+    );
+    let pid = s.child.as_ref().unwrap().id() as i32;
+    let resume = s
+        .req(Method::POST, "/sandboxes/quick/resume?wait_ms=30000")
+        .json(&json!({}))
+        .send();
+    let kill = async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !runsc_running(&data_dir, "restore") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the restore was never seen"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // SAFETY: a signal to the server this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    };
+    let (answer, ()) = tokio::join!(resume, kill);
+    assert!(answer.is_err(), "answered although killed: {answer:?}");
+    s.kill9();
+    s.respawn().await;
+    let (_, info) = s.get(&id).await;
+    assert_eq!(info["status"], "suspended", "{info}");
+    let runsc = runsc_containers(&s);
+    assert!(runsc.is_empty(), "{runsc:?}");
+    assert!(busy_memory_cgroups(&s).is_empty());
+
+    let (code, v) = s
+        .post_status("/sandboxes/quick/resume?wait_ms=30000", json!({}))
+        .await;
+    assert_eq!((code, v["status"].as_str()), (200, Some("running")), "{v}");
+    // Now suspended and resumed at once, killed as soon as it answers.
+    let (code, v) = s
+        .post_status("/sandboxes/quick/suspend?wait_ms=30000", json!({}))
+        .await;
+    assert_eq!(
+        (code, v["status"].as_str()),
+        (200, Some("suspended")),
+        "{v}"
+    );
+    let (code, v) = s
+        .post_status("/sandboxes/quick/resume?wait_ms=30000", json!({}))
+        .await;
+    assert_eq!((code, v["status"].as_str()), (200, Some("running")), "{v}");
+    s.kill9();
+    s.respawn().await;
+    let (_, info) = s.get(&id).await;
+    assert_eq!(info["status"], "running", "{info}");
+    assert_eq!(s.sh("quick", "cat /root/kept").await, "kept\n");
+    let before = count(&s, "quick").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(count(&s, "quick").await > before, "the counter stopped");
+    let runsc = runsc_containers(&s);
+    assert_eq!(runsc.len(), 1, "{runsc:?}");
+    // And it suspends and resumes again from there.
+    for step in ["suspend", "resume"] {
+        let (code, v) = s
+            .post_status(&format!("/sandboxes/quick/{step}?wait_ms=30000"), json!({}))
+            .await;
+        assert_eq!(code, 200, "{step}: {v}");
+    }
+    assert_eq!(s.sh("quick", "cat /root/kept").await, "kept\n");
+    s.cleanup().await;
+    assert!(s.host_leftovers().is_empty(), "{:?}", s.host_leftovers());
+    s.stop();
+    assert!(
+        cgroup_dirs(&s.cgroup_parent).is_empty(),
+        "{:?}",
+        cgroup_dirs(&s.cgroup_parent)
+    );
+}
+
+/// The runsc containers of the server (whatever runs or was stopped).
+fn runsc_containers(s: &Server) -> Vec<String> {
+    let out = std::process::Command::new("runsc")
+        .arg(format!("--root={}", s.data_dir.join("runsc").display()))
+        .args(["list", "-quiet"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 #[tokio::test]

@@ -10,7 +10,11 @@
 //!   sandboxes need are enabled down to it. Pinning uses the v2 cpuset
 //!   controller where it can be enabled, and is skipped otherwise.
 //!
-//! Each sandbox's cgroup is `<parent>/<id>`; runsc makes it, sbx removes it.
+//! Each sandbox's cgroup is `<parent>/<id>`, or, for a sandbox restored
+//! while its previous run was still being removed, another child of the
+//! parent that the runtime names (`Runtime::cgroup_name`; with gVisor
+//! `r<n>-<id>`, see `sbx_runtime::runs`). The methods below take that name.
+//! runsc makes it; runsc and sbx remove it.
 
 use std::path::{Path, PathBuf};
 
@@ -173,9 +177,10 @@ impl CgroupParent {
         self.version
     }
 
-    /// The cgroup path of sandbox `id` for the runtime (`/<parent>/<id>`).
-    pub fn sandbox_path(&self, id: &str) -> String {
-        format!("/{}/{id}", self.name)
+    /// The cgroup path of the sandbox cgroup named `name`
+    /// (`/<parent>/<name>`; for the runtime's spec, the sandbox id).
+    pub fn sandbox_path(&self, name: &str) -> String {
+        format!("/{}/{name}", self.name)
     }
 
     /// Whether sandboxes can be pinned to CPUs (a usable cpuset controller).
@@ -196,22 +201,28 @@ impl CgroupParent {
             .unwrap_or_default()
     }
 
-    /// The `cpuset.cpus` file of sandbox `id`, when sandboxes can be pinned.
-    pub fn cpus_file(&self, id: &str) -> Option<PathBuf> {
-        self.cpuset.as_ref().map(|d| d.join(id).join("cpuset.cpus"))
+    /// The `cpuset.cpus` file of the sandbox cgroup named `name`, when
+    /// sandboxes can be pinned.
+    pub fn cpus_file(&self, name: &str) -> Option<PathBuf> {
+        self.cpuset
+            .as_ref()
+            .map(|d| d.join(name).join("cpuset.cpus"))
     }
 
-    /// Freezes (or thaws) every process of sandbox `id`: the cgroup
-    /// freezer, which stops the sentry's own threads too (`runsc pause`
-    /// stops only the sandbox's tasks).
-    pub fn set_frozen(&self, id: &str, frozen: bool) -> std::io::Result<()> {
+    /// Freezes (or thaws) every process in the sandbox cgroup named
+    /// `cgroup`: the cgroup freezer, which stops the sentry's own threads
+    /// too (`runsc pause` stops only the sandbox's tasks).
+    pub fn set_frozen(&self, cgroup: &str, frozen: bool) -> std::io::Result<()> {
         match (self.version, &self.freezer) {
             (Version::V1, Some(d)) => std::fs::write(
-                d.join(id).join("freezer.state"),
+                d.join(cgroup).join("freezer.state"),
                 if frozen { "FROZEN" } else { "THAWED" },
             ),
             (Version::V2, _) => std::fs::write(
-                self.root.join(&self.name).join(id).join("cgroup.freeze"),
+                self.root
+                    .join(&self.name)
+                    .join(cgroup)
+                    .join("cgroup.freeze"),
                 if frozen { "1" } else { "0" },
             ),
             (Version::V1, None) => Err(std::io::Error::new(
@@ -221,36 +232,41 @@ impl CgroupParent {
         }
     }
 
-    /// Whether every process of sandbox `id` is frozen now (a freeze is
-    /// asynchronous: each task stops at its next safe point).
-    pub fn is_frozen(&self, id: &str) -> bool {
+    /// Whether every process in the sandbox cgroup named `cgroup` is frozen
+    /// now (a freeze is asynchronous: each task stops at its next safe
+    /// point).
+    pub fn is_frozen(&self, cgroup: &str) -> bool {
         match (self.version, &self.freezer) {
-            (Version::V1, Some(d)) => std::fs::read_to_string(d.join(id).join("freezer.state"))
+            (Version::V1, Some(d)) => std::fs::read_to_string(d.join(cgroup).join("freezer.state"))
                 .is_ok_and(|s| s.trim() == "FROZEN"),
-            (Version::V2, _) => {
-                std::fs::read_to_string(self.root.join(&self.name).join(id).join("cgroup.events"))
-                    .is_ok_and(|s| s.lines().any(|l| l.trim() == "frozen 1"))
-            }
+            (Version::V2, _) => std::fs::read_to_string(
+                self.root
+                    .join(&self.name)
+                    .join(cgroup)
+                    .join("cgroup.events"),
+            )
+            .is_ok_and(|s| s.lines().any(|l| l.trim() == "frozen 1")),
             (Version::V1, None) => false,
         }
     }
 
-    /// Freezes sandbox `id` and waits until all of it is stopped; thaws it
-    /// again and fails when that takes longer than `limit`.
+    /// Freezes the sandbox cgroup named `cgroup` and waits until all of it
+    /// is stopped; thaws it again and fails when that takes longer than
+    /// `limit`.
     pub async fn freeze_and_wait(
         &self,
-        id: &str,
+        cgroup: &str,
         limit: std::time::Duration,
     ) -> std::io::Result<()> {
-        self.set_frozen(id, true)?;
+        self.set_frozen(cgroup, true)?;
         let started = std::time::Instant::now();
         let mut pause = std::time::Duration::from_micros(200);
-        while !self.is_frozen(id) {
+        while !self.is_frozen(cgroup) {
             if started.elapsed() > limit {
-                let _ = self.set_frozen(id, false);
+                let _ = self.set_frozen(cgroup, false);
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    format!("sandbox {id} did not freeze within {limit:?}"),
+                    format!("sandbox cgroup {cgroup} did not freeze within {limit:?}"),
                 ));
             }
             tokio::time::sleep(pause).await;
@@ -285,16 +301,47 @@ impl CgroupParent {
         self.version == Version::V2 || self.freezer.is_some()
     }
 
-    /// Removes the cgroups of sandbox `id` (runsc may leave some). Idempotent.
-    pub async fn remove_sandbox(&self, id: &str) {
+    /// Removes the sandbox cgroup named `name` in every hierarchy (runsc
+    /// may leave some). Idempotent.
+    pub async fn remove_sandbox(&self, name: &str) {
         for d in &self.dirs {
-            let p = d.join(id);
+            let p = d.join(name);
             if p.exists() {
                 if let Err(e) = tokio::fs::remove_dir(&p).await {
                     tracing::debug!(cgroup = %p.display(), "cannot remove: {e}");
                 }
             }
         }
+    }
+
+    /// Removes every sandbox cgroup but those named in `keep` (at
+    /// recovery, once what runs is adopted: what a crash left of runs
+    /// whose names nothing records any more). A cgroup that still holds a
+    /// process is left, and said so. Returns the names removed.
+    pub fn remove_unused(&self, keep: &std::collections::HashSet<String>) -> Vec<String> {
+        let mut removed = Vec::new();
+        for d in &self.dirs {
+            let Ok(rd) = std::fs::read_dir(d) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !e.path().is_dir() || keep.contains(&name) {
+                    continue;
+                }
+                match std::fs::remove_dir(e.path()) {
+                    Ok(()) => {
+                        if !removed.contains(&name) {
+                            removed.push(name);
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(cgroup = %e.path().display(), "cannot remove: {err}")
+                    }
+                }
+            }
+        }
+        removed
     }
 
     /// Removes the parent itself when no sandbox cgroup is left in it (at a
@@ -453,6 +500,29 @@ mod tests {
         // The controllers it could use were asked for at the root.
         let asked = std::fs::read_to_string(root.path().join("cgroup.subtree_control")).unwrap();
         assert!(asked.contains("pids"), "{asked}");
+    }
+
+    #[test]
+    fn unused_sandbox_cgroups_go_and_kept_ones_stay() {
+        let root = tempfile::tempdir().unwrap();
+        for h in ["pids", "memory"] {
+            let h = root.path().join(h);
+            std::fs::create_dir_all(&h).unwrap();
+            std::fs::write(h.join("cgroup.procs"), "").unwrap();
+        }
+        let p = CgroupParent::prepare_at(root.path(), "t").unwrap();
+        for name in ["sbx1", "r1-sbx1", "sbx2"] {
+            std::fs::create_dir(root.path().join("pids/t").join(name)).unwrap();
+        }
+        std::fs::create_dir(root.path().join("memory/t/r1-sbx1")).unwrap();
+        // A plain directory with a file in it stands for a busy cgroup.
+        std::fs::write(root.path().join("pids/t/sbx2/cgroup.procs"), "12\n").unwrap();
+        let keep = ["sbx1".to_string()].into_iter().collect();
+        assert_eq!(p.remove_unused(&keep), vec!["r1-sbx1".to_string()]);
+        assert!(root.path().join("pids/t/sbx1").is_dir());
+        assert!(root.path().join("pids/t/sbx2").is_dir());
+        assert!(!root.path().join("pids/t/r1-sbx1").exists());
+        assert!(!root.path().join("memory/t/r1-sbx1").exists());
     }
 
     #[test]

@@ -26,6 +26,8 @@ const BUSY_RECHECK: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 struct State {
+    /// Its cgroup (the name under the cgroup parent).
+    cgroup: String,
     holds: usize,
     last_used: Instant,
     frozen: bool,
@@ -72,12 +74,13 @@ impl Idle {
         })
     }
 
-    /// Starts tracking a sandbox that runs (and is thawed: recovery thaws
-    /// whatever a previous run left frozen).
-    pub fn add(&self, id: &str) {
+    /// Starts tracking a sandbox that runs in cgroup `cgroup` (and is
+    /// thawed: recovery thaws whatever a previous run left frozen).
+    pub fn add(&self, id: &str, cgroup: &str) {
         self.sandboxes.lock().unwrap().insert(
             id.to_string(),
             State {
+                cgroup: cgroup.to_string(),
                 holds: 0,
                 last_used: Instant::now(),
                 frozen: false,
@@ -89,10 +92,11 @@ impl Idle {
     /// Stops tracking a sandbox and thaws it (a frozen process cannot even
     /// die).
     pub fn remove(&self, id: &str) {
-        self.sandboxes.lock().unwrap().remove(id);
+        let state = self.sandboxes.lock().unwrap().remove(id);
         // Also one this server did not track (left frozen before a crash).
         if self.after.is_some() {
-            let _ = self.cgroups.set_frozen(id, false);
+            let cgroup = state.map_or_else(|| id.to_string(), |s| s.cgroup);
+            let _ = self.cgroups.set_frozen(&cgroup, false);
         }
     }
 
@@ -104,7 +108,7 @@ impl Idle {
             s.last_used = Instant::now();
             if s.frozen {
                 s.frozen = false;
-                self.thaw(id);
+                self.thaw(id, &s.cgroup);
             }
         }
         Hold {
@@ -113,8 +117,8 @@ impl Idle {
         }
     }
 
-    fn thaw(&self, id: &str) {
-        if let Err(e) = self.cgroups.set_frozen(id, false) {
+    fn thaw(&self, id: &str, cgroup: &str) {
+        if let Err(e) = self.cgroups.set_frozen(cgroup, false) {
             tracing::warn!(sandbox = id, "cannot thaw: {e}");
         }
     }
@@ -147,7 +151,7 @@ impl Idle {
         if s.frozen || s.holds > 0 || s.last_used != seen {
             return false;
         }
-        match self.cgroups.set_frozen(id, true) {
+        match self.cgroups.set_frozen(&s.cgroup, true) {
             Ok(()) => {
                 s.frozen = true;
                 true

@@ -503,7 +503,7 @@ impl Executor {
         let addr = SocketAddr::new(slot.sandbox_ip().into(), AGENT_PORT);
         self.agent_ready(&spec.id, addr).await?;
         self.watch_memory(&spec.id, spec.memory_mb, spec.checkpoint.is_some());
-        self.idle.add(&spec.id);
+        self.idle.add(&spec.id, &self.runtime.cgroup_name(&spec.id));
         tracing::debug!(
             sandbox = spec.id,
             layer_and_net_ms = (t1 - t0).as_millis() as u64,
@@ -623,7 +623,8 @@ impl Executor {
         if !self.host_memory_watch {
             return;
         }
-        let Some(dir) = memwatch::memory_cgroup(&self.cgroups.sandbox_path(id)) else {
+        let cgroup = self.cgroups.sandbox_path(&self.runtime.cgroup_name(id));
+        let Some(dir) = memwatch::memory_cgroup(&cgroup) else {
             tracing::warn!(sandbox = id, "no memory cgroup to watch");
             return;
         };
@@ -711,7 +712,7 @@ impl Executor {
     /// Sets the host CPUs sandbox `id` runs on (a cpuset list); a no-op
     /// where sandboxes are not pinned.
     async fn set_cpus(&self, id: &str, cpus: &str) -> std::io::Result<()> {
-        match self.cgroups.cpus_file(id) {
+        match self.cgroups.cpus_file(&self.runtime.cgroup_name(id)) {
             Some(f) if f.exists() => tokio::fs::write(f, cpus).await,
             _ => Ok(()),
         }
@@ -879,11 +880,12 @@ impl Executor {
         cow: Option<&str>,
     ) -> Result<u64, Error> {
         let freeze = !memory && self.cgroups.can_freeze();
+        let cgroup = self.runtime.cgroup_name(id);
         let started = std::time::Instant::now();
         let ms = |t: std::time::Instant| t.elapsed().as_millis() as u64;
         if freeze {
             self.cgroups
-                .freeze_and_wait(id, std::time::Duration::from_secs(10))
+                .freeze_and_wait(&cgroup, std::time::Duration::from_secs(10))
                 .await?;
         } else {
             self.runtime.pause(id).await?;
@@ -918,7 +920,7 @@ impl Executor {
         let captured = files.and(image.map(drop));
         let resuming = std::time::Instant::now();
         let resumed = if freeze {
-            self.cgroups.set_frozen(id, false).map_err(Error::from)
+            self.cgroups.set_frozen(&cgroup, false).map_err(Error::from)
         } else {
             let mut resumed = self.runtime.resume(id).await;
             if resumed.is_err() {
@@ -1065,18 +1067,17 @@ impl Executor {
         let sentry = self.live.lock().unwrap().remove(id).and_then(|l| l.pid);
         // The memory image and the disk are safe: the sandbox is suspended.
         // The old sentry's exit and `runsc delete` (~0.06 s) go on in the
-        // background, then its volume and network linger for a quick resume
-        // (see `linger`); a resume or destroy waits for, or takes over, what
-        // is under way. Meanwhile the image is read back into the page cache
-        // for the resume (see `warm`).
+        // background, while its volume and network linger for a quick resume
+        // (see `linger`), which need not wait for them: the runtime restores
+        // beside what it deletes. A destroy waits for them. Meanwhile the
+        // image is read back into the page cache for the resume (see `warm`).
         let ms = started.elapsed().as_millis() as u64;
         tracing::debug!(sandbox = id, sync_ms, checkpoint_ms = ms, "suspend");
         let warming = warm::into_page_cache(image.clone());
         self.warming.lock().unwrap().insert(id.to_string(), warming);
-        let busy = self.lingering.begin(id);
-        let (runtime, cgroups, lingering, linger) = (
+        let stop = self.lingering.begin(id, slot);
+        let (runtime, lingering, linger) = (
             self.runtime.clone(),
-            self.cgroups.clone(),
             self.lingering.clone(),
             self.suspend_linger,
         );
@@ -1090,17 +1091,19 @@ impl Executor {
                 orphans::wait_gone(pid, std::time::Duration::from_secs(2)).await;
             }
             let gone_ms = t0.elapsed().as_millis() as u64;
-            if let Err(e) = runtime.destroy(&id).await {
+            // Its container and cgroup only: a resume may already run.
+            if let Err(e) = runtime.destroy_stopped(&id).await {
                 tracing::warn!(sandbox = id, "runtime destroy after suspend: {e}");
             }
-            cgroups.remove_sandbox(&id).await;
             tracing::debug!(
                 sandbox = id,
                 gone_ms,
                 stopped_ms = t0.elapsed().as_millis() as u64,
                 "suspend: old sandbox stopped"
             );
-            let turn = lingering.ready(&id, slot, busy);
+            let Some(turn) = lingering.stopped(&id, stop) else {
+                return;
+            };
             tokio::time::sleep(linger).await;
             if let Some((slot, busy)) = lingering.expire(&id, turn) {
                 release(&id, slot, &dir).await;
@@ -1110,8 +1113,10 @@ impl Executor {
         Ok(ms)
     }
 
-    /// Restores a suspended sandbox under its id, with a new network slot.
-    /// On failure it stays suspended, its disk and memory image intact.
+    /// Restores a suspended sandbox under its id, on its lingering volume
+    /// and network or with a new network slot. It does not wait for the
+    /// old sandbox's removal (see `linger`). On failure it stays
+    /// suspended, its disk and memory image intact.
     pub async fn resume(&self, id: &str) -> Result<SocketAddr, Error> {
         let t0 = std::time::Instant::now();
         let ms = |t: std::time::Instant| t.elapsed().as_millis() as u64;
@@ -1189,7 +1194,7 @@ impl Executor {
                 "resume"
             );
             self.watch_memory(id, spec.memory_mb, true);
-            self.idle.add(id);
+            self.idle.add(id, &self.runtime.cgroup_name(id));
             Ok::<_, Error>((slot, state.pid, addr))
         }
         .await;
@@ -1214,12 +1219,12 @@ impl Executor {
                 self.stop_memory_watch(id);
                 self.idle.remove(id);
                 let slot = self.live.lock().unwrap().remove(id).map(|l| l.slot);
-                let _ = self.runtime.destroy(id).await;
+                // Also the old sandbox, if its removal is still under way.
+                self.destroy_runtime(id).await;
                 if let Some(slot) = slot {
                     net::destroy(id, slot).await;
                 }
                 layer.unmount().await;
-                self.cgroups.remove_sandbox(id).await;
                 let _ = write_meta(&dir, &meta).await;
                 Err(e)
             }
@@ -1236,7 +1241,7 @@ impl Executor {
     /// Stops a sandbox and removes everything it had on the host. Idempotent.
     pub async fn destroy(&self, id: &str) -> Result<(), Error> {
         self.stop_warming(id);
-        let lingering = self.lingering.take(id).await;
+        let lingering = self.lingering.take_stopped(id).await;
         let slot = self.live.lock().unwrap().get(id).map(|l| l.slot);
         let slot = match slot.or(lingering) {
             Some(s) => Some(s),
@@ -1258,9 +1263,8 @@ impl Executor {
     /// deleting its netns removes the veth pair with it.
     async fn teardown_without_slot(&self, id: &str) {
         self.idle.remove(id);
-        let _ = self.runtime.destroy(id).await;
+        self.destroy_runtime(id).await;
         let _ = cmd::run("ip", &["netns", "del", &net::netns_name(id)]).await;
-        self.cgroups.remove_sandbox(id).await;
         Layer::new(self.sandbox_dir(id)).destroy().await;
     }
 
@@ -1269,15 +1273,25 @@ impl Executor {
         self.live.lock().unwrap().remove(id);
         self.stop_memory_watch(id);
         self.idle.remove(id);
-        if let Err(e) = self.runtime.destroy(id).await {
-            tracing::warn!(sandbox = id, "runtime destroy: {e}");
-        }
+        self.destroy_runtime(id).await;
         let dir = self.sandbox_dir(id);
         release(id, slot, &dir).await;
-        self.cgroups.remove_sandbox(id).await;
         // The directory goes last: once it is gone, nothing of the sandbox
         // is left on the host (what callers and tests wait for).
         Layer::new(dir).destroy().await;
+    }
+
+    /// Destroys whatever of sandbox `id` the runtime runs or keeps, and
+    /// its cgroups (runsc may leave some).
+    async fn destroy_runtime(&self, id: &str) {
+        let cgroup = self.runtime.cgroup_name(id);
+        if let Err(e) = self.runtime.destroy(id).await {
+            tracing::warn!(sandbox = id, "runtime destroy: {e}");
+        }
+        self.cgroups.remove_sandbox(&cgroup).await;
+        if cgroup != id {
+            self.cgroups.remove_sandbox(id).await;
+        }
     }
 
     /// Finishes the teardowns of suspended sandboxes and releases what
@@ -1285,7 +1299,7 @@ impl Executor {
     /// left in it, the cgroup parent (on shutdown; sandboxes keep running).
     pub async fn shutdown(&self) {
         for id in self.lingering.ids() {
-            if let Some(slot) = self.lingering.take(&id).await {
+            if let Some(slot) = self.lingering.take_stopped(&id).await {
                 release(&id, slot, &self.sandbox_dir(&id)).await;
             }
         }
@@ -1335,6 +1349,7 @@ impl Executor {
         let mut seen: HashSet<String> = HashSet::new();
         seen.extend(states.iter().map(|s| s.id.clone()));
         seen.extend(dirs.iter().cloned());
+        let mut cgroups_in_use = HashSet::new();
         for id in seen {
             let dir = self.sandbox_dir(&id);
             sweep_discarded(&dir).await;
@@ -1344,10 +1359,9 @@ impl Executor {
                 && dir.join(SUSPEND_DIR).is_dir()
                 && layer.image_file().exists();
             if keep.contains(&id) && suspended {
-                let _ = self.runtime.destroy(&id).await;
+                self.destroy_runtime(&id).await;
                 let _ = cmd::run("ip", &["netns", "del", &net::netns_name(&id)]).await;
                 layer.unmount().await;
-                self.cgroups.remove_sandbox(&id).await;
                 report.suspended.push(id);
                 continue;
             }
@@ -1373,7 +1387,14 @@ impl Executor {
                         cpu: None,
                     },
                 );
-                self.idle.add(&id);
+                // What a crash left of its earlier runs (one a suspend
+                // stopped before a resume started this one).
+                if let Err(e) = self.runtime.destroy_stopped(&id).await {
+                    tracing::warn!(sandbox = id, "runtime destroy of earlier runs: {e}");
+                }
+                let cgroup = self.runtime.cgroup_name(&id);
+                self.idle.add(&id, &cgroup);
+                cgroups_in_use.insert(cgroup);
                 if let Some(spec) = &meta.spec {
                     self.watch_memory(&id, spec.memory_mb, true);
                 }
@@ -1387,6 +1408,12 @@ impl Executor {
                 }
                 report.cleaned.push(id);
             }
+        }
+        // Cgroups of runs no record names any more (a crash while runsc
+        // made one, or before it removed one).
+        let removed = self.cgroups.remove_unused(&cgroups_in_use);
+        if !removed.is_empty() {
+            tracing::info!(?removed, "recovery: removed unused sandbox cgroups");
         }
         self.release_layers().await;
         Ok(report)

@@ -2,13 +2,21 @@
 //! suspend.
 //!
 //! A suspend reports `suspended` as soon as the memory image is safe; the old
-//! sandbox is stopped in the background ([`State::Busy`]). Its volume then
-//! stays mounted and its network (slot, netns, addresses, firewall rules)
-//! stays configured for the linger time ([`State::Ready`]), so that a resume
-//! soon after (an agent that suspends between two steps) skips unmounting,
-//! mounting and re-making them: ~70 ms of a ~400 ms resume here. After it,
-//! they are released and the sandbox holds nothing on the host but its
-//! files. A destroy, a shutdown or a resume takes them over at any time.
+//! sandbox is stopped in the background ([`State::Stopping`]: its sentry
+//! exits, its runtime container and cgroup are deleted). Its volume stays
+//! mounted and its network (slot, netns, addresses, firewall rules) stays
+//! configured meanwhile and then for the linger time ([`State::Ready`]), so
+//! that a resume soon after (an agent that suspends between two steps)
+//! skips unmounting, mounting and re-making them: ~70 ms of a ~400 ms resume
+//! here. After it, they are released ([`State::Releasing`]) and the sandbox
+//! holds nothing on the host but its files.
+//!
+//! A resume takes them over at once, also while the old sandbox is still
+//! being stopped: the runtime restores beside it (a container and cgroup of
+//! its own, see `sbx_runtime::runs`), so only a release under way, which
+//! unmounts the volume and removes the network, is waited for (~50 ms of a
+//! resume right after its suspend). A destroy and the server's shutdown
+//! wait for the stop too, then take over what lingers.
 
 use crate::net::Slot;
 use std::collections::HashMap;
@@ -17,16 +25,23 @@ use std::sync::Mutex;
 use tokio::sync::watch;
 
 enum State {
-    /// The old sandbox is being stopped, or its volume and network
-    /// released; over when the receiver sees `true`.
-    Busy(watch::Receiver<bool>),
-    /// Stopped; volume mounted and network ready on `slot`. `turn` tells
-    /// this stay from a later one of the same sandbox.
+    /// The old sandbox is being stopped (the receiver sees `true` once it
+    /// is); its volume and network stay on `slot` until a resume takes
+    /// them (`None` from then on).
+    Stopping {
+        slot: Option<Slot>,
+        turn: u64,
+        done: watch::Receiver<bool>,
+    },
+    /// Stopped; volume mounted and network ready on `slot`.
     Ready { slot: Slot, turn: u64 },
+    /// The volume and network are being released; over when the receiver
+    /// sees `true`.
+    Releasing(watch::Receiver<bool>),
 }
 
-/// Ends a [`State::Busy`] when dropped (whatever path the work took), and
-/// wakes whoever waits for it.
+/// Ends a piece of work ([`State::Stopping`], [`State::Releasing`]) when
+/// dropped (whatever path the work took), and wakes whoever waits for it.
 pub(crate) struct Busy {
     done: watch::Sender<bool>,
 }
@@ -37,6 +52,13 @@ impl Drop for Busy {
     }
 }
 
+/// The old sandbox's stop of one suspend: hand it to [`Lingering::stopped`]
+/// (dropped, it ends the stop too).
+pub(crate) struct Stop {
+    turn: u64,
+    _busy: Busy,
+}
+
 #[derive(Default)]
 pub(crate) struct Lingering {
     sandboxes: Mutex<HashMap<String, State>>,
@@ -44,51 +66,98 @@ pub(crate) struct Lingering {
 }
 
 impl Lingering {
-    /// Marks sandbox `id` busy: its old sandbox is being stopped.
-    pub(crate) fn begin(&self, id: &str) -> Busy {
-        let (done, rx) = watch::channel(false);
-        self.sandboxes
-            .lock()
-            .unwrap()
-            .insert(id.to_string(), State::Busy(rx));
-        Busy { done }
-    }
-
-    /// The old sandbox of `id` is stopped; its volume and network on `slot`
-    /// wait for a resume. The returned turn is for [`Lingering::expire`].
-    pub(crate) fn ready(&self, id: &str, slot: Slot, busy: Busy) -> u64 {
+    /// Sandbox `id` was suspended: its old sandbox is being stopped, its
+    /// volume and network stay on `slot`.
+    pub(crate) fn begin(&self, id: &str, slot: Slot) -> Stop {
         let turn = self.turns.fetch_add(1, Ordering::Relaxed);
-        self.sandboxes
-            .lock()
-            .unwrap()
-            .insert(id.to_string(), State::Ready { slot, turn });
-        drop(busy);
-        turn
+        let (done, rx) = watch::channel(false);
+        self.sandboxes.lock().unwrap().insert(
+            id.to_string(),
+            State::Stopping {
+                slot: Some(slot),
+                turn,
+                done: rx,
+            },
+        );
+        Stop {
+            turn,
+            _busy: Busy { done },
+        }
     }
 
-    /// Waits until nothing is under way for `id`, then takes its lingering
-    /// volume and network if it has them: their slot, and from then on the
-    /// caller owns them. `None`: nothing of it lingers.
+    /// The old sandbox of `id` is stopped. Returns the turn for
+    /// [`Lingering::expire`] when its volume and network now linger, `None`
+    /// when a resume took them meanwhile (or a later suspend began).
+    pub(crate) fn stopped(&self, id: &str, stop: Stop) -> Option<u64> {
+        let mut sandboxes = self.sandboxes.lock().unwrap();
+        let lingers = match sandboxes.get(id) {
+            Some(State::Stopping { slot, turn, .. }) if *turn == stop.turn => *slot,
+            _ => return None,
+        };
+        match lingers {
+            Some(slot) => {
+                sandboxes.insert(
+                    id.to_string(),
+                    State::Ready {
+                        slot,
+                        turn: stop.turn,
+                    },
+                );
+                Some(stop.turn)
+            }
+            None => {
+                sandboxes.remove(id);
+                None
+            }
+        }
+    }
+
+    /// For a resume: takes the lingering volume and network of `id` if it
+    /// has them (their slot; from then on the caller owns them), without
+    /// waiting for the old sandbox's stop. Waits only for a release under
+    /// way. `None`: nothing of it lingers.
     pub(crate) async fn take(&self, id: &str) -> Option<Slot> {
+        self.take_when(id, false).await
+    }
+
+    /// For a destroy or a shutdown: waits until nothing is under way for
+    /// `id` (the old sandbox stopped, a release done), then takes what
+    /// lingers of it, as [`Lingering::take`].
+    pub(crate) async fn take_stopped(&self, id: &str) -> Option<Slot> {
+        self.take_when(id, true).await
+    }
+
+    async fn take_when(&self, id: &str, after_stop: bool) -> Option<Slot> {
         loop {
             let mut rx = {
                 let mut sandboxes = self.sandboxes.lock().unwrap();
-                match sandboxes.get(id) {
+                match sandboxes.get_mut(id) {
                     None => return None,
                     Some(State::Ready { slot, .. }) => {
                         let slot = *slot;
                         sandboxes.remove(id);
                         return Some(slot);
                     }
-                    Some(State::Busy(rx)) => rx.clone(),
+                    Some(State::Stopping { done, .. }) if after_stop && !*done.borrow() => {
+                        done.clone()
+                    }
+                    Some(State::Stopping { slot, done, .. }) => {
+                        let slot = slot.take();
+                        // A stop that ended without saying so (its task
+                        // died) leaves nothing under way.
+                        if *done.borrow() {
+                            sandboxes.remove(id);
+                        }
+                        return slot;
+                    }
+                    Some(State::Releasing(rx)) if !*rx.borrow() => rx.clone(),
+                    Some(State::Releasing(_)) => {
+                        sandboxes.remove(id);
+                        return None;
+                    }
                 }
             };
             let _ = rx.wait_for(|done| *done).await;
-            // The work is over: its entry is gone, or now `Ready`.
-            let mut sandboxes = self.sandboxes.lock().unwrap();
-            if matches!(sandboxes.get(id), Some(State::Busy(rx)) if *rx.borrow()) {
-                sandboxes.remove(id);
-            }
         }
     }
 
@@ -100,17 +169,17 @@ impl Lingering {
             Some(State::Ready { slot, turn: t }) if *t == turn => {
                 let slot = *slot;
                 let (done, rx) = watch::channel(false);
-                sandboxes.insert(id.to_string(), State::Busy(rx));
+                sandboxes.insert(id.to_string(), State::Releasing(rx));
                 Some((slot, Busy { done }))
             }
             _ => None,
         }
     }
 
-    /// Forgets a finished piece of work of `id`.
+    /// Forgets a finished release of `id`.
     pub(crate) fn finish(&self, id: &str, busy: Busy) {
         let mut sandboxes = self.sandboxes.lock().unwrap();
-        if matches!(sandboxes.get(id), Some(State::Busy(_))) {
+        if matches!(sandboxes.get(id), Some(State::Releasing(_))) {
             sandboxes.remove(id);
         }
         drop(busy);
@@ -123,8 +192,9 @@ impl Lingering {
             .unwrap()
             .values()
             .filter_map(|s| match s {
+                State::Stopping { slot, .. } => *slot,
                 State::Ready { slot, .. } => Some(*slot),
-                State::Busy(_) => None,
+                State::Releasing(_) => None,
             })
             .collect()
     }
@@ -142,64 +212,117 @@ mod tests {
     use std::time::Duration;
 
     #[tokio::test]
-    async fn a_resume_waits_for_the_stop_then_takes_the_slot() {
+    async fn a_resume_takes_the_slot_without_waiting_for_the_stop() {
         let l = Arc::new(Lingering::default());
-        let busy = l.begin("a");
+        let stop = l.begin("a", Slot(7));
+        assert_eq!(l.slots(), vec![Slot(7)], "held while the old sandbox stops");
+        let taken = tokio::time::timeout(Duration::from_secs(1), l.take("a")).await;
+        assert_eq!(taken.expect("a resume must not wait"), Some(Slot(7)));
+        assert!(l.slots().is_empty());
+        assert_eq!(l.take("a").await, None, "taken once");
+        // The stop ends later: nothing lingers, nothing is left.
+        assert_eq!(l.stopped("a", stop), None);
+        assert!(l.ids().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_destroy_waits_for_the_stop_then_takes_the_slot() {
+        let l = Arc::new(Lingering::default());
+        let stop = l.begin("a", Slot(7));
         let taker = tokio::spawn({
             let l = l.clone();
-            async move { l.take("a").await }
+            async move { l.take_stopped("a").await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!taker.is_finished(), "take must wait while busy");
-        let turn = l.ready("a", Slot(7), busy);
+        assert!(!taker.is_finished(), "take_stopped must wait for the stop");
+        let turn = l.stopped("a", stop).expect("lingers");
         assert_eq!(taker.await.unwrap(), Some(Slot(7)));
         // Taken: the expiry finds nothing to release, nothing lingers.
         assert!(l.expire("a", turn).is_none());
         assert!(l.ids().is_empty());
-        assert_eq!(l.take("a").await, None);
+    }
+
+    #[tokio::test]
+    async fn a_destroy_after_a_resume_took_the_slot_still_waits_for_the_stop() {
+        let l = Arc::new(Lingering::default());
+        let stop = l.begin("a", Slot(7));
+        assert_eq!(l.take("a").await, Some(Slot(7)));
+        let taker = tokio::spawn({
+            let l = l.clone();
+            async move { l.take_stopped("a").await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!taker.is_finished());
+        assert_eq!(l.stopped("a", stop), None);
+        assert_eq!(taker.await.unwrap(), None);
+        assert!(l.ids().is_empty());
     }
 
     #[tokio::test]
     async fn an_expiry_releases_once_and_a_taker_waits_for_it() {
         let l = Arc::new(Lingering::default());
-        let turn = l.ready("a", Slot(3), l.begin("a"));
+        let stop = l.begin("a", Slot(3));
+        let turn = l.stopped("a", stop).unwrap();
         assert_eq!(l.slots(), vec![Slot(3)]);
         let (slot, busy) = l.expire("a", turn).expect("still lingering");
         assert_eq!(slot, Slot(3));
         assert!(l.expire("a", turn).is_none(), "released twice");
         assert!(l.slots().is_empty());
-        let taker = tokio::spawn({
+        let resume = tokio::spawn({
             let l = l.clone();
             async move { l.take("a").await }
         });
+        let destroy = tokio::spawn({
+            let l = l.clone();
+            async move { l.take_stopped("a").await }
+        });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!taker.is_finished(), "take must wait for the release");
+        assert!(!resume.is_finished(), "a resume must wait for the release");
+        assert!(
+            !destroy.is_finished(),
+            "a destroy must wait for the release"
+        );
         l.finish("a", busy);
-        assert_eq!(taker.await.unwrap(), None);
+        assert_eq!(resume.await.unwrap(), None);
+        assert_eq!(destroy.await.unwrap(), None);
         assert!(l.ids().is_empty());
     }
 
     #[tokio::test]
     async fn an_old_expiry_leaves_a_later_linger_alone() {
         let l = Lingering::default();
-        let first = l.ready("a", Slot(1), l.begin("a"));
+        let first = l.stopped("a", l.begin("a", Slot(1))).unwrap();
         assert_eq!(l.take("a").await, Some(Slot(1)));
-        let second = l.ready("a", Slot(2), l.begin("a"));
+        let second = l.stopped("a", l.begin("a", Slot(2))).unwrap();
         assert!(l.expire("a", first).is_none());
         assert_eq!(l.slots(), vec![Slot(2)]);
         assert!(l.expire("a", second).is_some());
     }
 
     #[tokio::test]
+    async fn an_earlier_stop_ending_late_leaves_a_later_suspend_alone() {
+        // Suspend, resume at once, suspend again before the first stop ends.
+        let l = Lingering::default();
+        let first = l.begin("a", Slot(1));
+        assert_eq!(l.take("a").await, Some(Slot(1)));
+        let second = l.begin("a", Slot(1));
+        assert_eq!(l.stopped("a", first), None);
+        assert_eq!(l.slots(), vec![Slot(1)], "the second suspend's, still held");
+        let turn = l.stopped("a", second).expect("lingers");
+        assert!(l.expire("a", turn).is_some());
+    }
+
+    #[tokio::test]
     async fn dropped_work_does_not_leave_takers_waiting() {
         let l = Arc::new(Lingering::default());
-        let busy = l.begin("a");
+        let stop = l.begin("a", Slot(4));
         let taker = tokio::spawn({
             let l = l.clone();
-            async move { l.take("a").await }
+            async move { l.take_stopped("a").await }
         });
-        drop(busy); // e.g. the task panicked
-        assert_eq!(taker.await.unwrap(), None);
+        drop(stop); // e.g. the task panicked
+                    // What lingered is the taker's to release.
+        assert_eq!(taker.await.unwrap(), Some(Slot(4)));
         assert!(l.ids().is_empty());
     }
 }

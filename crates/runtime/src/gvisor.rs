@@ -1,30 +1,76 @@
 //! gVisor: sandboxes run by `runsc` (systrap platform).
 
 use crate::control::{self, ControlError};
-use crate::{oci, Result, Runtime, RuntimeError, SandboxSpec, SandboxState};
+use crate::{oci, runs, Result, Runtime, RuntimeError, SandboxSpec, SandboxState};
 use async_trait::async_trait;
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use tokio::process::Command;
+use tokio::sync::watch;
 
 /// How long a pause or resume through the control socket may take (a pause
 /// waits for every task to stop).
 const CONTROL_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Drives the `runsc` binary with its own state directory.
+/// Where cgroup hierarchies are mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Runs of a sandbox looked for on disk by [`Gvisor::runs_of`] beyond the
+/// ones this process knows (new runs take the smallest free number, so a
+/// sandbox rarely has more than two).
+const PROBED_RUNS: u32 = 8;
+
+/// Drives the `runsc` binary with its own state directory. Each boot or
+/// restore of a sandbox is a runsc container of its own ([`runs`]); callers
+/// name sandboxes only.
 #[derive(Debug, Clone)]
 pub struct Gvisor {
     runsc: PathBuf,
     root: PathBuf,
+    runs: Arc<Mutex<Runs>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// What this process knows of its sandboxes' runs (see [`runs`]).
+#[derive(Debug, Default)]
+struct Runs {
+    /// Sandbox id → the run that is the sandbox now.
+    current: HashMap<String, String>,
+    /// Sandbox id → earlier runs not deleted yet: stopped by a checkpoint,
+    /// or found beside the current one by [`Runtime::list`].
+    stopped: HashMap<String, Vec<String>>,
+    /// Runs being deleted; each receiver sees `true` when that is done.
+    deleting: HashMap<String, watch::Receiver<bool>>,
+    /// The cgroup path of each run this process started.
+    cgroups: HashMap<String, String>,
+}
+
+impl Runs {
+    /// Forgets run `name` of sandbox `id`, deleted.
+    fn forget(&mut self, id: &str, name: &str) {
+        if self.current.get(id).is_some_and(|c| c == name) {
+            self.current.remove(id);
+        }
+        if let Some(stopped) = self.stopped.get_mut(id) {
+            stopped.retain(|s| s != name);
+            if stopped.is_empty() {
+                self.stopped.remove(id);
+            }
+        }
+        self.cgroups.remove(name);
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
 struct RunscState {
     id: String,
     #[serde(default)]
     pid: i32,
     status: String,
+    #[serde(default)]
+    bundle: PathBuf,
 }
 
 impl Gvisor {
@@ -33,17 +79,161 @@ impl Gvisor {
         Self {
             runsc: runsc.into(),
             root: root.into(),
+            runs: Arc::default(),
         }
     }
 
-    /// The sentry's control socket (where runsc puts it for a short root).
-    fn control_socket(&self, id: &str) -> PathBuf {
-        self.root.join(format!("runsc-{id}.sock"))
+    /// The sentry's control socket of run `name` (where runsc puts it for
+    /// a short root).
+    fn control_socket(&self, name: &str) -> PathBuf {
+        self.root.join(format!("runsc-{name}.sock"))
     }
 
-    /// Present while a pause through the control socket may hold.
-    fn pause_marker(&self, id: &str) -> PathBuf {
-        self.root.join(format!("{id}.sbx-paused"))
+    /// Present while a pause through the control socket may hold run `name`.
+    fn pause_marker(&self, name: &str) -> PathBuf {
+        self.root.join(format!("{name}.sbx-paused"))
+    }
+
+    /// runsc's state of run `name` (a sandbox's root container: its
+    /// sandbox and container ids are the same).
+    fn state_file(&self, name: &str) -> PathBuf {
+        self.root.join(format!("{name}_sandbox:{name}.state"))
+    }
+
+    /// The run that is sandbox `id` now: its runsc container id.
+    fn current(&self, id: &str) -> String {
+        self.runs
+            .lock()
+            .unwrap()
+            .current
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| id.to_string())
+    }
+
+    /// Begins a new run of `spec`'s sandbox under the first free name (see
+    /// [`runs`]) and makes it the sandbox's current run; returns its name
+    /// and the spec it runs with (its cgroup).
+    fn new_run(&self, spec: &SandboxSpec) -> Result<(String, SandboxSpec)> {
+        if !runs::is_valid_id(&spec.id) {
+            return Err(RuntimeError::InvalidId(spec.id.clone()));
+        }
+        let mut all = self.runs.lock().unwrap();
+        // Not expected (a run stops before the next one starts), but what
+        // is current would otherwise be lost.
+        if let Some(old) = all.current.remove(&spec.id) {
+            all.stopped.entry(spec.id.clone()).or_default().push(old);
+        }
+        for n in 0..1000 {
+            let name = runs::name(&spec.id, n);
+            let cgroup = runs::cgroup_path(&spec.cgroup_path, &name, n);
+            let taken = all.deleting.contains_key(&name)
+                || all.stopped.get(&spec.id).is_some_and(|s| s.contains(&name))
+                || self.state_file(&name).exists()
+                || !cgroup_dirs(&cgroup).is_empty();
+            if taken {
+                continue;
+            }
+            if n > 0 {
+                tracing::debug!(sandbox = spec.id, run = name, "beside an earlier run");
+            }
+            all.current.insert(spec.id.clone(), name.clone());
+            all.cgroups.insert(name.clone(), cgroup.clone());
+            let run = SandboxSpec {
+                cgroup_path: cgroup,
+                ..spec.clone()
+            };
+            return Ok((name, run));
+        }
+        Err(RuntimeError::Unavailable(format!(
+            "no free runsc container name for sandbox {}",
+            spec.id
+        )))
+    }
+
+    /// The spec run `name` of `spec`'s sandbox runs with.
+    fn run_spec(spec: &SandboxSpec, name: &str) -> SandboxSpec {
+        let (_, n) = runs::parse(name);
+        SandboxSpec {
+            cgroup_path: runs::cgroup_path(&spec.cgroup_path, name, n),
+            ..spec.clone()
+        }
+    }
+
+    /// Every run of sandbox `id` there may be: the ones this process knows,
+    /// and ones whose runsc state is on disk.
+    fn runs_of(&self, id: &str) -> Vec<String> {
+        let all = self.runs.lock().unwrap();
+        let mut names: Vec<String> = all
+            .current
+            .get(id)
+            .into_iter()
+            .chain(all.stopped.get(id).into_iter().flatten())
+            .cloned()
+            .collect();
+        drop(all);
+        for n in 0..PROBED_RUNS {
+            let name = runs::name(id, n);
+            if !names.contains(&name) && self.state_file(&name).exists() {
+                names.push(name);
+            }
+        }
+        names
+    }
+
+    /// Deletes run `name` (`runsc delete --force`) and whatever cgroup of
+    /// it runsc left. A deletion of it already under way is waited for
+    /// instead. Until it is over, the name is not given to a new run.
+    async fn delete_run(&self, name: &str) -> Result<()> {
+        let (id, _) = runs::parse(name);
+        let begun = {
+            let mut all = self.runs.lock().unwrap();
+            match all.deleting.get(name) {
+                Some(rx) => Err(rx.clone()),
+                None => {
+                    let (tx, rx) = watch::channel(false);
+                    all.deleting.insert(name.to_string(), rx);
+                    Ok(tx)
+                }
+            }
+        };
+        let done = match begun {
+            Ok(tx) => tx,
+            Err(mut rx) => {
+                let _ = rx.wait_for(|done| *done).await;
+                return Ok(());
+            }
+        };
+        let deleted = match self
+            .run(&["delete".into(), "--force".into(), name.into()])
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(RuntimeError::Command { stderr, .. }) if is_not_found(&stderr) => Ok(()),
+            Err(e) => Err(e),
+        };
+        let cgroup = self.runs.lock().unwrap().cgroups.get(name).cloned();
+        if deleted.is_ok() {
+            let _ = tokio::fs::remove_file(self.pause_marker(name)).await;
+            // runsc removes the cgroups it made; any it left (a crash of
+            // its own) would keep the name from a later run.
+            if let Some(cgroup) = cgroup {
+                for dir in cgroup_dirs(&cgroup) {
+                    if let Err(e) = std::fs::remove_dir(&dir) {
+                        tracing::debug!(cgroup = %dir.display(), "cannot remove: {e}");
+                    }
+                }
+            }
+        }
+        {
+            let mut all = self.runs.lock().unwrap();
+            if deleted.is_ok() {
+                all.forget(id, name);
+            }
+            all.deleting.remove(name);
+        }
+        let _ = done.send(true);
+        deleted
     }
 
     /// Finds `runsc` on PATH.
@@ -188,16 +378,18 @@ impl Gvisor {
         }
     }
 
-    /// Runs a start-like command, destroying the sandbox when it fails.
+    /// Runs a start-like command of run `name` (whose spec is `spec`),
+    /// deleting the run when it fails.
     async fn launch(
         &self,
         spec: &SandboxSpec,
+        name: &str,
         args: &[String],
         starts_processes: bool,
     ) -> Result<SandboxState> {
         let run = self.run_in_netns_workaround(args, spec, starts_processes);
         if let Err(e) = self.with_gofer_released(spec, run).await {
-            let _ = self.destroy(&spec.id).await;
+            let _ = self.delete_run(name).await;
             return Err(e);
         }
         // The pid file spares a `runsc state` (a ~15 ms process) per launch.
@@ -240,6 +432,8 @@ impl Runtime for Gvisor {
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<()> {
+        let (name, spec) = self.new_run(spec)?;
+        let spec = &spec;
         prepare_bundle(spec).await?;
         let log = spec.bundle_dir.join("console.log");
         let mut create = self.sandbox_command();
@@ -248,25 +442,27 @@ impl Runtime for Gvisor {
             .arg("create")
             .arg(format!("--bundle={}", spec.bundle_dir.display()))
             .arg(format!("--pid-file={}", pid_file(spec).display()))
-            .arg(&spec.id);
+            .arg(&name);
         pin(&mut create, spec);
         let created = self
             .with_gofer_released(spec, self.run_detached(create, "runsc create", &log))
             .await;
         if let Err(e) = created {
-            let _ = self.destroy(&spec.id).await;
+            let _ = self.delete_run(&name).await;
             return Err(e);
         }
         Ok(())
     }
 
     async fn start(&self, spec: &SandboxSpec) -> Result<SandboxState> {
-        self.launch(spec, &["start".into(), spec.id.clone()], false)
+        let name = self.current(&spec.id);
+        let run = Self::run_spec(spec, &name);
+        self.launch(&run, &name, &["start".into(), name.clone()], false)
             .await
     }
 
     async fn state(&self, id: &str) -> Result<Option<SandboxState>> {
-        match self.run(&["state".into(), id.into()]).await {
+        match self.run(&["state".into(), self.current(id)]).await {
             Ok(out) => {
                 let s: RunscState =
                     serde_json::from_str(&out).map_err(|e| RuntimeError::Parse(e.to_string()))?;
@@ -277,29 +473,54 @@ impl Runtime for Gvisor {
         }
     }
 
+    /// One state per sandbox, of its current run: the one this process
+    /// started, else one that runs (after a restart: learnt as current).
+    /// The sandbox's other runs are remembered as stopped, for
+    /// [`Runtime::destroy_stopped`].
     async fn list(&self) -> Result<Vec<SandboxState>> {
         let out = self.run(&["list".into(), "--format=json".into()]).await?;
         let trimmed = out.trim();
         if trimmed.is_empty() || trimmed == "null" {
             return Ok(Vec::new());
         }
-        let all: Vec<RunscState> =
+        let found: Vec<RunscState> =
             serde_json::from_str(trimmed).map_err(|e| RuntimeError::Parse(e.to_string()))?;
-        Ok(all.into_iter().map(Into::into).collect())
+        let launched = launched_pids(&found);
+        let mut all = self.runs.lock().unwrap();
+        Ok(pick_current(&mut all, found, &launched))
     }
 
     async fn destroy(&self, id: &str) -> Result<()> {
-        match self
-            .run(&["delete".into(), "--force".into(), id.into()])
-            .await
-        {
-            Ok(_) => {
-                self.forget_pause(id).await;
-                Ok(())
-            }
-            Err(RuntimeError::Command { stderr, .. }) if is_not_found(&stderr) => Ok(()),
-            Err(e) => Err(e),
+        let mut names = self.runs_of(id);
+        // Nothing known of it (or runsc keeps its state elsewhere than
+        // expected): runsc itself says whether it knows the first run.
+        if names.is_empty() {
+            names.push(id.to_string());
         }
+        let mut result = Ok(());
+        for name in names {
+            if let Err(e) = self.delete_run(&name).await {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    async fn destroy_stopped(&self, id: &str) -> Result<()> {
+        let current = self.runs.lock().unwrap().current.get(id).cloned();
+        let mut result = Ok(());
+        for name in self.runs_of(id) {
+            if current.as_ref() != Some(&name) {
+                if let Err(e) = self.delete_run(&name).await {
+                    result = Err(e);
+                }
+            }
+        }
+        result
+    }
+
+    fn cgroup_name(&self, id: &str) -> String {
+        self.current(id)
     }
 
     /// Through the sandbox's control socket (see [`control`]), falling back
@@ -307,13 +528,14 @@ impl Runtime for Gvisor {
     /// still says "running": a marker beside it records that the pause may
     /// hold, from before the call until its resume is done.
     async fn pause(&self, id: &str) -> Result<()> {
-        let marker = self.pause_marker(id);
+        let name = self.current(id);
+        let marker = self.pause_marker(&name);
         tokio::fs::write(&marker, b"").await?;
-        match control::call(&self.control_socket(id), control::PAUSE, CONTROL_LIMIT).await {
+        match control::call(&self.control_socket(&name), control::PAUSE, CONTROL_LIMIT).await {
             Ok(()) => Ok(()),
             Err(ControlError::Unreachable { .. }) => {
                 let _ = tokio::fs::remove_file(&marker).await;
-                self.run(&["pause".into(), id.into()]).await.map(drop)
+                self.run(&["pause".into(), name]).await.map(drop)
             }
             // Sent: whether it took is unknown, the marker stays.
             Err(e) => Err(RuntimeError::Command {
@@ -324,11 +546,12 @@ impl Runtime for Gvisor {
     }
 
     async fn resume(&self, id: &str) -> Result<()> {
-        let marker = self.pause_marker(id);
+        let name = self.current(id);
+        let marker = self.pause_marker(&name);
         if !marker.exists() {
-            return self.run(&["resume".into(), id.into()]).await.map(drop);
+            return self.run(&["resume".into(), name]).await.map(drop);
         }
-        control::call(&self.control_socket(id), control::RESUME, CONTROL_LIMIT)
+        control::call(&self.control_socket(&name), control::RESUME, CONTROL_LIMIT)
             .await
             .map_err(|e| RuntimeError::Command {
                 command: format!("resume {id}"),
@@ -339,28 +562,31 @@ impl Runtime for Gvisor {
     }
 
     fn may_be_paused(&self, id: &str) -> bool {
-        self.pause_marker(id).exists()
+        self.pause_marker(&self.current(id)).exists()
     }
 
     async fn forget_pause(&self, id: &str) {
-        let _ = tokio::fs::remove_file(self.pause_marker(id)).await;
+        let _ = tokio::fs::remove_file(self.pause_marker(&self.current(id))).await;
     }
 
     async fn signal(&self, id: &str, signal: i32) -> Result<()> {
-        self.run(&["kill".into(), id.into(), signal.to_string()])
+        self.run(&["kill".into(), self.current(id), signal.to_string()])
             .await
             .map(drop)
     }
 
-    /// Uncompressed pages (`pages.img`): fast to write and good input for
-    /// content-defined chunking in the store.
     async fn exec(&self, id: &str, argv: &[String]) -> Result<()> {
-        let mut args = vec!["exec".to_string(), id.to_string()];
+        let mut args = vec!["exec".to_string(), self.current(id)];
         args.extend(argv.iter().cloned());
         self.run(&args).await.map(drop)
     }
 
+    /// Uncompressed pages (`pages.img`): fast to write and good input for
+    /// content-defined chunking in the store. Without `leave_running`, the
+    /// run it stopped is no longer the sandbox's current one: a restore
+    /// starts another beside it while it is deleted.
     async fn checkpoint(&self, id: &str, image_dir: &Path, leave_running: bool) -> Result<()> {
+        let name = self.current(id);
         let mut args = vec![
             "checkpoint".to_string(),
             "--compression=none".into(),
@@ -376,14 +602,30 @@ impl Runtime for Gvisor {
         if leave_running {
             args.push("--leave-running".into());
         }
-        args.push(id.into());
-        self.run(&args).await.map(drop)
+        args.push(name.clone());
+        self.run(&args).await?;
+        if !leave_running {
+            let mut all = self.runs.lock().unwrap();
+            if all.current.get(id).is_none_or(|c| *c == name) {
+                all.current.remove(id);
+                let stopped = all.stopped.entry(id.to_string()).or_default();
+                if !stopped.contains(&name) {
+                    stopped.push(name);
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn restore(&self, spec: &SandboxSpec, image_dir: &Path) -> Result<SandboxState> {
         // One `runsc restore` creates and restores: a separate `create`
         // first costs another ~100 ms of sandbox setup (measured here).
-        prepare_bundle(spec).await?;
+        let (name, spec) = self.new_run(spec)?;
+        let spec = &spec;
+        if let Err(e) = prepare_bundle(spec).await {
+            let _ = self.delete_run(&name).await;
+            return Err(e);
+        }
         let args = [
             panic_log_flag(spec),
             "restore".to_string(),
@@ -391,20 +633,111 @@ impl Runtime for Gvisor {
             format!("--image-path={}", image_dir.display()),
             format!("--bundle={}", spec.bundle_dir.display()),
             format!("--pid-file={}", pid_file(spec).display()),
-            spec.id.clone(),
+            name.clone(),
         ];
-        self.launch(spec, &args, true).await
+        self.launch(spec, &name, &args, true).await
     }
 }
 
+/// The state of a run, as the state of its sandbox.
 impl From<RunscState> for SandboxState {
     fn from(s: RunscState) -> Self {
         SandboxState {
-            id: s.id,
+            id: runs::parse(&s.id).0.to_string(),
             pid: (s.pid > 0).then_some(s.pid),
             status: s.status,
         }
     }
+}
+
+/// The pid the latest launch in each bundle wrote (see [`pid_file`]), by
+/// bundle: the sandbox process of a sandbox's current run.
+fn launched_pids(found: &[RunscState]) -> HashMap<PathBuf, i32> {
+    let mut pids = HashMap::new();
+    for s in found {
+        if !pids.contains_key(&s.bundle) {
+            let pid = std::fs::read_to_string(s.bundle.join(PID_FILE))
+                .ok()
+                .and_then(|t| t.trim().parse().ok());
+            if let Some(pid) = pid {
+                pids.insert(s.bundle.clone(), pid);
+            }
+        }
+    }
+    pids
+}
+
+/// Groups runsc's containers by sandbox: the state of each sandbox's
+/// current run (the one `all` names, else one that runs or is paused, which
+/// becomes current: of several, the one whose sandbox process the latest
+/// launch in its bundle wrote down, `launched`); its other runs are
+/// remembered as stopped.
+fn pick_current(
+    all: &mut Runs,
+    found: Vec<RunscState>,
+    launched: &HashMap<PathBuf, i32>,
+) -> Vec<SandboxState> {
+    let mut by_sandbox: HashMap<String, Vec<RunscState>> = HashMap::new();
+    for s in found {
+        let id = runs::parse(&s.id).0.to_string();
+        by_sandbox.entry(id).or_default().push(s);
+    }
+    let mut states = Vec::new();
+    for (id, mut found) in by_sandbox {
+        let known = all.current.get(&id).cloned();
+        let live = |s: &RunscState| s.status == "running" || s.status == "paused";
+        let pick = found
+            .iter()
+            .position(|s| Some(&s.id) == known.as_ref())
+            .or_else(|| {
+                found
+                    .iter()
+                    .position(|s| live(s) && launched.get(&s.bundle) == Some(&s.pid))
+            })
+            .or_else(|| found.iter().position(live));
+        let chosen = match pick {
+            Some(i) => {
+                let chosen = found.swap_remove(i);
+                all.current.insert(id.clone(), chosen.id.clone());
+                chosen
+            }
+            // Nothing of it runs: all of it is stopped, and what is said
+            // of it is the state of one of them.
+            None => found[0].clone(),
+        };
+        let stopped = all.stopped.entry(id.clone()).or_default();
+        for other in found {
+            if !stopped.contains(&other.id) {
+                stopped.push(other.id);
+            }
+        }
+        if stopped.is_empty() {
+            all.stopped.remove(&id);
+        }
+        states.push(chosen.into());
+    }
+    states
+}
+
+/// The directories of cgroup `path` (`/<parent>/<name>`) that exist, in
+/// any hierarchy (one per cgroup v1 controller, or the unified one).
+fn cgroup_dirs(path: &str) -> Vec<PathBuf> {
+    let relative = path.trim_start_matches('/');
+    let root = Path::new(CGROUP_ROOT);
+    let mut dirs = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(root) {
+        for e in rd.flatten() {
+            let dir = e.path().join(relative);
+            if dir.is_dir() {
+                dirs.push(dir);
+            }
+        }
+    }
+    let unified = root.join(relative);
+    if unified.is_dir() && !dirs.contains(&unified) {
+        dirs.push(unified);
+    }
+    dirs
 }
 
 /// Puts the calling process under `SCHED_BATCH`: a sandbox thread that
@@ -484,9 +817,12 @@ async fn prepare_bundle(spec: &SandboxSpec) -> Result<()> {
     }
 }
 
-/// Where runsc writes the sandbox's host pid.
+/// Where runsc writes the sandbox's host pid (in its bundle, which every
+/// run of a sandbox shares: the latest launch's).
+const PID_FILE: &str = "runsc.pid";
+
 fn pid_file(spec: &SandboxSpec) -> PathBuf {
-    spec.bundle_dir.join("runsc.pid")
+    spec.bundle_dir.join(PID_FILE)
 }
 
 /// The sandbox process's Go panics and fatal errors land beside its console
@@ -574,6 +910,215 @@ mod tests {
             "loading container: container \"x\" does not exist"
         ));
         assert!(!is_not_found("permission denied"));
+    }
+
+    fn spec(id: &str) -> SandboxSpec {
+        SandboxSpec {
+            id: id.into(),
+            bundle_dir: "/nonexistent".into(),
+            rootfs: "/nonexistent/rootfs".into(),
+            netns: None,
+            // No such cgroup parent: no run's cgroup exists.
+            cgroup_path: format!("/sbx-no-such-parent-{}/{id}", std::process::id()),
+            cpus: 1.0,
+            pin: None,
+            memory_limit_bytes: 1 << 30,
+            args: vec![],
+            env: vec![],
+            binds: vec![],
+            hostname: "sandbox".into(),
+        }
+    }
+
+    /// A runsc that logs its command lines to `<root>/log` and, for a
+    /// `delete`, removes the container's state file after `delay`.
+    fn fake_runsc(root: &Path, delay: &str) -> Gvisor {
+        let script = root.join("fake-runsc");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nfor last; do :; done\necho \"$*\" >> {root}/log\n\
+                 case \"$*\" in *' delete '*) sleep {delay}; \
+                 rm -f \"{root}/${{last}}_sandbox:${{last}}.state\";; esac\n",
+                root = root.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Gvisor::new(script, root)
+    }
+
+    fn logged(root: &Path) -> Vec<String> {
+        std::fs::read_to_string(root.join("log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.split(' ').skip(3).collect::<Vec<_>>().join(" "))
+            .collect()
+    }
+
+    fn retire(g: &Gvisor, id: &str) {
+        let mut all = g.runs.lock().unwrap();
+        let name = all.current.remove(id).unwrap();
+        all.stopped.entry(id.into()).or_default().push(name);
+    }
+
+    #[test]
+    fn a_run_started_beside_a_stopped_one_gets_its_own_name_and_cgroup() {
+        let root = tempfile::tempdir().unwrap();
+        let g = Gvisor::new("/bin/false", root.path());
+        let base = spec("sbxa");
+        let (name, run) = g.new_run(&base).unwrap();
+        assert_eq!(name, "sbxa");
+        assert_eq!(run.cgroup_path, base.cgroup_path);
+        assert_eq!(g.cgroup_name("sbxa"), "sbxa");
+        // Stopped by a checkpoint, not deleted yet: the restore goes beside it.
+        retire(&g, "sbxa");
+        let (name, run) = g.new_run(&base).unwrap();
+        assert_eq!(name, "r1-sbxa");
+        assert!(run.cgroup_path.ends_with("/r1-sbxa"), "{}", run.cgroup_path);
+        assert_eq!(
+            Path::new(&run.cgroup_path).parent(),
+            Path::new(&base.cgroup_path).parent()
+        );
+        assert_eq!(g.cgroup_name("sbxa"), "r1-sbxa");
+        assert_eq!(g.current("sbxa"), "r1-sbxa");
+        // Once the first is gone, the next quick resume takes its name again.
+        g.runs.lock().unwrap().forget("sbxa", "sbxa");
+        retire(&g, "sbxa");
+        assert_eq!(g.new_run(&base).unwrap().0, "sbxa");
+        // A run runsc still has state of (a crash left it) is not reused.
+        std::fs::write(g.state_file("sbxb"), b"{}").unwrap();
+        assert_eq!(g.new_run(&spec("sbxb")).unwrap().0, "r1-sbxb");
+        // Nor one whose cgroup is still there (runsc would not give a
+        // cgroup it did not make any limits).
+        let hierarchy = Path::new(CGROUP_ROOT).join("pids");
+        if hierarchy.join("cgroup.procs").exists() {
+            let parent = format!("sbx-runs-test-{}", std::process::id());
+            let left = hierarchy.join(&parent).join("sbxc");
+            std::fs::create_dir_all(&left).unwrap();
+            let sbxc = SandboxSpec {
+                cgroup_path: format!("/{parent}/sbxc"),
+                ..spec("sbxc")
+            };
+            let got = g.new_run(&sbxc).map(|(name, run)| (name, run.cgroup_path));
+            std::fs::remove_dir(&left).unwrap();
+            std::fs::remove_dir(hierarchy.join(&parent)).unwrap();
+            assert_eq!(
+                got.unwrap(),
+                ("r1-sbxc".into(), format!("/{parent}/r1-sbxc"))
+            );
+        }
+        assert!(matches!(
+            g.new_run(&spec("r2-sbxc")),
+            Err(RuntimeError::InvalidId(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_suspended_run_is_deleted_beside_the_next_and_destroy_takes_all() {
+        let root = tempfile::tempdir().unwrap();
+        let g = fake_runsc(root.path(), "0");
+        let base = spec("sbxa");
+        g.new_run(&base).unwrap();
+        std::fs::write(g.state_file("sbxa"), b"{}").unwrap();
+        retire(&g, "sbxa");
+        g.new_run(&base).unwrap();
+        std::fs::write(g.state_file("r1-sbxa"), b"{}").unwrap();
+        g.destroy_stopped("sbxa").await.unwrap();
+        assert_eq!(logged(root.path()), vec!["delete --force sbxa"]);
+        assert_eq!(g.current("sbxa"), "r1-sbxa", "the new run stays");
+        g.destroy_stopped("sbxa").await.unwrap();
+        assert_eq!(logged(root.path()).len(), 1, "nothing more to delete");
+        g.destroy("sbxa").await.unwrap();
+        assert_eq!(
+            logged(root.path()),
+            vec!["delete --force sbxa", "delete --force r1-sbxa"]
+        );
+        assert!(g.runs.lock().unwrap().current.is_empty());
+        assert!(g.runs.lock().unwrap().stopped.is_empty());
+        // Nothing known of it: runsc is asked about the first run all the same.
+        g.destroy("sbxz").await.unwrap();
+        assert_eq!(logged(root.path()).last().unwrap(), "delete --force sbxz");
+    }
+
+    #[tokio::test]
+    async fn a_run_is_deleted_once_and_its_name_is_taken_meanwhile() {
+        let root = tempfile::tempdir().unwrap();
+        let g = fake_runsc(root.path(), "0.3");
+        let base = spec("sbxa");
+        g.new_run(&base).unwrap();
+        std::fs::write(g.state_file("sbxa"), b"{}").unwrap();
+        retire(&g, "sbxa");
+        let (a, b) = (g.clone(), g.clone());
+        let first = tokio::spawn(async move { a.destroy_stopped("sbxa").await });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // Deleting: neither its state nor the record of it is gone yet, and
+        // a resume now gets the other name.
+        g.runs.lock().unwrap().stopped.clear();
+        std::fs::remove_file(g.state_file("sbxa")).unwrap();
+        assert_eq!(g.new_run(&base).unwrap().0, "r1-sbxa");
+        let second = tokio::spawn(async move { b.destroy("sbxa").await });
+        first.await.unwrap().unwrap();
+        second.await.unwrap().unwrap();
+        let deletes: Vec<String> = logged(root.path());
+        assert_eq!(
+            deletes
+                .iter()
+                .filter(|l| *l == "delete --force sbxa")
+                .count(),
+            1,
+            "{deletes:?}"
+        );
+        assert!(deletes.contains(&"delete --force r1-sbxa".to_string()));
+    }
+
+    #[test]
+    fn a_list_after_a_restart_names_each_sandbox_once_by_its_running_run() {
+        let state = |id: &str, status: &str, pid: i32| RunscState {
+            id: id.into(),
+            pid,
+            status: status.into(),
+            bundle: format!("/data/sandboxes/{}", runs::parse(id).0).into(),
+        };
+        let mut all = Runs::default();
+        // An earlier run of sbxd not quite gone yet: the pid its bundle
+        // has tells the current one.
+        let launched = [("/data/sandboxes/sbxd".into(), 9)].into_iter().collect();
+        let mut states = pick_current(
+            &mut all,
+            vec![
+                state("sbxa", "stopped", 0),
+                state("r1-sbxa", "running", 42),
+                state("sbxb", "paused", 7),
+                state("r1-sbxc", "stopped", 0),
+                state("sbxd", "running", 8),
+                state("r1-sbxd", "running", 9),
+            ],
+            &launched,
+        );
+        states.sort_by(|a, b| a.id.cmp(&b.id));
+        let ids: Vec<(&str, &str, Option<i32>)> = states
+            .iter()
+            .map(|s| (s.id.as_str(), s.status.as_str(), s.pid))
+            .collect();
+        assert_eq!(
+            ids,
+            vec![
+                ("sbxa", "running", Some(42)),
+                ("sbxb", "paused", Some(7)),
+                ("sbxc", "stopped", None),
+                ("sbxd", "running", Some(9)),
+            ]
+        );
+        assert_eq!(all.current["sbxd"], "r1-sbxd");
+        assert_eq!(all.stopped["sbxd"], vec!["sbxd".to_string()]);
+        assert_eq!(all.current["sbxa"], "r1-sbxa");
+        assert_eq!(all.current["sbxb"], "sbxb");
+        assert!(!all.current.contains_key("sbxc"));
+        assert_eq!(all.stopped["sbxa"], vec!["sbxa".to_string()]);
+        assert_eq!(all.stopped["sbxc"], vec!["r1-sbxc".to_string()]);
+        assert!(!all.stopped.contains_key("sbxb"));
     }
 
     #[tokio::test]

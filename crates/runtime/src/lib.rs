@@ -9,6 +9,7 @@ mod control;
 pub mod gvisor;
 pub mod oci;
 pub mod pinning;
+pub mod runs;
 
 use async_trait::async_trait;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,8 @@ use std::path::{Path, PathBuf};
 /// Everything a runtime needs to boot one sandbox.
 #[derive(Debug, Clone)]
 pub struct SandboxSpec {
-    /// Unique id; also the runtime's container id.
+    /// Unique id of the sandbox. The runtime names what it runs after it
+    /// (with gVisor: never `r<n>-…`, the name of a later run, see [`runs`]).
     pub id: String,
     /// Directory the runtime may write its bundle (config.json) into.
     pub bundle_dir: PathBuf,
@@ -24,7 +26,9 @@ pub struct SandboxSpec {
     pub rootfs: PathBuf,
     /// Network namespace to run in (`/var/run/netns/NAME`); `None` = no network.
     pub netns: Option<PathBuf>,
-    /// cgroup path for the sandbox, e.g. `/sbx/<id>`.
+    /// cgroup path for the sandbox, e.g. `/sbx/<id>` (ending in its id). A
+    /// run restored while an earlier one of the same sandbox is still being
+    /// removed gets a sibling of it instead: see [`Runtime::cgroup_name`].
     pub cgroup_path: String,
     /// CPU quota in cores (1.5 = one and a half cores).
     pub cpus: f64,
@@ -95,6 +99,8 @@ pub enum RuntimeError {
     Io(#[from] std::io::Error),
     #[error("unexpected runtime output: {0}")]
     Parse(String),
+    #[error("invalid sandbox id {0:?}: it names a later run of another sandbox")]
+    InvalidId(String),
 }
 
 pub type Result<T> = std::result::Result<T, RuntimeError>;
@@ -114,10 +120,24 @@ pub trait Runtime: Send + Sync {
     async fn start(&self, spec: &SandboxSpec) -> Result<SandboxState>;
     /// The sandbox's state, or `None` when the runtime does not know it.
     async fn state(&self, id: &str) -> Result<Option<SandboxState>>;
-    /// Every sandbox the runtime knows (also ones a crashed run left).
+    /// Every sandbox the runtime knows (also ones a crashed server left),
+    /// once each, with the state of its current run.
     async fn list(&self) -> Result<Vec<SandboxState>>;
-    /// Kills and forgets the sandbox. Idempotent.
+    /// Kills and forgets the sandbox, whatever of it runs or was stopped.
+    /// Idempotent.
     async fn destroy(&self, id: &str) -> Result<()>;
+    /// Forgets what earlier runs of the sandbox left: the one a
+    /// [`checkpoint`](Self::checkpoint) stopped, or ones a crash left
+    /// behind; what a later [`restore`](Self::restore) started is left
+    /// alone. A restore need not wait for it. Idempotent.
+    async fn destroy_stopped(&self, id: &str) -> Result<()>;
+    /// The name of the cgroup the sandbox's processes are in now, a child
+    /// of the parent of its [`SandboxSpec::cgroup_path`]: `id` (that path's
+    /// last component), unless it was restored while an earlier run of it
+    /// was still being removed ([`destroy_stopped`](Self::destroy_stopped)).
+    fn cgroup_name(&self, id: &str) -> String {
+        id.to_string()
+    }
     /// Freezes every process of the sandbox (its files stop changing).
     async fn pause(&self, id: &str) -> Result<()>;
     /// Runs `argv` in the running sandbox and waits for it; a non-zero exit
@@ -140,11 +160,14 @@ pub trait Runtime: Send + Sync {
     async fn signal(&self, id: &str, signal: i32) -> Result<()>;
     /// Saves memory and processes into `image_dir` (which must not exist
     /// yet or be empty). With `leave_running` the sandbox continues (paused
-    /// ones stay paused); otherwise it stops once saved.
+    /// ones stay paused); otherwise it stops once saved, and what is left
+    /// of it goes with [`destroy_stopped`](Self::destroy_stopped) (or
+    /// [`destroy`](Self::destroy)).
     async fn checkpoint(&self, id: &str, image_dir: &Path, leave_running: bool) -> Result<()>;
     /// Creates the sandbox and starts it from a checkpoint instead of booting
     /// it (not preceded by [`create`](Self::create); its network namespace
-    /// must be configured): processes continue where they were. On failure
-    /// the sandbox is destroyed.
+    /// must be configured): processes continue where they were. A run of
+    /// the same sandbox that a checkpoint stopped may still be being
+    /// removed. On failure what it started is destroyed.
     async fn restore(&self, spec: &SandboxSpec, image_dir: &Path) -> Result<SandboxState>;
 }
