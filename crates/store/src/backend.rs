@@ -1,12 +1,12 @@
-//! Where chunk and manifest objects live. Only the local directory backend
-//! exists today; an S3-compatible one (`object_store`) is meant to implement
-//! the same trait.
+//! Where chunk and manifest objects live: a local directory ([`LocalDir`])
+//! or an S3-compatible object store ([`S3`](crate::S3)).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use crate::{Ctx, Result};
 
@@ -47,6 +47,84 @@ impl LockGuard {
     }
 }
 
+/// Takes the store lock for a backend that has none of its own: many hosts
+/// sharing one bucket coordinate through a `Locker` they all reach (e.g.
+/// PostgreSQL advisory locks), since some S3 servers ignore the conditional
+/// writes a lock in the bucket would need.
+pub trait Locker: Send + Sync {
+    /// Blocks until the lock is held in `mode`; released when the guard
+    /// drops (on any thread).
+    fn lock(&self, mode: LockMode) -> Result<LockGuard>;
+}
+
+/// A readers-writer lock within one process: shared holders coexist, an
+/// exclusive holder is alone. Like `flock`, it favours neither side (a
+/// shared lock is granted whenever no exclusive one is held), so a thread
+/// may take a second shared lock while it holds one. Clones share the lock.
+#[derive(Debug, Clone, Default)]
+pub struct LocalLocker(Arc<LockState>);
+
+#[derive(Debug, Default)]
+struct LockState {
+    held: Mutex<Held>,
+    released: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    shared: usize,
+    exclusive: bool,
+}
+
+impl Locker for LocalLocker {
+    fn lock(&self, mode: LockMode) -> Result<LockGuard> {
+        let state = &*self.0;
+        let mut held = state.held.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let free = match mode {
+                LockMode::Shared => !held.exclusive,
+                LockMode::Exclusive => !held.exclusive && held.shared == 0,
+            };
+            if free {
+                break;
+            }
+            held = state
+                .released
+                .wait(held)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        match mode {
+            LockMode::Shared => held.shared += 1,
+            LockMode::Exclusive => held.exclusive = true,
+        }
+        Ok(LockGuard::new(LocalRelease {
+            state: self.0.clone(),
+            mode,
+        }))
+    }
+}
+
+struct LocalRelease {
+    state: Arc<LockState>,
+    mode: LockMode,
+}
+
+impl Drop for LocalRelease {
+    fn drop(&mut self) {
+        let mut held = self
+            .state
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match self.mode {
+            LockMode::Shared => held.shared -= 1,
+            LockMode::Exclusive => held.exclusive = false,
+        }
+        drop(held);
+        self.state.released.notify_all();
+    }
+}
+
 /// Storage of named objects. Names are validated by the [`Store`](crate::Store)
 /// before they reach a backend.
 pub trait Backend: Send + Sync {
@@ -66,6 +144,10 @@ pub trait Backend: Send + Sync {
     /// Removes leftovers of interrupted writes. Called by gc only while it
     /// holds the exclusive lock; returns how many were removed.
     fn remove_temporaries(&self) -> Result<u64>;
+    /// Where the objects are, for logs; never includes credentials.
+    fn describe(&self) -> String {
+        "a custom backend".to_owned()
+    }
 }
 
 /// A store in a local directory:
@@ -263,6 +345,10 @@ impl Backend for LocalDir {
                 return Err(e).ctx("flock", &p);
             }
         }
+    }
+
+    fn describe(&self) -> String {
+        self.root.display().to_string()
     }
 
     fn remove_temporaries(&self) -> Result<u64> {

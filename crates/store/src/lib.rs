@@ -13,7 +13,10 @@
 //! references are removed by [`Store::gc`].
 //!
 //! On disk (see [`LocalDir`]): `chunks/ab/abcdef….zst`,
-//! `manifests/<id>.json`, `tmp/`, and a `lock` file.
+//! `manifests/<id>.json`, `tmp/`, and a `lock` file. In an S3-compatible
+//! bucket (see [`S3`]): the same names under an optional key prefix, and the
+//! lock in a [`Locker`]. [`Store::open_url`] opens either from one string
+//! ([`BlobsUrl`]).
 //!
 //! Writes go through a [`Writer`], which holds the store's shared lock from
 //! the first chunk to the manifest commit, so gc (exclusive lock) never
@@ -21,6 +24,8 @@
 //! [`Store::gc`] on a thread that holds a `Writer`: it would wait forever.
 
 mod backend;
+mod location;
+mod s3;
 mod tree;
 
 use std::collections::{BTreeMap, HashSet};
@@ -32,7 +37,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use fastcdc::v2020::StreamCDC;
 use serde::{Deserialize, Serialize};
 
-pub use backend::{Backend, Kind, LocalDir, LockGuard, LockMode, ObjectInfo};
+pub use backend::{Backend, Kind, LocalDir, LocalLocker, LockGuard, LockMode, Locker, ObjectInfo};
+pub use location::{BlobsUrl, S3Config, S3Credentials, DEFAULT_REGION};
+pub use s3::S3;
 pub use tree::{Entry, EntryKind, Tree};
 
 /// Smallest chunk FastCDC cuts (except a stream's last one).
@@ -69,6 +76,20 @@ pub enum Error {
     InvalidInput { path: PathBuf, reason: String },
     #[error("restore destination {} already exists", .0.display())]
     DestinationExists(PathBuf),
+    /// A request to a remote backend failed (after its retries).
+    #[error("{op} {key}: {source}")]
+    Remote {
+        op: &'static str,
+        /// The object, e.g. `s3://bucket/prefix/manifests/x.json`.
+        key: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("invalid blob store URL: {0}")]
+    InvalidUrl(String),
+    /// A backend cannot be set up (e.g. no credentials).
+    #[error("blob store: {0}")]
+    Config(String),
 }
 
 /// Adds the operation and path to an I/O error.
@@ -166,7 +187,7 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Store")
+        write!(f, "Store({})", self.backend.describe())
     }
 }
 
@@ -210,8 +231,21 @@ impl Store {
         Ok(Store::with_backend(Arc::new(LocalDir::open(dir)?)))
     }
 
+    /// Opens the store a [`BlobsUrl`] names: a directory path, `file://…`
+    /// or `s3://BUCKET[/PREFIX]?endpoint=URL&region=R` (credentials from
+    /// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`).
+    pub fn open_url(url: &str) -> Result<Store> {
+        BlobsUrl::parse(url)?.open()
+    }
+
     pub fn with_backend(backend: Arc<dyn Backend>) -> Store {
         Store { backend }
+    }
+
+    /// Where the store is, for logs (no credentials), e.g. a directory or
+    /// `s3://bucket/prefix at http://127.0.0.1:8333`.
+    pub fn describe(&self) -> String {
+        self.backend.describe()
     }
 
     /// Starts writing: holds the shared lock until the `Writer` is dropped,

@@ -1,6 +1,12 @@
+//! The store's behaviour, on each backend: every test in `both!` runs as
+//! `local::NAME` (a directory) and `s3::NAME` (a bucket on a SeaweedFS the
+//! test starts).
+
 use super::*;
+use sbx_testkit::s3::S3Server;
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Deterministic pseudo-random bytes (splitmix64).
@@ -21,11 +27,150 @@ fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
-fn store() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("store")).unwrap();
-    (dir, store)
+/// A store to test, and a scratch directory (not the store's) for inputs
+/// and restores.
+struct Fixture {
+    scratch: tempfile::TempDir,
+    store: Store,
+    /// Dropped after `store`.
+    at: At,
 }
+
+enum At {
+    Local(tempfile::TempDir),
+    S3 { server: S3Server, backend: Arc<S3> },
+}
+
+const BUCKET: &str = "sbx-store";
+const PREFIX: &str = "tests/store";
+
+impl Fixture {
+    fn local() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        Fixture {
+            scratch: tempfile::tempdir().unwrap(),
+            store: Store::open(dir.path().join("store")).unwrap(),
+            at: At::Local(dir),
+        }
+    }
+
+    /// A fresh server of the test's own, bucket [`BUCKET`], keys under
+    /// [`PREFIX`].
+    fn s3() -> Fixture {
+        let server = S3Server::start();
+        server.create_bucket(BUCKET);
+        let backend = Arc::new(s3_backend(&server, BUCKET, PREFIX));
+        Fixture {
+            scratch: tempfile::tempdir().unwrap(),
+            store: Store::with_backend(backend.clone()),
+            at: At::S3 { server, backend },
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        self.scratch.path()
+    }
+
+    fn backend(&self) -> &dyn Backend {
+        &*self.store.backend
+    }
+
+    fn raw_chunk(&self, h: &blake3::Hash) -> Vec<u8> {
+        self.backend()
+            .get(Kind::Chunk, &h.to_hex())
+            .unwrap()
+            .expect("chunk is stored")
+    }
+
+    fn set_raw_chunk(&self, h: &blake3::Hash, data: &[u8]) {
+        self.backend().put(Kind::Chunk, &h.to_hex(), data).unwrap();
+    }
+
+    fn has_chunk(&self, h: &blake3::Hash) -> bool {
+        self.backend().exists(Kind::Chunk, &h.to_hex()).unwrap()
+    }
+
+    /// What is in the store besides chunks and manifests (leftovers of
+    /// writes): the local store's `tmp/`; any S3 key outside the layout.
+    fn strays(&self) -> Vec<String> {
+        match &self.at {
+            At::Local(d) => fs::read_dir(d.path().join("store/tmp"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect(),
+            At::S3 { backend, .. } => backend
+                .all_keys()
+                .unwrap()
+                .into_iter()
+                .filter(|k| !is_layout_key(k, PREFIX))
+                .collect(),
+        }
+    }
+}
+
+/// `PREFIX/chunks/ab/ab….zst` (64 hex digits) or `PREFIX/manifests/ID.json`.
+fn is_layout_key(key: &str, prefix: &str) -> bool {
+    let Some(rest) = key.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) else {
+        return false;
+    };
+    match rest.split('/').collect::<Vec<_>>()[..] {
+        ["chunks", dir, file] => file.strip_suffix(".zst").is_some_and(|h| {
+            h.len() == 64 && h.starts_with(dir) && blake3::Hash::from_hex(h).is_ok()
+        }),
+        ["manifests", file] => file
+            .strip_suffix(".json")
+            .is_some_and(|id| validate_id(id).is_ok()),
+        _ => false,
+    }
+}
+
+fn s3_config(server: &S3Server, bucket: &str, prefix: &str) -> S3Config {
+    let BlobsUrl::S3(mut config) =
+        BlobsUrl::parse(&server.url_with_prefix(bucket, prefix)).unwrap()
+    else {
+        panic!("not an S3 URL")
+    };
+    // Not through the environment: tests run in parallel threads.
+    config.credentials = Some(S3Credentials {
+        access_key_id: server.access_key().into(),
+        secret_access_key: server.secret_key().into(),
+        session_token: None,
+    });
+    config
+}
+
+fn s3_backend(server: &S3Server, bucket: &str, prefix: &str) -> S3 {
+    S3::open(&s3_config(server, bucket, prefix)).unwrap()
+}
+
+/// Runs each named `fn NAME(f: Fixture)` as `local::NAME` and `s3::NAME`.
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod local {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Fixture::local())
+            })*
+        }
+        mod s3 {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Fixture::s3())
+            })*
+        }
+    };
+}
+
+both!(
+    round_trip_sizes,
+    second_put_stores_only_changed_chunks,
+    duplicate_chunks_within_one_put_count_once,
+    tree_round_trip,
+    gc_keeps_shared_chunks_and_waits_for_writers,
+    corruption_is_detected,
+    manifest_visible_only_after_commit_and_failures_leave_nothing,
+    hostile_trees_are_rejected,
+);
 
 fn read_all(store: &Store, s: &StreamRef) -> Vec<u8> {
     let mut out = Vec::new();
@@ -33,20 +178,12 @@ fn read_all(store: &Store, s: &StreamRef) -> Vec<u8> {
     out
 }
 
-fn chunk_path(dir: &Path, h: &blake3::Hash) -> PathBuf {
-    let hex = h.to_hex();
-    dir.join("store/chunks")
-        .join(&hex[..2])
-        .join(format!("{hex}.zst"))
-}
-
 fn count_files(dir: &Path) -> usize {
     fs::read_dir(dir).map_or(0, |d| d.count())
 }
 
-#[test]
-fn round_trip_sizes() {
-    let (_d, store) = store();
+fn round_trip_sizes(f: Fixture) {
+    let store = &f.store;
     for (i, len) in [0usize, 1, 300 * 1024, 10 << 20].into_iter().enumerate() {
         let data = random_bytes(i as u64, len);
         let w = store.writer().unwrap();
@@ -67,16 +204,15 @@ fn round_trip_sizes() {
         drop(w);
         let back = store.manifest(&format!("m{i}")).unwrap();
         assert_eq!(back, m);
-        assert_eq!(read_all(&store, &back.streams["data"]), data);
+        assert_eq!(read_all(store, &back.streams["data"]), data);
     }
     assert_eq!(store.list_manifests().unwrap(), ["m0", "m1", "m2", "m3"]);
 }
 
-#[test]
-fn second_put_stores_only_changed_chunks() {
-    let (dir, store) = store();
+fn second_put_stores_only_changed_chunks(f: Fixture) {
+    let (dir, store) = (f.dir(), &f.store);
     let mut data = random_bytes(7, 64 << 20);
-    let file = dir.path().join("big");
+    let file = dir.join("big");
     fs::write(&file, &data).unwrap();
     let w = store.writer().unwrap();
     let (s1, st1) = w.put_file(&file).unwrap();
@@ -99,12 +235,11 @@ fn second_put_stores_only_changed_chunks() {
     };
     w.commit_manifest("snap", &m).unwrap();
     drop(w);
-    assert_eq!(read_all(&store, &s2), data);
+    assert_eq!(read_all(store, &s2), data);
 }
 
-#[test]
-fn duplicate_chunks_within_one_put_count_once() {
-    let (_d, store) = store();
+fn duplicate_chunks_within_one_put_count_once(f: Fixture) {
+    let store = &f.store;
     let w = store.writer().unwrap();
     let (s, st) = w.put_stream(&vec![0u8; 8 << 20][..]).unwrap();
     assert_eq!(s.chunks.len(), 8);
@@ -117,10 +252,9 @@ fn set_mtime(p: &Path, sec: i64) {
     tree::sys::set_mtime(p, sec, 123_456_789).unwrap();
 }
 
-#[test]
-fn tree_round_trip() {
-    let (dir, store) = store();
-    let src = dir.path().join("src");
+fn tree_round_trip(f: Fixture) {
+    let (dir, store) = (f.dir(), &f.store);
+    let src = dir.join("src");
     fs::create_dir_all(src.join("a/b")).unwrap();
     fs::create_dir(src.join("empty")).unwrap();
     fs::create_dir(src.join("ro")).unwrap();
@@ -183,7 +317,7 @@ fn tree_round_trip() {
     }
     assert_eq!(kinds, expected);
 
-    let dest = dir.path().join("restored");
+    let dest = dir.join("restored");
     store.restore_dir(&tree, &dest).unwrap();
     assert_eq!(
         fs::read(dest.join("a/b/big")).unwrap(),
@@ -216,16 +350,15 @@ fn tree_round_trip() {
     assert_eq!(again, tree);
     drop(w);
     // No temporary restore directory is left beside the destination.
-    assert_eq!(count_files(dir.path()), 3, "store, src, restored");
+    assert_eq!(count_files(dir), 2, "src, restored");
 }
 
 fn xattr_set(p: &Path, name: &str, value: &[u8]) -> bool {
     tree::sys::set_xattr(p, name, value).is_ok()
 }
 
-#[test]
-fn gc_keeps_shared_chunks_and_waits_for_writers() {
-    let (dir, store) = store();
+fn gc_keeps_shared_chunks_and_waits_for_writers(f: Fixture) {
+    let store = &f.store;
     let base = random_bytes(1, 4 << 20);
     let mut extended = base.clone();
     extended.extend(random_bytes(2, 2 << 20));
@@ -256,7 +389,8 @@ fn gc_keeps_shared_chunks_and_waits_for_writers() {
         orphan.chunks.len() as u64,
         "only the uncommitted put"
     );
-    assert!(!chunk_path(dir.path(), &orphan.chunks[0].hash).exists());
+    assert!(!f.has_chunk(&orphan.chunks[0].hash));
+    assert!(f.has_chunk(&a.chunks[0].hash));
 
     assert!(store.delete_manifest("a").unwrap());
     assert!(!store.delete_manifest("a").unwrap());
@@ -268,7 +402,7 @@ fn gc_keeps_shared_chunks_and_waits_for_writers() {
         .filter(|h| !b.chunks.iter().any(|c| c.hash == *h))
         .collect();
     assert_eq!(st.chunks_deleted, only_a.len() as u64);
-    assert_eq!(read_all(&store, &b), extended);
+    assert_eq!(read_all(store, &b), extended);
 
     assert!(store.delete_manifest("b").unwrap());
     let st = store.gc().unwrap();
@@ -276,19 +410,18 @@ fn gc_keeps_shared_chunks_and_waits_for_writers() {
     assert!(store.backend.list(Kind::Chunk).unwrap().is_empty());
 }
 
-#[test]
-fn corruption_is_detected() {
-    let (dir, store) = store();
+fn corruption_is_detected(f: Fixture) {
+    let (dir, store) = (f.dir(), &f.store);
     let data = random_bytes(5, 2 << 20);
     let w = store.writer().unwrap();
     let (s, _) = w.put_stream(&data[..]).unwrap();
     drop(w);
-    let victim = chunk_path(dir.path(), &s.chunks[1].hash);
-    let good = fs::read(&victim).unwrap();
+    let victim = s.chunks[1].hash;
+    let good = f.raw_chunk(&victim);
 
     // Valid zstd, wrong content.
     let mut other = random_bytes(6, s.chunks[1].len as usize);
-    fs::write(&victim, zstd::bulk::compress(&other, 3).unwrap()).unwrap();
+    f.set_raw_chunk(&victim, &zstd::bulk::compress(&other, 3).unwrap());
     let err = store.read_stream(&s, &mut io::sink()).unwrap_err();
     assert!(matches!(err, Error::CorruptChunk { .. }), "{err}");
     assert!(err
@@ -296,7 +429,7 @@ fn corruption_is_detected() {
         .contains(&s.chunks[1].hash.to_hex().to_string()));
 
     // Truncated frame.
-    fs::write(&victim, &good[..good.len() / 2]).unwrap();
+    f.set_raw_chunk(&victim, &good[..good.len() / 2]);
     assert!(matches!(
         store.read_stream(&s, &mut io::sink()),
         Err(Error::CorruptChunk { .. })
@@ -304,13 +437,13 @@ fn corruption_is_detected() {
 
     // Wrong length.
     other.truncate(10);
-    fs::write(&victim, zstd::bulk::compress(&other, 3).unwrap()).unwrap();
+    f.set_raw_chunk(&victim, &zstd::bulk::compress(&other, 3).unwrap());
     assert!(matches!(
         store.read_stream(&s, &mut io::sink()),
         Err(Error::CorruptChunk { .. })
     ));
 
-    fs::remove_file(&victim).unwrap();
+    assert!(f.backend().delete(Kind::Chunk, &victim.to_hex()).unwrap());
     assert!(matches!(
         store.read_stream(&s, &mut io::sink()),
         Err(Error::MissingChunk(_))
@@ -328,8 +461,8 @@ fn corruption_is_detected() {
     assert!(store.list_manifests().unwrap().is_empty());
 
     // A failed restore leaves nothing behind.
-    let mut f = Tree::default();
-    f.entries.push(Entry {
+    let mut t = Tree::default();
+    t.entries.push(Entry {
         path: PathBuf::new(),
         kind: EntryKind::Dir,
         mode: 0o755,
@@ -339,21 +472,20 @@ fn corruption_is_detected() {
         mtime_nsec: 0,
         xattrs: BTreeMap::new(),
     });
-    let mut file = f.entries[0].clone();
+    let mut file = t.entries[0].clone();
     file.path = "f".into();
     file.kind = EntryKind::File { stream: s };
-    f.entries.push(file);
-    let dest = dir.path().join("out");
+    t.entries.push(file);
+    let dest = dir.join("out");
     assert!(matches!(
-        store.restore_dir(&f, &dest),
+        store.restore_dir(&t, &dest),
         Err(Error::MissingChunk(_))
     ));
-    assert_eq!(count_files(dir.path()), 1, "only the store");
+    assert_eq!(count_files(dir), 0, "nothing is left");
 }
 
-#[test]
-fn manifest_visible_only_after_commit_and_failures_leave_nothing() {
-    let (dir, store) = store();
+fn manifest_visible_only_after_commit_and_failures_leave_nothing(f: Fixture) {
+    let store = &f.store;
     let w = store.writer().unwrap();
     let (s, _) = w.put_stream(&random_bytes(9, 1 << 20)[..]).unwrap();
     assert!(store.list_manifests().unwrap().is_empty());
@@ -383,13 +515,15 @@ fn manifest_visible_only_after_commit_and_failures_leave_nothing() {
     }
     let err = w.put_stream(Failing(3 << 20)).unwrap_err();
     assert!(err.to_string().contains("disk on fire"), "{err}");
-    assert_eq!(count_files(&dir.path().join("store/tmp")), 0);
+    assert_eq!(f.strays(), Vec::<String>::new());
     drop(w);
 
     for bad in ["", ".hidden", "a/b", "../x", "a b"] {
         assert!(matches!(store.manifest(bad), Err(Error::InvalidId(_))));
     }
-    fs::write(dir.path().join("store/manifests/broken.json"), b"{not json").unwrap();
+    f.backend()
+        .put(Kind::Manifest, "broken", b"{not json")
+        .unwrap();
     assert!(matches!(
         store.manifest("broken"),
         Err(Error::InvalidManifest(_))
@@ -400,9 +534,8 @@ fn manifest_visible_only_after_commit_and_failures_leave_nothing() {
     );
 }
 
-#[test]
-fn hostile_trees_are_rejected() {
-    let (dir, store) = store();
+fn hostile_trees_are_rejected(f: Fixture) {
+    let (dir, store) = (f.dir(), &f.store);
     let entry = |p: &str, kind: EntryKind| Entry {
         path: p.into(),
         kind,
@@ -433,10 +566,10 @@ fn hostile_trees_are_rejected() {
     ];
     for entries in cases {
         let t = Tree { entries };
-        let r = store.restore_dir(&t, dir.path().join("out"));
+        let r = store.restore_dir(&t, dir.join("out"));
         assert!(matches!(r, Err(Error::InvalidManifest(_))), "{t:?}: {r:?}");
     }
-    assert!(!dir.path().join("out").exists());
+    assert!(!dir.join("out").exists());
 }
 
 #[test]
@@ -447,4 +580,220 @@ fn temporaries_of_a_killed_writer_are_removed_at_start() {
     std::fs::write(dir.path().join("store/tmp/4242-7.tmp"), b"half a chunk").unwrap();
     assert_eq!(store.remove_temporaries().unwrap(), 1);
     assert_eq!(count_files(&dir.path().join("store/tmp")), 0);
+}
+
+#[test]
+fn local_locker_is_a_readers_writer_lock() {
+    let l = LocalLocker::default();
+    let a = l.lock(LockMode::Shared).unwrap();
+    let b = l.lock(LockMode::Shared).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let held = {
+        let l = l.clone();
+        std::thread::spawn(move || {
+            let g = l.lock(LockMode::Exclusive).unwrap();
+            tx.send(()).unwrap();
+            // Held on this thread, released on another.
+            g
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(rx.try_recv().is_err(), "exclusive waits for both readers");
+    drop(a);
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(rx.try_recv().is_err());
+    drop(b);
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let g = held.join().unwrap();
+    let reader = {
+        let l = l.clone();
+        std::thread::spawn(move || drop(l.lock(LockMode::Shared).unwrap()))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !reader.is_finished(),
+        "a reader waits for the exclusive holder"
+    );
+    drop(g);
+    reader.join().unwrap();
+}
+
+/// Keys land where the layout says, and stores under different prefixes
+/// of one bucket neither see nor collect each other's objects.
+#[test]
+fn s3_layout_and_prefixes() {
+    let server = S3Server::start();
+    server.create_bucket("shared");
+    let stores: Vec<(&str, Arc<S3>)> = ["", "a", "b/c"]
+        .into_iter()
+        .map(|p| (p, Arc::new(s3_backend(&server, "shared", p))))
+        .collect();
+    let mut streams = Vec::new();
+    for (i, (prefix, backend)) in stores.iter().enumerate() {
+        let store = Store::with_backend(backend.clone());
+        let port = server.port();
+        let at = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("/{prefix}")
+        };
+        assert_eq!(
+            store.describe(),
+            format!("s3://shared{at} at http://127.0.0.1:{port}")
+        );
+        assert!(format!("{store:?}").contains("s3://shared"));
+        let w = store.writer().unwrap();
+        // The first MiB is the same in every store, the second its own.
+        let mut data = random_bytes(100, 1 << 20);
+        data.extend(random_bytes(101 + i as u64, 1 << 20));
+        let (s, _) = w.put_stream(&data[..]).unwrap();
+        let m = Manifest {
+            streams: [("s".to_owned(), s.clone())].into(),
+            ..Manifest::default()
+        };
+        w.commit_manifest(&format!("m{i}"), &m).unwrap();
+        streams.push((data, s));
+    }
+    let keys = stores[1].1.all_keys().unwrap();
+    for (i, (prefix, _)) in stores.iter().enumerate() {
+        let p = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        };
+        assert!(
+            keys.contains(&format!("{p}manifests/m{i}.json")),
+            "{keys:?}"
+        );
+        let h = streams[i].1.chunks[0].hash.to_hex();
+        assert!(
+            keys.contains(&format!("{p}chunks/{}/{h}.zst", &h[..2])),
+            "{keys:?}"
+        );
+    }
+    for (i, (_, backend)) in stores.iter().enumerate() {
+        let store = Store::with_backend(backend.clone());
+        // The unprefixed store's listing does not reach into a/ or b/c/.
+        assert_eq!(store.list_manifests().unwrap(), [format!("m{i}")]);
+        assert!(store.delete_manifest(&format!("m{i}")).unwrap());
+        let st = store.gc().unwrap();
+        assert_eq!((st.manifests, st.chunks_kept), (0, 0));
+        assert_eq!(st.chunks_deleted, streams[i].1.chunks.len() as u64);
+        assert_eq!(st.temporaries_removed, 0);
+        // The others' chunks (of the same content too) are still there.
+        for (j, (data, s)) in streams.iter().enumerate().skip(i + 1) {
+            let other = Store::with_backend(stores[j].1.clone());
+            assert!(read_all(&other, s) == *data, "store {j}");
+        }
+    }
+    assert_eq!(stores[0].1.all_keys().unwrap(), Vec::<String>::new());
+}
+
+/// The server's code calls the store from async code too (at start): that
+/// works on both runtime flavours, and dropping the store there is fine.
+#[test]
+fn s3_from_async_contexts() {
+    let f = Fixture::s3();
+    let store = f.store.clone();
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = store.clone();
+    multi.block_on(async move {
+        // On a worker thread…
+        let s2 = s.clone();
+        tokio::spawn(async move {
+            assert_eq!(s2.remove_temporaries().unwrap(), 0);
+            let w = s2.writer().unwrap();
+            let (st, _) = w.put_stream(&random_bytes(1, 300 << 10)[..]).unwrap();
+            let m = Manifest {
+                streams: [("s".to_owned(), st)].into(),
+                ..Manifest::default()
+            };
+            w.commit_manifest("async", &m).unwrap();
+        })
+        .await
+        .unwrap();
+        // …and in block_on itself.
+        assert_eq!(s.list_manifests().unwrap(), ["async"]);
+    });
+    let current = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    current.block_on(async {
+        assert!(store.manifest("async").is_ok());
+        // A backend opened and dropped inside async code.
+        let At::S3 { server, .. } = &f.at else {
+            unreachable!()
+        };
+        let other = Store::with_backend(Arc::new(s3_backend(server, BUCKET, PREFIX)));
+        assert_eq!(other.list_manifests().unwrap(), ["async"]);
+        drop(other);
+    });
+    multi.block_on(async {
+        let other = Store::with_backend(Arc::new(s3_backend(
+            match &f.at {
+                At::S3 { server, .. } => server,
+                At::Local(_) => unreachable!(),
+            },
+            BUCKET,
+            PREFIX,
+        )));
+        tokio::spawn(async move { drop(other) }).await.unwrap();
+    });
+}
+
+/// A locker given with `with_locker` is the one the store locks with.
+#[test]
+fn s3_uses_the_given_locker() {
+    #[derive(Default)]
+    struct Counting {
+        inner: LocalLocker,
+        shared: AtomicUsize,
+        exclusive: AtomicUsize,
+    }
+    impl Locker for Counting {
+        fn lock(&self, mode: LockMode) -> Result<LockGuard> {
+            match mode {
+                LockMode::Shared => &self.shared,
+                LockMode::Exclusive => &self.exclusive,
+            }
+            .fetch_add(1, Ordering::SeqCst);
+            self.inner.lock(mode)
+        }
+    }
+    let server = S3Server::start();
+    server.create_bucket(BUCKET);
+    let locker = Arc::new(Counting::default());
+    let url = BlobsUrl::S3(s3_config(&server, BUCKET, ""));
+    let store = url.open_with_locker(locker.clone()).unwrap();
+    let w = store.writer().unwrap();
+    w.put_stream(&b"x"[..]).unwrap();
+    drop(w);
+    store.gc().unwrap();
+    assert_eq!(locker.shared.load(Ordering::SeqCst), 1);
+    assert_eq!(locker.exclusive.load(Ordering::SeqCst), 1);
+}
+
+/// Refused requests are errors that name the object, not the secret.
+#[test]
+fn s3_errors() {
+    let server = S3Server::start();
+    server.create_bucket(BUCKET);
+    let mut config = s3_config(&server, BUCKET, "p");
+    config.credentials.as_mut().unwrap().secret_access_key = "wrong-secret".into();
+    let store = Store::with_backend(Arc::new(S3::open(&config).unwrap()));
+    let err = store.manifest("m").unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Remote { op: "get", .. }), "{err:?}");
+    assert!(msg.contains("s3://sbx-store/p/manifests/m.json"), "{msg}");
+    assert!(!msg.contains("wrong-secret"), "{msg}");
+
+    // A bucket that does not exist.
+    let store = Store::with_backend(Arc::new(s3_backend(&server, "no-such-bucket", "")));
+    let err = store.list_manifests().unwrap_err();
+    assert!(matches!(err, Error::Remote { op: "list", .. }), "{err:?}");
 }
