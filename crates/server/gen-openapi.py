@@ -469,6 +469,32 @@ schemas = {
 }
 
 
+schemas["NodeCapacity"] = obj(
+    ["cpus", "memory_mb"],
+    {"cpus": U64, "memory_mb": U64, "max_sandboxes": {**U64, "description": "`--max-sandboxes`, when capped"}},
+    description="What a node can hold, as it reported at registration.",
+)
+schemas["NodeUsage"] = obj(
+    ["sandboxes", "memory_available_mb"],
+    {"sandboxes": {**U64, "description": "running or starting"}, "memory_available_mb": U64},
+    description="What a node uses, as of its last heartbeat.",
+)
+schemas["NodeInfo"] = obj(
+    ["id", "state", "alive", "capacity", "usage", "registered_at", "heartbeat_at"],
+    {
+        "id": STR,
+        "address": {**STR, "description": "where the control plane reaches it; absent for the node inside `sbx server`"},
+        "state": {"type": "string", "enum": ["ready", "draining"], "description": "`draining`: runs what it has, takes nothing new"},
+        "alive": {**BOOL, "description": "it heartbeat recently enough to be given work"},
+        "capacity": ref("NodeCapacity"),
+        "usage": ref("NodeUsage"),
+        "registered_at": TIME,
+        "heartbeat_at": TIME,
+    },
+    description="A host that runs sandboxes.",
+)
+schemas["ListNodesResponse"] = obj(["nodes"], {"nodes": {"type": "array", "items": ref("NodeInfo")}})
+
 schemas["ArchivedSandboxInfo"] = {
     **schemas["SandboxInfo"],
     "properties": {**schemas["SandboxInfo"]["properties"], "archived_at": {**U64, "description": "when it ended, in milliseconds since the epoch"}},
@@ -722,6 +748,23 @@ paths = {
     },
     "/openapi.json": {
         "get": op("openapi", "This document.", {"200": ok({"type": "object"}), **errors()}, tags=("meta",)),
+    },
+    "/v1/nodes": {
+        "get": op("listNodes", "The hosts that run sandboxes.", {"200": ok(ref("ListNodesResponse")), **errors()}, tags=("nodes",)),
+    },
+    "/v1/nodes/{id}": {
+        "parameters": [path_param("id", "node id")],
+        "get": op("getNode", "One node.", {"200": ok(ref("NodeInfo")), **errors(404)}, tags=("nodes",)),
+    },
+    "/v1/nodes/{id}/drain": {
+        "parameters": [path_param("id", "node id")],
+        "post": op("drainNode", "Stop placing sandboxes on a node; what runs there keeps running.",
+                   {"200": ok(ref("NodeInfo")), **errors(404)}, tags=("nodes",)),
+    },
+    "/v1/nodes/{id}/undrain": {
+        "parameters": [path_param("id", "node id")],
+        "post": op("undrainNode", "Place sandboxes on a drained node again.",
+                   {"200": ok(ref("NodeInfo")), **errors(404)}, tags=("nodes",)),
     },
 }
 paths.update(ns_paths)

@@ -5,6 +5,7 @@
 pub mod daemon;
 pub mod error;
 pub mod image;
+pub mod node;
 pub mod sandbox;
 pub mod snapshot;
 

@@ -6,6 +6,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use sbx_api::image::{ImageInfo, ImportImageRequest, ListImagesResponse};
+use sbx_api::node::{ListNodesResponse, NodeInfo};
 use sbx_api::sandbox::{
     CreateSandboxRequest, CreateSandboxResponse, ListSandboxesResponse, SandboxInfo, SandboxStatus,
     UpdateSandboxRequest,
@@ -230,6 +231,23 @@ impl Client {
             encode_segment(&self.namespace),
             suffix
         )
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>> {
+        let url = format!("{}/v1/nodes", self.api_url);
+        let list: ListNodesResponse = self.send(self.api(Method::GET, url)).await?.json().await?;
+        Ok(list.nodes)
+    }
+
+    pub async fn node(&self, id: &str) -> Result<NodeInfo> {
+        let url = format!("{}/v1/nodes/{}", self.api_url, encode_segment(id));
+        Ok(self.send(self.api(Method::GET, url)).await?.json().await?)
+    }
+
+    /// `drain` or `undrain`.
+    pub async fn node_action(&self, id: &str, action: &str) -> Result<NodeInfo> {
+        let url = format!("{}/v1/nodes/{}/{action}", self.api_url, encode_segment(id));
+        Ok(self.send(self.api(Method::POST, url)).await?.json().await?)
     }
 
     pub async fn images(&self) -> Result<Vec<ImageInfo>> {

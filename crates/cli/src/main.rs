@@ -6,7 +6,8 @@ mod table;
 
 use clap::{Parser, Subcommand};
 use commands::{
-    copy, cp, create, describe, exec, image, name, run, server, snapshot, ssh, suspend, terminate,
+    copy, cp, create, describe, exec, image, name, node, run, server, snapshot, ssh, suspend,
+    terminate,
 };
 
 /// Exit status of a failed `sbx` verb (the command's own code wins in `exec`, `run`, `ssh`).
@@ -105,6 +106,8 @@ pub enum Command {
     Copy(copy::CopyArgs),
     /// Images to create sandboxes from: import (registry or archive), ls, inspect, rm.
     Image(image::ImageArgs),
+    /// The hosts that run sandboxes: ls, inspect, drain, undrain.
+    Node(node::NodeArgs),
 }
 
 #[tokio::main]
@@ -142,6 +145,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Resume(args) => suspend::run(&client, args, suspend::Direction::Resume).await,
         Command::Copy(args) => copy::run(&client, args).await,
         Command::Image(args) => image::run(&client, args).await,
+        Command::Node(args) => node::run(&client, args).await,
     }
 }
 

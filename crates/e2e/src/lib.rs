@@ -72,6 +72,8 @@ pub struct Server {
     pub cgroup_parent: String,
     /// Extra `sbx server` arguments.
     pub args: Vec<String>,
+    /// Extra environment of the server process (e.g. `AWS_*` for S3).
+    pub env: Vec<(String, String)>,
     /// `start` waits until sandboxes can start (the default image is built).
     wait_ready: bool,
     _tmp: Option<tempfile::TempDir>,
@@ -87,6 +89,8 @@ pub struct Options {
     pub wait_ready: bool,
     /// Extra `sbx server` arguments.
     pub args: Vec<String>,
+    /// Extra environment of the server process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -96,6 +100,7 @@ impl Default for Options {
             shared_images: true,
             wait_ready: true,
             args: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -135,6 +140,7 @@ impl Server {
             http: reqwest::Client::builder().build().unwrap(),
             cgroup_parent,
             args: opts.args,
+            env: opts.env,
             wait_ready: opts.wait_ready,
             _tmp: Some(tmp),
         };
@@ -185,6 +191,7 @@ impl Server {
             .arg("--cgroup-parent")
             .arg(&self.cgroup_parent)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env_remove("SBX_API_KEY")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -304,6 +311,13 @@ impl Server {
     pub fn req_in(&self, ns: &str, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, format!("{}/v1/namespaces/{ns}{path}", self.api))
+            .bearer(self.key.as_deref())
+    }
+
+    /// A control-plane request outside namespaces (`/v1/nodes`, `/healthz`).
+    pub fn req_root(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.api))
             .bearer(self.key.as_deref())
     }
 
@@ -540,6 +554,7 @@ impl Drop for Server {
                 http: reqwest::Client::new(),
                 cgroup_parent: self.cgroup_parent.clone(),
                 args: self.args.clone(),
+                env: self.env.clone(),
                 wait_ready: self.wait_ready,
                 _tmp: None,
             };

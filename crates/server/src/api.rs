@@ -71,6 +71,10 @@ where
     Router::new()
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(crate::openapi::spec))
+        .route("/v1/nodes", get(crate::nodes::list))
+        .route("/v1/nodes/{id}", get(crate::nodes::get_one))
+        .route("/v1/nodes/{id}/drain", post(crate::nodes::drain))
+        .route("/v1/nodes/{id}/undrain", post(crate::nodes::undrain))
         .nest(
             "/v1/namespaces/{ns}",
             sandbox_routes

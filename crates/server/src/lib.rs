@@ -1,18 +1,23 @@
 //! The sbx control plane, sandbox proxy and the all-in-one `sbx server`:
 //! one process with the control-plane API, the proxy and a local executor,
-//! state in SQLite and everything else under one data directory.
+//! state in SQLite (or PostgreSQL, `--state`) and everything else under one
+//! data directory.
 
 mod admission;
 mod api;
 mod auth;
+mod blob_lock;
 mod build;
 mod error;
 mod images;
 mod lifecycle;
+mod nodes;
 mod openapi;
 mod proxy;
 mod snapshots;
-mod store;
+
+/// The state store (`sbx_state`), by the name the modules here use.
+use sbx_state as store;
 
 use axum::extract::connect_info::ConnectInfo;
 use sbx_executor::{Executor, ExecutorConfig};
@@ -29,6 +34,12 @@ pub use error::ApiError;
 pub struct ServerConfig {
     /// Everything sbx keeps: state database, images, sandboxes' layers.
     pub data_dir: PathBuf,
+    /// The state store's URL (`sqlite:PATH` or `postgres://…`); `None`:
+    /// SQLite at `data_dir/state.db`.
+    pub state: Option<String>,
+    /// Where snapshots and images are stored: a directory or
+    /// `s3://BUCKET[/PREFIX]?endpoint=URL&region=R`; `None`: `data_dir/store`.
+    pub blobs: Option<String>,
     /// Control-plane listen address.
     pub api_addr: SocketAddr,
     /// Sandbox proxy (data plane) listen address.
@@ -110,9 +121,46 @@ pub enum Error {
     #[error("state store: {0}")]
     Store(#[from] sqlx::Error),
     #[error(transparent)]
+    StateOpen(#[from] sbx_state::OpenError),
+    #[error(transparent)]
     Executor(#[from] sbx_executor::Error),
     #[error(transparent)]
     Runtime(#[from] sbx_runtime::RuntimeError),
+}
+
+/// Opens the blob store and removes what interrupted writes left in it.
+/// Hosts that share an S3 bucket through PostgreSQL lock it there.
+async fn open_blobs(
+    config: &ServerConfig,
+    data_dir: &std::path::Path,
+    state: &store::Store,
+) -> Result<sbx_store::Store, Error> {
+    let url = match &config.blobs {
+        Some(url) => {
+            sbx_store::BlobsUrl::parse(url).map_err(|e| Error::Config(format!("--blobs: {e}")))?
+        }
+        None => sbx_store::BlobsUrl::Local(data_dir.join("store")),
+    };
+    let shared = state.kind() == store::Kind::Postgres;
+    let locker = blob_lock::ClusterLocker::new(state.clone(), tokio::runtime::Handle::current());
+    let blobs = tokio::task::spawn_blocking(move || {
+        let blobs = if shared {
+            url.open_with_locker(Arc::new(locker))?
+        } else {
+            url.open()?
+        };
+        // An upload cut short by a crash leaves temporary files behind.
+        match blobs.remove_temporaries() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(files = n, "removed unfinished store writes"),
+            Err(e) => tracing::warn!("cannot sweep the store's temporary files: {e}"),
+        }
+        Ok::<_, sbx_store::Error>(blobs)
+    })
+    .await
+    .expect("open blobs task")
+    .map_err(|e| Error::Config(format!("blob store: {e}")))?;
+    Ok(blobs)
 }
 
 /// Runs the server until SIGINT/SIGTERM. Sandboxes keep running across a
@@ -134,7 +182,11 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     let version = runtime.check().await?;
     tracing::info!(runtime = runtime.name(), %version, data_dir = %data_dir.display(), "starting sbx");
 
-    let store = store::Store::open(&data_dir.join("state.db")).await?;
+    let store = match &config.state {
+        Some(url) => store::Store::connect(url).await?,
+        None => store::Store::open(&data_dir.join("state.db")).await?,
+    };
+    tracing::info!(state = ?store.kind(), "state store open");
     let executor: Arc<Executor> = Arc::new(
         Executor::new(
             ExecutorConfig {
@@ -151,16 +203,8 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
         )
         .await?,
     );
-    let blobs = Arc::new(
-        sbx_store::Store::open(data_dir.join("store"))
-            .map_err(|e| Error::Config(format!("snapshot store: {e}")))?,
-    );
-    // An upload cut short by a crash leaves temporary files behind.
-    match blobs.remove_temporaries() {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(files = n, "removed unfinished store writes"),
-        Err(e) => tracing::warn!("cannot sweep the store's temporary files: {e}"),
-    }
+    let blobs = Arc::new(open_blobs(&config, &data_dir, &store).await?);
+    tracing::info!(blobs = %blobs.describe(), "blob store open");
     let host = lifecycle::HostLimits::detect();
     let admission = admission::Admission {
         memory_reserve_mb: config
@@ -168,13 +212,17 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
             .unwrap_or_else(|| admission::Admission::default_reserve_mb(host.memory_mb)),
         max_sandboxes: config.max_sandboxes,
     };
-    let manager = lifecycle::Manager::new(store, executor, host, blobs, admission);
+    let node_id = nodes::local_id(&data_dir)?;
+    let manager = lifecycle::Manager::new(store, executor, host, blobs, admission, node_id);
     manager.recover().await?;
+    manager.register_local_node().await?;
+    tracing::info!(node = manager.node_id, "local node registered");
     // Imports and uploads a killed server left, removed images now unused.
     manager.collect_images().await;
     manager.restore_images().await;
     build::sweep(&manager.executor.build_cache_dir()).await;
     let sweeper = manager.start_sweeper();
+    let heartbeat = manager.start_heartbeat();
     let idler = manager.executor.start_idler();
     // The API answers while the default image is built (the first start
     // of a host): creates wait for it, `/healthz` shows its progress.
@@ -232,6 +280,7 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     sweeper.abort();
+    heartbeat.abort();
     idler.abort();
     image_builder.abort();
     // Finish what was started on the host (teardowns, launches, captures):

@@ -310,6 +310,15 @@ pub fn validate_name(name: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// Every status in which a sandbox holds something on its node.
+const LIVE: [SandboxStatus; 5] = [
+    SandboxStatus::Pending,
+    SandboxStatus::Running,
+    SandboxStatus::Snapshotting,
+    SandboxStatus::Suspending,
+    SandboxStatus::Suspended,
+];
+
 pub fn new_sandbox_id() -> String {
     format!("sbx{}", random_hex(20))
 }
@@ -345,6 +354,8 @@ pub struct Manager {
     pub admission: crate::admission::Admission,
     /// Sandboxes whose launch is under way (admitted, not running yet).
     starting: Mutex<HashSet<String>>,
+    /// The node this server runs (`nodes::local_id`).
+    pub node_id: String,
 }
 
 /// Counts a launch as starting while it lives.
@@ -377,8 +388,10 @@ impl Manager {
         host: HostLimits,
         blobs: Arc<sbx_store::Store>,
         admission: crate::admission::Admission,
+        node_id: String,
     ) -> Arc<Self> {
         Arc::new(Self {
+            node_id,
             store,
             executor,
             host,
@@ -445,6 +458,7 @@ impl Manager {
                 (name, spec)
             }
         };
+        self.check_node_accepts().await?;
         self.admit()?;
         let row = SandboxRow {
             id: new_sandbox_id(),
@@ -457,6 +471,7 @@ impl Manager {
             error: None,
             created_at: Utc::now(),
             terminated_at: None,
+            node_id: Some(self.node_id.clone()),
         };
         self.store.insert(&row).await.map_err(|e| match e {
             StoreError::NameTaken(n) => ApiError::conflict(format!(
@@ -618,25 +633,21 @@ impl Manager {
         if row.status.is_final() {
             return Ok(());
         }
-        let live = [
-            SandboxStatus::Pending,
-            SandboxStatus::Running,
-            SandboxStatus::Snapshotting,
-            SandboxStatus::Suspending,
-            SandboxStatus::Suspended,
-        ];
         self.store
             .transition(
                 &row.id,
-                &live,
+                &LIVE,
                 SandboxStatus::Terminated,
                 Some(reason),
                 None,
             )
             .await?;
-        let me = self.clone();
-        let id = row.id.clone();
-        self.tasks.spawn(async move { me.destroy(&id).await });
+        // Another node's sandbox: that node reaps it at its next sweep.
+        if self.is_local(row.node_id.as_deref()) {
+            let me = self.clone();
+            let id = row.id.clone();
+            self.tasks.spawn(async move { me.destroy(&id).await });
+        }
         Ok(())
     }
 
@@ -652,13 +663,23 @@ impl Manager {
         self.collect_images().await;
     }
 
-    /// Terminates sandboxes whose time ran out and those whose runtime died.
+    /// Terminates sandboxes whose time ran out and those whose runtime
+    /// died, and removes from this host those the store no longer wants
+    /// (ended through another server sharing the store).
     pub async fn sweep(self: &Arc<Self>) {
-        let Ok(rows) = self.store.with_status(&[SandboxStatus::Running]).await else {
+        let Ok(rows) = self.store.with_status(&LIVE).await else {
             return;
         };
+        let rows: Vec<SandboxRow> = rows
+            .into_iter()
+            .filter(|r| self.is_local(r.node_id.as_deref()))
+            .collect();
+        self.reap_unwanted(&rows).await;
         let now = Utc::now();
         for row in rows {
+            if row.status != SandboxStatus::Running {
+                continue;
+            }
             if let Some(t) = row.spec.timeout_secs {
                 // Ephemeral: from creation. Named: from the last start or
                 // resume, or the last proxy traffic, whichever is later.
@@ -704,6 +725,32 @@ impl Manager {
         }
     }
 
+    /// Destroys sandboxes running here whose row is gone or final; `live`:
+    /// this node's live rows.
+    async fn reap_unwanted(self: &Arc<Self>, live: &[SandboxRow]) {
+        let wanted: HashSet<&str> = live.iter().map(|r| r.id.as_str()).collect();
+        let suspects: Vec<String> = self
+            .executor
+            .running()
+            .into_iter()
+            // Builder sandboxes have no row; a starting one has one already.
+            .filter(|id| looks_like_id(id) && !wanted.contains(id.as_str()))
+            .collect();
+        for id in suspects {
+            // Read again: it may have been created since the list was read.
+            let unwanted = match self.store.get(&id).await {
+                Ok(None) => true,
+                Ok(Some(row)) => row.status.is_final(),
+                Err(_) => false,
+            };
+            if unwanted && self.executor.is_alive(&id) {
+                tracing::info!(sandbox = id, "ended elsewhere: removing it from this host");
+                let me = self.clone();
+                self.tasks.spawn(async move { me.destroy(&id).await });
+            }
+        }
+    }
+
     pub fn start_sweeper(self: &Arc<Self>) -> JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
@@ -722,14 +769,11 @@ impl Manager {
     pub async fn recover(self: &Arc<Self>) -> Result<(), crate::Error> {
         let rows = self
             .store
-            .with_status(&[
-                SandboxStatus::Pending,
-                SandboxStatus::Running,
-                SandboxStatus::Snapshotting,
-                SandboxStatus::Suspending,
-                SandboxStatus::Suspended,
-            ])
-            .await?;
+            .with_status(&LIVE)
+            .await?
+            .into_iter()
+            .filter(|r| self.is_local(r.node_id.as_deref()))
+            .collect::<Vec<_>>();
         let keep: HashSet<String> = rows
             .iter()
             .filter(|r| r.status != SandboxStatus::Pending)
@@ -885,6 +929,7 @@ mod tests {
             stored_bytes: None,
             pause_ms: None,
             created_at: chrono::Utc::now(),
+            node_id: None,
         };
         let merged = restore_request(&req(r#"{"snapshot_id":"snap1"}"#), &snap).unwrap();
         assert_eq!(merged.exposed_ports, Some(vec![8080]));

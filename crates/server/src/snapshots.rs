@@ -71,6 +71,7 @@ impl Manager {
             stored_bytes: None,
             pause_ms: None,
             created_at: Utc::now(),
+            node_id: Some(self.node_id.clone()),
         };
         if let Err(e) = self.store.insert_snapshot(&snap).await {
             self.back_to_running(&row.id).await;
@@ -451,6 +452,8 @@ impl Manager {
             .store
             .snapshots_with_status(SnapshotStatus::InProgress)
             .await?
+            .into_iter()
+            .filter(|s| self.is_local(s.node_id.as_deref()))
         {
             self.store
                 .snapshot_transition(
@@ -469,6 +472,8 @@ impl Manager {
             .store
             .snapshots_with_status(SnapshotStatus::LocalReady)
             .await?
+            .into_iter()
+            .filter(|s| self.is_local(s.node_id.as_deref()))
         {
             let dir = self.executor.snapshot_dir(&s.id);
             let me = self.clone();

@@ -9,6 +9,7 @@ pub mod exec;
 pub mod image;
 pub mod ls;
 pub mod name;
+pub mod node;
 pub mod run;
 pub mod server;
 pub mod snapshot;

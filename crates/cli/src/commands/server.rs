@@ -11,6 +11,17 @@ pub struct ServerArgs {
     #[arg(long, default_value = "/var/lib/sbx", value_name = "DIR")]
     pub data_dir: PathBuf,
 
+    /// The state store: `sqlite:PATH` or `postgres://USER[:PASSWORD]@HOST[:PORT]/DB`
+    /// (default: SQLite in the data dir). Replicas share one PostgreSQL.
+    #[arg(long, env = "SBX_STATE", value_name = "URL")]
+    pub state: Option<String>,
+
+    /// Where snapshots and images are stored: a directory, or
+    /// `s3://BUCKET[/PREFIX]?endpoint=URL&region=R` with credentials from
+    /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (default: DATA_DIR/store).
+    #[arg(long, env = "SBX_BLOBS", value_name = "URL")]
+    pub blobs: Option<String>,
+
     /// Control-plane listen address.
     #[arg(long, default_value = "127.0.0.1:8900", value_name = "ADDR")]
     pub api_addr: SocketAddr,
@@ -69,6 +80,8 @@ impl ServerArgs {
         let env_key = std::env::var("SBX_API_KEY").ok();
         sbx_server::ServerConfig {
             data_dir: self.data_dir.clone(),
+            state: self.state.clone(),
+            blobs: self.blobs.clone(),
             api_addr: self.api_addr,
             proxy_addr: self.proxy_addr,
             api_keys: merge_keys(&self.api_keys, env_key.as_deref()),

@@ -1,0 +1,212 @@
+//! `sbx server` with its state in PostgreSQL (`--state`) and its snapshots
+//! and images in S3 (`--blobs`): a real PostgreSQL and a real S3 server
+//! (SeaweedFS), each started by the test on 127.0.0.1 with its data in a
+//! temp dir.
+
+use reqwest::Method;
+use sbx_e2e::*;
+use sbx_testkit::postgres::Postgres;
+use sbx_testkit::s3::S3Server;
+use serde_json::json;
+use std::time::Duration;
+
+/// Server options for state in `pg` and blobs in bucket `sbx` of `s3`.
+fn on(pg: &Postgres, s3: &S3Server, db: &str) -> Options {
+    s3.create_bucket("sbx");
+    Options {
+        args: vec![
+            "--state".into(),
+            pg.create_database(db),
+            "--blobs".into(),
+            s3.url("sbx"),
+        ],
+        env: vec![
+            ("AWS_ACCESS_KEY_ID".into(), s3.access_key().into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), s3.secret_key().into()),
+        ],
+        ..Default::default()
+    }
+}
+
+/// The keys of the objects in bucket `sbx` whose key contains `part`.
+fn objects(s3: &S3Server, part: &str) -> Vec<String> {
+    let (code, body) = s3.signed_request("GET", "/sbx?list-type=2&max-keys=10000", b"");
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    String::from_utf8_lossy(&body)
+        .split("<Key>")
+        .skip(1)
+        .filter_map(|k| k.split_once("</Key>").map(|(k, _)| k.to_string()))
+        .filter(|k| k.contains(part))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_server_on_postgres_and_s3_keeps_sandboxes_and_snapshots_across_restarts() {
+    let pg = Postgres::start();
+    let s3 = S3Server::start();
+    let mut s = Server::start_with(on(&pg, &s3, "sbx")).await;
+    assert!(
+        !s.data_dir.join("state.db").exists(),
+        "the state is in PostgreSQL, not in the data dir"
+    );
+    let id = s.create(json!({"name": "keeper"})).await;
+    s.sh(&id, "echo kept > /root/f").await;
+    // A name is unique among live sandboxes: PostgreSQL's partial index.
+    let (code, err) = s.post_status("/sandboxes", json!({"name": "keeper"})).await;
+    assert_eq!(code, 409, "{err}");
+    let snap = s.snapshot(&id, "filesystem").await;
+    let sid = snap["snapshot_id"].as_str().unwrap().to_string();
+    // `completed`: its manifest and chunks are in the bucket, not in the data dir.
+    assert_eq!(objects(&s3, &format!("manifests/{sid}")).len(), 1);
+    assert!(!objects(&s3, "chunks/").is_empty());
+    assert!(!s.data_dir.join("store/manifests").exists());
+
+    // Killed and started again: everything is read back from PostgreSQL.
+    s.kill9();
+    s.respawn().await;
+    let (code, v) = s.get("keeper").await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["status"], "running", "{v}");
+    assert_eq!(s.sh("keeper", "cat /root/f").await, "kept\n");
+    let listed = s.api_json(Method::GET, "/snapshots").await;
+    assert_eq!(
+        listed["snapshots"][0]["snapshot_id"],
+        sid.as_str(),
+        "{listed}"
+    );
+    let copy = s.create(json!({"snapshot_id": sid})).await;
+    assert_eq!(s.sh(&copy, "cat /root/f").await, "kept\n");
+
+    // The server's own node is listed; drained, it takes no new sandboxes
+    // and stays drained across a restart.
+    let nodes = nodes_of(&s).await;
+    assert_eq!(nodes["nodes"].as_array().unwrap().len(), 1, "{nodes}");
+    let node = nodes["nodes"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(nodes["nodes"][0]["alive"], true, "{nodes}");
+    assert_eq!(nodes["nodes"][0]["usage"]["sandboxes"], 2, "{nodes}");
+    let drained = s.cli().args(["node", "drain", &node]).output().unwrap();
+    assert!(drained.status.success(), "{drained:?}");
+    let (code, err) = s.post_status("/sandboxes", json!({})).await;
+    assert_eq!(code, 503, "{err}");
+    assert_eq!(err["code"], "no_executors_available", "{err}");
+    s.stop();
+    s.respawn().await;
+    let listed = s.cli().args(["node", "ls"]).output().unwrap();
+    let table = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        table.contains(&node) && table.contains("draining"),
+        "{table}"
+    );
+    let undrain = format!("/v1/nodes/{node}/undrain");
+    let r = s.req_root(Method::POST, &undrain).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = s
+        .req_root(Method::POST, "/v1/nodes/nope/drain")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Deletes are recorded there too.
+    assert_eq!(s.delete(&copy).await, 200);
+    let (code, _) = s.get(&copy).await;
+    assert_eq!(code, 200, "an ended sandbox stays listed as ended");
+    let r = s
+        .req(Method::DELETE, &format!("/snapshots/{sid}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    // Its manifest leaves the bucket, and chunks nothing else uses with it.
+    wait_until(Duration::from_secs(30), || {
+        objects(&s3, &format!("manifests/{sid}")).is_empty()
+    })
+    .await;
+    s.cleanup().await;
+    assert!(s.host_leftovers().is_empty(), "{:?}", s.host_leftovers());
+}
+
+async fn nodes_of(s: &Server) -> serde_json::Value {
+    let r = s.req_root(Method::GET, "/v1/nodes").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+/// Two servers on one database: each recovers and sweeps only its own
+/// node's sandboxes.
+#[tokio::test]
+async fn servers_sharing_a_database_leave_each_others_sandboxes_alone() {
+    let pg = Postgres::start();
+    let s3 = S3Server::start();
+    let opts = on(&pg, &s3, "shared");
+    let a = Server::start_with(opts.clone()).await;
+    let mut b = Server::start_with(opts).await;
+    let on_a = a.create(json!({})).await;
+    let on_b = b.create(json!({})).await;
+    let nodes = nodes_of(&a).await;
+    assert_eq!(nodes["nodes"].as_array().unwrap().len(), 2, "{nodes}");
+    // B killed and started again: its recovery keeps A's sandbox running.
+    b.kill9();
+    b.respawn().await;
+    assert_eq!(a.sh(&on_a, "echo alive").await, "alive\n");
+    assert_eq!(b.sh(&on_b, "echo alive").await, "alive\n");
+    let (_, v) = b.get(&on_a).await;
+    assert_eq!(v["status"], "running", "{v}");
+    // Ended through A, B's sandbox is removed from B's host by B.
+    assert_eq!(a.delete(&on_b).await, 200);
+    wait_until(Duration::from_secs(30), || b.host_leftovers().is_empty()).await;
+    assert!(b.host_leftovers().is_empty(), "{:?}", b.host_leftovers());
+    assert_eq!(a.sh(&on_a, "echo still").await, "still\n");
+    a.cleanup().await;
+    b.cleanup().await;
+    assert!(a.host_leftovers().is_empty() && b.host_leftovers().is_empty());
+}
+
+/// A snapshot stored in S3 restores on a host that never saw it: a second
+/// server with an empty data dir on the same database and bucket.
+#[tokio::test]
+async fn a_stored_snapshot_restores_on_a_fresh_host() {
+    let pg = Postgres::start();
+    let s3 = S3Server::start();
+    let opts = on(&pg, &s3, "sbx");
+    let a = Server::start_with(opts.clone()).await;
+    let id = a.create(json!({})).await;
+    a.sh(
+        &id,
+        "seq 1 200000 > /root/numbers; md5sum /root/numbers > /root/sum",
+    )
+    .await;
+    let snap = a.snapshot(&id, "filesystem").await;
+    let sid = snap["snapshot_id"].as_str().unwrap().to_string();
+    a.cleanup().await;
+    drop(a);
+
+    let b = Server::start_with(opts).await;
+    let copy = b.create(json!({"snapshot_id": sid})).await;
+    assert_eq!(
+        b.sh(&copy, "md5sum -c /root/sum >/dev/null && echo intact")
+            .await,
+        "intact\n"
+    );
+    b.cleanup().await;
+    assert!(b.host_leftovers().is_empty(), "{:?}", b.host_leftovers());
+}
+
+#[tokio::test]
+async fn a_bad_state_url_stops_the_start_with_a_clear_error() {
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let out = std::process::Command::new(sbx_bin())
+        .args(["server", "--data-dir"])
+        .arg(tmp.path())
+        .args(["--state", "mysql://root:secret@127.0.0.1/x"])
+        .args(["--api-addr", "127.0.0.1:0", "--proxy-addr", "127.0.0.1:0"])
+        .arg("--agent-bin")
+        .arg(agent_bin())
+        .args(["--cgroup-parent", "sbx-e2e-bad-state"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("expected sqlite:PATH or postgres://"), "{err}");
+    assert!(!err.contains("secret"), "{err}");
+}

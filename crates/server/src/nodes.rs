@@ -1,0 +1,213 @@
+//! Nodes: the hosts that run sandboxes. `sbx server` runs one itself (the
+//! local node, in-process); each node is a row in the state store, which
+//! it registers at start and keeps alive with a heartbeat. Sandboxes and
+//! snapshots record the node they are on, so a server's recovery and
+//! sweeps touch only its own.
+
+use crate::api::ApiState;
+use crate::error::{ApiError, ApiResult};
+use crate::lifecycle::Manager;
+use crate::store::NodeRow;
+use axum::extract::{Path, State};
+use axum::Json;
+use chrono::Utc;
+use sbx_api::node::{ListNodesResponse, NodeCapacity, NodeInfo, NodeState, NodeUsage};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often a node reports.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+/// A node that has not reported for this long is not given work.
+pub const ALIVE_WITHIN: Duration = Duration::from_secs(30);
+
+/// This host's node id, kept in `data_dir/node-id` (made at first start).
+pub fn local_id(data_dir: &std::path::Path) -> std::io::Result<String> {
+    let path = data_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if is_valid_id(id.trim()) => return Ok(id.trim().to_string()),
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: not a node id", path.display()),
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let id = format!("node-{}", crate::lifecycle::random_hex(12));
+    let tmp = data_dir.join(".node-id.tmp");
+    std::fs::write(&tmp, format!("{id}\n"))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(id)
+}
+
+fn is_valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl Manager {
+    /// What this host can hold and uses now.
+    fn local_report(&self) -> (NodeCapacity, NodeUsage) {
+        let capacity = NodeCapacity {
+            cpus: self.host.cpus as u32,
+            memory_mb: self.host.memory_mb,
+            max_sandboxes: self.admission.max_sandboxes.map(|n| n as u64),
+        };
+        let usage = NodeUsage {
+            sandboxes: self.executor.running().len() as u64,
+            memory_available_mb: crate::admission::HostUse::read()
+                .map(|h| h.available_mb)
+                .unwrap_or(0),
+        };
+        (capacity, usage)
+    }
+
+    /// Registers the local node (at start).
+    pub async fn register_local_node(&self) -> Result<(), sqlx::Error> {
+        let (capacity, usage) = self.local_report();
+        let now = Utc::now();
+        self.store
+            .register_node(&NodeRow {
+                id: self.node_id.clone(),
+                address: None,
+                state: NodeState::Ready,
+                capacity,
+                usage,
+                registered_at: now,
+                heartbeat_at: now,
+            })
+            .await
+    }
+
+    /// Reports the local node's use every [`HEARTBEAT`].
+    pub fn start_heartbeat(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let (_, usage) = me.local_report();
+                match me.store.heartbeat(&me.node_id, &usage).await {
+                    Ok(true) => {}
+                    // Its row was removed: register again.
+                    Ok(false) => {
+                        if let Err(e) = me.register_local_node().await {
+                            tracing::warn!("cannot register node {}: {e}", me.node_id);
+                        }
+                    }
+                    Err(e) => tracing::warn!("node heartbeat: {e}"),
+                }
+            }
+        })
+    }
+
+    /// Whether a sandbox or snapshot recorded on `node` is this server's
+    /// (rows from before nodes are).
+    pub fn is_local(&self, node: Option<&str>) -> bool {
+        node.is_none_or(|n| n == self.node_id)
+    }
+
+    /// Refuses a create when the local node takes no new sandboxes (503
+    /// `no_executors_available`).
+    pub async fn check_node_accepts(&self) -> ApiResult<()> {
+        let node = self.store.node(&self.node_id).await?;
+        match node.map(|n| n.state) {
+            Some(NodeState::Draining) => Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "no_executors_available",
+                format!(
+                    "node {} is draining and takes no new sandboxes (sbx node undrain {0})",
+                    self.node_id
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A node as the API shows it; the local node's use is read now.
+fn info(m: &Manager, mut row: NodeRow) -> NodeInfo {
+    if row.id == m.node_id {
+        row.usage = m.local_report().1;
+    }
+    let age = Utc::now() - row.heartbeat_at;
+    NodeInfo {
+        alive: age.to_std().map_or(true, |a| a <= ALIVE_WITHIN),
+        id: row.id,
+        address: row.address,
+        state: row.state,
+        capacity: row.capacity,
+        usage: row.usage,
+        registered_at: row.registered_at.to_rfc3339(),
+        heartbeat_at: row.heartbeat_at.to_rfc3339(),
+    }
+}
+
+/// `GET /v1/nodes`
+pub async fn list(State(state): State<ApiState>) -> ApiResult<Json<ListNodesResponse>> {
+    let nodes = state
+        .manager
+        .store
+        .nodes()
+        .await?
+        .into_iter()
+        .map(|n| info(&state.manager, n))
+        .collect();
+    Ok(Json(ListNodesResponse { nodes }))
+}
+
+/// `GET /v1/nodes/{id}`
+pub async fn get_one(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<NodeInfo>> {
+    let row = state
+        .manager
+        .store
+        .node(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("node", &id))?;
+    Ok(Json(info(&state.manager, row)))
+}
+
+/// `POST /v1/nodes/{id}/drain`: the node runs what it has and takes no
+/// new sandboxes.
+pub async fn drain(m: State<ApiState>, id: Path<String>) -> ApiResult<Json<NodeInfo>> {
+    set_state(m, id, NodeState::Draining).await
+}
+
+/// `POST /v1/nodes/{id}/undrain`: the node takes new sandboxes again.
+pub async fn undrain(m: State<ApiState>, id: Path<String>) -> ApiResult<Json<NodeInfo>> {
+    set_state(m, id, NodeState::Ready).await
+}
+
+async fn set_state(
+    State(api): State<ApiState>,
+    Path(id): Path<String>,
+    state: NodeState,
+) -> ApiResult<Json<NodeInfo>> {
+    if !api.manager.store.set_node_state(&id, state).await? {
+        return Err(ApiError::not_found("node", &id));
+    }
+    tracing::info!(node = id, state = state.as_str(), "node state changed");
+    get_one(State(api), Path(id)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_id_is_made_once_and_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let id = local_id(d.path()).unwrap();
+        assert!(id.starts_with("node-") && is_valid_id(&id), "{id}");
+        assert_eq!(local_id(d.path()).unwrap(), id);
+        std::fs::write(d.path().join("node-id"), "../etc\n").unwrap();
+        assert!(local_id(d.path()).is_err());
+    }
+}
