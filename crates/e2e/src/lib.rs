@@ -286,7 +286,9 @@ impl Server {
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         let mut c = self.child.take()?;
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Past the server's own shutdown grace (60 s): a kill would leave
+        // its spare volumes mounted.
+        let deadline = Instant::now() + Duration::from_secs(90);
         loop {
             if let Ok(Some(s)) = c.try_wait() {
                 return Some(s);

@@ -125,7 +125,7 @@ pub async fn build(
         drop(tx);
         work.remove().await;
         if let Some(record) = built {
-            m2.store_image(&record).await;
+            m2.clone().store_image_later(record);
         }
         prune(&m2.executor.build_cache_dir(), CACHE_BYTES).await;
     });

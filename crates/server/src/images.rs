@@ -238,7 +238,7 @@ async fn start(
                     image: Box::new(info(&record)),
                 }));
                 drop(tx);
-                m.store_image(&record).await;
+                m.clone().store_image_later(record);
             }
             Err(e) => {
                 tracing::warn!(image = name, "image import failed: {e}");
@@ -422,6 +422,33 @@ impl Manager {
                 }
             }
             Err(e) => tracing::warn!("images in use: {e}"),
+        }
+    }
+
+    /// Stores image `record` in the background, outside the work a shutdown
+    /// waits for: a stop cuts it short, and the next start stores again
+    /// what is not stored ([`Manager::store_unstored_images`]).
+    pub fn store_image_later(self: Arc<Self>, record: ImageRecord) {
+        tokio::spawn(async move { self.store_image(&record).await });
+    }
+
+    /// At start: stores the images whose storing a stop or crash cut short
+    /// (not those brought back from the store).
+    pub async fn store_unstored_images(self: &Arc<Self>) {
+        let blobs = self.blobs.clone();
+        let Ok(Ok(stored)) = tokio::task::spawn_blocking(move || blobs.list_manifests()).await
+        else {
+            return;
+        };
+        let stored: std::collections::HashSet<String> = stored.into_iter().collect();
+        let custom = self.executor.images().custom();
+        for record in custom.list() {
+            if record.stored_bytes.is_none()
+                && custom.is_listed(&record.id)
+                && !stored.contains(&manifest_id(&record.id))
+            {
+                self.clone().store_image_later(record);
+            }
         }
     }
 

@@ -220,6 +220,7 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     // Imports and uploads a killed server left, removed images now unused.
     manager.collect_images().await;
     manager.restore_images().await;
+    manager.store_unstored_images().await;
     build::sweep(&manager.executor.build_cache_dir()).await;
     let sweeper = manager.start_sweeper();
     let heartbeat = manager.start_heartbeat();
