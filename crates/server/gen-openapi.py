@@ -483,7 +483,7 @@ schemas["NodeInfo"] = obj(
     ["id", "state", "alive", "capacity", "usage", "registered_at", "heartbeat_at"],
     {
         "id": STR,
-        "address": {**STR, "description": "where the control plane reaches it; absent for the node inside `sbx server`"},
+        "address": {**STR, "description": "where other servers' proxies reach its sandboxes (`HOST:PORT`); absent when it advertises none"},
         "state": {"type": "string", "enum": ["ready", "draining"], "description": "`draining`: runs what it has, takes nothing new"},
         "alive": {**BOOL, "description": "it heartbeat recently enough to be given work"},
         "capacity": ref("NodeCapacity"),

@@ -52,8 +52,9 @@ pub struct NodeUsage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeInfo {
     pub id: String,
-    /// Where the control plane reaches it; absent for the node inside
-    /// `sbx server` itself.
+    /// Where other servers' proxies reach its sandboxes (`HOST:PORT`);
+    /// absent when it advertises none (a proxy on a wildcard address
+    /// without `--advertise`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
     pub state: NodeState,

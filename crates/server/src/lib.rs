@@ -37,6 +37,9 @@ pub struct ServerConfig {
     /// The state store's URL (`sqlite:PATH` or `postgres://…`); `None`:
     /// SQLite at `data_dir/state.db`.
     pub state: Option<String>,
+    /// Where other servers sharing the state store reach this server's
+    /// proxy (`HOST:PORT`); `None`: `proxy_addr` unless it is a wildcard.
+    pub advertise: Option<String>,
     /// Where snapshots and images are stored: a directory or
     /// `s3://BUCKET[/PREFIX]?endpoint=URL&region=R`; `None`: `data_dir/store`.
     pub blobs: Option<String>,
@@ -213,7 +216,11 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
         max_sandboxes: config.max_sandboxes,
     };
     let node_id = nodes::local_id(&data_dir)?;
-    let manager = lifecycle::Manager::new(store, executor, host, blobs, admission, node_id);
+    let advertise = config.advertise.clone().or_else(|| {
+        (!config.proxy_addr.ip().is_unspecified()).then(|| config.proxy_addr.to_string())
+    });
+    let manager =
+        lifecycle::Manager::new(store, executor, host, blobs, admission, node_id, advertise);
     manager.recover().await?;
     manager.register_local_node().await?;
     tracing::info!(node = manager.node_id, "local node registered");

@@ -356,6 +356,8 @@ pub struct Manager {
     starting: Mutex<HashSet<String>>,
     /// The node this server runs (`nodes::local_id`).
     pub node_id: String,
+    /// Where other servers' proxies reach this node's sandboxes (its proxy).
+    pub advertise: Option<String>,
 }
 
 /// Counts a launch as starting while it lives.
@@ -389,9 +391,11 @@ impl Manager {
         blobs: Arc<sbx_store::Store>,
         admission: crate::admission::Admission,
         node_id: String,
+        advertise: Option<String>,
     ) -> Arc<Self> {
         Arc::new(Self {
             node_id,
+            advertise,
             store,
             executor,
             host,

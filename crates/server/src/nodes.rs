@@ -72,7 +72,7 @@ impl Manager {
         self.store
             .register_node(&NodeRow {
                 id: self.node_id.clone(),
-                address: None,
+                address: self.advertise.clone(),
                 state: NodeState::Ready,
                 capacity,
                 usage,
@@ -109,6 +109,22 @@ impl Manager {
     /// (rows from before nodes are).
     pub fn is_local(&self, node: Option<&str>) -> bool {
         node.is_none_or(|n| n == self.node_id)
+    }
+
+    /// Refuses work on another node's sandbox (409 `sandbox_on_other_node`):
+    /// only its own node's server can snapshot, suspend, resume or copy it.
+    pub fn check_local(&self, row: &crate::store::SandboxRow) -> ApiResult<()> {
+        match row.node_id.as_deref() {
+            Some(node) if !self.is_local(Some(node)) => Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "sandbox_on_other_node",
+                format!(
+                    "sandbox {} runs on node {node}: send this request to that node's server",
+                    row.id
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Refuses a create when the local node takes no new sandboxes (503

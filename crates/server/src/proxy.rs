@@ -140,6 +140,9 @@ async fn forward_to(
     port: Option<u16>,
     strip_auth: bool,
 ) -> Response {
+    if !state.manager.is_local(row.node_id.as_deref()) {
+        return relay(state, req, row).await;
+    }
     let row = match auto_resume(&state.manager, row).await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
@@ -172,6 +175,7 @@ async fn forward_to(
     let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     parts.uri = uri;
+    parts.headers.remove(RELAYED);
     if strip_auth {
         parts.headers.remove(header::AUTHORIZATION);
     }
@@ -188,17 +192,36 @@ async fn forward_to(
             parts.headers.insert(header::HOST, v);
         }
     }
+    // A second hold for as long as an upgraded connection stays open.
+    let upgrade_hold = is_upgrade.then(|| state.manager.executor.hold(&row.id));
+    let holds = (Some(hold), upgrade_hold);
+    send(&state.client, parts, body, client_upgrade, holds, &row.id).await
+}
+
+/// Sends a request on to a sandbox's agent or another node's proxy and
+/// streams the answer back, splicing an upgraded connection; `holds` keep
+/// a local sandbox thawed while the answer streams and while the upgraded
+/// connection lasts.
+async fn send(
+    client: &Client<HttpConnector, Body>,
+    parts: axum::http::request::Parts,
+    body: Body,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    holds: (Option<sbx_executor::Hold>, Option<sbx_executor::Hold>),
+    sandbox: &str,
+) -> Response {
+    let (hold, upgrade_hold) = holds;
     // A request without a body can be sent again: the first attempt may
     // meet a pooled connection that a capture cut (gVisor drops open TCP
     // connections when it checkpoints).
+    let is_upgrade = client_upgrade.is_some();
     let replay = (!is_upgrade && has_no_body(&parts.headers)).then(|| parts.clone());
     let backend_req = Request::from_parts(parts, body);
-    let first = state.client.request(backend_req).await;
+    let first = client.request(backend_req).await;
     let result = match (first, replay) {
         (Err(e), Some(parts)) if !e.is_connect() => {
-            tracing::debug!(sandbox = row.id, "retrying on a fresh connection: {e}");
-            state
-                .client
+            tracing::debug!(sandbox, "retrying on a fresh connection: {e}");
+            client
                 .request(Request::from_parts(parts, Body::empty()))
                 .await
         }
@@ -210,7 +233,7 @@ async fn forward_to(
             return ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "sandbox_unreachable",
-                format!("sandbox {} did not answer: {e}", row.id),
+                format!("sandbox {sandbox} did not answer: {e}"),
             )
             .into_response()
         }
@@ -218,9 +241,8 @@ async fn forward_to(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let backend_upgrade = hyper::upgrade::on(&mut resp);
-            let hold = state.manager.executor.hold(&row.id);
             tokio::spawn(async move {
-                let _hold = hold;
+                let _hold = upgrade_hold;
                 let (Ok(client), Ok(backend)) = tokio::join!(client_upgrade, backend_upgrade)
                 else {
                     return;
@@ -237,6 +259,68 @@ async fn forward_to(
         frame
     });
     Response::from_parts(parts, Body::new(body))
+}
+
+/// Marks a request one proxy relayed to another: the second never relays.
+const RELAYED: &str = "x-sbx-relayed";
+
+/// Relays a request for a sandbox that runs on another node to that node's
+/// proxy, which checks it and forwards it as its own (auth included: the
+/// servers share their keys).
+async fn relay(state: ProxyState, mut req: Request, row: crate::store::SandboxRow) -> Response {
+    let node = row.node_id.clone().unwrap_or_default();
+    if req.headers().contains_key(RELAYED) {
+        return ApiError::unavailable(format!(
+            "sandbox {} is not on node {} any more",
+            row.id, state.manager.node_id
+        ))
+        .into_response();
+    }
+    let address = match state.manager.store.node(&node).await {
+        Ok(Some(n)) => n.address,
+        Ok(None) => None,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let Some(address) = address else {
+        return ApiError::unavailable(format!(
+            "sandbox {} runs on node {node}, which has no address this server can reach",
+            row.id
+        ))
+        .into_response();
+    };
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let uri: Uri = match format!("http://{address}{path}").parse() {
+        Ok(u) => u,
+        Err(e) => {
+            return ApiError::unavailable(format!("node {node}'s address {address:?}: {e}"))
+                .into_response()
+        }
+    };
+    let is_upgrade = req.headers().contains_key(header::UPGRADE);
+    let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    parts.uri = uri;
+    if !is_upgrade {
+        parts.headers.remove(header::CONNECTION);
+        parts.headers.remove(header::UPGRADE);
+    }
+    for h in HOP_BY_HOP {
+        parts.headers.remove(*h);
+    }
+    parts.headers.insert(RELAYED, HeaderValue::from_static("1"));
+    send(
+        &state.client,
+        parts,
+        body,
+        client_upgrade,
+        (None, None),
+        &row.id,
+    )
+    .await
 }
 
 fn has_no_body(headers: &axum::http::HeaderMap) -> bool {

@@ -43,6 +43,7 @@ impl Manager {
         row: &SandboxRow,
         kind: SnapshotType,
     ) -> ApiResult<(SnapshotRow, JoinHandle<Result<(), String>>)> {
+        self.check_local(row)?;
         let moved = self
             .store
             .transition(
@@ -257,6 +258,7 @@ impl Manager {
     /// Starts suspending a named, running sandbox (idempotent for one that
     /// is suspending or suspended).
     pub async fn suspend(self: &Arc<Self>, row: &SandboxRow, reason: &str) -> ApiResult<()> {
+        self.check_local(row)?;
         if row.name.is_none() {
             return Err(ApiError::bad_request(format!(
                 "sandbox {} is ephemeral (it has no name) and cannot be suspended; name it first (PATCH name) or terminate it",
@@ -331,6 +333,7 @@ impl Manager {
     /// The receiver, when there is one, gets the outcome: a failed resume
     /// leaves the sandbox suspended with the reason as its error.
     pub async fn resume(self: &Arc<Self>, row: &SandboxRow) -> ApiResult<Option<Resuming>> {
+        self.check_local(row)?;
         match row.status {
             SandboxStatus::Running | SandboxStatus::Suspended => {}
             SandboxStatus::Suspending => {}
@@ -416,6 +419,7 @@ impl Manager {
         row: &SandboxRow,
         times: u32,
     ) -> ApiResult<(SnapshotRow, Vec<(SandboxRow, LaunchOutcome)>)> {
+        self.check_local(row)?;
         if times == 0 || times > MAX_COPIES {
             return Err(ApiError::bad_request(format!(
                 "times must be between 1 and {MAX_COPIES} (got {times})"

@@ -521,8 +521,7 @@ impl Store {
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeRow {
     pub id: String,
-    /// Where the control plane reaches it; `None` for the node inside
-    /// `sbx server`.
+    /// Where other servers' proxies reach its sandboxes; `None`: nowhere.
     pub address: Option<String>,
     pub state: NodeState,
     pub capacity: NodeCapacity,

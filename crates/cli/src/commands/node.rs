@@ -82,7 +82,7 @@ fn render(nodes: &[NodeInfo]) -> String {
             };
             vec![
                 n.id.clone(),
-                n.address.clone().unwrap_or_else(|| "(in server)".into()),
+                n.address.clone().unwrap_or_else(|| "-".into()),
                 state,
                 sandboxes,
                 n.capacity.cpus.to_string(),

@@ -16,6 +16,11 @@ pub struct ServerArgs {
     #[arg(long, env = "SBX_STATE", value_name = "URL")]
     pub state: Option<String>,
 
+    /// Where other servers sharing the state store reach this server's
+    /// sandbox proxy, HOST:PORT (default: --proxy-addr unless it is 0.0.0.0).
+    #[arg(long, value_name = "ADDR")]
+    pub advertise: Option<String>,
+
     /// Where snapshots and images are stored: a directory, or
     /// `s3://BUCKET[/PREFIX]?endpoint=URL&region=R` with credentials from
     /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (default: DATA_DIR/store).
@@ -82,6 +87,7 @@ impl ServerArgs {
             data_dir: self.data_dir.clone(),
             state: self.state.clone(),
             blobs: self.blobs.clone(),
+            advertise: self.advertise.clone(),
             api_addr: self.api_addr,
             proxy_addr: self.proxy_addr,
             api_keys: merge_keys(&self.api_keys, env_key.as_deref()),
