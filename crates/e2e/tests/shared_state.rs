@@ -201,6 +201,89 @@ async fn a_stored_snapshot_restores_on_a_fresh_host() {
     assert!(b.host_leftovers().is_empty(), "{:?}", b.host_leftovers());
 }
 
+/// A server whose node takes no more sandboxes places a create on another
+/// node sharing its database, which fetches the image from the bucket;
+/// either proxy reaches the sandbox.
+#[tokio::test]
+async fn a_create_a_drained_node_cannot_take_runs_on_another_node() {
+    let pg = Postgres::start();
+    let s3 = S3Server::start();
+    let opts = on(&pg, &s3, "placed");
+    let a = Server::start_with(opts.clone()).await;
+    let b = Server::start_with(opts).await;
+    // A small image built on A (busybox, no RUN), stored in the bucket.
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static");
+    for applet in ["sh", "cat"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+    }
+    std::fs::write(dir.path().join("hello"), "built on a\n").unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY bin /bin\nCOPY hello /hello\n",
+    )
+    .unwrap();
+    let out = a
+        .cli()
+        .args(["image", "build", "-t", "tiny", "--progress", "plain"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut stored = false;
+    for _ in 0..300 {
+        let image = a.api_json(Method::GET, "/images/tiny").await;
+        if image["stored_bytes"].as_u64().is_some() {
+            stored = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stored, "the image reached the bucket");
+
+    let nodes = nodes_of(&a).await;
+    let mine = |s: &Server| {
+        nodes["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["address"] == format!("127.0.0.1:{}", s.proxy_port).as_str())
+            .map(|n| n["id"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    let (node_a, node_b) = (mine(&a), mine(&b));
+    let drain = format!("/v1/nodes/{node_a}/drain");
+    let r = a.req_root(Method::POST, &drain).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    let id = a.create(json!({"image": "tiny"})).await;
+    assert_eq!(a.sh(&id, "cat /hello").await, "built on a\n");
+    assert_eq!(b.sh(&id, "cat /hello").await, "built on a\n");
+    assert!(
+        b.host_leftovers().iter().any(|l| l.contains(&id)),
+        "it runs on B: {:?}",
+        b.host_leftovers()
+    );
+    assert!(a.host_leftovers().iter().all(|l| !l.contains(&id)));
+    // With B drained too, no node takes it.
+    let drain = format!("/v1/nodes/{node_b}/drain");
+    let r = a.req_root(Method::POST, &drain).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (code, err) = a.post_status("/sandboxes", json!({})).await;
+    assert_eq!(code, 503, "{err}");
+    assert_eq!(a.delete(&id).await, 200);
+    wait_until(Duration::from_secs(30), || b.host_leftovers().is_empty()).await;
+    a.cleanup().await;
+    b.cleanup().await;
+    assert!(a.host_leftovers().is_empty() && b.host_leftovers().is_empty());
+}
+
 #[tokio::test]
 async fn a_bad_state_url_stops_the_start_with_a_clear_error() {
     let tmp = tempfile::tempdir_in("/var/tmp").unwrap();

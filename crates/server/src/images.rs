@@ -498,58 +498,89 @@ impl Manager {
         let blobs = self.blobs.clone();
         let images = self.executor.images().clone();
         let restored = tokio::task::spawn_blocking(move || {
-            let mut restored = Vec::new();
             let Ok(ids) = blobs.list_manifests() else {
-                return restored;
+                return Vec::new();
             };
-            for mid in ids.iter().filter(|m| m.starts_with("image-")) {
-                let Ok(manifest) = blobs.manifest(mid) else {
-                    continue;
-                };
-                let Ok(record) = serde_json::from_value::<ImageRecord>(manifest.meta.clone())
-                else {
-                    continue;
-                };
-                let dir = images.custom().dir().join(&record.id);
-                if dir.exists() {
-                    continue;
-                }
-                let (Some(tree), Ok(image)) = (
-                    manifest.trees.get("rootfs"),
-                    images.custom().begin_restore(&record),
-                ) else {
-                    continue;
-                };
-                let filled = blobs.restore_dir(tree, image.rootfs());
-                restored.push((record, image, filled.map_err(|e| e.to_string())));
-            }
-            restored
+            ids.iter()
+                .filter(|m| m.starts_with("image-"))
+                .filter_map(|mid| fetch_image(&blobs, &images, mid))
+                .collect::<Vec<_>>()
         })
         .await
         .unwrap_or_default();
         for (record, image, filled) in restored {
-            let result = match filled {
-                Ok(()) => image
-                    .commit_record(&record)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => {
-                    image.abandon().await;
-                    Err(e)
-                }
-            };
-            match result {
-                Ok(()) => tracing::info!(
-                    image = record.name,
-                    id = record.id,
-                    "image brought back from the store"
-                ),
-                Err(e) => {
-                    tracing::warn!(image = record.name, "bringing the image back failed: {e}")
-                }
-            }
+            let _ = finish_fetch(record, image, filled).await;
         }
     }
+
+    /// Makes image `id` available here, from the blob store when this host
+    /// lacks it (a sandbox placed here from another node's image).
+    pub async fn ensure_image(&self, id: &str) -> Result<(), String> {
+        let images = self.executor.images().clone();
+        if !custom_images::is_id(id) || images.custom().get(id).is_some() {
+            return Ok(());
+        }
+        let lock = self.lock_for(&format!("image:{id}"));
+        let _guard = lock.lock().await;
+        if images.custom().get(id).is_some() {
+            return Ok(());
+        }
+        let (blobs, mid) = (self.blobs.clone(), manifest_id(id));
+        let fetched = tokio::task::spawn_blocking(move || fetch_image(&blobs, &images, &mid))
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some((record, image, filled)) = fetched else {
+            return Err(format!(
+                "image {id} is neither on this host nor in the store"
+            ));
+        };
+        finish_fetch(record, image, filled).await
+    }
+}
+
+/// Starts bringing image manifest `mid` back from the store (blocking):
+/// `None` when it is not an image's, or the image is here already.
+fn fetch_image(
+    blobs: &sbx_store::Store,
+    images: &sbx_executor::image::Images,
+    mid: &str,
+) -> Option<(ImageRecord, custom_images::NewImage, Result<(), String>)> {
+    let manifest = blobs.manifest(mid).ok()?;
+    let record = serde_json::from_value::<ImageRecord>(manifest.meta.clone()).ok()?;
+    if images.custom().dir().join(&record.id).exists() {
+        return None;
+    }
+    let tree = manifest.trees.get("rootfs")?;
+    let image = images.custom().begin_restore(&record).ok()?;
+    let filled = blobs.restore_dir(tree, image.rootfs());
+    Some((record, image, filled.map_err(|e| e.to_string())))
+}
+
+/// Commits (or abandons) an image [`fetch_image`] filled.
+async fn finish_fetch(
+    record: ImageRecord,
+    image: custom_images::NewImage,
+    filled: Result<(), String>,
+) -> Result<(), String> {
+    let result = match filled {
+        Ok(()) => image
+            .commit_record(&record)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => {
+            image.abandon().await;
+            Err(e)
+        }
+    };
+    match &result {
+        Ok(()) => tracing::info!(
+            image = record.name,
+            id = record.id,
+            "image brought back from the store"
+        ),
+        Err(e) => tracing::warn!(image = record.name, "bringing the image back failed: {e}"),
+    }
+    result
 }
 
 #[cfg(test)]

@@ -436,6 +436,9 @@ impl Manager {
         req: &CreateSandboxRequest,
     ) -> ApiResult<(SandboxRow, JoinHandle<LaunchOutcome>)> {
         let images = self.executor.images().known();
+        // Whether another node could run it: a restore needs its snapshot
+        // in the blob store (`completed`), not only on its node's disk.
+        let mut movable = true;
         let (name, spec) = match &req.snapshot_id {
             Some(sid) => {
                 let snap = self
@@ -448,6 +451,7 @@ impl Manager {
                 let mut images = images;
                 images.push(snap.spec.image.clone());
                 let (name, mut spec) = validate(&merged, self.host, &images)?;
+                movable = snap.status == sbx_api::snapshot::SnapshotStatus::Completed;
                 spec.snapshot_id = Some(snap.id.clone());
                 spec.image_id = snap.spec.image_id.clone();
                 (name, spec)
@@ -462,8 +466,19 @@ impl Manager {
                 (name, spec)
             }
         };
-        self.check_node_accepts().await?;
-        self.admit()?;
+        // Here when this node takes it; else on the roomiest other node.
+        let here = match self.check_node_accepts().await {
+            Ok(()) => self.admit(),
+            Err(e) => Err(e),
+        };
+        let node = match here {
+            Ok(()) => self.node_id.clone(),
+            Err(refused) => match movable {
+                true => self.place_elsewhere(&spec).await?.ok_or(refused)?,
+                false => return Err(refused),
+            },
+        };
+        let local = node == self.node_id;
         let row = SandboxRow {
             id: new_sandbox_id(),
             namespace: namespace.to_string(),
@@ -475,8 +490,11 @@ impl Manager {
             error: None,
             created_at: Utc::now(),
             terminated_at: None,
-            node_id: Some(self.node_id.clone()),
+            node_id: Some(node),
         };
+        // Counted as starting before it is recorded: the sweep must not
+        // take it for a pending sandbox of this node nobody launches.
+        let starting = local.then(|| Starting::new(self.clone(), &row.id));
         self.store.insert(&row).await.map_err(|e| match e {
             StoreError::NameTaken(n) => ApiError::conflict(format!(
                 "a sandbox named {n:?} already exists in namespace {namespace:?}"
@@ -486,12 +504,52 @@ impl Manager {
         let me = self.clone();
         let id = row.id.clone();
         let spec = row.spec.clone();
-        let starting = Starting::new(self.clone(), &id);
-        let task = self.tasks.spawn(async move {
-            let _starting = starting;
-            me.launch(&id, &spec).await
-        });
+        let task = match starting {
+            Some(starting) => self.tasks.spawn(async move {
+                let _starting = starting;
+                me.launch(&id, &spec).await
+            }),
+            // Its node launches it (`launch_placed`); this waits for that.
+            None => tokio::spawn(async move { me.launched_elsewhere(&id).await }),
+        };
         Ok((row, task))
+    }
+
+    /// Launches the sandboxes other servers placed on this node (from the
+    /// sweep): `pending` rows of this node that no launch here has taken.
+    fn launch_placed(self: &Arc<Self>, rows: &[SandboxRow]) {
+        for row in rows {
+            if row.status != SandboxStatus::Pending
+                || self.starting.lock().unwrap().contains(&row.id)
+            {
+                continue;
+            }
+            tracing::info!(sandbox = row.id, "placed on this node: launching it");
+            let starting = Starting::new(self.clone(), &row.id);
+            let me = self.clone();
+            let (id, spec) = (row.id.clone(), row.spec.clone());
+            self.tasks.spawn(async move {
+                let _starting = starting;
+                me.launch(&id, &spec).await
+            });
+        }
+    }
+
+    /// What became of a sandbox placed on another node, as its node
+    /// records it.
+    async fn launched_elsewhere(&self, id: &str) -> LaunchOutcome {
+        loop {
+            match self.store.get(id).await {
+                Ok(Some(r)) if r.status == SandboxStatus::Running => return LaunchOutcome::Running,
+                Ok(Some(r)) if r.status == SandboxStatus::Failed => {
+                    return LaunchOutcome::Failed(r.error.unwrap_or_else(|| "failed".into()))
+                }
+                Ok(Some(r)) if r.status == SandboxStatus::Pending => {}
+                Ok(_) => return LaunchOutcome::Gone,
+                Err(e) => tracing::debug!(sandbox = id, "placed sandbox: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Refuses a create the host cannot hold (503 `no_resources_available`).
@@ -550,6 +608,11 @@ impl Manager {
         // `pending`, without holding its lock (a terminate goes through).
         if let Err(why) = self.executor.images().wait_ready(&spec.image).await {
             return self.launch_failed(id, why).await;
+        }
+        if let Some(image) = &spec.image_id {
+            if let Err(why) = self.ensure_image(image).await {
+                return self.launch_failed(id, why).await;
+            }
         }
         let lock = self.lock_for(id);
         let _guard = lock.lock().await;
@@ -679,6 +742,7 @@ impl Manager {
             .filter(|r| self.is_local(r.node_id.as_deref()))
             .collect();
         self.reap_unwanted(&rows).await;
+        self.launch_placed(&rows);
         let now = Utc::now();
         for row in rows {
             if row.status != SandboxStatus::Running {

@@ -7,7 +7,7 @@
 use crate::api::ApiState;
 use crate::error::{ApiError, ApiResult};
 use crate::lifecycle::Manager;
-use crate::store::NodeRow;
+use crate::store::{NodeRow, SandboxSpec};
 use axum::extract::{Path, State};
 use axum::Json;
 use chrono::Utc;
@@ -111,6 +111,31 @@ impl Manager {
         node.is_none_or(|n| n == self.node_id)
     }
 
+    /// Another node that can run a sandbox of `spec` (alive, not draining,
+    /// reachable, under its cap, with the sandbox's memory available), the
+    /// one with the most memory available; `None` when there is none.
+    pub async fn place_elsewhere(&self, spec: &SandboxSpec) -> ApiResult<Option<String>> {
+        let nodes = self.store.nodes().await?;
+        let best = nodes
+            .into_iter()
+            .filter(|n| n.id != self.node_id && n.state == NodeState::Ready)
+            .filter(|n| n.address.is_some() && is_alive(n))
+            .filter(|n| {
+                n.capacity
+                    .max_sandboxes
+                    .is_none_or(|m| n.usage.sandboxes < m)
+            })
+            .filter(|n| n.usage.memory_available_mb >= spec.resources.memory_mb)
+            .max_by_key(|n| n.usage.memory_available_mb);
+        if let Some(n) = &best {
+            tracing::info!(
+                node = n.id,
+                "this node takes no more sandboxes: placed on another"
+            );
+        }
+        Ok(best.map(|n| n.id))
+    }
+
     /// Refuses work on another node's sandbox (409 `sandbox_on_other_node`):
     /// only its own node's server can snapshot, suspend, resume or copy it.
     pub fn check_local(&self, row: &crate::store::SandboxRow) -> ApiResult<()> {
@@ -145,14 +170,20 @@ impl Manager {
     }
 }
 
+/// Whether a node reported recently enough to be given work.
+fn is_alive(node: &NodeRow) -> bool {
+    (Utc::now() - node.heartbeat_at)
+        .to_std()
+        .map_or(true, |age| age <= ALIVE_WITHIN)
+}
+
 /// A node as the API shows it; the local node's use is read now.
 fn info(m: &Manager, mut row: NodeRow) -> NodeInfo {
     if row.id == m.node_id {
         row.usage = m.local_report().1;
     }
-    let age = Utc::now() - row.heartbeat_at;
     NodeInfo {
-        alive: age.to_std().map_or(true, |a| a <= ALIVE_WITHIN),
+        alive: is_alive(&row),
         id: row.id,
         address: row.address,
         state: row.state,
