@@ -284,6 +284,49 @@ async fn a_create_a_drained_node_cannot_take_runs_on_another_node() {
     assert!(a.host_leftovers().is_empty() && b.host_leftovers().is_empty());
 }
 
+/// A node that stops reporting is lost: its running sandboxes fail with
+/// `node_lost`; back, it removes them from its host.
+#[tokio::test]
+async fn a_silent_node_loses_its_sandboxes_and_cleans_up_when_back() {
+    let pg = Postgres::start();
+    let s3 = S3Server::start();
+    let mut opts = on(&pg, &s3, "lost");
+    opts.args.extend(["--node-lost-secs".into(), "4".into()]);
+    let a = Server::start_with(opts.clone()).await;
+    let mut b = Server::start_with(opts).await;
+    let id = b.create(json!({})).await;
+    b.kill9();
+    // The sandbox still runs on B's host; A gives it up.
+    let mut row = serde_json::Value::Null;
+    for _ in 0..200 {
+        row = a.get(&id).await.1;
+        if row["status"] == "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(row["status"], "failed", "{row}");
+    assert_eq!(row["termination_reason"], "node_lost", "{row}");
+    assert!(
+        !b.host_leftovers().is_empty(),
+        "still on B's host until B is back"
+    );
+    b.respawn().await;
+    wait_until(Duration::from_secs(30), || b.host_leftovers().is_empty()).await;
+    assert!(b.host_leftovers().is_empty(), "{:?}", b.host_leftovers());
+    let nodes = nodes_of(&a).await;
+    assert!(
+        nodes["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["alive"] == true),
+        "{nodes}"
+    );
+    a.cleanup().await;
+    b.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_bad_state_url_stops_the_start_with_a_clear_error() {
     let tmp = tempfile::tempdir_in("/var/tmp").unwrap();

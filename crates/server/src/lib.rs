@@ -40,6 +40,8 @@ pub struct ServerConfig {
     /// Where other servers sharing the state store reach this server's
     /// proxy (`HOST:PORT`); `None`: `proxy_addr` unless it is a wildcard.
     pub advertise: Option<String>,
+    /// A node silent this long is lost: its sandboxes fail (`node_lost`).
+    pub node_lost_after: std::time::Duration,
     /// Where snapshots and images are stored: a directory or
     /// `s3://BUCKET[/PREFIX]?endpoint=URL&region=R`; `None`: `data_dir/store`.
     pub blobs: Option<String>,
@@ -219,8 +221,12 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     let advertise = config.advertise.clone().or_else(|| {
         (!config.proxy_addr.ip().is_unspecified()).then(|| config.proxy_addr.to_string())
     });
-    let manager =
-        lifecycle::Manager::new(store, executor, host, blobs, admission, node_id, advertise);
+    let node = nodes::LocalNode {
+        id: node_id,
+        advertise,
+        timing: nodes::Timing::new(config.node_lost_after),
+    };
+    let manager = lifecycle::Manager::new(store, executor, host, blobs, admission, node);
     manager.recover().await?;
     manager.register_local_node().await?;
     tracing::info!(node = manager.node_id, "local node registered");
@@ -231,6 +237,7 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     build::sweep(&manager.executor.build_cache_dir()).await;
     let sweeper = manager.start_sweeper();
     let heartbeat = manager.start_heartbeat();
+    let node_watch = manager.start_node_watch();
     let idler = manager.executor.start_idler();
     // The API answers while the default image is built (the first start
     // of a host): creates wait for it, `/healthz` shows its progress.
@@ -289,6 +296,7 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     let _ = stop_tx.send(true);
     sweeper.abort();
     heartbeat.abort();
+    node_watch.abort();
     idler.abort();
     image_builder.abort();
     // Finish what was started on the host (teardowns, launches, captures):

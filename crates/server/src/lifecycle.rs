@@ -358,6 +358,8 @@ pub struct Manager {
     pub node_id: String,
     /// Where other servers' proxies reach this node's sandboxes (its proxy).
     pub advertise: Option<String>,
+    /// Heartbeat period and loss timeout of nodes.
+    pub node_timing: crate::nodes::Timing,
 }
 
 /// Counts a launch as starting while it lives.
@@ -390,12 +392,12 @@ impl Manager {
         host: HostLimits,
         blobs: Arc<sbx_store::Store>,
         admission: crate::admission::Admission,
-        node_id: String,
-        advertise: Option<String>,
+        node: crate::nodes::LocalNode,
     ) -> Arc<Self> {
         Arc::new(Self {
-            node_id,
-            advertise,
+            node_id: node.id,
+            advertise: node.advertise,
+            node_timing: node.timing,
             store,
             executor,
             host,

@@ -7,18 +7,53 @@
 use crate::api::ApiState;
 use crate::error::{ApiError, ApiResult};
 use crate::lifecycle::Manager;
-use crate::store::{NodeRow, SandboxSpec};
+use crate::store::{LockKey, NodeRow, SandboxSpec};
 use axum::extract::{Path, State};
 use axum::Json;
 use chrono::Utc;
 use sbx_api::node::{ListNodesResponse, NodeCapacity, NodeInfo, NodeState, NodeUsage};
+use sbx_api::sandbox::SandboxStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How often a node reports.
-pub const HEARTBEAT: Duration = Duration::from_secs(10);
-/// A node that has not reported for this long is not given work.
-pub const ALIVE_WITHIN: Duration = Duration::from_secs(30);
+/// The node a server runs.
+pub struct LocalNode {
+    pub id: String,
+    /// Where other servers' proxies reach it.
+    pub advertise: Option<String>,
+    pub timing: Timing,
+}
+
+/// How often nodes report, and when one is given up.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// A node reports this often: a quarter of `lost_after`, at most 10 s.
+    pub heartbeat: Duration,
+    /// A node silent this long is lost.
+    pub lost_after: Duration,
+}
+
+impl Timing {
+    pub fn new(lost_after: Duration) -> Self {
+        Timing {
+            heartbeat: (lost_after / 4).min(Duration::from_secs(10)),
+            lost_after,
+        }
+    }
+
+    /// A node silent longer than this (three missed reports) gets no work.
+    pub fn alive_within(&self) -> Duration {
+        self.heartbeat * 3
+    }
+}
+
+/// The sandboxes of a lost node that fail: what is not suspended.
+const LOST_WITH_NODE: [SandboxStatus; 4] = [
+    SandboxStatus::Pending,
+    SandboxStatus::Running,
+    SandboxStatus::Snapshotting,
+    SandboxStatus::Suspending,
+];
 
 /// This host's node id, kept in `data_dir/node-id` (made at first start).
 pub fn local_id(data_dir: &std::path::Path) -> std::io::Result<String> {
@@ -82,11 +117,11 @@ impl Manager {
             .await
     }
 
-    /// Reports the local node's use every [`HEARTBEAT`].
+    /// Reports the local node's use every heartbeat.
     pub fn start_heartbeat(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(HEARTBEAT);
+            let mut tick = tokio::time::interval(me.node_timing.heartbeat);
             tick.tick().await;
             loop {
                 tick.tick().await;
@@ -105,6 +140,49 @@ impl Manager {
         })
     }
 
+    /// Watches the other nodes every heartbeat: one server at a time (an
+    /// advisory lock) fails the sandboxes of nodes silent past the timeout.
+    pub fn start_node_watch(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(me.node_timing.heartbeat);
+            loop {
+                tick.tick().await;
+                if let Err(e) = me.fail_lost_nodes().await {
+                    tracing::warn!("watching nodes: {e}");
+                }
+            }
+        })
+    }
+
+    async fn fail_lost_nodes(&self) -> Result<(), sqlx::Error> {
+        let Some(_alone) = self.store.try_advisory_lock(LockKey::ClusterSweep).await? else {
+            return Ok(());
+        };
+        let lost_after = self.node_timing.lost_after;
+        for node in self.store.nodes().await? {
+            let silent = (Utc::now() - node.heartbeat_at)
+                .to_std()
+                .unwrap_or_default();
+            if node.id == self.node_id || silent < lost_after {
+                continue;
+            }
+            let msg = format!(
+                "node {} stopped reporting {}s ago; its sandboxes are lost",
+                node.id,
+                silent.as_secs()
+            );
+            let failed = self
+                .store
+                .fail_node_sandboxes(&node.id, &LOST_WITH_NODE, "node_lost", &msg)
+                .await?;
+            if failed > 0 {
+                tracing::warn!(node = node.id, sandboxes = failed, "node lost");
+            }
+        }
+        Ok(())
+    }
+
     /// Whether a sandbox or snapshot recorded on `node` is this server's
     /// (rows from before nodes are).
     pub fn is_local(&self, node: Option<&str>) -> bool {
@@ -119,7 +197,7 @@ impl Manager {
         let best = nodes
             .into_iter()
             .filter(|n| n.id != self.node_id && n.state == NodeState::Ready)
-            .filter(|n| n.address.is_some() && is_alive(n))
+            .filter(|n| n.address.is_some() && is_alive(n, self.node_timing))
             .filter(|n| {
                 n.capacity
                     .max_sandboxes
@@ -171,10 +249,10 @@ impl Manager {
 }
 
 /// Whether a node reported recently enough to be given work.
-fn is_alive(node: &NodeRow) -> bool {
+fn is_alive(node: &NodeRow, timing: Timing) -> bool {
     (Utc::now() - node.heartbeat_at)
         .to_std()
-        .map_or(true, |age| age <= ALIVE_WITHIN)
+        .map_or(true, |age| age <= timing.alive_within())
 }
 
 /// A node as the API shows it; the local node's use is read now.
@@ -183,7 +261,7 @@ fn info(m: &Manager, mut row: NodeRow) -> NodeInfo {
         row.usage = m.local_report().1;
     }
     NodeInfo {
-        alive: is_alive(&row),
+        alive: is_alive(&row, m.node_timing),
         id: row.id,
         address: row.address,
         state: row.state,
@@ -247,6 +325,16 @@ async fn set_state(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nodes_report_four_times_per_timeout_at_most_every_ten_seconds() {
+        let t = Timing::new(Duration::from_secs(60));
+        assert_eq!(t.heartbeat, Duration::from_secs(10));
+        assert_eq!(t.alive_within(), Duration::from_secs(30));
+        let t = Timing::new(Duration::from_secs(4));
+        assert_eq!(t.heartbeat, Duration::from_secs(1));
+        assert!(t.alive_within() < t.lost_after);
+    }
 
     #[test]
     fn a_node_id_is_made_once_and_kept() {

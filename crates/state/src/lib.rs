@@ -621,6 +621,8 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, sqlx::Error> {
 pub enum LockKey {
     /// The blob store: writers shared, garbage collection exclusive.
     Blobs = 0x5bc0_0001,
+    /// The work one server does for all (finding lost nodes).
+    ClusterSweep = 0x5bc0_0002,
 }
 
 /// A PostgreSQL advisory lock, held by a database session of its own (not
@@ -628,7 +630,8 @@ pub enum LockKey {
 /// session's end releases it, also when the process dies. May be dropped
 /// on any thread.
 pub struct AdvisoryLock {
-    _session: sqlx::AnyConnection,
+    /// `None` on SQLite, where one server is alone.
+    _session: Option<sqlx::AnyConnection>,
 }
 
 impl Store {
@@ -651,7 +654,58 @@ impl Store {
             "SELECT pg_advisory_lock($1)"
         };
         sqlx::query(sql).bind(key as i64).execute(&mut conn).await?;
-        Ok(Some(AdvisoryLock { _session: conn }))
+        Ok(Some(AdvisoryLock {
+            _session: Some(conn),
+        }))
+    }
+
+    /// Takes `key` alone if nobody holds it, without waiting: `None` when
+    /// another process has it. Always taken on SQLite.
+    pub async fn try_advisory_lock(
+        &self,
+        key: LockKey,
+    ) -> Result<Option<AdvisoryLock>, sqlx::Error> {
+        if self.kind != Kind::Postgres {
+            return Ok(Some(AdvisoryLock { _session: None }));
+        }
+        use sqlx::Connection;
+        let mut conn = sqlx::AnyConnection::connect(&self.url).await?;
+        let taken: bool = sqlx::query("SELECT pg_try_advisory_lock($1)")
+            .bind(key as i64)
+            .fetch_one(&mut conn)
+            .await?
+            .try_get(0)?;
+        Ok(taken.then_some(AdvisoryLock {
+            _session: Some(conn),
+        }))
+    }
+
+    /// Fails every sandbox of `node` in one of `statuses` with `reason`
+    /// (its node is gone); how many.
+    pub async fn fail_node_sandboxes(
+        &self,
+        node: &str,
+        statuses: &[SandboxStatus],
+        reason: &str,
+        error: &str,
+    ) -> Result<u64, sqlx::Error> {
+        let r = sqlx::query(&format!(
+            "UPDATE sandboxes SET status = $1, pending_reason = NULL,
+                 termination_reason = $2, error = $3, terminated_at = $4
+             WHERE node_id = $5 AND status IN ({})",
+            sql_set(statuses)
+        ))
+        .bind(SandboxStatus::Failed.as_str())
+        .bind(reason)
+        .bind(error)
+        .bind(Utc::now().to_rfc3339())
+        .bind(node)
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() > 0 {
+            self.changed.notify_waiters();
+        }
+        Ok(r.rows_affected())
     }
 }
 

@@ -21,6 +21,14 @@ pub struct ServerArgs {
     #[arg(long, value_name = "ADDR")]
     pub advertise: Option<String>,
 
+    /// A node (a server sharing the state store) that has not reported for
+    /// this long is lost: its running sandboxes fail with reason
+    /// `node_lost`, suspended ones stay suspended. Nodes report every
+    /// quarter of it, at most every 10 s.
+    #[arg(long, default_value_t = 60, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(4..))]
+    pub node_lost_secs: u64,
+
     /// Where snapshots and images are stored: a directory, or
     /// `s3://BUCKET[/PREFIX]?endpoint=URL&region=R` with credentials from
     /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (default: DATA_DIR/store).
@@ -88,6 +96,7 @@ impl ServerArgs {
             state: self.state.clone(),
             blobs: self.blobs.clone(),
             advertise: self.advertise.clone(),
+            node_lost_after: std::time::Duration::from_secs(self.node_lost_secs),
             api_addr: self.api_addr,
             proxy_addr: self.proxy_addr,
             api_keys: merge_keys(&self.api_keys, env_key.as_deref()),
