@@ -484,6 +484,7 @@ schemas["NodeInfo"] = obj(
     {
         "id": STR,
         "address": {**STR, "description": "where other servers' proxies reach its sandboxes (`HOST:PORT`); absent when it advertises none"},
+        "api_address": {**STR, "description": "where other servers send lifecycle requests for its sandboxes (its server's API, `HOST:PORT`)"},
         "state": {"type": "string", "enum": ["ready", "draining"], "description": "`draining`: runs what it has, takes nothing new"},
         "alive": {**BOOL, "description": "it heartbeat recently enough to be given work"},
         "capacity": ref("NodeCapacity"),

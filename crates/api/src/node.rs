@@ -57,6 +57,10 @@ pub struct NodeInfo {
     /// without `--advertise`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// Where other servers send lifecycle requests for its sandboxes (its
+    /// server's API, `HOST:PORT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_address: Option<String>,
     pub state: NodeState,
     /// Whether it heartbeat recently enough to be given work.
     pub alive: bool,

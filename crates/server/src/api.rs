@@ -31,7 +31,12 @@ pub struct ApiState {
 }
 
 pub fn router(state: ApiState) -> Router {
-    routes().with_state(state)
+    routes()
+        .with_state(state.clone())
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            crate::forward::to_owner,
+        ))
 }
 
 /// Every control-plane route. Generic over the state so that a test can

@@ -9,6 +9,7 @@ mod auth;
 mod blob_lock;
 mod build;
 mod error;
+mod forward;
 mod images;
 mod lifecycle;
 mod nodes;
@@ -40,6 +41,9 @@ pub struct ServerConfig {
     /// Where other servers sharing the state store reach this server's
     /// proxy (`HOST:PORT`); `None`: `proxy_addr` unless it is a wildcard.
     pub advertise: Option<String>,
+    /// Where other servers send lifecycle requests for this server's
+    /// sandboxes (`HOST:PORT`); `None`: `api_addr` unless it is a wildcard.
+    pub advertise_api: Option<String>,
     /// A node silent this long is lost: its sandboxes fail (`node_lost`).
     pub node_lost_after: std::time::Duration,
     /// Where snapshots and images are stored: a directory or
@@ -221,9 +225,14 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     let advertise = config.advertise.clone().or_else(|| {
         (!config.proxy_addr.ip().is_unspecified()).then(|| config.proxy_addr.to_string())
     });
+    let advertise_api = config
+        .advertise_api
+        .clone()
+        .or_else(|| (!config.api_addr.ip().is_unspecified()).then(|| config.api_addr.to_string()));
     let node = nodes::LocalNode {
         id: node_id,
         advertise,
+        advertise_api,
         timing: nodes::Timing::new(config.node_lost_after),
     };
     let manager = lifecycle::Manager::new(store, executor, host, blobs, admission, node);

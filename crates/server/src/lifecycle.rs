@@ -358,6 +358,8 @@ pub struct Manager {
     pub node_id: String,
     /// Where other servers' proxies reach this node's sandboxes (its proxy).
     pub advertise: Option<String>,
+    /// Where other servers send lifecycle requests for them (its API).
+    pub advertise_api: Option<String>,
     /// Heartbeat period and loss timeout of nodes.
     pub node_timing: crate::nodes::Timing,
 }
@@ -397,6 +399,7 @@ impl Manager {
         Arc::new(Self {
             node_id: node.id,
             advertise: node.advertise,
+            advertise_api: node.advertise_api,
             node_timing: node.timing,
             store,
             executor,

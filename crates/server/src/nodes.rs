@@ -21,6 +21,8 @@ pub struct LocalNode {
     pub id: String,
     /// Where other servers' proxies reach it.
     pub advertise: Option<String>,
+    /// Where other servers send lifecycle requests for its sandboxes.
+    pub advertise_api: Option<String>,
     pub timing: Timing,
 }
 
@@ -108,6 +110,7 @@ impl Manager {
             .register_node(&NodeRow {
                 id: self.node_id.clone(),
                 address: self.advertise.clone(),
+                api_address: self.advertise_api.clone(),
                 state: NodeState::Ready,
                 capacity,
                 usage,
@@ -264,6 +267,7 @@ fn info(m: &Manager, mut row: NodeRow) -> NodeInfo {
         alive: is_alive(&row, m.node_timing),
         id: row.id,
         address: row.address,
+        api_address: row.api_address,
         state: row.state,
         capacity: row.capacity,
         usage: row.usage,

@@ -523,6 +523,9 @@ pub struct NodeRow {
     pub id: String,
     /// Where other servers' proxies reach its sandboxes; `None`: nowhere.
     pub address: Option<String>,
+    /// Where other servers send lifecycle requests for its sandboxes (its
+    /// server's API); `None`: nowhere.
+    pub api_address: Option<String>,
     pub state: NodeState,
     pub capacity: NodeCapacity,
     pub usage: NodeUsage,
@@ -535,9 +538,11 @@ impl Store {
     /// capacity are updated and its state — e.g. draining — is kept).
     pub async fn register_node(&self, node: &NodeRow) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO nodes (id, address, state, capacity, usage, registered_at, heartbeat_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
+            "INSERT INTO nodes (id, address, state, capacity, usage, registered_at, heartbeat_at,
+                 api_address)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (id) DO UPDATE SET address = excluded.address,
+                 api_address = excluded.api_address,
                  capacity = excluded.capacity, usage = excluded.usage,
                  heartbeat_at = excluded.heartbeat_at",
         )
@@ -548,6 +553,7 @@ impl Store {
         .bind(serde_json::to_string(&node.usage).expect("json"))
         .bind(node.registered_at.to_rfc3339())
         .bind(node.heartbeat_at.to_rfc3339())
+        .bind(&node.api_address)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -600,6 +606,7 @@ fn decode_node(r: &AnyRow) -> Result<NodeRow, sqlx::Error> {
     Ok(NodeRow {
         id: r.try_get("id")?,
         address: r.try_get("address")?,
+        api_address: r.try_get("api_address")?,
         state: NodeState::parse(&state)
             .ok_or_else(|| sqlx::Error::Decode(format!("bad node state {state}").into()))?,
         capacity: serde_json::from_str(&json("capacity")?).map_err(bad)?,
@@ -1035,6 +1042,7 @@ mod tests {
             let mut node = NodeRow {
                 id: "n1".into(),
                 address: Some("10.0.0.1:8901".into()),
+                api_address: Some("10.0.0.1:8900".into()),
                 state: NodeState::Ready,
                 capacity: NodeCapacity {
                     cpus: 2,
@@ -1060,6 +1068,7 @@ mod tests {
             let got = s.node("n1").await.unwrap().unwrap();
             assert_eq!(got.state, NodeState::Draining, "{:?}", s.kind());
             assert_eq!(got.address.as_deref(), Some("10.0.0.2:8901"));
+            assert_eq!(got.api_address.as_deref(), Some("10.0.0.1:8900"));
             assert_eq!(got.usage, usage);
             assert_eq!(got.capacity, node.capacity);
             assert_eq!(s.nodes().await.unwrap().len(), 1);

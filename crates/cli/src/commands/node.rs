@@ -107,6 +107,7 @@ mod tests {
         let mut n = NodeInfo {
             id: "node-1".into(),
             address: None,
+            api_address: None,
             state: NodeState::Draining,
             alive: true,
             capacity: NodeCapacity {

@@ -21,6 +21,12 @@ pub struct ServerArgs {
     #[arg(long, value_name = "ADDR")]
     pub advertise: Option<String>,
 
+    /// Where other servers sharing the state store send snapshot, suspend,
+    /// resume and copy requests for this server's sandboxes, HOST:PORT
+    /// (default: --api-addr unless it is 0.0.0.0).
+    #[arg(long, value_name = "ADDR")]
+    pub advertise_api: Option<String>,
+
     /// A node (a server sharing the state store) that has not reported for
     /// this long is lost: its running sandboxes fail with reason
     /// `node_lost`, suspended ones stay suspended. Nodes report every
@@ -96,6 +102,7 @@ impl ServerArgs {
             state: self.state.clone(),
             blobs: self.blobs.clone(),
             advertise: self.advertise.clone(),
+            advertise_api: self.advertise_api.clone(),
             node_lost_after: std::time::Duration::from_secs(self.node_lost_secs),
             api_addr: self.api_addr,
             proxy_addr: self.proxy_addr,
