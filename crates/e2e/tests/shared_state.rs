@@ -138,7 +138,9 @@ async fn nodes_of(s: &Server) -> serde_json::Value {
 async fn servers_sharing_a_database_leave_each_others_sandboxes_alone() {
     let pg = Postgres::start();
     let s3 = S3Server::start();
-    let opts = on(&pg, &s3, "shared");
+    let mut opts = on(&pg, &s3, "shared");
+    // Nodes report every 2 s.
+    opts.args.extend(["--node-lost-secs".into(), "8".into()]);
     let a = Server::start_with(opts.clone()).await;
     let mut b = Server::start_with(opts).await;
     let on_a = a.create(json!({})).await;
@@ -168,6 +170,19 @@ async fn servers_sharing_a_database_leave_each_others_sandboxes_alone() {
         b.wait_snapshot(sid, &["completed"]).await["status"],
         "completed"
     );
+    // Restored on B (from the bucket), then deleted through A: B drops its copy.
+    let copy = b.create(json!({"snapshot_id": sid})).await;
+    assert_eq!(b.sh(&copy, "echo restored").await, "restored\n");
+    assert_eq!(b.delete(&copy).await, 200);
+    let r = a
+        .req(Method::DELETE, &format!("/snapshots/{sid}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let b_copy = b.data_dir.join("snapshots").join(sid);
+    wait_until(Duration::from_secs(30), || !b_copy.exists()).await;
+    assert!(!b_copy.exists(), "B's copy of the deleted snapshot is gone");
     // Ended through A, B's sandbox is removed from B's host by B.
     assert_eq!(a.delete(&on_b).await, 200);
     wait_until(Duration::from_secs(30), || b.host_leftovers().is_empty()).await;

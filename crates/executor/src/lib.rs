@@ -975,6 +975,13 @@ impl Executor {
 
     /// Forgets a snapshot's files. A layer that sandboxes still run on (or
     /// are suspended on) stays until the last of them is gone.
+    /// Whether this host holds files of snapshot `snapshot_id` not yet
+    /// deleted.
+    pub fn has_snapshot(&self, snapshot_id: &str) -> bool {
+        let dir = self.snapshot_dir(snapshot_id);
+        dir.is_dir() && !dir.join(DELETED_MARK).exists()
+    }
+
     pub async fn delete_snapshot(&self, snapshot_id: &str) {
         let dir = self.snapshot_dir(snapshot_id);
         if !dir.exists() {

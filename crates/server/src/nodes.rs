@@ -128,6 +128,7 @@ impl Manager {
             tick.tick().await;
             loop {
                 tick.tick().await;
+                me.drop_deleted_snapshot_copies().await;
                 let (_, usage) = me.local_report();
                 match me.store.heartbeat(&me.node_id, &usage).await {
                     Ok(true) => {}
@@ -141,6 +142,29 @@ impl Manager {
                 }
             }
         })
+    }
+
+    /// Removes this host's copies of snapshots deleted through another
+    /// server (each server removes its own at the delete).
+    async fn drop_deleted_snapshot_copies(&self) {
+        let dir = self.executor.snapshot_dir("x");
+        let Some(dir) = dir.parent() else { return };
+        let Ok(mut rd) = tokio::fs::read_dir(dir).await else {
+            return;
+        };
+        while let Ok(Some(e)) = rd.next_entry().await {
+            let name = e.file_name().to_string_lossy().to_string();
+            if !crate::snapshots::is_snapshot_id(&name) || !self.executor.has_snapshot(&name) {
+                continue;
+            }
+            if let Ok(None) = self.store.snapshot(None, &name).await {
+                tracing::info!(
+                    snapshot = name,
+                    "deleted elsewhere: removing this host's copy"
+                );
+                self.executor.delete_snapshot(&name).await;
+            }
+        }
     }
 
     /// Watches the other nodes every heartbeat: one server at a time (an
@@ -179,8 +203,9 @@ impl Manager {
                 .store
                 .fail_node_sandboxes(&node.id, &LOST_WITH_NODE, "node_lost", &msg)
                 .await?;
-            if failed > 0 {
-                tracing::warn!(node = node.id, sandboxes = failed, "node lost");
+            let captures = self.store.fail_node_captures(&node.id, &msg).await?;
+            if failed + captures > 0 {
+                tracing::warn!(node = node.id, sandboxes = failed, captures, "node lost");
             }
         }
         Ok(())

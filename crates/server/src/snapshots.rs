@@ -20,6 +20,11 @@ pub fn new_snapshot_id() -> String {
     format!("snap{}", crate::lifecycle::random_hex(20))
 }
 
+/// Whether `s` is what [`new_snapshot_id`] makes.
+pub fn is_snapshot_id(s: &str) -> bool {
+    s.len() == 24 && s.starts_with("snap") && s[4..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The outcome of a resume under way: `Err` says why it failed.
 pub type Resuming = tokio::sync::oneshot::Receiver<Result<(), String>>;
 

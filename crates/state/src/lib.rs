@@ -687,6 +687,20 @@ impl Store {
         }))
     }
 
+    /// Fails the snapshots `node` was capturing (its node is gone); how many.
+    pub async fn fail_node_captures(&self, node: &str, error: &str) -> Result<u64, sqlx::Error> {
+        let r = sqlx::query(
+            "UPDATE snapshots SET status = $1, error = $2 WHERE node_id = $3 AND status = $4",
+        )
+        .bind(SnapshotStatus::Failed.as_str())
+        .bind(error)
+        .bind(node)
+        .bind(SnapshotStatus::InProgress.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
     /// Fails every sandbox of `node` in one of `statuses` with `reason`
     /// (its node is gone); how many.
     pub async fn fail_node_sandboxes(
@@ -998,6 +1012,8 @@ mod tests {
             assert_eq!(got.size_bytes, Some(big), "{:?}", s.kind());
             assert_eq!(got.status, SnapshotStatus::Completed);
             assert!(s.snapshot(Some("other"), "s1").await.unwrap().is_none());
+            // Completed: a lost node's captures under way fail, not this one.
+            assert_eq!(s.fail_node_captures("n1", "gone").await.unwrap(), 0);
             assert_eq!(s.snapshots("default", Some("a")).await.unwrap().len(), 1);
             assert!(s.delete_snapshot("s1").await.unwrap());
             assert!(!s.delete_snapshot("s1").await.unwrap());
