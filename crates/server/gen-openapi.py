@@ -476,7 +476,9 @@ schemas["NodeCapacity"] = obj(
 )
 schemas["NodeUsage"] = obj(
     ["sandboxes", "memory_available_mb"],
-    {"sandboxes": {**U64, "description": "running or starting"}, "memory_available_mb": U64},
+    {"sandboxes": {**U64, "description": "running or starting"}, "memory_available_mb": U64,
+     "images": {**STRS, "description": "ids of the images on its disk"},
+     "snapshots": {**STRS, "description": "ids of the snapshots on its disk"}},
     description="What a node uses, as of its last heartbeat.",
 )
 schemas["NodeInfo"] = obj(

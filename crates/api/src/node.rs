@@ -39,13 +39,20 @@ pub struct NodeCapacity {
     pub max_sandboxes: Option<u64>,
 }
 
-/// What a node uses now, as of its last heartbeat.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+/// What a node uses now and holds, as of its last heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeUsage {
     /// Sandboxes running or starting on it.
     pub sandboxes: u64,
     /// Memory its host has available for more sandboxes.
     pub memory_available_mb: u64,
+    /// Ids of the images on its disk (a sandbox of one starts there without
+    /// fetching it from the blob store).
+    #[serde(default)]
+    pub images: Vec<String>,
+    /// Ids of the snapshots on its disk.
+    #[serde(default)]
+    pub snapshots: Vec<String>,
 }
 
 /// One node, as `GET /v1/nodes` lists it.

@@ -93,11 +93,30 @@ impl Manager {
             memory_mb: self.host.memory_mb,
             max_sandboxes: self.admission.max_sandboxes.map(|n| n as u64),
         };
+        let snapshots = std::fs::read_dir(self.executor.snapshot_dir(""))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .filter(|id| {
+                        crate::snapshots::is_snapshot_id(id) && self.executor.has_snapshot(id)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let usage = NodeUsage {
             sandboxes: self.executor.running().len() as u64,
             memory_available_mb: crate::admission::HostUse::read()
                 .map(|h| h.available_mb)
                 .unwrap_or(0),
+            images: self
+                .executor
+                .images()
+                .custom()
+                .list()
+                .into_iter()
+                .map(|r| r.id)
+                .collect(),
+            snapshots,
         };
         (capacity, usage)
     }
@@ -218,21 +237,12 @@ impl Manager {
     }
 
     /// Another node that can run a sandbox of `spec` (alive, not draining,
-    /// reachable, under its cap, with the sandbox's memory available), the
-    /// one with the most memory available; `None` when there is none.
+    /// reachable, under its cap, with the sandbox's memory available):
+    /// one that has its snapshot or image on disk first, then the one with
+    /// the most memory available; `None` when there is none.
     pub async fn place_elsewhere(&self, spec: &SandboxSpec) -> ApiResult<Option<String>> {
         let nodes = self.store.nodes().await?;
-        let best = nodes
-            .into_iter()
-            .filter(|n| n.id != self.node_id && n.state == NodeState::Ready)
-            .filter(|n| n.address.is_some() && is_alive(n, self.node_timing))
-            .filter(|n| {
-                n.capacity
-                    .max_sandboxes
-                    .is_none_or(|m| n.usage.sandboxes < m)
-            })
-            .filter(|n| n.usage.memory_available_mb >= spec.resources.memory_mb)
-            .max_by_key(|n| n.usage.memory_available_mb);
+        let best = choose(nodes, spec, &self.node_id, self.node_timing);
         if let Some(n) = &best {
             tracing::info!(
                 node = n.id,
@@ -274,6 +284,26 @@ impl Manager {
             _ => Ok(()),
         }
     }
+}
+
+/// The node [`Manager::place_elsewhere`] picks among `nodes`, not `me`.
+fn choose(nodes: Vec<NodeRow>, spec: &SandboxSpec, me: &str, timing: Timing) -> Option<NodeRow> {
+    let has_files = |n: &NodeRow| match (&spec.snapshot_id, &spec.image_id) {
+        (Some(sid), _) => n.usage.snapshots.contains(sid),
+        (None, Some(image)) => n.usage.images.contains(image),
+        (None, None) => false,
+    };
+    nodes
+        .into_iter()
+        .filter(|n| n.id != me && n.state == NodeState::Ready)
+        .filter(|n| n.address.is_some() && is_alive(n, timing))
+        .filter(|n| {
+            n.capacity
+                .max_sandboxes
+                .is_none_or(|m| n.usage.sandboxes < m)
+        })
+        .filter(|n| n.usage.memory_available_mb >= spec.resources.memory_mb)
+        .max_by_key(|n| (has_files(n), n.usage.memory_available_mb))
 }
 
 /// Whether a node reported recently enough to be given work.
@@ -354,6 +384,76 @@ async fn set_state(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn node(id: &str, free_mb: u64, images: &[&str]) -> NodeRow {
+        NodeRow {
+            id: id.into(),
+            address: Some(format!("{id}:9443")),
+            api_address: None,
+            state: NodeState::Ready,
+            capacity: NodeCapacity {
+                cpus: 2,
+                memory_mb: 24_000,
+                max_sandboxes: Some(2),
+            },
+            usage: NodeUsage {
+                sandboxes: 0,
+                memory_available_mb: free_mb,
+                images: images.iter().map(|s| s.to_string()).collect(),
+                snapshots: vec![],
+            },
+            registered_at: Utc::now(),
+            heartbeat_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn placement_prefers_a_node_with_the_image_then_free_memory() {
+        let timing = Timing::new(Duration::from_secs(60));
+        let spec = |image: Option<&str>| SandboxSpec {
+            image: "x".into(),
+            image_id: image.map(Into::into),
+            resources: sbx_api::sandbox::Resources {
+                cpus: 1.0,
+                memory_mb: 1024,
+                disk_mb: 1024,
+            },
+            timeout_secs: None,
+            entrypoint: None,
+            secret_names: None,
+            network: Default::default(),
+            allow_unauthenticated_access: false,
+            exposed_ports: vec![],
+            auto_resume: true,
+            snapshot_id: None,
+            active_since: None,
+        };
+        let pick = |nodes: Vec<NodeRow>, image: Option<&str>| {
+            choose(nodes, &spec(image), "me", timing).map(|n| n.id)
+        };
+        let nodes = || {
+            vec![
+                node("me", 20_000, &[]),
+                node("roomy", 9_000, &[]),
+                node("cached", 3_000, &["img-1"]),
+                node("tight", 500, &["img-1"]),
+            ]
+        };
+        assert_eq!(pick(nodes(), Some("img-1")).as_deref(), Some("cached"));
+        assert_eq!(pick(nodes(), None).as_deref(), Some("roomy"));
+        let mut full = nodes();
+        full[1].usage.sandboxes = 2;
+        full[2].state = NodeState::Draining;
+        assert_eq!(
+            pick(full, Some("img-1")),
+            None,
+            "at its cap, draining, too small"
+        );
+        let mut silent = nodes();
+        silent[1].heartbeat_at = Utc::now() - chrono::Duration::seconds(120);
+        silent[2].address = None;
+        assert_eq!(pick(silent, None), None);
+    }
 
     #[test]
     fn nodes_report_four_times_per_timeout_at_most_every_ten_seconds() {

@@ -1078,6 +1078,8 @@ mod tests {
             let usage = NodeUsage {
                 sandboxes: 3,
                 memory_available_mb: 1000,
+                images: vec!["img-1".into()],
+                snapshots: vec![],
             };
             assert!(s.heartbeat("n1", &usage).await.unwrap());
             assert!(!s.heartbeat("nope", &usage).await.unwrap());

@@ -118,6 +118,7 @@ mod tests {
             usage: NodeUsage {
                 sandboxes: 3,
                 memory_available_mb: 20_000,
+                ..Default::default()
             },
             registered_at: String::new(),
             heartbeat_at: String::new(),
