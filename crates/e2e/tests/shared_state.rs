@@ -28,6 +28,16 @@ fn on(pg: &Postgres, s3: &S3Server, db: &str) -> Options {
     }
 }
 
+/// Ends every sandbox of `servers` and checks their hosts hold nothing.
+async fn clean(servers: &[&Server]) {
+    for s in servers {
+        s.cleanup().await;
+    }
+    for s in servers {
+        assert!(s.host_leftovers().is_empty(), "{:?}", s.host_leftovers());
+    }
+}
+
 /// The keys of the objects in bucket `sbx` whose key contains `part`.
 fn objects(s3: &S3Server, part: &str) -> Vec<String> {
     let (code, body) = s3.signed_request("GET", "/sbx?list-type=2&max-keys=10000", b"");
@@ -188,9 +198,7 @@ async fn servers_sharing_a_database_leave_each_others_sandboxes_alone() {
     wait_until(Duration::from_secs(30), || b.host_leftovers().is_empty()).await;
     assert!(b.host_leftovers().is_empty(), "{:?}", b.host_leftovers());
     assert_eq!(a.sh(&on_a, "echo still").await, "still\n");
-    a.cleanup().await;
-    b.cleanup().await;
-    assert!(a.host_leftovers().is_empty() && b.host_leftovers().is_empty());
+    clean(&[&a, &b]).await;
 }
 
 /// A snapshot stored in S3 restores on a host that never saw it: a second
@@ -301,9 +309,7 @@ async fn a_create_a_drained_node_cannot_take_runs_on_another_node() {
     assert_eq!(code, 503, "{err}");
     assert_eq!(a.delete(&id).await, 200);
     wait_until(Duration::from_secs(30), || b.host_leftovers().is_empty()).await;
-    a.cleanup().await;
-    b.cleanup().await;
-    assert!(a.host_leftovers().is_empty() && b.host_leftovers().is_empty());
+    clean(&[&a, &b]).await;
 }
 
 /// A node that stops reporting is lost: its running sandboxes fail with
@@ -345,8 +351,7 @@ async fn a_silent_node_loses_its_sandboxes_and_cleans_up_when_back() {
             .all(|n| n["alive"] == true),
         "{nodes}"
     );
-    a.cleanup().await;
-    b.cleanup().await;
+    clean(&[&a, &b]).await;
 }
 
 #[tokio::test]

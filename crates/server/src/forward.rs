@@ -6,7 +6,7 @@ use crate::api::ApiState;
 use crate::error::ApiError;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, Uri};
+use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -78,12 +78,7 @@ pub async fn to_owner(State(state): State<ApiState>, req: Request, next: Next) -
     let Some(api) = api else {
         return next.run(req).await;
     };
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    let uri: Uri = match format!("http://{api}{path}").parse() {
+    let uri = match crate::proxy::uri_at(&api, req.uri()) {
         Ok(u) => u,
         Err(e) => {
             return ApiError::unavailable(format!("node {node}'s API address {api:?}: {e}"))

@@ -162,12 +162,7 @@ async fn forward_to(
     if let Some(port) = port {
         addr.set_port(port);
     }
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    let uri: Uri = match format!("http://{addr}{path}").parse() {
+    let uri = match uri_at(&addr.to_string(), req.uri()) {
         Ok(u) => u,
         Err(e) => return ApiError::bad_request(format!("bad path: {e}")).into_response(),
     };
@@ -288,12 +283,7 @@ async fn relay(state: ProxyState, mut req: Request, row: crate::store::SandboxRo
         ))
         .into_response();
     };
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    let uri: Uri = match format!("http://{address}{path}").parse() {
+    let uri = match uri_at(&address, req.uri()) {
         Ok(u) => u,
         Err(e) => {
             return ApiError::unavailable(format!("node {node}'s address {address:?}: {e}"))
@@ -321,6 +311,12 @@ async fn relay(state: ProxyState, mut req: Request, row: crate::store::SandboxRo
         &row.id,
     )
     .await
+}
+
+/// `uri`'s path and query at `http://{address}`.
+pub(crate) fn uri_at(address: &str, uri: &Uri) -> Result<Uri, axum::http::uri::InvalidUri> {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    format!("http://{address}{path}").parse()
 }
 
 fn has_no_body(headers: &axum::http::HeaderMap) -> bool {
