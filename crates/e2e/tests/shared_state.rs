@@ -38,6 +38,20 @@ async fn clean(servers: &[&Server]) {
     }
 }
 
+/// Two servers on one database and bucket (`db`), nodes lost after
+/// `lost_secs`. Bind all four in this order: the servers, declared last,
+/// are dropped first (their cleanup needs the database).
+async fn two_servers(db: &str, lost_secs: u32) -> (Postgres, S3Server, Server, Server) {
+    let pg = Postgres::start();
+    let s3 = S3Server::start();
+    let mut opts = on(&pg, &s3, db);
+    opts.args
+        .extend(["--node-lost-secs".into(), lost_secs.to_string()]);
+    let a = Server::start_with(opts.clone()).await;
+    let b = Server::start_with(opts).await;
+    (pg, s3, a, b)
+}
+
 /// The keys of the objects in bucket `sbx` whose key contains `part`.
 fn objects(s3: &S3Server, part: &str) -> Vec<String> {
     let (code, body) = s3.signed_request("GET", "/sbx?list-type=2&max-keys=10000", b"");
@@ -146,13 +160,8 @@ async fn nodes_of(s: &Server) -> serde_json::Value {
 /// node's sandboxes.
 #[tokio::test]
 async fn servers_sharing_a_database_leave_each_others_sandboxes_alone() {
-    let pg = Postgres::start();
-    let s3 = S3Server::start();
-    let mut opts = on(&pg, &s3, "shared");
     // Nodes report every 2 s.
-    opts.args.extend(["--node-lost-secs".into(), "8".into()]);
-    let a = Server::start_with(opts.clone()).await;
-    let mut b = Server::start_with(opts).await;
+    let (_pg, _s3, a, mut b) = two_servers("shared", 8).await;
     let on_a = a.create(json!({})).await;
     let on_b = b.create(json!({})).await;
     let nodes = nodes_of(&a).await;
@@ -236,11 +245,7 @@ async fn a_stored_snapshot_restores_on_a_fresh_host() {
 /// either proxy reaches the sandbox.
 #[tokio::test]
 async fn a_create_a_drained_node_cannot_take_runs_on_another_node() {
-    let pg = Postgres::start();
-    let s3 = S3Server::start();
-    let opts = on(&pg, &s3, "placed");
-    let a = Server::start_with(opts.clone()).await;
-    let b = Server::start_with(opts).await;
+    let (_pg, _s3, a, b) = two_servers("placed", 60).await;
     // A small image built on A (busybox, no RUN), stored in the bucket.
     let dir = tempfile::tempdir().unwrap();
     let bin = dir.path().join("bin");
@@ -316,12 +321,7 @@ async fn a_create_a_drained_node_cannot_take_runs_on_another_node() {
 /// `node_lost`; back, it removes them from its host.
 #[tokio::test]
 async fn a_silent_node_loses_its_sandboxes_and_cleans_up_when_back() {
-    let pg = Postgres::start();
-    let s3 = S3Server::start();
-    let mut opts = on(&pg, &s3, "lost");
-    opts.args.extend(["--node-lost-secs".into(), "4".into()]);
-    let a = Server::start_with(opts.clone()).await;
-    let mut b = Server::start_with(opts).await;
+    let (_pg, _s3, a, mut b) = two_servers("lost", 4).await;
     let id = b.create(json!({})).await;
     b.kill9();
     // The sandbox still runs on B's host; A gives it up.
