@@ -975,11 +975,17 @@ impl Executor {
 
     /// Forgets a snapshot's files. A layer that sandboxes still run on (or
     /// are suspended on) stays until the last of them is gone.
-    /// Whether this host holds files of snapshot `snapshot_id` not yet
-    /// deleted.
-    pub fn has_snapshot(&self, snapshot_id: &str) -> bool {
-        let dir = self.snapshot_dir(snapshot_id);
-        dir.is_dir() && !dir.join(DELETED_MARK).exists()
+    /// The snapshots this host holds files of, not yet deleted (names of
+    /// their directories; what else is there, e.g. a temporary, is the
+    /// caller's to filter out).
+    pub fn local_snapshots(&self) -> Vec<String> {
+        let Ok(rd) = std::fs::read_dir(self.data_dir.join("snapshots")) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter(|e| e.path().is_dir() && !e.path().join(DELETED_MARK).exists())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect()
     }
 
     pub async fn delete_snapshot(&self, snapshot_id: &str) {

@@ -93,16 +93,12 @@ impl Manager {
             memory_mb: self.host.memory_mb,
             max_sandboxes: self.admission.max_sandboxes.map(|n| n as u64),
         };
-        let snapshots = std::fs::read_dir(self.executor.snapshot_dir(""))
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().to_string())
-                    .filter(|id| {
-                        crate::snapshots::is_snapshot_id(id) && self.executor.has_snapshot(id)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let snapshots = self
+            .executor
+            .local_snapshots()
+            .into_iter()
+            .filter(|id| crate::snapshots::is_snapshot_id(id))
+            .collect();
         let usage = NodeUsage {
             sandboxes: self.executor.running().len() as u64,
             memory_available_mb: crate::admission::HostUse::read()
@@ -166,22 +162,17 @@ impl Manager {
     /// Removes this host's copies of snapshots deleted through another
     /// server (each server removes its own at the delete).
     async fn drop_deleted_snapshot_copies(&self) {
-        let dir = self.executor.snapshot_dir("x");
-        let Some(dir) = dir.parent() else { return };
-        let Ok(mut rd) = tokio::fs::read_dir(dir).await else {
-            return;
-        };
-        while let Ok(Some(e)) = rd.next_entry().await {
-            let name = e.file_name().to_string_lossy().to_string();
-            if !crate::snapshots::is_snapshot_id(&name) || !self.executor.has_snapshot(&name) {
-                continue;
-            }
-            if let Ok(None) = self.store.snapshot(None, &name).await {
+        let held = self.executor.local_snapshots();
+        for id in held
+            .iter()
+            .filter(|id| crate::snapshots::is_snapshot_id(id))
+        {
+            if let Ok(None) = self.store.snapshot(None, id).await {
                 tracing::info!(
-                    snapshot = name,
+                    snapshot = id,
                     "deleted elsewhere: removing this host's copy"
                 );
-                self.executor.delete_snapshot(&name).await;
+                self.executor.delete_snapshot(id).await;
             }
         }
     }

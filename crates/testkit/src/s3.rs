@@ -380,29 +380,11 @@ fn hex(b: &[u8]) -> String {
 
 /// (`YYYYMMDDTHHMMSSZ`, `YYYYMMDD`) in UTC.
 fn amz_date(t: SystemTime) -> (String, String) {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs();
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let day = format!("{y:04}{m:02}{d:02}");
-    let time = format!(
-        "{day}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    );
-    (time, day)
+    let t = chrono::DateTime::<chrono::Utc>::from(t);
+    (
+        t.format("%Y%m%dT%H%M%SZ").to_string(),
+        t.format("%Y%m%d").to_string(),
+    )
 }
 
 #[cfg(test)]
