@@ -314,31 +314,72 @@ impl CgroupParent {
         }
     }
 
+    /// Kills every process in the sandbox cgroups not named in `keep` and
+    /// waits (at most `limit`) until they are gone: at recovery, what a
+    /// crash left running of runs nothing records any more (a sentry a
+    /// `runsc restore` started before the server was killed). Returns how
+    /// many processes were killed.
+    pub async fn kill_unused(
+        &self,
+        keep: &std::collections::HashSet<String>,
+        limit: std::time::Duration,
+    ) -> usize {
+        let started = std::time::Instant::now();
+        let mut killed = std::collections::HashSet::new();
+        loop {
+            let pids: Vec<i32> = self
+                .unused(keep)
+                .iter()
+                .flat_map(|dir| read_procs(dir))
+                .collect();
+            if pids.is_empty() {
+                break;
+            }
+            if started.elapsed() > limit {
+                tracing::warn!(?pids, "processes of unused sandbox cgroups did not exit");
+                break;
+            }
+            for pid in pids {
+                // SAFETY: a signal to a process that is in one of our
+                // sandbox cgroups (read just above).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                killed.insert(pid);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        killed.len()
+    }
+
+    /// The directories of the sandbox cgroups not named in `keep`, in
+    /// every hierarchy.
+    fn unused(&self, keep: &std::collections::HashSet<String>) -> Vec<PathBuf> {
+        self.dirs
+            .iter()
+            .filter_map(|d| std::fs::read_dir(d).ok())
+            .flat_map(|rd| rd.flatten())
+            .filter(|e| e.path().is_dir() && !keep.contains(&*e.file_name().to_string_lossy()))
+            .map(|e| e.path())
+            .collect()
+    }
+
     /// Removes every sandbox cgroup but those named in `keep` (at
     /// recovery, once what runs is adopted: what a crash left of runs
     /// whose names nothing records any more). A cgroup that still holds a
     /// process is left, and said so. Returns the names removed.
     pub fn remove_unused(&self, keep: &std::collections::HashSet<String>) -> Vec<String> {
         let mut removed = Vec::new();
-        for d in &self.dirs {
-            let Ok(rd) = std::fs::read_dir(d) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if !e.path().is_dir() || keep.contains(&name) {
-                    continue;
-                }
-                match std::fs::remove_dir(e.path()) {
-                    Ok(()) => {
-                        if !removed.contains(&name) {
-                            removed.push(name);
-                        }
-                    }
-                    Err(err) => {
-                        tracing::warn!(cgroup = %e.path().display(), "cannot remove: {err}")
+        for dir in self.unused(keep) {
+            let name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {
+                    if !removed.contains(&name) {
+                        removed.push(name);
                     }
                 }
+                Err(err) => tracing::warn!(cgroup = %dir.display(), "cannot remove: {err}"),
             }
         }
         removed
@@ -409,6 +450,16 @@ fn fill_cpuset(h: &Path, name: &str) -> Result<(), CgroupError> {
         parent = dir;
     }
     Ok(())
+}
+
+/// The processes in the cgroup directory `dir` (none when it cannot be
+/// read).
+fn read_procs(dir: &Path) -> Vec<i32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
 }
 
 /// Parses a cpuset list such as `0-3,6,8-9`.
@@ -523,6 +574,44 @@ mod tests {
         assert!(root.path().join("pids/t/sbx2").is_dir());
         assert!(!root.path().join("pids/t/r1-sbx1").exists());
         assert!(!root.path().join("memory/t/r1-sbx1").exists());
+    }
+
+    /// Real cgroups (root on a host with a v1 pids hierarchy): a process
+    /// left in an unused sandbox cgroup is killed, one in a kept cgroup
+    /// is not, and the unused cgroup can then go.
+    #[tokio::test]
+    async fn processes_of_unused_cgroups_are_killed() {
+        if !Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists() {
+            eprintln!("no cgroup v1 pids hierarchy: nothing to test");
+            return;
+        }
+        let name = format!("sbx-unit-kill-{}", std::process::id());
+        let p = CgroupParent::prepare(&name).unwrap();
+        let mut sleeps = Vec::new();
+        for cgroup in ["r1-sbx1", "sbx1"] {
+            let dir = Path::new("/sys/fs/cgroup/pids").join(&name).join(cgroup);
+            std::fs::create_dir(&dir).unwrap();
+            let child = std::process::Command::new("sleep")
+                .arg("600")
+                .spawn()
+                .unwrap();
+            std::fs::write(dir.join("cgroup.procs"), child.id().to_string()).unwrap();
+            sleeps.push(child);
+        }
+        let keep = ["sbx1".to_string()].into_iter().collect();
+        let killed = p
+            .kill_unused(&keep, std::time::Duration::from_secs(10))
+            .await;
+        assert_eq!(killed, 1);
+        let mut stale = sleeps.remove(0);
+        assert!(!stale.wait().unwrap().success());
+        let mut kept = sleeps.remove(0);
+        assert!(kept.try_wait().unwrap().is_none(), "the kept one runs on");
+        assert_eq!(p.remove_unused(&keep), vec!["r1-sbx1".to_string()]);
+        kept.kill().unwrap();
+        kept.wait().unwrap();
+        p.remove_sandbox("sbx1").await;
+        assert!(p.remove_if_empty());
     }
 
     #[test]

@@ -55,15 +55,4 @@ pub async fn run_with_input(
     }
 }
 
-/// Makes the program `cmd` starts die (SIGKILL) when the server does.
-pub fn dies_with_server(cmd: &mut Command) {
-    // SAFETY: prctl with integer arguments, async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
+pub use sbx_runtime::dies_with_server;

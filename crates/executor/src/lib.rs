@@ -1424,6 +1424,16 @@ impl Executor {
         }
         // Cgroups of runs no record names any more (a crash while runsc
         // made one, or before it removed one).
+        let killed = self
+            .cgroups
+            .kill_unused(&cgroups_in_use, std::time::Duration::from_secs(10))
+            .await;
+        if killed > 0 {
+            tracing::info!(
+                killed,
+                "recovery: killed processes of unused sandbox cgroups"
+            );
+        }
         let removed = self.cgroups.remove_unused(&cgroups_in_use);
         if !removed.is_empty() {
             tracing::info!(?removed, "recovery: removed unused sandbox cgroups");

@@ -274,6 +274,7 @@ impl Gvisor {
     fn sandbox_command(&self) -> Command {
         let mut cmd = Command::new(&self.runsc);
         cmd.args(self.base());
+        crate::dies_with_server(&mut cmd);
         // SAFETY: the hook makes one async-signal-safe system call.
         unsafe {
             cmd.pre_exec(batch_scheduling);
@@ -282,7 +283,9 @@ impl Gvisor {
     }
 
     async fn run(&self, args: &[String]) -> Result<String> {
-        let out = Command::new(&self.runsc)
+        let mut cmd = Command::new(&self.runsc);
+        crate::dies_with_server(&mut cmd);
+        let out = cmd
             .args(self.base())
             .args(args)
             .stdin(Stdio::null())

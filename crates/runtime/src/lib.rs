@@ -171,3 +171,20 @@ pub trait Runtime: Send + Sync {
     /// removed. On failure what it started is destroyed.
     async fn restore(&self, spec: &SandboxSpec, image_dir: &Path) -> Result<SandboxState>;
 }
+
+/// Makes the program `cmd` starts die (SIGKILL) when the server does: a
+/// host tool or a runsc command in flight must not run on after a kill -9
+/// of the server (a `cp` of a capture ran on; a `runsc restore` finished
+/// while the next start's recovery was removing its run). What runsc
+/// starts (the sandbox, the gofer) does not inherit it.
+pub fn dies_with_server(cmd: &mut tokio::process::Command) {
+    // SAFETY: prctl with integer arguments, async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
