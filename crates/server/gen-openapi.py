@@ -128,7 +128,10 @@ schemas = {
                                  "description": "0 or none: no timeout. An ephemeral sandbox terminates, a named one suspends after it"}),
             "entrypoint": opt({**STRS, "minItems": 1,
                                "description": "command (not empty) and arguments, started as the managed process `entrypoint`"}),
-            "secret_names": opt(STRS),
+            "secret_names": opt({**STRS, "maxItems": 256,
+                                 "description": "secrets of the namespace (`PUT /secrets/{name}`) set as environment variables of "
+                                                "the entrypoint and every process; an unknown name is a 400 naming it. A memory "
+                                                "snapshot's restore keeps the values it had (this must then be left out or equal)"}),
             "network": opt(ref("NetworkPolicyRequest")),
             "snapshot_id": opt({**STR, "description": "restore this snapshot; other fields are inherited from it"}),
             "name": opt({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$",
@@ -138,7 +141,9 @@ schemas = {
                                   "description": "user ports reachable through the proxy (9501 is the daemon's)"}),
             "auto_resume": opt({**BOOL, "description": "default true: proxy traffic resumes a suspended sandbox"}),
             "wait": opt({**BOOL, "description": "false: answer 202 `pending` at once"}),
-            "max_pending_secs": opt({**U64, "description": "accepted and ignored"}),
+            "max_pending_secs": opt({**U64, "maximum": 86400,
+                                     "description": "when no node has room now: wait this long `pending` (its reason says why) "
+                                                    "instead of a 503, then fail with that reason"}),
         },
         extra=True,
         description="Unknown fields are accepted and ignored.",
@@ -182,7 +187,53 @@ schemas = {
             "sandbox_url": {**STR, "description": "absent once the sandbox is terminated, failed or timed out"},
             "auto_resume": BOOL,
             "snapshot_id": {**STR, "description": "the snapshot it was restored from"},
+            "pool_id": {**STR, "description": "the warm pool it was claimed from"},
         },
+    ),
+    "PoolRequest": obj(
+        [],
+        {
+            "image": opt({**STR, "description": "an image of this host; default `default`"}),
+            "resources": opt(ref("ResourcesRequest")),
+            "timeout_secs": opt({"type": "integer", "minimum": 0, "maximum": 315360000,
+                                 "description": "0 or none: no timeout; counted from the claim"}),
+            "entrypoint": opt({**STRS, "minItems": 1}),
+            "max_containers": opt({"type": "integer", "minimum": 1,
+                                   "description": "at most this many sandboxes of the pool at once, warm and claimed"}),
+            "warm_containers": opt({"type": "integer", "minimum": 0, "maximum": 100,
+                                    "description": "booted, unclaimed sandboxes kept ready (default 1)"}),
+            "network": opt({**ref("NetworkPolicyRequest"),
+                            "description": "on an update: absent keeps the policy, null clears it"}),
+        },
+        extra=True,
+        description="A pool's template and counts. Unknown fields are accepted and ignored.",
+    ),
+    "CreatePoolResponse": obj(["pool_id", "namespace"], {"pool_id": STR, "namespace": STR}),
+    "PoolContainer": obj(
+        ["id", "state", "executor_id"],
+        {"id": {**STR, "description": "the sandbox's id"},
+         "state": {"type": "string", "enum": ["Idle", "Running"], "description": "Idle: warm, unclaimed; Running: claimed"},
+         "sandbox_id": {**STR, "description": "set once claimed"},
+         "executor_id": {**STR, "description": "the node it runs on"}},
+    ),
+    "PoolInfo": obj(
+        ["id", "namespace", "image", "resources", "timeout_secs", "warm_containers", "network_policy",
+         "created_at", "updated_at"],
+        {"id": STR, "namespace": STR, "image": STR, "resources": ref("Resources"), "timeout_secs": U64,
+         "entrypoint": STRS, "max_containers": {"type": "integer", "minimum": 1},
+         "warm_containers": {"type": "integer", "minimum": 0}, "network_policy": ref("NetworkPolicy"),
+         "containers": {"type": "array", "items": ref("PoolContainer"),
+                        "description": "only in GET /sandbox-pools/{id}"},
+         "created_at": TIME, "updated_at": TIME},
+    ),
+    "ListPoolsResponse": obj(["pools"], {"pools": {"type": "array", "items": ref("PoolInfo")}}),
+    "ClaimRequest": obj(
+        [],
+        {"name": opt({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$",
+                      "description": "a name for the claimed sandbox"}),
+         "file_systems": opt({"type": "array", "maxItems": 0,
+                              "description": "sbx has no file-system service: only empty"})},
+        extra=True,
     ),
     "ListSandboxesResponse": obj(["sandboxes"], {"sandboxes": {"type": "array", "items": ref("SandboxInfo")}}),
     "UpdateSandboxRequest": obj(
@@ -194,10 +245,12 @@ schemas = {
             "exposed_ports": opt({"type": "array", "items": {**PORT, "not": {"const": 9501}}}),
             "auto_resume": opt(BOOL),
             "resources": {"description": "live resize is not supported: present (even null), the answer is 501"},
-            "network": {"description": "changing the network policy is not supported: present (even null), the answer is 501"},
+            "network": opt({**ref("NetworkPolicyRequest"),
+                            "description": "a new egress policy, applied to the running sandbox at once "
+                                           "(connections it now forbids are closed); null: the default policy"}),
         },
         extra=True,
-        description="Omitted = keep; null = clear (name) or keep (the others).",
+        description="Omitted = keep; null = clear (name), the default (network) or keep (the others).",
     ),
     "TerminateResponse": obj(
         ["sandbox_id", "status"],
@@ -206,16 +259,41 @@ schemas = {
     "LogEntry": obj(
         ["timestamp", "uuid", "namespace", "application", "body", "logAttributes", "sandboxId", "level"],
         {
-            "timestamp": {}, "uuid": STR, "namespace": STR, "application": STR, "body": STR,
-            "logAttributes": {}, "sandboxId": STR, "level": {"type": "integer"},
+            "timestamp": {**U64, "description": "nanoseconds since the Unix epoch"},
+            "uuid": {**STR, "format": "uuid"},
+            "namespace": STR,
+            "application": {**STR, "description": "always empty"},
+            "body": {**STR, "description": "the output line, or the lifecycle event's text"},
+            "logAttributes": {**STR, "description": "a JSON object: `stream`, `pid`, `processId` for output; "
+                                                    "`event` (created, running, failed, suspended, resumed, snapshot, "
+                                                    "terminated, process_started, process_exited…) and details for events"},
+            "sandboxId": STR,
+            "level": {"type": "integer", "minimum": 1, "maximum": 6,
+                      "description": "1 trace, 2 debug, 3 info (stdout), 4 warn, 5 error (stderr), 6 fatal"},
         },
-        extra=True,
+        description="One persisted log record: a process's output line or a lifecycle event.",
     ),
     "LogsResponse": obj(
-        ["logs"],
-        {"logs": {"type": "array", "items": ref("LogEntry"), "description": "sbx keeps no sandbox logs yet: always empty"},
-         "nextToken": STR},
+        ["logs", "cursor"],
+        {"logs": {"type": "array", "items": ref("LogEntry"), "description": "oldest first"},
+         "nextToken": {**STR, "description": "present when more matching records follow: pass it as nextToken"},
+         "cursor": {**STR, "description": "sbx: where newer records will start; poll with it as nextToken to follow"}},
     ),
+    "LogProcess": obj(
+        ["processId", "processPid", "processCommand", "processManagedId", "processManagedName",
+         "firstSeen", "lastSeen", "logCount"],
+        {
+            "processId": {**STR, "description": "the value the logs' processId filter takes (the pid)"},
+            "processPid": STR,
+            "processCommand": STR,
+            "processManagedId": {**STR, "description": "a background process's id; empty for `run`"},
+            "processManagedName": {**STR, "description": "a background process's name, if it has one"},
+            "firstSeen": {**U64, "description": "nanoseconds since the Unix epoch"},
+            "lastSeen": U64,
+            "logCount": {**U64, "description": "output lines kept"},
+        },
+    ),
+    "LogProcessesResponse": obj(["processes"], {"processes": {"type": "array", "items": ref("LogProcess")}}),
     "CreateSnapshotRequest": obj(
         [], {"snapshot_type": opt({**ref("SnapshotType"), "description": "default filesystem"})}, extra=True,
     ),
@@ -293,6 +371,20 @@ schemas = {
     "DeleteImageResponse": obj(
         ["name", "id", "status"],
         {"name": STR, "id": STR, "status": {"type": "string", "enum": ["removed"]}},
+    ),
+    "SetSecretRequest": obj(
+        ["value"],
+        {"value": {**STR, "maxLength": 65536, "description": "at most 65536 bytes of UTF-8, no NUL; never shown again"}},
+    ),
+    "SecretInfo": obj(
+        ["name", "created_at", "updated_at"],
+        {"name": STR, "created_at": TIME, "updated_at": TIME},
+        description="A secret: its name and dates, never its value.",
+    ),
+    "ListSecretsResponse": obj(["secrets"], {"secrets": {"type": "array", "items": ref("SecretInfo")}}),
+    "DeleteSecretResponse": obj(
+        ["name", "status"],
+        {"name": STR, "status": {"type": "string", "enum": ["deleted"]}},
     ),
     "DeleteSnapshotResponse": obj(
         ["snapshot_id", "status"],
@@ -435,6 +527,25 @@ schemas = {
         description="Last event of processes/run: exit_code or signal is set.",
     ),
     "RunEvent": {"oneOf": [ref("StartedEvent"), ref("OutputEvent"), ref("ExitEvent")]},
+    "JournalEntry": obj(
+        ["seq", "timestamp", "pid", "kind", "text"],
+        {
+            "seq": U64,
+            "timestamp": TIME,
+            "pid": I32,
+            "kind": {"type": "string", "enum": ["stdout", "stderr", "started", "exited"]},
+            "text": {**STR, "description": "the line; the command line (started); how it ended (exited)"},
+            "managed_id": STR,
+            "managed_name": STR,
+            "exit": ref("ExitEvent"),
+        },
+    ),
+    "JournalBatch": obj(
+        ["first", "next", "entries"],
+        {"first": {**U64, "description": "the oldest entry still held"},
+         "next": {**U64, "description": "the number the next entry gets"},
+         "entries": {"type": "array", "items": ref("JournalEntry")}},
+    ),
     "DaemonInfo": obj(
         ["version", "uptime_secs", "running_processes", "total_processes"],
         {"version": STR, "uptime_secs": U64, "running_processes": U64, "total_processes": U64,
@@ -530,13 +641,13 @@ responses = {
     "BadRequest": err("Invalid input (body, query or path); nothing was changed."),
     "Unauthorized": err("Missing or wrong bearer key (servers started with API keys)."),
     "Forbidden": err("A server without API keys answers only loopback peers; (image import) the registry refused the login (code `registry_denied`)."),
-    "NotFound": err("No such sandbox, snapshot or image; (image import) the registry has no such image (code `image_not_found`)."),
+    "NotFound": err("No such sandbox, snapshot, image or secret; (image import) the registry has no such image (code `image_not_found`)."),
     "Conflict": err("Not possible in the current state (or the name is taken)."),
     "Unavailable": err("The sandbox could not be started or captured; or (create) the default image is still being "
                        "built on this host's first start (code `image_building`) or its build failed "
                        "(`image_unavailable`): nothing was created, try again."),
     "Unsupported": err("A change sbx cannot make (code `unsupported`; the message says why)."),
-    "TooLarge": err("The upload is larger than the server takes (code `too_large`)."),
+    "TooLarge": err("The upload (or a secret's value) is larger than the server takes (code `too_large`)."),
     "BadGateway": err("The image registry could not be reached or failed (code `registry_error`)."),
 }
 
@@ -611,16 +722,33 @@ ns_paths = {
         "get": op("getSandbox", "One sandbox.", {"200": ok(ref("SandboxInfo")), **errors(400, 404)}),
         "delete": op("terminateSandbox", "Terminate a sandbox (idempotent; removal from the host continues in the background).",
                      {"200": ok(ref("TerminateResponse")), **errors(400, 404)}),
-        "patch": op("updateSandbox", "Change name, access, exposed ports or auto_resume.",
+        "patch": op("updateSandbox", "Change name, access, exposed ports, auto_resume or the network policy.",
                     {"200": ok(ref("SandboxInfo")), **errors(400, 404, 409, 501)}, body=ref("UpdateSandboxRequest")),
     },
     "/sandboxes/{id}/logs": {
         "parameters": [SANDBOX_ID],
         "get": op(
-            "sandboxLogs", "Sandbox logs (none are kept yet: always empty).",
+            "sandboxLogs",
+            "The sandbox's persisted logs: every process's output lines and the sandbox's lifecycle events, "
+            "kept after it ends (within the server's log budget). Oldest first; without head or tail, a page of 1000.",
             {"200": ok(ref("LogsResponse")), **errors(400, 404)},
-            params=[query(n, STR, "accepted and ignored") for n in ["level", "processId", "nextToken", "head", "tail", "body"]],
+            params=[
+                {**query("level", {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 6}},
+                         "only these levels (repeat the parameter)"), "style": "form", "explode": True},
+                {**query("processId", {"type": "array", "items": STR}, "only these processes' records (repeat)"),
+                 "style": "form", "explode": True},
+                query("nextToken", {"type": "string", "pattern": "^[0-9]{1,19}$"},
+                      "continue from an earlier answer's nextToken (or cursor)"),
+                query("head", {"type": "integer", "minimum": 0}, "the first N matching records (at most 10000)"),
+                query("tail", {"type": "integer", "minimum": 0}, "the last N matching records (at most 10000); not with head"),
+                query("body", STR, "only records whose body contains this text"),
+            ],
         ),
+    },
+    "/sandboxes/{id}/processes": {
+        "parameters": [SANDBOX_ID],
+        "get": op("sandboxLogProcesses", "The processes the sandbox's logs have records of (filters for sandboxLogs).",
+                  {"200": ok(ref("LogProcessesResponse")), **errors(400, 404)}),
     },
     "/sandboxes/{id}/snapshot": {
         "parameters": [SANDBOX_ID],
@@ -650,6 +778,28 @@ ns_paths = {
         "post": op("copySandbox", "Live fork: one memory snapshot of the sandbox, booted `times` times.",
                    {"200": ok(ref("CopySandboxResponse")), **errors(400, 404, 409, 503)},
                    params=[query("times", {"type": "integer", "minimum": 1, "maximum": 32, "default": 1})]),
+    },
+    "/sandbox-pools": {
+        "get": op("listPools", "The namespace's warm pools.", {"200": ok(ref("ListPoolsResponse")), **errors(400)},
+                  tags=("pools",)),
+        "post": op("createPool", "Create a warm pool: its sandboxes are booted in the background.",
+                   {"200": ok(ref("CreatePoolResponse")), **errors(400)}, body=ref("PoolRequest"), tags=("pools",)),
+    },
+    "/sandbox-pools/{id}": {
+        "parameters": [path_param("id", "pool id")],
+        "get": op("getPool", "One pool, with its sandboxes.", {"200": ok(ref("PoolInfo")), **errors(400, 404)},
+                  tags=("pools",)),
+        "put": op("updatePool", "Change a pool: warm sandboxes of an old template are recycled.",
+                  {"200": ok(ref("PoolInfo")), **errors(400, 404)}, body=ref("PoolRequest"), tags=("pools",)),
+        "delete": op("deletePool", "Delete a pool and its warm sandboxes; a 409 while claimed ones live.",
+                     {"200": ok({"type": "object"}), **errors(400, 404, 409)}, tags=("pools",)),
+    },
+    "/sandbox-pools/{id}/sandboxes": {
+        "parameters": [path_param("id", "pool id")],
+        "post": op("claimSandbox", "Claim a sandbox of the pool: a warm one at once, else one started now, or at "
+                   "the pool's cap one `pending` (`pool_at_capacity`) until a sandbox of the pool ends.",
+                   {"200": ok(ref("CreateSandboxResponse")), **errors(400, 404, 409, 503)},
+                   body=ref("ClaimRequest"), tags=("pools",)),
     },
     "/archived-sandboxes": {
         "get": op(
@@ -727,6 +877,23 @@ ns_paths = {
         "delete": op("deleteImage", "Remove an image: off the list at once, its files kept while sandboxes or snapshots use it.",
                      {"200": ok(ref("DeleteImageResponse")), **errors(400, 404)}, tags=("images",)),
     },
+    "/secrets": {
+        "get": op("listSecrets", "Secrets of a namespace: names and dates, never values.",
+                  {"200": ok(ref("ListSecretsResponse")), **errors(400)}, tags=("secrets",)),
+    },
+    "/secrets/{name}": {
+        "parameters": [path_param("name", "an environment variable name: [A-Za-z_][A-Za-z0-9_]*, at most 128, not SBX_*")],
+        "put": {
+            "operationId": "setSecret",
+            "summary": "Set a secret (new or replaced), stored encrypted. Sandboxes created later get the new value; "
+                       "running ones keep theirs.",
+            "tags": ["secrets"],
+            "requestBody": {"required": True, **json_body(ref("SetSecretRequest"))},
+            "responses": {"200": ok(ref("SecretInfo")), **errors(400, 413)},
+        },
+        "delete": op("deleteSecret", "Delete a secret (running sandboxes keep the value they have).",
+                     {"200": ok(ref("DeleteSecretResponse")), **errors(400, 404)}, tags=("secrets",)),
+    },
     "/snapshots/{sid}": {
         "parameters": [SNAPSHOT_ID],
         "get": op("getSnapshot", "One snapshot.", {"200": ok(ref("SnapshotInfo")), **errors(400, 404)}, tags=("snapshots",)),
@@ -751,6 +918,14 @@ paths = {
     },
     "/openapi.json": {
         "get": op("openapi", "This document.", {"200": ok({"type": "object"}), **errors()}, tags=("meta",)),
+    },
+    "/metrics": {
+        "get": op("metrics", "Prometheus metrics in the OpenMetrics text format: sandboxes by status and node, "
+                  "create/restore/resume latency and snapshot pause histograms, blob-store bytes, the local "
+                  "node's capacity and use. Behind the API key like every route.",
+                  {"200": {"description": "OK", "content": {
+                      "application/openmetrics-text": {"schema": STR}}},
+                   **errors()}, tags=("meta",)),
     },
     "/v1/nodes": {
         "get": op("listNodes", "The hosts that run sandboxes.", {"200": ok(ref("ListNodesResponse")), **errors()}, tags=("nodes",)),
@@ -814,6 +989,15 @@ SWITCH = {"101": {"description": "WebSocket upgrade."}}
 daemon = {
     "/health": {"get": dop("daemonHealth", "Daemon liveness.", {"200": ok(ref("Health")), **derr()})},
     "/info": {"get": dop("daemonInfo", "Daemon version and process counts.", {"200": ok(ref("DaemonInfo")), **derr()})},
+    "/logs": {"get": dop(
+        "daemonJournal",
+        "The journal the host collects the sandbox's logs from: every process's output lines, starts and ends, "
+        "numbered; those from `from` on that the daemon still holds (the newest 20000).",
+        {"200": ok(ref("JournalBatch")), **derr(400)},
+        params=[query("from", U64, "the first entry wanted"),
+                query("max", U64, "at most this many entries (default 5000)"),
+                query("wait_ms", U64, "when there is none yet, wait this long (at most 60000) for one"),
+                query("linger_ms", U64, "after waiting, gather this long more (at most 1000)")])},
     "/sync": {"post": dop("syncFiles", "Flush the sandbox's file caches to its disk (sync(2)); sbx does this "
                           "before every snapshot.", {**NO_CONTENT, **derr()})},
     "/processes/run": {"post": dop(
@@ -902,6 +1086,8 @@ spec = {
         {"name": "sandboxes", "description": "sandbox lifecycle"},
         {"name": "snapshots", "description": "snapshots, suspend/resume, copies"},
         {"name": "images", "description": "images sandboxes boot: imported from registries and archives"},
+        {"name": "secrets", "description": "values given to sandboxes as environment variables, never shown again"},
+        {"name": "pools", "description": "warm pools: booted sandboxes handed out by a claim"},
         {"name": "meta", "description": "health and this document"},
         {"name": "daemon", "description": "the in-sandbox daemon, through the sandbox proxy"},
     ],

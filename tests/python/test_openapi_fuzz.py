@@ -97,7 +97,7 @@ EXAMPLES = {
 # reach their validation (never terminate or copy: that would end it, or
 # boot up to 32 sandboxes).
 TARGETED = {
-    "getSandbox", "updateSandbox", "sandboxLogs", "snapshotSandbox",
+    "getSandbox", "updateSandbox", "sandboxLogs", "sandboxLogProcesses", "snapshotSandbox",
     "listSandboxSnapshots", "suspendSandbox", "resumeSandbox",
 }
 # Seconds an answer may take: blocking creates, copies and suspend/resume

@@ -152,3 +152,26 @@ def test_async_snapshot_restore_and_create_context(sbx, box_id):
                 await client.get_snapshot(snap.snapshot_id)
 
     asyncio.run(main())
+
+
+def test_async_logs(sbx, box_id):
+    async def main():
+        async with AsyncSandbox.connect(box_id, api_url=sbx.api_url) as box:
+            await box.commands.run("echo", ["async-log-line"])
+            for _ in range(100):
+                page = await box.get_logs(body="async-log-line", levels=["info"])
+                if page.entries:
+                    break
+                await asyncio.sleep(0.1)
+            assert [e.body for e in page.entries] == ["async-log-line"]
+            pid = page.entries[0].process_id
+            procs = await box.list_log_processes()
+            assert any(p.process_id == pid and p.command == "echo async-log-line" for p in procs)
+            # Following a live sandbox: the tail, then new lines.
+            follow = box.follow_logs(levels=["info"], tail=1, poll_interval=0.1)
+            assert (await follow.__anext__()).body == "async-log-line"
+            await box.commands.run("echo", ["async-followed"])
+            assert (await asyncio.wait_for(follow.__anext__(), 10)).body == "async-followed"
+            await follow.aclose()
+
+    asyncio.run(main())

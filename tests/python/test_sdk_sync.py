@@ -3,6 +3,7 @@
 import hashlib
 import os
 import re
+import time
 import uuid
 
 import pytest
@@ -351,3 +352,37 @@ def test_errors(client, box):
         client.get_snapshot("snap-sdk-no-such-snapshot")
     with pytest.raises(ValueError):
         client.snapshot(box.sandbox_id, "bogus")
+
+
+def test_logs_filters_paging_and_follow(client):
+    sandbox = client.create_and_connect()
+    sid = sandbox.sandbox_id
+    try:
+        sandbox.commands.run("sh", ["-c", "echo sdk-out-1; echo sdk-err-1 >&2; echo sdk-out-2"])
+        deadline = time.monotonic() + 10
+        while not any(e.body == "sdk-out-2" for e in sandbox.get_logs().entries):
+            assert time.monotonic() < deadline, "the output never reached the logs"
+            time.sleep(0.1)
+        out = client.get_logs(sid, levels=["info"], body="sdk-out")
+        assert [e.body for e in out.entries] == ["sdk-out-1", "sdk-out-2"]
+        assert all(e.stream == "stdout" and e.level == 3 for e in out.entries)
+        pid = out.entries[0].process_id
+        assert pid and out.entries[0].time.year >= 2025
+        err = client.get_logs(sid, levels=["error"], process_ids=[pid])
+        assert [e.body for e in err.entries] == ["sdk-err-1"]
+        first = client.get_logs(sid, head=1)
+        assert len(first.entries) == 1 and first.entries[0].event == "created"
+        rest = client.get_logs(sid, next_token=first.next_token)
+        assert rest.entries[0].uuid != first.entries[0].uuid
+        assert [e.body for e in client.get_logs(sid, tail=1, levels=[3]).entries] == ["sdk-out-2"]
+        procs = client.list_log_processes(sid)
+        assert any(p.process_id == pid and p.log_count == 3 and p.command.startswith("sh -c") for p in procs)
+    finally:
+        client.delete(sid)
+    # Ended: follow yields what is there and stops; the logs stay.
+    followed = list(client.follow_logs(sid, levels=["info"], poll_interval=0.1))
+    assert [e.body for e in followed if e.stream] == ["sdk-out-1", "sdk-out-2"]
+    events = [e.event for e in client.get_logs(sid).entries if e.event]
+    assert "terminated" in events or client.get(sid).status == SandboxStatus.TERMINATED
+    with pytest.raises(SandboxNotFoundError):
+        client.get_logs("no-such-sandbox")

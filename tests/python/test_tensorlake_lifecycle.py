@@ -175,12 +175,8 @@ def test_updates_sbx_cannot_apply_are_refused_not_ignored(tl):
             sandbox.update(memory_mb=2048, timeout=10)
         assert e.value.status_code == 501
         assert "resize" in str(e.value)
-        with pytest.raises(RemoteAPIError) as e:
-            sandbox.update(network=NetworkConfig(allow_internet_access=False))
-        assert e.value.status_code == 501
         info = sandbox.info()
         assert info.resources.memory_mb == 1024
-        assert info.network_policy.allow_internet_access
 
 
 @pytest.mark.xfail(strict=True, reason="sbx cannot resize a live sandbox (cpus, memory_mb, disk_mb are fixed at create)")
@@ -190,11 +186,14 @@ def test_live_resize(tl):
         assert info.resources.memory_mb == 2048
 
 
-@pytest.mark.xfail(strict=True, reason="sbx cannot change the network policy of a running sandbox")
 def test_network_policy_update(tl):
+    # That traffic really stops (and forbidden connections close) is tested
+    # against a stand-in outside host in crates/e2e/tests/limits.rs.
     with tl.sandbox() as sandbox:
         info = sandbox.update(network=NetworkConfig(allow_internet_access=False)).value
         assert not info.network_policy.allow_internet_access
+        assert not sandbox.info().network_policy.allow_internet_access
+        assert sandbox.run("echo", args=["walled"]).stdout.strip() == "walled"
 
 
 def test_egress_lists_are_kept_and_bad_entries_refused(tl):

@@ -11,36 +11,6 @@ from tl_helpers import box, eventually, tl, unique  # noqa: F401 (fixtures)
 pytestmark = pytest.mark.usefixtures("torn_down")
 
 
-@pytest.mark.xfail(strict=True, reason="sbx keeps no sandbox logs: GET .../logs always answers an empty list")
-def test_process_output_reaches_the_sandbox_logs(box):
-    box.run("echo", args=["hello-logs"])
-    eventually(
-        lambda: any("hello-logs" in entry.body for entry in box.get_logs().value.logs),
-        "the command's output in the logs",
-        timeout=2,
-    )
-
-
-@pytest.mark.xfail(strict=True, reason="sbx keeps no sandbox logs: no GET .../sandboxes/{id}/processes")
-def test_log_processes_are_listed(box):
-    box.run("echo", args=["for the log filters"])
-    assert box.list_log_processes().value.processes
-
-
-@pytest.mark.xfail(strict=True, reason="sbx has no sandbox pools (.../sandbox-pools)")
-def test_sandbox_pool_create_and_claim(tl):
-    client = tl.client
-    pool = client.create_pool(image="default", warm_containers=1).value
-    try:
-        claimed = client.claim(pool.pool_id).value
-        try:
-            assert client.get(claimed.sandbox_id).value.pool_id == pool.pool_id
-        finally:
-            client.delete(claimed.sandbox_id)
-    finally:
-        client.delete_pool(pool.pool_id)
-
-
 @pytest.mark.xfail(strict=True, reason="sbx has no file-system service to attach file systems from")
 def test_attach_file_system(box):
     box.attach_file_system("fs-" + unique("x"), "/mnt/shared")

@@ -4,6 +4,7 @@
 mod blocking;
 mod error;
 mod files;
+mod journal;
 mod listener;
 mod oom;
 mod output;

@@ -167,11 +167,12 @@ impl OutputLog {
     }
 }
 
-/// Reads `fd` into `log` line by line (and into `sink`, with backpressure,
+/// Reads `fd` into `log` and the journal line by line (and into `sink`, with backpressure,
 /// when given) until EOF, or until the pipe has been silent for a short grace
 /// period after `exited` turned true.
 pub async fn pump(
     fd: OwnedFd,
+    pid: i32,
     stream: OutputStream,
     log: Arc<OutputLog>,
     mut sink: Option<mpsc::Sender<RunEvent>>,
@@ -181,6 +182,7 @@ pub async fn pump(
     let mut partial: Vec<u8> = Vec::new();
     let emit = |bytes: &[u8], sink: &mut Option<mpsc::Sender<RunEvent>>| {
         let ev = log.push(stream, String::from_utf8_lossy(bytes).into_owned());
+        crate::journal::journal().output(pid, stream, ev.line.clone(), ev.timestamp);
         ev_to_sink(ev, sink)
     };
     loop {

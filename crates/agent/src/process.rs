@@ -378,6 +378,16 @@ impl Processes {
             exit: watch::Sender::new(None),
         });
         tracing::info!(pid = run.pid, command = %run.command, fast = spawned.fast, "started process");
+        crate::journal::journal().started(
+            run.pid,
+            std::iter::once(&run.command)
+                .chain(&run.args)
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(" "),
+            run.managed.as_ref().map(|m| (m.id.clone(), m.name.clone())),
+            run.started_at,
+        );
         if let Some(sink) = &sink {
             let _ = sink.try_send(RunEvent::Started(StartedEvent {
                 pid: run.pid,
@@ -392,6 +402,7 @@ impl Processes {
             if let Some(fd) = fd {
                 tokio::spawn(pump(
                     fd,
+                    run.pid,
                     stream,
                     run.output.clone(),
                     sink.clone(),
@@ -414,6 +425,9 @@ impl Processes {
             r.stdin.lock().await.take();
             r.stdin_open.store(false, Ordering::SeqCst);
             tracing::info!(pid = r.pid, ?exit, "process ended");
+            // After its last line: the journal tells the end last.
+            r.output.wait_done().await;
+            crate::journal::journal().exited(r.pid, r.exit_event());
         });
         Ok(run)
     }

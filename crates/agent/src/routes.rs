@@ -36,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/info", get(info))
         .route("/sync", post(sync_files))
+        .route("/logs", get(journal))
         .route("/processes/run", post(run_process))
         .route("/processes", get(list_processes).post(start_process))
         .route("/processes/{p}", get(get_process).delete(delete_process))
@@ -159,6 +160,26 @@ fn stream_filter(name: &str) -> R<Option<OutputStream>> {
         "output" => Ok(None),
         _ => Err(AppError::not_found(format!("no such route `{name}`"))),
     }
+}
+
+/// The journal from `from` on; with `wait_ms`, waits that long (at most a
+/// minute) for a first entry, then `linger_ms` (at most a second) more.
+async fn journal(Query(q): Q) -> R<Json<sbx_api::logs::JournalBatch>> {
+    let num = |k: &str, default: u64| -> R<u64> {
+        q.get(k).map_or(Ok(default), |v| {
+            v.parse()
+                .map_err(|_| AppError::bad_request(format!("{k} must be a number")))
+        })
+    };
+    let from = num("from", 0)?;
+    let max = num("max", 5000)?.clamp(1, crate::journal::MAX_ENTRIES as u64) as usize;
+    let wait = std::time::Duration::from_millis(num("wait_ms", 0)?.min(60_000));
+    let linger = std::time::Duration::from_millis(num("linger_ms", 0)?.min(1000));
+    Ok(Json(
+        crate::journal::journal()
+            .wait(from, max, wait, linger)
+            .await,
+    ))
 }
 
 async fn get_output(

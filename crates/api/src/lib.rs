@@ -5,8 +5,11 @@
 pub mod daemon;
 pub mod error;
 pub mod image;
+pub mod logs;
 pub mod node;
+pub mod pool;
 pub mod sandbox;
+pub mod secret;
 pub mod snapshot;
 
 pub use error::ErrorBody;

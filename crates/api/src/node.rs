@@ -82,3 +82,48 @@ pub struct NodeInfo {
 pub struct ListNodesResponse {
     pub nodes: Vec<NodeInfo>,
 }
+
+/// `POST /v1/cluster/join` (authenticated with the cluster's node token):
+/// what a node started with `sbx node --server URL` needs to serve in the
+/// cluster. Its values are secrets (the state store's URL, S3 keys, the API
+/// keys): a control plane answers only a request bearing its node token.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinResponse {
+    /// The state store's URL (`postgres://…`), as the control plane uses it.
+    pub state: String,
+    /// The blob store's URL (`s3://…` or a directory every node mounts).
+    pub blobs: String,
+    /// The S3 key the control plane uses, for a node that has none of its
+    /// own in its environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blobs_credentials: Option<BlobsCredentials>,
+    /// The cluster's `--node-lost-secs` (every node must use the same).
+    pub node_lost_secs: u64,
+    /// The API keys clients use (requests relayed to a node carry them).
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    /// The key secrets are sealed with, as hex digits: every node that
+    /// launches sandboxes opens them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_key: Option<String>,
+}
+
+/// An S3 access key, as [`JoinResponse`] hands it to a node.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlobsCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for JoinResponse {
+    /// Names what it holds, never the secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinResponse")
+            .field("blobs", &self.blobs)
+            .field("node_lost_secs", &self.node_lost_secs)
+            .field("api_keys", &self.api_keys.len())
+            .finish_non_exhaustive()
+    }
+}

@@ -7,10 +7,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use sbx_api::image::{ImageInfo, ImportImageRequest, ListImagesResponse};
 use sbx_api::node::{ListNodesResponse, NodeInfo};
+use sbx_api::pool::{ClaimRequest, CreatePoolResponse, ListPoolsResponse, PoolInfo, PoolRequest};
 use sbx_api::sandbox::{
     CreateSandboxRequest, CreateSandboxResponse, ListSandboxesResponse, SandboxInfo, SandboxStatus,
     UpdateSandboxRequest,
 };
+use sbx_api::secret::{ListSecretsResponse, SecretInfo, SetSecretRequest};
 use sbx_api::snapshot::{
     CopySandboxResponse, CreateSnapshotRequest, CreateSnapshotResponse, ListSnapshotsResponse,
     SnapshotInfo, SnapshotType,
@@ -152,6 +154,26 @@ impl Client {
         Ok(self.send(self.api(Method::GET, url)).await?.json().await?)
     }
 
+    /// One page of a sandbox's persisted logs (`query`: level, processId,
+    /// nextToken, head, tail, body).
+    pub async fn logs(
+        &self,
+        id: &str,
+        query: &[(&str, String)],
+    ) -> Result<sbx_api::logs::LogsResponse> {
+        let url = self.sandboxes_url(&format!("/{}/logs", encode_segment(id)));
+        let rb = self.api(Method::GET, url).query(query);
+        Ok(self.send(rb).await?.json().await?)
+    }
+
+    /// The processes a sandbox's logs have records of.
+    pub async fn log_processes(&self, id: &str) -> Result<Vec<sbx_api::logs::LogProcess>> {
+        let url = self.sandboxes_url(&format!("/{}/processes", encode_segment(id)));
+        let list: sbx_api::logs::LogProcessesResponse =
+            self.send(self.api(Method::GET, url)).await?.json().await?;
+        Ok(list.processes)
+    }
+
     /// Lists sandboxes: `all` includes terminated ones; `status` filters.
     pub async fn list(&self, all: bool, status: Option<SandboxStatus>) -> Result<Vec<SandboxInfo>> {
         let mut rb = self.api(Method::GET, self.sandboxes_url(""));
@@ -244,6 +266,12 @@ impl Client {
         Ok(self.send(self.api(Method::GET, url)).await?.json().await?)
     }
 
+    /// `POST /v1/cluster/join` with the node token as the key.
+    pub async fn join(&self) -> Result<sbx_api::node::JoinResponse> {
+        let url = format!("{}/v1/cluster/join", self.api_url);
+        Ok(self.send(self.api(Method::POST, url)).await?.json().await?)
+    }
+
     /// `drain` or `undrain`.
     pub async fn node_action(&self, id: &str, action: &str) -> Result<NodeInfo> {
         let url = format!("{}/v1/nodes/{}/{action}", self.api_url, encode_segment(id));
@@ -268,6 +296,100 @@ impl Client {
         let url = self.images_url(&format!("/{}", encode_segment(name)));
         self.send(self.api(Method::DELETE, url)).await?;
         Ok(())
+    }
+
+    /// `{api}/v1/namespaces/{ns}/secrets{suffix}`.
+    fn secrets_url(&self, suffix: &str) -> String {
+        format!(
+            "{}/v1/namespaces/{}/secrets{}",
+            self.api_url,
+            encode_segment(&self.namespace),
+            suffix
+        )
+    }
+
+    pub async fn secrets(&self) -> Result<Vec<SecretInfo>> {
+        let list: ListSecretsResponse = self
+            .send(self.api(Method::GET, self.secrets_url("")))
+            .await?
+            .json()
+            .await?;
+        Ok(list.secrets)
+    }
+
+    pub async fn set_secret(&self, name: &str, value: String) -> Result<SecretInfo> {
+        let url = self.secrets_url(&format!("/{}", encode_segment(name)));
+        let rb = self.api(Method::PUT, url).json(&SetSecretRequest { value });
+        Ok(self.send(rb).await?.json().await?)
+    }
+
+    pub async fn delete_secret(&self, name: &str) -> Result<()> {
+        let url = self.secrets_url(&format!("/{}", encode_segment(name)));
+        self.send(self.api(Method::DELETE, url)).await?;
+        Ok(())
+    }
+
+    /// `{api}/v1/namespaces/{ns}/sandbox-pools{suffix}`.
+    fn pools_url(&self, suffix: &str) -> String {
+        format!(
+            "{}/v1/namespaces/{}/sandbox-pools{}",
+            self.api_url,
+            encode_segment(&self.namespace),
+            suffix
+        )
+    }
+
+    pub async fn create_pool(&self, req: &PoolRequest) -> Result<CreatePoolResponse> {
+        let rb = self.api(Method::POST, self.pools_url("")).json(req);
+        Ok(self.send(rb).await?.json().await?)
+    }
+
+    pub async fn pools(&self) -> Result<Vec<PoolInfo>> {
+        let list: ListPoolsResponse = self
+            .send(self.api(Method::GET, self.pools_url("")))
+            .await?
+            .json()
+            .await?;
+        Ok(list.pools)
+    }
+
+    /// One pool, with its sandboxes.
+    pub async fn pool(&self, id: &str) -> Result<PoolInfo> {
+        let url = self.pools_url(&format!("/{}", encode_segment(id)));
+        Ok(self.send(self.api(Method::GET, url)).await?.json().await?)
+    }
+
+    pub async fn update_pool(&self, id: &str, req: &PoolRequest) -> Result<PoolInfo> {
+        let url = self.pools_url(&format!("/{}", encode_segment(id)));
+        Ok(self
+            .send(self.api(Method::PUT, url).json(req))
+            .await?
+            .json()
+            .await?)
+    }
+
+    pub async fn delete_pool(&self, id: &str) -> Result<()> {
+        let url = self.pools_url(&format!("/{}", encode_segment(id)));
+        self.send(self.api(Method::DELETE, url)).await?;
+        Ok(())
+    }
+
+    /// Claims a sandbox of pool `id`. Without `wait` the server answers
+    /// within about a second, `pending` if the pool is at its cap.
+    pub async fn claim(
+        &self,
+        id: &str,
+        req: &ClaimRequest,
+        wait: bool,
+    ) -> Result<CreateSandboxResponse> {
+        let url = self.pools_url(&format!("/{}/sandboxes", encode_segment(id)));
+        let mut rb = self.api(Method::POST, url).json(req);
+        if !wait {
+            rb = rb
+                .header("x-tensorlake-request-timeout-ms", "1000")
+                .header("x-tensorlake-request-timeout-grace-ms", "0");
+        }
+        Ok(self.send(rb).await?.json().await?)
     }
 
     /// Starts a registry import; the answer streams its progress (NDJSON).

@@ -6,8 +6,8 @@ mod table;
 
 use clap::{Parser, Subcommand};
 use commands::{
-    copy, cp, create, describe, exec, image, name, node, run, server, snapshot, ssh, suspend,
-    terminate,
+    copy, cp, create, describe, exec, image, name, node, run, secret, server, snapshot, ssh,
+    suspend, terminate,
 };
 
 /// Exit status of a failed `sbx` verb (the command's own code wins in `exec`, `run`, `ssh`).
@@ -81,6 +81,8 @@ pub enum Command {
     Ls(commands::ls::LsArgs),
     /// Show one sandbox.
     Describe(describe::DescribeArgs),
+    /// Print a sandbox's logs: its processes' output and its lifecycle (-f: follow).
+    Logs(commands::logs::LogsArgs),
     /// Run a command in a sandbox, streaming its output; exits with its code.
     Exec(exec::ExecArgs),
     /// Create an ephemeral sandbox, run one command in it, terminate it.
@@ -106,8 +108,14 @@ pub enum Command {
     Copy(copy::CopyArgs),
     /// Images to create sandboxes from: import (registry or archive), ls, inspect, rm.
     Image(image::ImageArgs),
-    /// The hosts that run sandboxes: ls, inspect, drain, undrain.
+    /// Run this host as a node of a control plane (--server URL), or manage
+    /// the hosts that run sandboxes: ls, inspect, drain, undrain.
     Node(node::NodeArgs),
+    /// Secrets given to sandboxes as environment variables: set, ls, rm.
+    Secret(secret::SecretArgs),
+    /// Warm pools: booted sandboxes of one template, claimed with
+    /// `sbx create --pool ID`: create, ls, describe, update, rm.
+    Pool(commands::pool::PoolArgs),
 }
 
 #[tokio::main]
@@ -126,6 +134,7 @@ async fn main() {
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     let command = match cli.command {
         Command::Server(args) => return server::run(args).await,
+        Command::Node(args) if args.action.is_none() => return node::serve(args).await,
         other => other,
     };
     let client = client::Client::new(&cli.api_url, cli.api_key, &cli.namespace)?;
@@ -134,6 +143,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Create(args) => create::run(&client, args).await,
         Command::Ls(args) => commands::ls::run(&client, args).await,
         Command::Describe(args) => describe::run(&client, args).await,
+        Command::Logs(args) => commands::logs::run(&client, args).await,
         Command::Exec(args) => exec::run(&client, args).await,
         Command::Run(args) => run::run(&client, args).await,
         Command::Ssh(args) => ssh::run(&client, args).await,
@@ -146,6 +156,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Copy(args) => copy::run(&client, args).await,
         Command::Image(args) => image::run(&client, args).await,
         Command::Node(args) => node::run(&client, args).await,
+        Command::Secret(args) => secret::run(&client, args).await,
+        Command::Pool(args) => commands::pool::run(&client, args).await,
     }
 }
 
@@ -195,6 +207,8 @@ mod tests {
             "copy",
             "clone",
             "image",
+            "secret",
+            "pool",
         ] {
             let err = Cli::try_parse_from(["sbx", verb, "--help"]).unwrap_err();
             assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp, "{verb}");

@@ -70,10 +70,15 @@ pub struct Server {
     /// This server's own cgroup parent (`--cgroup-parent`), made by the
     /// server at start and removed by it at a clean stop.
     pub cgroup_parent: String,
+    /// The `sbx` subcommand that runs it, with its own arguments
+    /// (default `server`; `node --server URL` for a node).
+    pub command: Vec<String>,
     /// Extra `sbx server` arguments.
     pub args: Vec<String>,
     /// Extra environment of the server process (e.g. `AWS_*` for S3).
     pub env: Vec<(String, String)>,
+    /// Where the server's stdout and stderr go (appended); `None`: the test's.
+    pub log: Option<PathBuf>,
     /// `start` waits until sandboxes can start (the default image is built).
     wait_ready: bool,
     _tmp: Option<tempfile::TempDir>,
@@ -87,10 +92,15 @@ pub struct Options {
     pub shared_images: bool,
     /// Wait until the server is ready for sandboxes, not just answering.
     pub wait_ready: bool,
+    /// The `sbx` subcommand that runs it, with its own arguments
+    /// (default `server`; `node --server URL` for a node).
+    pub command: Vec<String>,
     /// Extra `sbx server` arguments.
     pub args: Vec<String>,
-    /// Extra environment of the server process.
+    /// Extra environment of the server process (`RUST_LOG` too).
     pub env: Vec<(String, String)>,
+    /// Where the server's stdout and stderr go (appended); `None`: the test's.
+    pub log: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -99,8 +109,10 @@ impl Default for Options {
             key: None,
             shared_images: true,
             wait_ready: true,
+            command: vec!["server".into()],
             args: Vec::new(),
             env: Vec::new(),
+            log: None,
         }
     }
 }
@@ -139,8 +151,10 @@ impl Server {
             key: opts.key,
             http: reqwest::Client::builder().build().unwrap(),
             cgroup_parent,
+            command: opts.command,
             args: opts.args,
             env: opts.env,
+            log: opts.log,
             wait_ready: opts.wait_ready,
             _tmp: Some(tmp),
         };
@@ -179,7 +193,7 @@ impl Server {
         self.api = format!("http://127.0.0.1:{}", self.api_port);
         self.proxy = format!("http://127.0.0.1:{}", self.proxy_port);
         let mut cmd = Command::new(sbx_bin());
-        cmd.arg("server")
+        cmd.args(&self.command)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--api-addr")
@@ -191,12 +205,20 @@ impl Server {
             .arg("--cgroup-parent")
             .arg(&self.cgroup_parent)
             .args(&self.args)
+            .env("RUST_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env_remove("SBX_API_KEY")
-            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit());
+        if let Some(path) = &self.log {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("server log file");
+            cmd.stdout(file.try_clone().unwrap()).stderr(file);
+        }
         if let Some(k) = &self.key {
             cmd.arg("--api-key").arg(k);
         }
@@ -528,6 +550,16 @@ impl Server {
 
     /// Terminates every sandbox and waits until the host holds nothing of them.
     pub async fn cleanup(&self) {
+        // Pools first: their warm sandboxes are not listed as sandboxes.
+        let r = self.req(reqwest::Method::GET, "/sandbox-pools").send().await;
+        if let Ok(r) = r {
+            if let Ok(v) = r.json::<Value>().await {
+                for p in v["pools"].as_array().cloned().unwrap_or_default() {
+                    let path = format!("/sandbox-pools/{}", p["id"].as_str().unwrap_or_default());
+                    let _ = self.req(reqwest::Method::DELETE, &path).send().await;
+                }
+            }
+        }
         let r = self.req(reqwest::Method::GET, "/sandboxes").send().await;
         if let Ok(r) = r {
             if let Ok(v) = r.json::<Value>().await {
@@ -555,8 +587,10 @@ impl Drop for Server {
                 key: self.key.clone(),
                 http: reqwest::Client::new(),
                 cgroup_parent: self.cgroup_parent.clone(),
+                command: self.command.clone(),
                 args: self.args.clone(),
                 env: self.env.clone(),
+                log: self.log.clone(),
                 wait_ready: self.wait_ready,
                 _tmp: None,
             };

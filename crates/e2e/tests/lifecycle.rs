@@ -463,6 +463,56 @@ async fn a_create_the_host_cannot_hold_is_refused_and_creates_nothing() {
     s.cleanup().await;
     let second = s.create(json!({})).await;
     assert_eq!(s.sh(&second, "echo ok").await, "ok\n");
+    // With max_pending_secs a create waits for room instead: placed once
+    // the running one is gone; one that waits too long fails saying why.
+    let (code, v) = s
+        .post_status(
+            "/sandboxes",
+            json!({"wait": false, "max_pending_secs": 120}),
+        )
+        .await;
+    assert_eq!((code, v["status"].as_str()), (202, Some("pending")), "{v}");
+    assert_eq!(v["pending_reason"], "no_resources_available", "{v}");
+    let waiting = v["sandbox_id"].as_str().unwrap().to_string();
+    let (code, v) = s
+        .post_status("/sandboxes", json!({"wait": false, "max_pending_secs": 1}))
+        .await;
+    assert_eq!(code, 202, "{v}");
+    let late = v["sandbox_id"].as_str().unwrap().to_string();
+    let status_of = |id: String| {
+        let s = &s;
+        async move { s.get(&id).await.1 }
+    };
+    let mut v = Value::Null;
+    for _ in 0..100 {
+        v = status_of(late.clone()).await;
+        if v["status"] != "pending" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(v["status"], "failed", "{v}");
+    assert_eq!(v["termination_reason"], "no_resources_available", "{v}");
+    v = status_of(waiting.clone()).await;
+    assert_eq!(
+        (v["status"].as_str(), v["pending_reason"].as_str()),
+        (Some("pending"), Some("no_resources_available")),
+        "{v}"
+    );
+    let (code, err) = s
+        .post_status("/sandboxes", json!({"max_pending_secs": 100000}))
+        .await;
+    assert_eq!(code, 400, "{err}");
+    s.delete(&second).await;
+    for _ in 0..300 {
+        v = status_of(waiting.clone()).await;
+        if v["status"] != "pending" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(v["status"], "running", "{v}");
+    assert_eq!(s.sh(&waiting, "echo placed").await, "placed\n");
     s.cleanup().await;
     drop(s);
 

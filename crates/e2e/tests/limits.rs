@@ -268,7 +268,7 @@ impl OutsideHost {
         let server = Command::new("ip")
             .args(["netns", "exec", &netns, "python3", "-c"])
             .arg(
-                "import http.server\nclass H(http.server.BaseHTTPRequestHandler):\n    def do_GET(self):\n        self.send_response(200); self.end_headers(); self.wfile.write(b'outside-ok')\n    def log_message(self, *a): pass\nhttp.server.HTTPServer(('0.0.0.0', 8080), H).serve_forever()\n",
+                "import http.server\nclass H(http.server.BaseHTTPRequestHandler):\n    def do_GET(self):\n        self.send_response(200); self.end_headers(); self.wfile.write(b'outside-ok')\n    def log_message(self, *a): pass\nhttp.server.ThreadingHTTPServer(('0.0.0.0', 8080), H).serve_forever()\n",
             )
             .spawn()
             .unwrap();
@@ -440,5 +440,149 @@ async fn egress_follows_each_sandbox_policy() {
     for c in &chains {
         assert!(!after.contains(&format!("{c}\n")), "{c} left: {after}");
     }
+    drop(outside);
+}
+
+/// Starts, in the background, a connection from sandbox `id` to `addr`
+/// port 8080 that stays open until `/tmp/go` appears, then asks for a page
+/// on it and writes what happened to `/tmp/held-{tag}`: "open" (an answer),
+/// or the error that ended it.
+async fn hold_connection(s: &Server, id: &str, addr: &str, tag: &str) {
+    let script = format!(
+        "import os, socket, time\ns = socket.create_connection(('{addr}', 8080), timeout=5)\nopen('/tmp/connected-{tag}', 'w').write('1')\nwhile not os.path.exists('/tmp/go'):\n    time.sleep(0.05)\ntry:\n    s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n    s.settimeout(3)\n    r = 'open' if s.recv(100) else 'closed'\nexcept Exception as e:\n    r = type(e).__name__\nopen('/tmp/held-{tag}', 'w').write(r)\n"
+    );
+    let r = s
+        .daemon(id, Method::POST, "/processes")
+        .json(&json!({"command": "python3", "args": ["-c", script]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    for _ in 0..100 {
+        if s.sh(id, &format!("cat /tmp/connected-{tag} 2>/dev/null || true"))
+            .await
+            .trim()
+            == "1"
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the sandbox never connected to {addr}");
+}
+
+/// PATCH of `network` on sandbox `id`: its status and answer.
+async fn patch_network(s: &Server, id: &str, network: Value) -> (u16, Value) {
+    let r = s
+        .req(Method::PATCH, &format!("/sandboxes/{id}"))
+        .json(&json!({ "network": network }))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// The host's tracked connections from `src` to `dst`.
+fn tracked(src: &str, dst: &str) -> usize {
+    let out = Command::new("conntrack")
+        .args(["-L", "-f", "ipv4", "-s", src, "-d", dst])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[tokio::test]
+async fn a_network_policy_update_applies_at_once_and_closes_what_it_forbids() {
+    let outside = OutsideHost::start(8);
+    let [a, b] = [outside.addrs[0].as_str(), outside.addrs[1].as_str()];
+    let s = Server::start().await;
+    let id = s.create(json!({"name": "patched"})).await;
+    assert_eq!(reach(&s, &id, &[a, b]).await, ["ok", "ok"]);
+
+    // Two connections open before the update: the one to the address the
+    // new policy forbids is closed, the other one lives on.
+    hold_connection(&s, &id, a, "a").await;
+    hold_connection(&s, &id, b, "b").await;
+    let ip = sandbox_ip(&id);
+    assert!(tracked(&ip, a) >= 1);
+    let (code, info) = patch_network(&s, &id, json!({"deny_out": [a]})).await;
+    assert_eq!(code, 200, "{info}");
+    assert_eq!(info["network_policy"]["deny_out"], json!([a]));
+    assert_eq!(info["status"], "running");
+    assert_eq!(tracked(&ip, a), 0, "the forbidden connection is forgotten");
+    assert!(tracked(&ip, b) >= 1, "the allowed one is kept");
+    s.sh(&id, "touch /tmp/go").await;
+    let mut held = String::new();
+    for _ in 0..100 {
+        held = s
+            .sh(
+                &id,
+                "cat /tmp/held-a 2>/dev/null; echo; cat /tmp/held-b 2>/dev/null",
+            )
+            .await;
+        if held.lines().all(|l| !l.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(held, "ConnectionResetError\nopen\n");
+    assert_eq!(reach(&s, &id, &[a, b]).await, ["blocked", "ok"]);
+
+    // No internet at all, then back to the default policy.
+    let (code, info) = patch_network(&s, &id, json!({"allow_internet_access": false})).await;
+    assert_eq!(code, 200, "{info}");
+    assert_eq!(info["network_policy"]["allow_internet_access"], false);
+    assert_eq!(reach(&s, &id, &[a, b]).await, ["blocked", "blocked"]);
+    let (code, info) = patch_network(&s, &id, Value::Null).await;
+    assert_eq!(code, 200, "{info}");
+    assert_eq!(info["network_policy"]["allow_internet_access"], true);
+    assert_eq!(info["network_policy"]["deny_out"], json!([]));
+    assert_eq!(reach(&s, &id, &[a, b]).await, ["ok", "ok"]);
+
+    // A bad policy is refused and changes nothing.
+    let (code, e) = patch_network(&s, &id, json!({"deny_out": ["198.18.0.0/40"]})).await;
+    assert_eq!(code, 400, "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("network.deny_out"),
+        "{e}"
+    );
+    assert_eq!(reach(&s, &id, &[a, b]).await, ["ok", "ok"]);
+
+    // Changed while suspended: the resumed sandbox has the new policy.
+    let step = |verb: &'static str| {
+        let req = s.req(
+            Method::POST,
+            &format!("/sandboxes/patched/{verb}?wait_ms=30000"),
+        );
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 200, "{verb}");
+        }
+    };
+    step("suspend").await;
+    let (code, info) = patch_network(
+        &s,
+        "patched",
+        json!({"allow_internet_access": false, "allow_out": [b]}),
+    )
+    .await;
+    assert_eq!(code, 200, "{info}");
+    assert_eq!(info["status"], "suspended");
+    step("resume").await;
+    assert_eq!(reach(&s, &id, &[a, b]).await, ["blocked", "ok"]);
+
+    // A server restart keeps it, and so does a restore of a snapshot.
+    let mut s = s;
+    s.stop();
+    s.respawn().await;
+    assert_eq!(reach(&s, &id, &[a, b]).await, ["blocked", "ok"]);
+    let snap = s.snapshot(&id, "memory").await;
+    let restored = s.create(json!({"snapshot_id": snap["snapshot_id"]})).await;
+    assert_eq!(
+        s.get(&restored).await.1["network_policy"]["allow_out"],
+        json!([b])
+    );
+    assert_eq!(reach(&s, &restored, &[a, b]).await, ["blocked", "ok"]);
+    s.cleanup().await;
     drop(outside);
 }

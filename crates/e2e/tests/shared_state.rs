@@ -47,6 +47,11 @@ async fn two_servers(db: &str, lost_secs: u32) -> (Postgres, S3Server, Server, S
     let mut opts = on(&pg, &s3, db);
     opts.args
         .extend(["--node-lost-secs".into(), lost_secs.to_string()]);
+    // Both nodes are on this one host, where a sandbox's network namespace
+    // has the same name on either: a suspend releases it at once, so that
+    // the other node can resume the sandbox.
+    opts.args
+        .extend(["--suspend-linger-secs".into(), "0".into()]);
     let a = Server::start_with(opts.clone()).await;
     let b = Server::start_with(opts).await;
     (pg, s3, a, b)
@@ -352,6 +357,281 @@ async fn a_silent_node_loses_its_sandboxes_and_cleans_up_when_back() {
         "{nodes}"
     );
     clean(&[&a, &b]).await;
+}
+
+/// Suspends named sandbox `name` through `s`, waiting until it is.
+async fn suspend(s: &Server, name: &str) {
+    let (code, v) = s
+        .post_status(
+            &format!("/sandboxes/{name}/suspend?wait_ms=30000"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (code, v["status"].as_str()),
+        (200, Some("suspended")),
+        "{v}"
+    );
+}
+
+/// A suspended sandbox is also stored in the bucket: when its node is
+/// drained or gone, a resume through another server (asked for, or by a
+/// request to the sandbox) brings it back on that server's node, with its
+/// memory and files; its old node drops its own copy.
+#[tokio::test]
+async fn a_suspended_sandbox_resumes_on_another_node_when_its_own_cannot() {
+    let (_pg, s3, a, mut b) = two_servers("moved", 8).await;
+    let id = a.create(json!({"name": "mover"})).await;
+    // On the disk, and in memory only (/tmp is the sentry's tmpfs).
+    a.sh("mover", "echo disk > /root/kept; echo memory > /tmp/mem")
+        .await;
+    let stored = |n: usize| {
+        let found = objects(&s3, "manifests/suspend-");
+        assert!(found.len() <= 1, "{found:?}");
+        found.len() == n
+    };
+    suspend(&a, "mover").await;
+    wait_until(Duration::from_secs(60), || stored(1)).await;
+    let nodes = nodes_of(&a).await;
+    let node_of = |s: &Server| {
+        nodes["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["address"] == format!("127.0.0.1:{}", s.proxy_port).as_str())
+            .map(|n| n["id"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    let (node_a, node_b) = (node_of(&a), node_of(&b));
+
+    // Its node drained: resumed through B, it runs on B.
+    let r = a
+        .req_root(Method::POST, &format!("/v1/nodes/{node_a}/drain"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (code, v) = b
+        .post_status("/sandboxes/mover/resume?wait_ms=30000", json!({}))
+        .await;
+    assert_eq!((code, v["status"].as_str()), (200, Some("running")), "{v}");
+    assert_eq!(
+        b.sh("mover", "cat /root/kept /tmp/mem").await,
+        "disk\nmemory\n"
+    );
+    assert!(
+        b.host_leftovers().iter().any(|l| l.contains(&id)),
+        "{:?}",
+        b.host_leftovers()
+    );
+    wait_until(Duration::from_secs(30), || a.host_leftovers().is_empty()).await;
+    // Resumed, it is no longer kept in the bucket.
+    wait_until(Duration::from_secs(30), || stored(0)).await;
+
+    // Suspended on B, and B gone: a request for it through A resumes it on A.
+    let r = a
+        .req_root(Method::POST, &format!("/v1/nodes/{node_a}/undrain"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    b.sh("mover", "echo again > /tmp/mem").await;
+    suspend(&a, "mover").await;
+    wait_until(Duration::from_secs(60), || stored(1)).await;
+    b.kill9();
+    let mut alive = true;
+    for _ in 0..200 {
+        let nodes = nodes_of(&a).await;
+        alive = nodes["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == node_b.as_str() && n["alive"] == true);
+        if !alive {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!alive, "B is seen gone");
+    assert_eq!(
+        a.sh("mover", "cat /root/kept /tmp/mem").await,
+        "disk\nagain\n"
+    );
+    assert!(
+        a.host_leftovers().iter().any(|l| l.contains(&id)),
+        "{:?}",
+        a.host_leftovers()
+    );
+    // Back, B removes its copy.
+    b.respawn().await;
+    wait_until(Duration::from_secs(30), || b.host_leftovers().is_empty()).await;
+    clean(&[&a, &b]).await;
+}
+
+/// A control plane that runs no sandboxes (`--no-local-node`) and a node
+/// that joined it with the node token (`sbx node --server URL`, no state,
+/// blob store or S3 key of its own): every request goes to the control
+/// plane, every sandbox runs on the node.
+#[tokio::test]
+async fn a_node_joins_a_control_plane_that_runs_no_sandboxes() {
+    const TOKEN: &str = "e2e-node-token-0123456789";
+    let pg = Postgres::start();
+    let s3 = S3Server::start();
+    let mut opts = on(&pg, &s3, "joined");
+    opts.args.extend(
+        [
+            "--no-local-node",
+            "--node-token",
+            TOKEN,
+            "--node-lost-secs",
+            "8",
+        ]
+        .map(String::from),
+    );
+    let cp = Server::start_with(opts).await;
+    // No node yet: refused, nothing recorded.
+    let (code, err) = cp.post_status("/sandboxes", json!({})).await;
+    assert_eq!(
+        (code, err["code"].as_str()),
+        (503, Some("no_executors_available")),
+        "{err}"
+    );
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("sbx node --server"),
+        "{err}"
+    );
+    let listed = cp.api_json(Method::GET, "/sandboxes").await;
+    assert_eq!(listed["sandboxes"].as_array().unwrap().len(), 0, "{listed}");
+    // Unless it may wait: then it is pending until a node joins.
+    let out = cp
+        .cli()
+        .args(["create", "early", "--no-wait", "--max-pending-secs", "600"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("pending (no_executors_available)"),
+        "{stderr}"
+    );
+    // The join answers only the node token.
+    let http = reqwest::Client::new();
+    let join = format!("{}/v1/cluster/join", cp.api);
+    for bearer in [None, Some("wrong-token-0123456789")] {
+        let mut r = http.post(&join);
+        if let Some(b) = bearer {
+            r = r.bearer_auth(b);
+        }
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        let body = r.text().await.unwrap();
+        assert!(!body.contains("postgres"), "{body}");
+    }
+    assert!(nodes_of(&cp).await["nodes"].as_array().unwrap().is_empty());
+
+    let node = Server::start_with(Options {
+        command: ["node", "--server", &cp.api, "--node-token", TOKEN]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    })
+    .await;
+    let nodes = nodes_of(&cp).await;
+    let listed = nodes["nodes"].as_array().unwrap();
+    let node_id = std::fs::read_to_string(node.data_dir.join("node-id")).unwrap();
+    assert_eq!(listed.len(), 1, "{nodes}");
+    assert_eq!(listed[0]["id"], node_id.trim(), "{nodes}");
+    assert!(
+        !node.data_dir.join("state.db").exists(),
+        "its state is the cluster's"
+    );
+    // The sandbox that waited for a node runs there now.
+    let mut early = serde_json::Value::Null;
+    for _ in 0..300 {
+        early = cp.get("early").await.1;
+        if early["status"] != "pending" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(early["status"], "running", "{early}");
+    assert_eq!(cp.sh("early", "echo waited").await, "waited\n");
+    assert_eq!(cp.delete("early").await, 200);
+    // A secret set through the control plane opens on the node (the join
+    // handed it the cluster's secrets key).
+    let r = cp
+        .req(Method::PUT, "/secrets/JOINED")
+        .json(&json!({"value": "sealed-by-the-control-plane"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let with_secret = cp.create(json!({"secret_names": ["JOINED"]})).await;
+    assert_eq!(
+        cp.sh(&with_secret, "echo $JOINED").await,
+        "sealed-by-the-control-plane\n"
+    );
+    assert_eq!(cp.delete(&with_secret).await, 200);
+
+    // Created, used, snapshotted, restored, suspended and resumed through
+    // the control plane; all of it on the node's host.
+    let id = cp.create(json!({"name": "far"})).await;
+    assert_eq!(cp.sh("far", "echo hi > /root/f; cat /root/f").await, "hi\n");
+    assert!(
+        node.host_leftovers().iter().any(|l| l.contains(&id)),
+        "{:?}",
+        node.host_leftovers()
+    );
+    assert!(cp.host_leftovers().is_empty(), "{:?}", cp.host_leftovers());
+    // Its logs are kept on the node, read through the control plane.
+    let printed = |logs: &serde_json::Value| {
+        logs["logs"].as_array().unwrap().iter().any(|l| l["body"] == "hi")
+    };
+    let mut logs = serde_json::Value::Null;
+    for _ in 0..100 {
+        logs = cp.api_json(Method::GET, "/sandboxes/far/logs").await;
+        if printed(&logs) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(printed(&logs), "{logs}");
+    let snap = cp.snapshot("far", "filesystem").await;
+    let sid = snap["snapshot_id"].as_str().unwrap();
+    assert_eq!(objects(&s3, &format!("manifests/{sid}")).len(), 1);
+    let copy = cp.create(json!({"snapshot_id": sid})).await;
+    assert_eq!(cp.sh(&copy, "cat /root/f").await, "hi\n");
+    for step in ["suspend", "resume"] {
+        let (code, v) = cp
+            .post_status(&format!("/sandboxes/far/{step}?wait_ms=30000"), json!({}))
+            .await;
+        assert_eq!(code, 200, "{step}: {v}");
+    }
+    assert_eq!(cp.sh("far", "cat /root/f").await, "hi\n");
+    assert_eq!(cp.delete(&copy).await, 200);
+    assert_eq!(cp.delete("far").await, 200);
+    wait_until(Duration::from_secs(30), || node.host_leftovers().is_empty()).await;
+    clean(&[&cp, &node]).await;
+    // A node cannot join with the wrong token: it stops with the reason.
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let out = std::process::Command::new(sbx_bin())
+        .args([
+            "node",
+            "--server",
+            &cp.api,
+            "--node-token",
+            "wrong-token-0123456789",
+        ])
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("node token"), "{stderr}");
 }
 
 #[tokio::test]

@@ -20,8 +20,11 @@ mod orphans;
 mod placement;
 mod pool;
 mod rtnl;
+mod secret_env;
 pub mod snapshot;
 mod warm;
+
+pub use secret_env::SecretEnv;
 
 use cgroups::CgroupParent;
 pub use host::meminfo_kb;
@@ -133,6 +136,10 @@ pub struct LaunchSpec {
     /// executor from the snapshot; see [`net::configure`]).
     #[serde(default)]
     pub aliases: Vec<Ipv4Addr>,
+    /// Secret variables for PID 1's environment; never written to the
+    /// sandbox's metadata (a resume's memory image has them already).
+    #[serde(skip)]
+    pub secrets: SecretEnv,
 }
 
 /// Facts about a sandbox kept beside it on disk, for re-adoption after a
@@ -146,6 +153,10 @@ struct Meta {
     /// Its memory is in `suspend/` and nothing of it runs.
     #[serde(default)]
     suspended: bool,
+    /// The spec's policy changed while it was suspended: a network that
+    /// lingered since the suspend has the old one (see [`Executor::set_egress`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    egress_changed: bool,
 }
 
 /// What [`Executor::capture`] made.
@@ -351,6 +362,29 @@ impl Executor {
         self.live.lock().unwrap().keys().cloned().collect()
     }
 
+    /// Ids of the sandboxes suspended on this host (their memory image and
+    /// files here, nothing running).
+    pub async fn suspended(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        let Ok(mut rd) = tokio::fs::read_dir(self.data_dir.join("sandboxes")).await else {
+            return ids;
+        };
+        while let Ok(Some(e)) = rd.next_entry().await {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if self.holds_suspended(&id).await && !self.live.lock().unwrap().contains_key(&id) {
+                ids.push(id);
+            }
+        }
+        ids
+    }
+
+    /// Whether this host has sandbox `id` suspended (what [`Self::resume`]
+    /// needs).
+    pub async fn holds_suspended(&self, id: &str) -> bool {
+        let dir = self.sandbox_dir(id);
+        dir.join(SUSPEND_DIR).is_dir() && read_meta(&dir).await.is_some_and(|m| m.suspended)
+    }
+
     fn take_slot(&self, id: &str) -> Result<Slot, Error> {
         let mut live = self.live.lock().unwrap();
         let used: HashSet<u32> = live
@@ -486,6 +520,7 @@ impl Executor {
             slot: slot.0,
             spec: Some(spec.clone()),
             suspended: false,
+            egress_changed: false,
         };
         write_meta(&dir, &meta).await?;
         l?;
@@ -612,6 +647,7 @@ impl Executor {
         if self.host_memory_watch {
             env.push("SBX_MEMORY_WATCH=host".into());
         }
+        spec.secrets.apply(&mut env);
         env
     }
 
@@ -770,17 +806,7 @@ impl Executor {
                 write_addresses(&tmp.join("checkpoint"), slot, meta.as_ref()).await?;
             }
             let layer = tmp.join("layer");
-            match &parent {
-                Some(parent) => {
-                    snapshot::link_tree(parent, &layer).await?;
-                    let (u, l) = (upper.clone(), layer.clone());
-                    tokio::task::spawn_blocking(move || snapshot::apply_upper(&u, &l))
-                        .await
-                        .expect("apply task")?;
-                    tokio::fs::remove_dir_all(&upper).await?;
-                }
-                None => tokio::fs::rename(&upper, &layer).await?,
-            }
+            merge_layer(parent.as_deref(), &upper, &layer).await?;
             let (l, c) = (layer.clone(), tmp.join("checkpoint"));
             let (layer_bytes, checkpoint_bytes) = tokio::task::spawn_blocking(move || {
                 (snapshot::tree_bytes(&l), snapshot::tree_bytes(&c))
@@ -1038,6 +1064,14 @@ impl Executor {
     /// stay on the host; its disk and memory image stay in its directory.
     /// When the checkpoint fails the sandbox keeps running.
     pub async fn suspend(&self, id: &str) -> Result<u64, Error> {
+        self.suspend_exporting(id, None).await
+    }
+
+    /// [`Self::suspend`], also writing the suspended sandbox's memory image
+    /// and files to `export` (`layer/`, `checkpoint/`: a memory snapshot's
+    /// layout) while nothing can change them, for the blob store. An export
+    /// that fails leaves nothing there and the suspend as it is.
+    pub async fn suspend_exporting(&self, id: &str, export: Option<&Path>) -> Result<u64, Error> {
         let slot = {
             let live = self.live.lock().unwrap();
             live.get(id)
@@ -1074,6 +1108,14 @@ impl Executor {
         tokio::fs::rename(&tmp, &image).await?;
         meta.suspended = true;
         write_meta(&dir, &meta).await?;
+        if let Some(dest) = export {
+            // Stopped, and its volume still mounted until the linger below.
+            let parent = meta.spec.as_ref().and_then(|s| s.layer.clone());
+            if let Err(e) = export_suspended(&image, &Layer::new(&dir), parent, dest).await {
+                tracing::warn!(sandbox = id, "suspend export: {e}");
+                let _ = tokio::fs::remove_dir_all(dest).await;
+            }
+        }
         self.stop_memory_watch(id);
         drop(thawed);
         self.idle.remove(id);
@@ -1187,7 +1229,12 @@ impl Executor {
             let runtime_spec = self.runtime_spec(&spec, self.place(id, spec.cpus));
             // `runsc restore` creates the sandbox itself.
             match lingering {
-                Some(_) => net::reconfigure_sandbox_end(id, slot, &spec.aliases).await?,
+                Some(_) => {
+                    net::reconfigure_sandbox_end(id, slot, &spec.aliases).await?;
+                    if meta.egress_changed {
+                        net::update_egress(slot, &spec.egress).await?;
+                    }
+                }
                 None => net::configure(id, slot, &spec.egress, &spec.aliases).await?,
             }
             let prepared_ms = ms(t0);
@@ -1218,6 +1265,7 @@ impl Executor {
                     &Meta {
                         slot: slot.0,
                         suspended: false,
+                        egress_changed: false,
                         ..meta
                     },
                 )
@@ -1244,6 +1292,34 @@ impl Executor {
         }
     }
 
+    /// Gives sandbox `id` a new egress policy at once, without a restart.
+    /// Its launch record gets it (what a resume and a recovery read); a
+    /// running sandbox's firewall gets it now (see [`net::update_egress`]),
+    /// a suspended one's on resume. Nothing here of `id`: nothing to do.
+    /// The caller keeps launches, suspends and resumes of `id` out meanwhile.
+    pub async fn set_egress(&self, id: &str, egress: &net::Egress) -> Result<(), Error> {
+        let dir = self.sandbox_dir(id);
+        let Some(mut meta) = read_meta(&dir).await.filter(|m| m.spec.is_some()) else {
+            return Ok(());
+        };
+        if let Some(spec) = meta.spec.as_mut() {
+            spec.egress = egress.clone();
+        }
+        let live = self.live.lock().unwrap().get(id).map(|l| l.slot);
+        let running = live.filter(|_| !meta.suspended);
+        meta.egress_changed |= running.is_none();
+        write_meta(&dir, &meta).await?;
+        if let Some(slot) = running {
+            net::update_egress(slot, egress).await?;
+            // Destroyed meanwhile (a failed health check): its chain goes too.
+            if !self.live.lock().unwrap().contains_key(id) {
+                net::remove_policy(slot).await;
+            }
+            tracing::info!(sandbox = id, "egress policy updated");
+        }
+        Ok(())
+    }
+
     /// Stops reading sandbox `id`'s suspend image into the page cache.
     fn stop_warming(&self, id: &str) {
         if let Some(w) = self.warming.lock().unwrap().remove(id) {
@@ -1256,28 +1332,31 @@ impl Executor {
         self.stop_warming(id);
         let lingering = self.lingering.take_stopped(id).await;
         let slot = self.live.lock().unwrap().get(id).map(|l| l.slot);
+        let meta = read_meta(&self.sandbox_dir(id)).await;
+        let suspended = meta.as_ref().is_some_and(|m| m.suspended);
         let slot = match slot.or(lingering) {
             Some(s) => Some(s),
             // A suspended sandbox holds no slot: its number may be another's now.
-            None => read_meta(&self.sandbox_dir(id))
-                .await
-                .filter(|m| !m.suspended)
-                .map(|m| Slot(m.slot)),
+            None => meta.filter(|m| !m.suspended).map(|m| Slot(m.slot)),
         };
         match slot {
             Some(slot) => self.teardown(id, slot).await,
-            None => self.teardown_without_slot(id).await,
+            // A suspended one released its network: a netns of its name is
+            // another server's on this host (it resumed the sandbox there).
+            None => self.teardown_without_slot(id, !suspended).await,
         }
         self.release_layers().await;
         Ok(())
     }
 
     /// Teardown of a sandbox whose network slot is unknown (no metadata):
-    /// deleting its netns removes the veth pair with it.
-    async fn teardown_without_slot(&self, id: &str) {
+    /// deleting its netns (with `netns`) removes the veth pair with it.
+    async fn teardown_without_slot(&self, id: &str, netns: bool) {
         self.idle.remove(id);
         self.destroy_runtime(id).await;
-        let _ = cmd::run("ip", &["netns", "del", &net::netns_name(id)]).await;
+        if netns {
+            let _ = cmd::run("ip", &["netns", "del", &net::netns_name(id)]).await;
+        }
         Layer::new(self.sandbox_dir(id)).destroy().await;
     }
 
@@ -1417,7 +1496,12 @@ impl Executor {
             } else {
                 match meta.filter(|m| !m.suspended) {
                     Some(m) => self.teardown(&id, Slot(m.slot)).await,
-                    None => self.teardown_without_slot(&id).await,
+                    // A netns of a suspended sandbox's name that a process
+                    // is in belongs to another server on this host.
+                    None => {
+                        let ours = net::netns_unused(&id).await;
+                        self.teardown_without_slot(&id, ours).await
+                    }
                 }
                 report.cleaned.push(id);
             }
@@ -1441,6 +1525,41 @@ impl Executor {
         self.release_layers().await;
         Ok(report)
     }
+}
+
+/// A sandbox's whole layer in `layer`: its `parent` (the layer of the
+/// snapshot it was restored from) with its own `upper` dir applied; `upper`
+/// is consumed.
+async fn merge_layer(parent: Option<&Path>, upper: &Path, layer: &Path) -> Result<(), Error> {
+    match parent {
+        Some(parent) => {
+            snapshot::link_tree(parent, layer).await?;
+            let (u, l) = (upper.to_path_buf(), layer.to_path_buf());
+            tokio::task::spawn_blocking(move || snapshot::apply_upper(&u, &l))
+                .await
+                .expect("apply task")?;
+            tokio::fs::remove_dir_all(upper).await?;
+        }
+        None => tokio::fs::rename(upper, layer).await?,
+    }
+    Ok(())
+}
+
+/// Writes a suspended sandbox's memory `image` and files (its `parent`
+/// layer with the upper dir of `layer` applied) to `dest` as a memory
+/// snapshot's `checkpoint/` and `layer/`.
+async fn export_suspended(
+    image: &Path,
+    layer: &Layer,
+    parent: Option<PathBuf>,
+    dest: &Path,
+) -> Result<(), Error> {
+    let _ = tokio::fs::remove_dir_all(dest).await;
+    tokio::fs::create_dir_all(dest).await?;
+    snapshot::link_tree(image, &dest.join("checkpoint")).await?;
+    let upper = dest.join("upper");
+    snapshot::copy_tree(&layer.upper(), &upper).await?;
+    merge_layer(parent.as_deref(), &upper, &dest.join("layer")).await
 }
 
 /// Releases what a stopped sandbox kept on the host besides its files:
@@ -1666,5 +1785,12 @@ mod tests {
         let again: LaunchSpec =
             serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
         assert_eq!(again.egress, spec.egress);
+        spec.secrets = SecretEnv::new(vec![("TOKEN".into(), "hunter2".into())]);
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(
+            !json.contains("hunter2") && !json.contains("TOKEN"),
+            "{json}"
+        );
+        assert!(!format!("{spec:?}").contains("hunter2"));
     }
 }

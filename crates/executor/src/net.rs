@@ -61,6 +61,13 @@ impl Egress {
         if self.allow_internet && self.deny_out.is_empty() {
             return None;
         }
+        Some(self.restore_input(slot, true))
+    }
+
+    /// The `iptables-restore --noflush` input that (re)writes the sandbox's
+    /// chain whole (declaring it empties it) and, with `jump`, adds the
+    /// jump to it.
+    fn restore_input(&self, slot: Slot, jump: bool) -> String {
         let chain = slot.chain();
         let mut r = format!("*filter\n:{chain} - [0:0]\n");
         // Returning hands the packet to the shared rules, which still keep
@@ -69,16 +76,27 @@ impl Egress {
             r += &format!("-A {chain} -d {net} -j RETURN\n");
         }
         for net in &self.deny_out {
-            r += &format!("-A {chain} -d {net} -j DROP\n");
+            r += &format!("-A {chain} -d {net} -j {CHAIN_DENY}\n");
         }
         if !self.allow_internet {
-            r += &format!("-A {chain} -j DROP\n");
+            r += &format!("-A {chain} -j {CHAIN_DENY}\n");
         }
-        r += &format!(
-            "-A {CHAIN_EGRESS} -i {} -j {chain}\nCOMMIT\n",
-            slot.host_if()
-        );
-        Some(r)
+        if jump {
+            r += &format!("-A {CHAIN_EGRESS} -i {} -j {chain}\n", slot.host_if());
+        }
+        r + "COMMIT\n"
+    }
+
+    /// Whether the policy lets the sandbox send to `dst` (what its chain
+    /// decides; the shared rules may still refuse it).
+    pub fn allows(&self, dst: Ipv4Addr) -> bool {
+        if self.allow_out.iter().any(|n| n.contains(&dst)) {
+            return true;
+        }
+        if self.deny_out.iter().any(|n| n.contains(&dst)) {
+            return false;
+        }
+        self.allow_internet
     }
 }
 
@@ -178,6 +196,14 @@ pub async fn create_link(id: &str, slot: Slot) -> Result<(), Error> {
     }
 }
 
+/// Whether no process is in the netns of sandbox `id` (or there is none).
+pub async fn netns_unused(id: &str) -> bool {
+    run("ip", &["netns", "pids", &netns_name(id)])
+        .await
+        .map(|pids| pids.trim().is_empty())
+        .unwrap_or(true)
+}
+
 /// Whether no netns of sandbox `id` exists (a failed [`create_link`] left none).
 fn netns_free(id: &str) -> bool {
     !netns_path(id).exists()
@@ -269,8 +295,63 @@ pub async fn reconfigure_sandbox_end(
     configure_link(id, slot, aliases, false).await
 }
 
-/// Removes the netns, its veth pair and any per-sandbox firewall rules. Best effort, idempotent.
-pub async fn destroy(id: &str, slot: Slot) {
+/// Gives the configured link of `slot` a new policy at once, without
+/// touching its sandbox: the sandbox's chain is rewritten in one
+/// `iptables-restore` run (the kernel takes the new chain whole, no packet
+/// sees half of it), and the host forgets the sandbox's tracked
+/// connections to destinations the new policy forbids, so replies on them
+/// no longer get in either (its own next packet on one is reset: see
+/// [`CHAIN_DENY`]).
+pub async fn update_egress(slot: Slot, egress: &Egress) -> Result<(), Error> {
+    let (h, chain) = (slot.host_if(), slot.chain());
+    let jumped = run(
+        "iptables",
+        &["-w", "-C", CHAIN_EGRESS, "-i", &h, "-j", &chain],
+    )
+    .await
+    .is_ok();
+    let input = egress.restore_input(slot, !jumped);
+    run_with_input("iptables-restore", &["-w", "--noflush"], Some(&input)).await?;
+    forget_forbidden(slot, egress).await;
+    Ok(())
+}
+
+/// Deletes the connection tracking entries of connections the sandbox of
+/// `slot` opened to destinations `egress` forbids. Best effort: without the
+/// `conntrack` tool only the firewall stops them.
+async fn forget_forbidden(slot: Slot, egress: &Egress) {
+    let src = slot.sandbox_ip().to_string();
+    let listed = match run("conntrack", &["-L", "-f", "ipv4", "-s", &src]).await {
+        Ok(out) => out,
+        Err(e) => {
+            tracing::warn!(slot = slot.0, "cannot list tracked connections: {e}");
+            return;
+        }
+    };
+    let forbidden: std::collections::BTreeSet<Ipv4Addr> = listed
+        .lines()
+        .filter_map(tracked_destination)
+        .filter(|dst| !egress.allows(*dst))
+        .collect();
+    for dst in forbidden {
+        let dst = dst.to_string();
+        // Fails when the entries went meanwhile: nothing left to do.
+        let _ = run("conntrack", &["-D", "-f", "ipv4", "-s", &src, "-d", &dst]).await;
+        tracing::debug!(slot = slot.0, dst, "tracked connections forgotten");
+    }
+}
+
+/// The original destination of one line of `conntrack -L`.
+fn tracked_destination(line: &str) -> Option<Ipv4Addr> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("dst="))?
+        .parse()
+        .ok()
+}
+
+/// Removes the jumps to the chain of `slot`'s policy and the chain. Best
+/// effort, idempotent.
+pub async fn remove_policy(slot: Slot) {
     let (h, chain) = (slot.host_if(), slot.chain());
     let mut had_chain = false;
     while run(
@@ -286,6 +367,12 @@ pub async fn destroy(id: &str, slot: Slot) {
         let _ = run("iptables", &["-w", "-F", &chain]).await;
         let _ = run("iptables", &["-w", "-X", &chain]).await;
     }
+}
+
+/// Removes the netns, its veth pair and any per-sandbox firewall rules. Best effort, idempotent.
+pub async fn destroy(id: &str, slot: Slot) {
+    remove_policy(slot).await;
+    let h = slot.host_if();
     let path = netns_path(id);
     let _ = rtnl::on_own_thread(move || {
         let _ = Rtnl::open().and_then(|mut host| host.del_link(&h));
@@ -310,6 +397,10 @@ const CHAIN_IN: &str = "SBX-INPUT";
 const CHAIN_NAT: &str = "SBX-POSTROUTING";
 /// Jumps to the chains of sandboxes with their own [`Egress`] policy.
 const CHAIN_EGRESS: &str = "SBX-EGRESS";
+/// Where a policy sends what it refuses: TCP is answered with a reset, so
+/// a connection the policy forbids (one a live update forbade too) fails
+/// at once instead of hanging; the rest is dropped.
+const CHAIN_DENY: &str = "SBX-DENY";
 
 /// Installs the host firewall rules shared by every sandbox. Idempotent, and
 /// safe beside other sbx servers on the same host: the shared chains are
@@ -373,10 +464,14 @@ fn shared_rules(nameservers: &[Ipv4Addr]) -> String {
             .map(|net| format!("-i sbx+ -d {net} -j DROP")),
     );
     fwd.push("-i sbx+ -j ACCEPT".into());
-    let mut r = format!("*filter\n:{CHAIN_FWD} - [0:0]\n:{CHAIN_IN} - [0:0]\n");
+    let mut r =
+        format!("*filter\n:{CHAIN_FWD} - [0:0]\n:{CHAIN_IN} - [0:0]\n:{CHAIN_DENY} - [0:0]\n");
     for rule in fwd {
         r += &format!("-A {CHAIN_FWD} {rule}\n");
     }
+    r += &format!(
+        "-A {CHAIN_DENY} -p tcp -j REJECT --reject-with tcp-reset\n-A {CHAIN_DENY} -j DROP\n"
+    );
     // Replies to connections the host opened (the proxy) come back in; nothing else does.
     r += &format!("-A {CHAIN_IN} -i sbx+ {established}\n-A {CHAIN_IN} -i sbx+ -j DROP\nCOMMIT\n");
     r += &format!(
@@ -517,11 +612,32 @@ mod tests {
                 "*filter",
                 ":SBX-N7 - [0:0]",
                 "-A SBX-N7 -d 198.18.0.1/32 -j RETURN",
-                "-A SBX-N7 -d 198.18.0.0/15 -j DROP",
-                "-A SBX-N7 -j DROP",
+                "-A SBX-N7 -d 198.18.0.0/15 -j SBX-DENY",
+                "-A SBX-N7 -j SBX-DENY",
                 "-A SBX-EGRESS -i sbx7h -j SBX-N7",
                 "COMMIT",
             ]
+        );
+        // What the chain decides, destination by destination.
+        assert!(policy.allows(Ipv4Addr::new(198, 18, 0, 1)));
+        assert!(!policy.allows(Ipv4Addr::new(198, 18, 0, 2)));
+        assert!(!policy.allows(Ipv4Addr::new(203, 0, 113, 7)));
+        assert!(Egress::default().allows(Ipv4Addr::new(203, 0, 113, 7)));
+        // A live update rewrites the chain; the jump is added only once.
+        let update = Egress::default().restore_input(slot, false);
+        assert_eq!(update, "*filter\n:SBX-N7 - [0:0]\nCOMMIT\n");
+    }
+
+    #[test]
+    fn tracked_connections_name_their_original_destination() {
+        let line = "tcp      6 431999 ESTABLISHED src=10.200.0.2 dst=198.18.7.2 sport=40000 dport=8080 src=198.18.7.2 dst=198.18.7.1 sport=8080 dport=40000 [ASSURED] mark=0 use=1";
+        assert_eq!(
+            tracked_destination(line),
+            Some(Ipv4Addr::new(198, 18, 7, 2))
+        );
+        assert_eq!(
+            tracked_destination("conntrack v1.4.7 (conntrack-tools)"),
+            None
         );
     }
 
@@ -569,6 +685,26 @@ mod tests {
         assert_eq!(fwd.matches(&jump).count(), 1, "{fwd}");
         // Another server starting keeps the sandbox's policy.
         install_firewall().await.unwrap();
+        let fwd = run("iptables", &["-w", "-S", CHAIN_EGRESS]).await.unwrap();
+        assert_eq!(fwd.matches(&jump).count(), 1, "{fwd}");
+        // A live update rewrites the chain whole and keeps the one jump.
+        let walled = Egress {
+            allow_internet: true,
+            allow_out: Vec::new(),
+            deny_out: vec!["198.18.0.0/15".parse().unwrap()],
+        };
+        update_egress(slot, &walled).await.unwrap();
+        let chain = run("iptables", &["-w", "-S", &slot.chain()]).await.unwrap();
+        assert!(!chain.contains("198.18.0.1/32"), "{chain}");
+        assert!(chain.contains("-d 198.18.0.0/15 -j SBX-DENY"), "{chain}");
+        let fwd = run("iptables", &["-w", "-S", CHAIN_EGRESS]).await.unwrap();
+        assert_eq!(fwd.matches(&jump).count(), 1, "{fwd}");
+        destroy(id, slot).await;
+        // A sandbox without a chain of its own gets one on its first update.
+        create_link(id, slot).await.unwrap();
+        configure(id, slot, &Egress::default(), &[]).await.unwrap();
+        assert!(run("iptables", &["-w", "-S", &slot.chain()]).await.is_err());
+        update_egress(slot, &walled).await.unwrap();
         let fwd = run("iptables", &["-w", "-S", CHAIN_EGRESS]).await.unwrap();
         assert_eq!(fwd.matches(&jump).count(), 1, "{fwd}");
         destroy(id, slot).await;

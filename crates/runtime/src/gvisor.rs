@@ -813,7 +813,22 @@ fn private_proc_sys_net() -> std::io::Result<()> {
 async fn prepare_bundle(spec: &SandboxSpec) -> Result<()> {
     let config = oci::config(spec);
     let path = spec.bundle_dir.join("config.json");
-    tokio::fs::write(&path, serde_json::to_vec_pretty(&config).expect("json")).await?;
+    // Owner-only: its environment may hold the sandbox's secrets.
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .await?;
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .await?;
+    tokio::io::AsyncWriteExt::write_all(
+        &mut file,
+        &serde_json::to_vec_pretty(&config).expect("json"),
+    )
+    .await?;
     match tokio::fs::remove_file(pid_file(spec)).await {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
         _ => Ok(()),

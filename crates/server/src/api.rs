@@ -52,12 +52,24 @@ where
             "/sandboxes/{id}",
             get(get_one).delete(terminate).patch(update),
         )
-        .route("/sandboxes/{id}/logs", get(logs))
+        .route("/sandboxes/{id}/logs", get(crate::logs::logs))
+        .route("/sandboxes/{id}/processes", get(crate::logs::processes))
         .route("/sandboxes/{id}/snapshot", post(snapshot))
         .route("/sandboxes/{id}/snapshots", get(sandbox_snapshots))
         .route("/sandboxes/{id}/suspend", post(suspend))
         .route("/sandboxes/{id}/resume", post(resume))
         .route("/sandboxes/{id}/copy", post(copy))
+        .route(
+            "/sandbox-pools",
+            get(crate::pools::list).post(crate::pools::create),
+        )
+        .route(
+            "/sandbox-pools/{id}",
+            get(crate::pools::get_one)
+                .put(crate::pools::update)
+                .delete(crate::pools::delete),
+        )
+        .route("/sandbox-pools/{id}/sandboxes", post(crate::pools::claim))
         .route("/archived-sandboxes", get(list_archived))
         .route("/archived-sandboxes/{id}", get(get_archived))
         .route("/snapshots", get(list_snapshots))
@@ -72,9 +84,15 @@ where
         .route(
             "/images/{name}",
             get(images::get_one).delete(images::remove),
+        )
+        .route("/secrets", get(crate::secrets::list))
+        .route(
+            "/secrets/{name}",
+            axum::routing::put(crate::secrets::put).delete(crate::secrets::remove),
         );
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(crate::metrics::handler))
         .route("/openapi.json", get(crate::openapi::spec))
         .route("/v1/nodes", get(crate::nodes::list))
         .route("/v1/nodes/{id}", get(crate::nodes::get_one))
@@ -98,9 +116,13 @@ where
 }
 
 /// The server answers; `ready` once sandboxes can start (the default
-/// image is built), with the build's progress meanwhile.
+/// image is built), with the build's progress meanwhile. A server without
+/// a local node is ready at once: its nodes build their own.
 async fn healthz(State(state): State<ApiState>) -> Json<serde_json::Value> {
     use sbx_executor::image::BuildStatus;
+    if !state.manager.runs_sandboxes {
+        return Json(serde_json::json!({"healthy": true, "ready": true, "local_node": false}));
+    }
     let image = match state.manager.executor.images().default_status() {
         BuildStatus::Ready => serde_json::json!({"status": "ready"}),
         BuildStatus::Building { progress, steps } => {
@@ -145,7 +167,7 @@ pub fn validate_namespace(ns: &str) -> ApiResult<()> {
 }
 
 /// The namespace from the path, `default` for flat routes.
-fn namespace(params: &HashMap<String, String>) -> String {
+pub(crate) fn namespace(params: &HashMap<String, String>) -> String {
     params
         .get("ns")
         .cloned()
@@ -193,6 +215,7 @@ fn info(state: &ApiState, headers: &HeaderMap, r: &SandboxRow) -> SandboxInfo {
         sandbox_url: (!r.status.is_final()).then(|| sandbox_url(state, headers)),
         auto_resume: r.spec.auto_resume,
         snapshot_id: r.spec.snapshot_id.clone(),
+        pool_id: r.pool_id.clone(),
     }
 }
 
@@ -233,7 +256,7 @@ async fn find(state: &ApiState, ns: &str, id: &str) -> ApiResult<SandboxRow> {
 }
 
 /// How long a blocking create may take: the client's budget minus its grace.
-fn create_deadline(headers: &HeaderMap) -> Duration {
+pub(crate) fn create_deadline(headers: &HeaderMap) -> Duration {
     let num = |name: &str| {
         headers
             .get(name)
@@ -253,7 +276,7 @@ async fn create(
 ) -> ApiResult<Response> {
     let ns = namespace(&params);
     let deadline = tokio::time::Instant::now() + create_deadline(&headers);
-    if req.wait != Some(false) {
+    if req.wait != Some(false) && state.manager.runs_sandboxes {
         // On a host's first start: wait for the default image before the
         // sandbox is recorded, so that a 503 leaves nothing behind.
         let image = req
@@ -263,8 +286,22 @@ async fn create(
         state.manager.wait_for_image(image, deadline).await?;
     }
     let (row, task) = state.manager.create(&ns, &req).await?;
-    let url = sandbox_url(&state, &headers);
-    if req.wait == Some(false) {
+    answer_create(&state, &headers, row, task, req.wait != Some(false), deadline).await
+}
+
+/// The answer to a create (or a claim) of `row`, whose launch is `task`:
+/// with `wait`, once it runs or fails, or at `deadline` still pending;
+/// without, at once (202, pending).
+pub(crate) async fn answer_create(
+    state: &ApiState,
+    headers: &HeaderMap,
+    row: SandboxRow,
+    task: tokio::task::JoinHandle<LaunchOutcome>,
+    wait: bool,
+    deadline: tokio::time::Instant,
+) -> ApiResult<Response> {
+    let url = sandbox_url(state, headers);
+    if !wait {
         let resp = CreateSandboxResponse {
             sandbox_id: row.id.clone(),
             status: SandboxStatus::Pending,
@@ -282,6 +319,11 @@ async fn create(
         Ok(Ok(o)) => Some(o),
         Ok(Err(e)) => return Err(ApiError::internal(format!("launch task: {e}"))),
         Err(_) => None,
+    };
+    // Still pending: why, as of now.
+    let row = match outcome {
+        None => state.manager.store.get(&row.id).await?.unwrap_or(row),
+        Some(_) => row,
     };
     Ok(Json(create_response(&row, outcome.as_ref(), url)).into_response())
 }
@@ -306,7 +348,11 @@ fn create_response(
         status,
         sandbox_url: Some(url),
         name: row.name.clone(),
-        pending_reason: (status == SandboxStatus::Pending).then(|| "waiting_for_container".into()),
+        pending_reason: (status == SandboxStatus::Pending).then(|| {
+            row.pending_reason
+                .clone()
+                .unwrap_or_else(|| "waiting_for_container".into())
+        }),
         error_details: (status == SandboxStatus::Failed)
             .then(|| reason.clone().map(|message| ErrorDetails { message }))
             .flatten(),
@@ -349,8 +395,14 @@ async fn list(
         .store
         .list(&namespace(&params), status, q.all.unwrap_or(false))
         .await?;
+    // A pool's warm sandboxes are the pool's until claimed.
+    let warm = |r: &&SandboxRow| r.pool_state == Some(crate::store::PoolState::Warm);
     Ok(Json(ListSandboxesResponse {
-        sandboxes: rows.iter().map(|r| info(&state, &headers, r)).collect(),
+        sandboxes: rows
+            .iter()
+            .filter(|r| !warm(r))
+            .map(|r| info(&state, &headers, r))
+            .collect(),
     }))
 }
 
@@ -477,10 +529,6 @@ const UNSUPPORTED_UPDATES: &[(&str, &str)] = &[
         "resources",
         "live resize is not supported: a sandbox keeps the cpus, memory_mb and disk_mb it was created with; take a filesystem snapshot and restore it with new resources",
     ),
-    (
-        "network",
-        "changing the network policy of a running sandbox is not supported: set it when the sandbox is created",
-    ),
 ];
 
 /// The PATCH body as an [`UpdateSandboxRequest`]; 501 for fields sbx cannot apply.
@@ -512,6 +560,10 @@ async fn update(
     let req = update_request(raw)?;
     if let Some(Some(n)) = &req.name {
         validate_name(n)?;
+    }
+    let network = req.network.clone().map(Option::unwrap_or_default);
+    if let Some(n) = &network {
+        crate::lifecycle::validate_network(n)?;
     }
     if let Some(ports) = &req.exposed_ports {
         if ports.contains(&sbx_api::AGENT_PORT) {
@@ -552,16 +604,11 @@ async fn update(
         spec.auto_resume = v;
     }
     store.set_spec(&row.id, &spec).await?;
+    if let Some(network) = network {
+        state.manager.set_network(&row.id, network).await?;
+    }
     let row = find(&state, &ns, &row.id).await?;
     Ok(Json(info(&state, &headers, &row)))
-}
-
-async fn logs(
-    State(state): State<ApiState>,
-    Path(params): Path<HashMap<String, String>>,
-) -> ApiResult<Json<serde_json::Value>> {
-    find(&state, &namespace(&params), &params["id"]).await?;
-    Ok(Json(serde_json::json!({"logs": []})))
 }
 
 async fn snapshot(
@@ -768,12 +815,17 @@ mod tests {
     fn updates_sbx_cannot_apply_are_refused() {
         for body in [
             json!({"resources": {"memory_mb": 2048}}),
-            json!({"network": {"allow_internet_access": false}}),
-            json!({"network": null}),
+            json!({"resources": null}),
         ] {
             let err = update_request(body).unwrap_err();
             assert_eq!(err.status, StatusCode::NOT_IMPLEMENTED);
             assert_eq!(err.body.code, "unsupported");
         }
+        // A network policy is applied: `null` is the default one.
+        let walled = update_request(json!({"network": {"allow_internet_access": false}})).unwrap();
+        assert!(!walled.network.unwrap().unwrap().allow_internet_access);
+        let reset = update_request(json!({"network": null})).unwrap();
+        assert_eq!(reset.network, Some(None));
+        assert_eq!(update_request(json!({})).unwrap().network, None);
     }
 }

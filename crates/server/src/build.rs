@@ -82,6 +82,14 @@ pub async fn build(
 ) -> ApiResult<Response> {
     let q = parse_query(raw.as_deref())?;
     let manager = state.manager.clone();
+    if !manager.runs_sandboxes {
+        return Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "no_executors_available",
+            "image builds run in builder sandboxes and this server runs none \
+             (--no-local-node): send the build to a node's API (sbx --api-url http://NODE:8900 image build …)",
+        ));
+    }
     check_name(&manager, &q.name)?;
     let work = Work::new(&manager.executor.build_cache_dir()).await?;
     let (context, plan) = match prepare(&manager, &q, &work, body).await {
@@ -671,6 +679,7 @@ impl Builder<'_> {
             layer: layer.map(Path::to_path_buf),
             checkpoint: None,
             aliases: Vec::new(),
+            secrets: Default::default(),
         };
         let result = async {
             let addr = executor

@@ -67,6 +67,10 @@ impl ObjectBody for sbx_api::sandbox::CreateSandboxRequest {
     const OBJECT_FIELDS: &'static [&'static str] = &["resources", "network"];
 }
 impl ObjectBody for sbx_api::snapshot::CreateSnapshotRequest {}
+impl ObjectBody for sbx_api::pool::PoolRequest {
+    const OBJECT_FIELDS: &'static [&'static str] = &["resources", "network"];
+}
+impl ObjectBody for sbx_api::pool::ClaimRequest {}
 impl ObjectBody for serde_json::Value {}
 
 impl<S, T> axum::extract::FromRequest<S> for JsonBody<T>

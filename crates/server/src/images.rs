@@ -467,7 +467,7 @@ impl Manager {
             manifest.meta = serde_json::to_value(&r).expect("json");
             w.commit_manifest(&manifest_id(&r.id), &manifest)
                 .map_err(|e| e.to_string())?;
-            Ok::<_, String>(stats.stored_bytes)
+            Ok::<_, String>((stats.logical_bytes, stats.stored_bytes))
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
@@ -478,8 +478,10 @@ impl Manager {
                 let id = manifest_id(&record.id);
                 let _ = tokio::task::spawn_blocking(move || blobs.delete_manifest(&id)).await;
             }
-            Ok(bytes) => {
+            Ok((logical, bytes)) => {
                 tracing::info!(image = record.name, id = record.id, bytes, "image stored");
+                self.metrics
+                    .blob_put(crate::metrics::BlobKind::Image, logical, bytes);
                 if let Err(e) = images.custom().set_stored(&record.id, bytes).await {
                     tracing::warn!(id = record.id, "image stored: {e}");
                 }

@@ -8,13 +8,19 @@ mod api;
 mod auth;
 mod blob_lock;
 mod build;
+mod cluster;
 mod error;
 mod forward;
 mod images;
 mod lifecycle;
+mod logs;
+mod metrics;
 mod nodes;
 mod openapi;
+mod pools;
 mod proxy;
+mod relocate;
+mod secrets;
 mod snapshots;
 
 /// The state store (`sbx_state`), by the name the modules here use.
@@ -24,11 +30,13 @@ use axum::extract::connect_info::ConnectInfo;
 use sbx_executor::{Executor, ExecutorConfig};
 use sbx_runtime::gvisor::Gvisor;
 use sbx_runtime::Runtime;
+pub use sbx_store::S3Credentials;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use error::ApiError;
+pub use logs::Budget as LogBudget;
 
 /// Settings of `sbx server`.
 #[derive(Debug, Clone)]
@@ -71,6 +79,21 @@ pub struct ServerConfig {
     pub memory_reserve_mb: Option<u64>,
     /// At most this many sandboxes at once; `None`: as many as fit.
     pub max_sandboxes: Option<usize>,
+    /// The key secrets are sealed with; `None`: `data_dir/secrets.key`
+    /// (made on first start).
+    pub secrets_key_file: Option<PathBuf>,
+    /// The token nodes present to join (`POST /v1/cluster/join`); `None`:
+    /// this server takes no nodes of its own accord (servers sharing the
+    /// state store still work together).
+    pub node_token: Option<String>,
+    /// Whether this server runs sandboxes itself (`false`:
+    /// `--no-local-node`, a control plane that places every sandbox on
+    /// other nodes).
+    pub local_node: bool,
+    /// The S3 key of `blobs`; `None`: from the environment.
+    pub blobs_credentials: Option<S3Credentials>,
+    /// How much of the sandboxes' logs is kept (`DATA_DIR/logs`).
+    pub logs: LogBudget,
 }
 
 /// The CA bundle made available in every sandbox (`--sandbox-ca-bundle`).
@@ -135,6 +158,8 @@ pub enum Error {
     Executor(#[from] sbx_executor::Error),
     #[error(transparent)]
     Runtime(#[from] sbx_runtime::RuntimeError),
+    #[error(transparent)]
+    SecretsKey(#[from] secrets::KeyError),
 }
 
 /// Opens the blob store and removes what interrupted writes left in it.
@@ -144,12 +169,15 @@ async fn open_blobs(
     data_dir: &std::path::Path,
     state: &store::Store,
 ) -> Result<sbx_store::Store, Error> {
-    let url = match &config.blobs {
+    let mut url = match &config.blobs {
         Some(url) => {
             sbx_store::BlobsUrl::parse(url).map_err(|e| Error::Config(format!("--blobs: {e}")))?
         }
         None => sbx_store::BlobsUrl::Local(data_dir.join("store")),
     };
+    if let (sbx_store::BlobsUrl::S3(c), Some(key)) = (&mut url, &config.blobs_credentials) {
+        c.credentials.get_or_insert_with(|| key.clone());
+    }
     let shared = state.kind() == store::Kind::Postgres;
     let locker = blob_lock::ClusterLocker::new(state.clone(), tokio::runtime::Handle::current());
     let blobs = tokio::task::spawn_blocking(move || {
@@ -182,6 +210,14 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
             "refusing to listen on a non-loopback address without an API key: pass --api-key or set SBX_API_KEY".into(),
         ));
     }
+    if !config.local_node && config.node_token.is_none() {
+        return Err(Error::Config(
+            "--no-local-node: this server then runs no sandboxes, so it needs nodes: \
+             give it --node-token (with --state postgres://… and --blobs) and start \
+             `sbx node --server URL --node-token TOKEN` on the hosts that run them"
+                .into(),
+        ));
+    }
     let agent_bin = find_agent(config.agent_bin.clone())?;
     let ca_bundle = config.sandbox_ca_bundle.resolve()?;
     tokio::fs::create_dir_all(&config.data_dir).await?;
@@ -196,6 +232,28 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
         None => store::Store::open(&data_dir.join("state.db")).await?,
     };
     tracing::info!(state = ?store.kind(), "state store open");
+    let secrets_key_file = config
+        .secrets_key_file
+        .clone()
+        .unwrap_or_else(|| data_dir.join("secrets.key"));
+    let secrets_key = Arc::new(secrets::SecretsKey::load_or_create(&secrets_key_file)?);
+    let join = match &config.node_token {
+        Some(token) => Some(Arc::new(
+            cluster::Join::new(
+                token.clone(),
+                cluster::Shared {
+                    state: config.state.as_deref(),
+                    blobs: config.blobs.as_deref(),
+                    blobs_credentials: config.blobs_credentials.as_ref(),
+                    node_lost_secs: config.node_lost_after.as_secs(),
+                    api_keys: config.api_keys.clone(),
+                    secrets_key: secrets::key_hex(&secrets_key_file)?,
+                },
+            )
+            .map_err(Error::Config)?,
+        )),
+        None => None,
+    };
     let executor: Arc<Executor> = Arc::new(
         Executor::new(
             ExecutorConfig {
@@ -234,23 +292,42 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
         advertise,
         advertise_api,
         timing: nodes::Timing::new(config.node_lost_after),
+        runs_sandboxes: config.local_node,
     };
-    let manager = lifecycle::Manager::new(store, executor, host, blobs, admission, node);
+    let logs = logs::Logs::new(data_dir.join("logs"), config.logs)?;
+    let manager = lifecycle::Manager::new(
+        store,
+        executor,
+        host,
+        blobs,
+        admission,
+        node,
+        secrets_key,
+        logs,
+    );
     manager.recover().await?;
-    manager.register_local_node().await?;
-    tracing::info!(node = manager.node_id, "local node registered");
+    if manager.runs_sandboxes {
+        manager.register_local_node().await?;
+        tracing::info!(node = manager.node_id, "local node registered");
+    } else {
+        tracing::info!("no local node (--no-local-node): sandboxes run on other nodes");
+    }
     // Imports and uploads a killed server left, removed images now unused.
     manager.collect_images().await;
     manager.restore_images().await;
     manager.store_unstored_images().await;
     build::sweep(&manager.executor.build_cache_dir()).await;
     let sweeper = manager.start_sweeper();
-    let heartbeat = manager.start_heartbeat();
+    let heartbeat = manager.runs_sandboxes.then(|| manager.start_heartbeat());
     let node_watch = manager.start_node_watch();
+    let wake_listener = manager.start_wake_listener();
     let idler = manager.executor.start_idler();
+    let log_collector = logs::collect::start(manager.clone());
     // The API answers while the default image is built (the first start
     // of a host): creates wait for it, `/healthz` shows its progress.
-    let image_builder = tokio::spawn(build_default_image(manager.executor.clone()));
+    let image_builder = manager
+        .runs_sandboxes
+        .then(|| tokio::spawn(build_default_image(manager.executor.clone())));
 
     let keys = Arc::new(config.api_keys.clone());
     let api_app = api::router(api::ApiState {
@@ -260,7 +337,8 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     .layer(axum::middleware::from_fn_with_state(
         keys.clone(),
         auth::check,
-    ));
+    ))
+    .merge(cluster::router(join));
     let proxy_app = proxy::router(manager.clone(), keys);
 
     let api_listener = tokio::net::TcpListener::bind(config.api_addr)
@@ -304,10 +382,12 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     sweeper.abort();
-    heartbeat.abort();
     node_watch.abort();
     idler.abort();
-    image_builder.abort();
+    log_collector.abort();
+    for task in [heartbeat, image_builder, wake_listener].into_iter().flatten() {
+        task.abort();
+    }
     // Finish what was started on the host (teardowns, launches, captures):
     // a stop right after a request must not leave mounts or netns behind.
     manager.tasks.close();

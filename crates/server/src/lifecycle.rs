@@ -90,6 +90,16 @@ pub fn restore_request(
                 "a memory snapshot restores its processes as they were: its entrypoint cannot change",
             ));
         }
+        let names = |n: &Option<Vec<String>>| n.clone().unwrap_or_default();
+        if req
+            .secret_names
+            .as_ref()
+            .is_some_and(|n| *n != names(&base.secret_names))
+        {
+            return Err(ApiError::bad_request(
+                "a memory snapshot restores its processes with the environment they had: its secret_names cannot change (take a filesystem snapshot to get current secrets)",
+            ));
+        }
     }
     if let Some(d) = r.disk_mb {
         if d < base.resources.disk_mb {
@@ -218,6 +228,9 @@ pub fn validate(
         )));
     }
     let timeout_secs = req.timeout_secs.filter(|t| *t > 0);
+    if let Some(names) = &req.secret_names {
+        crate::secrets::check_names(names)?;
+    }
     let network = req.network.clone().unwrap_or_default();
     validate_network(&network)?;
     let spec = SandboxSpec {
@@ -237,15 +250,45 @@ pub fn validate(
         auto_resume: req.auto_resume.unwrap_or(true),
         snapshot_id: None,
         active_since: None,
+        max_pending_secs: match req.max_pending_secs {
+            Some(s) if s > MAX_PENDING_SECS => {
+                return Err(ApiError::bad_request(format!(
+                    "max_pending_secs must be at most {MAX_PENDING_SECS} (got {s})"
+                )))
+            }
+            s => s.filter(|s| *s > 0),
+        },
+        suspend_image: None,
     };
     Ok((req.name.clone(), spec))
 }
+
+/// What the executor launches for sandbox `id` of `spec`: no snapshot
+/// files and no secrets yet.
+pub(crate) fn launch_spec(id: &str, spec: &SandboxSpec) -> LaunchSpec {
+    LaunchSpec {
+        id: id.to_string(),
+        image: spec.image_id.clone().unwrap_or_else(|| spec.image.clone()),
+        cpus: spec.resources.cpus,
+        memory_mb: spec.resources.memory_mb,
+        disk_mb: spec.resources.disk_mb,
+        entrypoint: spec.entrypoint.clone().unwrap_or_default(),
+        egress: egress(&spec.network),
+        layer: None,
+        checkpoint: None,
+        aliases: Vec::new(),
+        secrets: Default::default(),
+    }
+}
+
+/// Longest a create may wait `pending` for a node with room.
+const MAX_PENDING_SECS: u64 = 86_400;
 
 /// How many entries `allow_out` and `deny_out` may each have.
 const MAX_DESTINATIONS: usize = 256;
 
 /// Every `allow_out`/`deny_out` entry must be an IPv4 address or CIDR block.
-fn validate_network(network: &NetworkPolicy) -> ApiResult<()> {
+pub(crate) fn validate_network(network: &NetworkPolicy) -> ApiResult<()> {
     for (field, entries) in [
         ("allow_out", &network.allow_out),
         ("deny_out", &network.deny_out),
@@ -311,7 +354,7 @@ pub fn validate_name(name: &str) -> ApiResult<()> {
 }
 
 /// Every status in which a sandbox holds something on its node.
-const LIVE: [SandboxStatus; 5] = [
+pub(crate) const LIVE: [SandboxStatus; 5] = [
     SandboxStatus::Pending,
     SandboxStatus::Running,
     SandboxStatus::Snapshotting,
@@ -362,6 +405,16 @@ pub struct Manager {
     pub advertise_api: Option<String>,
     /// Heartbeat period and loss timeout of nodes.
     pub node_timing: crate::nodes::Timing,
+    /// Whether this server runs sandboxes (`false`: `--no-local-node`).
+    pub runs_sandboxes: bool,
+    /// Runs the sweep now (work was placed on this node).
+    pub(crate) wake: tokio::sync::Notify,
+    /// Seals and opens secret values (`secrets`).
+    pub secrets_key: Arc<crate::secrets::SecretsKey>,
+    /// The sandboxes' persisted logs (`logs`).
+    pub logs: Arc<crate::logs::Logs>,
+    /// What `GET /metrics` shows besides what it reads at scrape time.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Counts a launch as starting while it lives.
@@ -388,6 +441,8 @@ pub enum LaunchOutcome {
 }
 
 impl Manager {
+    // One argument per service the manager holds; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         executor: Arc<Executor>,
@@ -395,12 +450,19 @@ impl Manager {
         blobs: Arc<sbx_store::Store>,
         admission: crate::admission::Admission,
         node: crate::nodes::LocalNode,
+        secrets_key: Arc<crate::secrets::SecretsKey>,
+        logs: Arc<crate::logs::Logs>,
     ) -> Arc<Self> {
         Arc::new(Self {
+            logs,
+            metrics: crate::metrics::Metrics::new(),
+            secrets_key,
             node_id: node.id,
             advertise: node.advertise,
             advertise_api: node.advertise_api,
             node_timing: node.timing,
+            runs_sandboxes: node.runs_sandboxes,
+            wake: tokio::sync::Notify::new(),
             store,
             executor,
             host,
@@ -441,9 +503,9 @@ impl Manager {
         req: &CreateSandboxRequest,
     ) -> ApiResult<(SandboxRow, JoinHandle<LaunchOutcome>)> {
         let images = self.executor.images().known();
-        // Whether another node could run it: a restore needs its snapshot
-        // in the blob store (`completed`), not only on its node's disk.
-        let mut movable = true;
+        // Which other nodes could run it: a restore needs its snapshot in
+        // the blob store (`completed`), else only its own node has it.
+        let mut only_on: Option<String> = None;
         let (name, spec) = match &req.snapshot_id {
             Some(sid) => {
                 let snap = self
@@ -456,13 +518,20 @@ impl Manager {
                 let mut images = images;
                 images.push(snap.spec.image.clone());
                 let (name, mut spec) = validate(&merged, self.host, &images)?;
-                movable = snap.status == sbx_api::snapshot::SnapshotStatus::Completed;
+                // A memory restore keeps the values its memory holds.
+                if snap.snapshot_type != SnapshotType::Memory {
+                    self.check_secrets(namespace, &spec).await?;
+                }
+                if snap.status != sbx_api::snapshot::SnapshotStatus::Completed {
+                    only_on = Some(snap.node_id.clone().unwrap_or(self.node_id.clone()));
+                }
                 spec.snapshot_id = Some(snap.id.clone());
                 spec.image_id = snap.spec.image_id.clone();
                 (name, spec)
             }
             None => {
                 let (name, mut spec) = validate(req, self.host, &images)?;
+                self.check_secrets(namespace, &spec).await?;
                 spec.image_id = self
                     .executor
                     .images()
@@ -471,17 +540,35 @@ impl Manager {
                 (name, spec)
             }
         };
+        self.place_and_start(namespace, name, spec, only_on.as_deref(), None)
+            .await
+    }
+
+    /// Records a sandbox of a valid `spec` on the node that takes it and
+    /// starts it there (`only_on`: the one node that may; `pool`: the pool
+    /// it belongs to, and how).
+    pub(crate) async fn place_and_start(
+        self: &Arc<Self>,
+        namespace: &str,
+        name: Option<String>,
+        spec: SandboxSpec,
+        only_on: Option<&str>,
+        pool: Option<(String, crate::store::PoolState)>,
+    ) -> ApiResult<(SandboxRow, JoinHandle<LaunchOutcome>)> {
         // Here when this node takes it; else on the roomiest other node.
-        let here = match self.check_node_accepts().await {
-            Ok(()) => self.admit(),
-            Err(e) => Err(e),
-        };
-        let node = match here {
-            Ok(()) => self.node_id.clone(),
-            Err(refused) => match movable {
-                true => self.place_elsewhere(&spec).await?.ok_or(refused)?,
-                false => return Err(refused),
-            },
+        // With `max_pending_secs`, one no node can take now waits for room.
+        let (node, pending_reason) = match self.choose_node(&spec, only_on).await {
+            Ok(node) => (node, "waiting_for_container".to_string()),
+            Err(refused)
+                if spec.max_pending_secs.is_some() && crate::nodes::waits_for_room(&refused) =>
+            {
+                tracing::info!(
+                    reason = refused.body.code,
+                    "no node can take it now: it waits"
+                );
+                (crate::store::UNPLACED.to_string(), refused.body.code)
+            }
+            Err(refused) => return Err(refused),
         };
         let local = node == self.node_id;
         let row = SandboxRow {
@@ -490,12 +577,14 @@ impl Manager {
             name,
             status: SandboxStatus::Pending,
             spec,
-            pending_reason: Some("waiting_for_container".into()),
+            pending_reason: Some(pending_reason),
             termination_reason: None,
             error: None,
             created_at: Utc::now(),
             terminated_at: None,
-            node_id: Some(node),
+            node_id: Some(node.clone()),
+            pool_id: pool.as_ref().map(|(id, _)| id.clone()),
+            pool_state: pool.map(|(_, state)| state),
         };
         // Counted as starting before it is recorded: the sweep must not
         // take it for a pending sandbox of this node nobody launches.
@@ -506,6 +595,14 @@ impl Manager {
             )),
             StoreError::Db(e) => e.into(),
         })?;
+        if local {
+            self.log_created(&row);
+        }
+        if !local && node != crate::store::UNPLACED {
+            if let Err(e) = self.store.wake_node(&node).await {
+                tracing::debug!(node, "cannot wake the node (its sweep finds it): {e}");
+            }
+        }
         let me = self.clone();
         let id = row.id.clone();
         let spec = row.spec.clone();
@@ -530,6 +627,7 @@ impl Manager {
                 continue;
             }
             tracing::info!(sandbox = row.id, "placed on this node: launching it");
+            self.log_created(row);
             let starting = Starting::new(self.clone(), &row.id);
             let me = self.clone();
             let (id, spec) = (row.id.clone(), row.spec.clone());
@@ -542,7 +640,7 @@ impl Manager {
 
     /// What became of a sandbox placed on another node, as its node
     /// records it.
-    async fn launched_elsewhere(&self, id: &str) -> LaunchOutcome {
+    pub(crate) async fn launched_elsewhere(&self, id: &str) -> LaunchOutcome {
         loop {
             match self.store.get(id).await {
                 Ok(Some(r)) if r.status == SandboxStatus::Running => return LaunchOutcome::Running,
@@ -558,7 +656,7 @@ impl Manager {
     }
 
     /// Refuses a create the host cannot hold (503 `no_resources_available`).
-    fn admit(&self) -> ApiResult<()> {
+    pub(crate) fn admit(&self) -> ApiResult<()> {
         let Some(host) = crate::admission::HostUse::read() else {
             return Ok(());
         };
@@ -621,22 +719,18 @@ impl Manager {
         }
         let lock = self.lock_for(id);
         let _guard = lock.lock().await;
-        match self.store.get(id).await {
-            Ok(Some(r)) if r.status == SandboxStatus::Pending => {}
+        let (namespace, created_at, warm, network) = match self.store.get(id).await {
+            Ok(Some(r)) if r.status == SandboxStatus::Pending => (
+                r.namespace,
+                r.created_at,
+                r.pool_state == Some(crate::store::PoolState::Warm),
+                r.spec.network,
+            ),
             _ => return LaunchOutcome::Gone,
-        }
-        let launch = LaunchSpec {
-            id: id.to_string(),
-            image: spec.image_id.clone().unwrap_or_else(|| spec.image.clone()),
-            cpus: spec.resources.cpus,
-            memory_mb: spec.resources.memory_mb,
-            disk_mb: spec.resources.disk_mb,
-            entrypoint: spec.entrypoint.clone().unwrap_or_default(),
-            egress: egress(&spec.network),
-            layer: None,
-            checkpoint: None,
-            aliases: Vec::new(),
         };
+        let mut launch = launch_spec(id, spec);
+        // What a PATCH made of the policy while the sandbox waited.
+        launch.egress = egress(&network);
         let started = std::time::Instant::now();
         let launched = async {
             let mut launch = launch;
@@ -647,6 +741,13 @@ impl Manager {
                     .map_err(|e| format!("snapshot {sid}: {e}"))?;
                 launch.layer = Some(layer);
                 launch.checkpoint = checkpoint;
+            }
+            // The current values; a memory image keeps those it had.
+            let names = spec.secret_names.as_deref().unwrap_or_default();
+            if launch.checkpoint.is_none() && !names.is_empty() {
+                launch.secrets =
+                    crate::secrets::resolve(&self.store, &self.secrets_key, &namespace, names)
+                        .await?;
             }
             self.executor
                 .launch(&launch)
@@ -672,6 +773,12 @@ impl Manager {
                         ms = started.elapsed().as_millis() as u64,
                         "sandbox running"
                     );
+                    self.logs.info(id, "running", "sandbox running");
+                    // A pool's refill is nobody's create.
+                    if !warm {
+                        self.metrics
+                            .sandbox_started(spec.snapshot_id.is_some(), created_at);
+                    }
                     LaunchOutcome::Running
                 } else {
                     let _ = self.executor.destroy(id).await;
@@ -682,10 +789,21 @@ impl Manager {
         }
     }
 
+    /// 400 unless every secret `spec` names exists in `namespace`.
+    async fn check_secrets(&self, namespace: &str, spec: &SandboxSpec) -> ApiResult<()> {
+        match spec.secret_names.as_deref() {
+            Some(names) if !names.is_empty() => {
+                crate::secrets::check_known(&self.store, namespace, names).await
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Records that the launch of `id` failed and why.
     async fn launch_failed(&self, id: &str, why: String) -> LaunchOutcome {
         let msg = format!("sandbox failed to start: {why}");
         tracing::warn!(sandbox = id, "{msg}");
+        self.log_failed(id, "startup_failed", &msg);
         let _ = self
             .store
             .transition(
@@ -697,6 +815,41 @@ impl Manager {
             )
             .await;
         LaunchOutcome::Failed(msg)
+    }
+
+    /// Gives sandbox `id` a new network policy: recorded in its spec (what
+    /// a later launch, resume elsewhere, snapshot or copy uses) and applied
+    /// at once by the executor when the sandbox is here (running: its
+    /// firewall now, connections it forbids closed; suspended: on resume).
+    /// Under the sandbox's lock, so no launch, suspend or resume of it runs
+    /// meanwhile. When the executor fails the spec keeps the old policy.
+    pub async fn set_network(&self, id: &str, network: NetworkPolicy) -> ApiResult<()> {
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        let Some(row) = self.store.get(id).await? else {
+            return Err(ApiError::not_found("sandbox", id));
+        };
+        if !self.is_local(row.node_id.as_deref()) {
+            return Err(ApiError::unavailable(format!(
+                "sandbox {id} runs on node {}, whose server could not be reached: its network policy cannot change now",
+                row.node_id.as_deref().unwrap_or_default()
+            )));
+        }
+        let mut spec = row.spec.clone();
+        spec.network = network;
+        self.store.set_spec(id, &spec).await?;
+        if row.status.is_final() {
+            return Ok(());
+        }
+        if let Err(e) = self.executor.set_egress(id, &egress(&spec.network)).await {
+            tracing::warn!(sandbox = id, "network policy update: {e}");
+            let _ = self.store.set_spec(id, &row.spec).await;
+            return Err(ApiError::internal(format!(
+                "the network policy could not be applied, the sandbox keeps its old one: {e}"
+            )));
+        }
+        self.logs.info(id, "network", "network policy updated");
+        Ok(())
     }
 
     /// Marks the sandbox terminated now and removes it from the host in the
@@ -714,8 +867,16 @@ impl Manager {
                 None,
             )
             .await?;
+        self.drop_suspend_image(row.spec.suspend_image.clone());
         // Another node's sandbox: that node reaps it at its next sweep.
         if self.is_local(row.node_id.as_deref()) {
+            self.logs.event(
+                &row.id,
+                sbx_api::logs::level::INFO,
+                "terminated",
+                format!("sandbox terminated ({reason})"),
+                serde_json::json!({ "reason": reason }),
+            );
             let me = self.clone();
             let id = row.id.clone();
             self.tasks.spawn(async move { me.destroy(&id).await });
@@ -726,6 +887,8 @@ impl Manager {
     async fn destroy(&self, id: &str) {
         let lock = self.lock_for(id);
         let _guard = lock.lock().await;
+        // The last lines it printed, before it goes.
+        self.logs.collectors.finish(id).await;
         if let Err(e) = self.executor.destroy(id).await {
             tracing::warn!(sandbox = id, "destroy: {e}");
         }
@@ -742,6 +905,8 @@ impl Manager {
         let Ok(rows) = self.store.with_status(&LIVE).await else {
             return;
         };
+        self.place_waiting(&rows).await;
+        self.keep_pools().await;
         let rows: Vec<SandboxRow> = rows
             .into_iter()
             .filter(|r| self.is_local(r.node_id.as_deref()))
@@ -753,10 +918,16 @@ impl Manager {
             if row.status != SandboxStatus::Running {
                 continue;
             }
-            if let Some(t) = row.spec.timeout_secs {
+            // Warm in a pool: no timeout until claimed.
+            let warm = row.pool_state == Some(crate::store::PoolState::Warm);
+            if let Some(t) = row.spec.timeout_secs.filter(|_| !warm) {
                 // Ephemeral: from creation. Named: from the last start or
                 // resume, or the last proxy traffic, whichever is later.
                 let since = match &row.name {
+                    // A pool's: from its claim.
+                    None if row.pool_id.is_some() => {
+                        row.spec.active_since.unwrap_or(row.created_at)
+                    }
                     None => row.created_at,
                     Some(_) => [
                         Some(row.created_at),
@@ -781,6 +952,11 @@ impl Manager {
             }
             if !self.executor.is_alive(&row.id) {
                 tracing::warn!(sandbox = row.id, "sandbox process exited: marking failed");
+                self.log_failed(
+                    &row.id,
+                    "sandbox_exited",
+                    "the sandbox stopped unexpectedly (out of memory or crashed)",
+                );
                 let _ = self
                     .store
                     .transition(
@@ -829,10 +1005,43 @@ impl Manager {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = me.wake.notified() => {}
+                }
                 me.sweep().await;
             }
         })
+    }
+
+    /// Logs the creation of a sandbox this node runs.
+    fn log_created(&self, row: &SandboxRow) {
+        let s = &row.spec;
+        let from = match &s.snapshot_id {
+            Some(sid) => format!("snapshot {sid}"),
+            None => format!("image {}", s.image),
+        };
+        self.logs.event(
+            &row.id,
+            sbx_api::logs::level::INFO,
+            "created",
+            format!(
+                "sandbox created from {from} ({} cpus, {} MB memory, {} MB disk)",
+                s.resources.cpus, s.resources.memory_mb, s.resources.disk_mb
+            ),
+            serde_json::json!({"image": s.image, "snapshotId": s.snapshot_id, "name": row.name}),
+        );
+    }
+
+    /// Logs that a sandbox failed (or ended unexpectedly), and why.
+    pub(crate) fn log_failed(&self, id: &str, reason: &str, message: &str) {
+        self.logs.event(
+            id,
+            sbx_api::logs::level::ERROR,
+            "failed",
+            message.to_string(),
+            serde_json::json!({ "reason": reason }),
+        );
     }
 
     /// After a restart: adopt what still runs, keep what is suspended,
@@ -877,6 +1086,17 @@ impl Manager {
                 self.store
                     .transition(&r.id, &[r.status], to, reason, msg)
                     .await?;
+            }
+            match (to, reason, msg) {
+                (SandboxStatus::Running, _, _) => self.logs.info(
+                    &r.id,
+                    "adopted",
+                    "sandbox adopted again after a server restart",
+                ),
+                (SandboxStatus::Failed | SandboxStatus::Terminated, Some(why), Some(msg)) => {
+                    self.log_failed(&r.id, why, msg)
+                }
+                _ => {}
             }
         }
         self.recover_snapshots().await?;
@@ -946,6 +1166,11 @@ mod tests {
                 "network.deny_out",
             ),
             (r#"{"network":{"deny_out":["2001:db8::/32"]}}"#, "IPv6"),
+            (
+                r#"{"secret_names":["OK","BAD-NAME"]}"#,
+                "invalid secret name \"BAD-NAME\"",
+            ),
+            (r#"{"secret_names":["SBX_X"]}"#, "invalid secret name"),
         ] {
             let e = validate(&req(body), HOST, &images()).unwrap_err();
             assert_eq!(e.status, 400, "{body}");
@@ -1014,6 +1239,28 @@ mod tests {
         .unwrap();
         assert_eq!(merged.exposed_ports, Some(vec![]));
         assert_eq!(merged.allow_unauthenticated_access, Some(false));
+
+        // A memory image keeps the environment it had: its secrets are fixed.
+        let mut snap = snap;
+        snap.snapshot_type = SnapshotType::Memory;
+        snap.spec.secret_names = Some(vec!["TOKEN".into()]);
+        let merged = restore_request(&req(r#"{"snapshot_id":"snap1"}"#), &snap).unwrap();
+        assert_eq!(merged.secret_names, Some(vec!["TOKEN".to_string()]));
+        assert!(restore_request(
+            &req(r#"{"snapshot_id":"snap1","secret_names":["TOKEN"]}"#),
+            &snap
+        )
+        .is_ok());
+        let e = restore_request(
+            &req(r#"{"snapshot_id":"snap1","secret_names":["OTHER"]}"#),
+            &snap,
+        )
+        .unwrap_err();
+        assert!(
+            e.body.message.contains("secret_names"),
+            "{}",
+            e.body.message
+        );
     }
 
     #[test]

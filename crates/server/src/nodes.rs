@@ -7,12 +7,13 @@
 use crate::api::ApiState;
 use crate::error::{ApiError, ApiResult};
 use crate::lifecycle::Manager;
-use crate::store::{LockKey, NodeRow, SandboxSpec};
+use crate::store::{LockKey, NodeRow, SandboxRow, SandboxSpec, UNPLACED};
 use axum::extract::{Path, State};
 use axum::Json;
 use chrono::Utc;
 use sbx_api::node::{ListNodesResponse, NodeCapacity, NodeInfo, NodeState, NodeUsage};
 use sbx_api::sandbox::SandboxStatus;
+use sbx_api::snapshot::SnapshotStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,9 @@ pub struct LocalNode {
     /// Where other servers send lifecycle requests for its sandboxes.
     pub advertise_api: Option<String>,
     pub timing: Timing,
+    /// `false`: the server runs no sandboxes (`--no-local-node`) and is
+    /// no node; every sandbox is placed on another.
+    pub runs_sandboxes: bool,
 }
 
 /// How often nodes report, and when one is given up.
@@ -144,6 +148,7 @@ impl Manager {
             loop {
                 tick.tick().await;
                 me.drop_deleted_snapshot_copies().await;
+                me.drop_moved_suspended().await;
                 let (_, usage) = me.local_report();
                 match me.store.heartbeat(&me.node_id, &usage).await {
                     Ok(true) => {}
@@ -175,6 +180,35 @@ impl Manager {
                 self.executor.delete_snapshot(id).await;
             }
         }
+    }
+
+    /// Sweeps at once when another server wakes this node (it placed work
+    /// here); without PostgreSQL there is nobody to wake it.
+    pub fn start_wake_listener(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        if !self.runs_sandboxes {
+            return None;
+        }
+        let me = self.clone();
+        Some(tokio::spawn(async move {
+            let mut wakes = match me.store.wakes().await {
+                Ok(Some(w)) => w,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!("cannot listen for work placed here (the sweep still finds it): {e}");
+                    return;
+                }
+            };
+            loop {
+                match wakes.next().await {
+                    Ok(node) if node == me.node_id => me.wake.notify_one(),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!("waiting for wakes: {e}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }))
     }
 
     /// Watches the other nodes every heartbeat: one server at a time (an
@@ -231,8 +265,20 @@ impl Manager {
     /// reachable, under its cap, with the sandbox's memory available):
     /// one that has its snapshot or image on disk first, then the one with
     /// the most memory available; `None` when there is none.
-    pub async fn place_elsewhere(&self, spec: &SandboxSpec) -> ApiResult<Option<String>> {
-        let nodes = self.store.nodes().await?;
+    /// `only`: the one node that may take it (a restore of a snapshot
+    /// that is on its node's disk only).
+    pub async fn place_elsewhere(
+        &self,
+        spec: &SandboxSpec,
+        only: Option<&str>,
+    ) -> ApiResult<Option<String>> {
+        let nodes = self
+            .store
+            .nodes()
+            .await?
+            .into_iter()
+            .filter(|n| only.is_none_or(|o| n.id == o))
+            .collect();
         let best = choose(nodes, spec, &self.node_id, self.node_timing);
         if let Some(n) = &best {
             tracing::info!(
@@ -241,6 +287,120 @@ impl Manager {
             );
         }
         Ok(best.map(|n| n.id))
+    }
+
+    /// The node that takes a sandbox of `spec` now: this one when it can,
+    /// else the best other; `only_on`: the one node that may (a restore of
+    /// a snapshot not yet stored). The refusal says why none can.
+    pub async fn choose_node(
+        &self,
+        spec: &SandboxSpec,
+        only_on: Option<&str>,
+    ) -> ApiResult<String> {
+        let here = match only_on {
+            Some(node) if node != self.node_id => Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "no_executors_available",
+                format!(
+                    "its snapshot is on node {node} only until it is stored, and that node cannot take it now"
+                ),
+            )),
+            _ => match self.check_node_accepts().await {
+                Ok(()) => self.admit(),
+                Err(e) => Err(e),
+            },
+        };
+        match here {
+            Ok(()) => Ok(self.node_id.clone()),
+            Err(refused) => self.place_elsewhere(spec, only_on).await?.ok_or(refused),
+        }
+    }
+
+    /// Places the sandboxes that wait for a node with room ([`UNPLACED`]),
+    /// oldest first, one server at a time; fails those that waited past
+    /// their `max_pending_secs`, with why they waited as the reason.
+    /// `live`: every live row.
+    pub async fn place_waiting(self: &Arc<Self>, live: &[SandboxRow]) {
+        let mut waiting: Vec<&SandboxRow> = live
+            .iter()
+            .filter(|r| {
+                r.status == SandboxStatus::Pending && r.node_id.as_deref() == Some(UNPLACED)
+            })
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let Ok(Some(_alone)) = self.store.try_advisory_lock(LockKey::Placement).await else {
+            return;
+        };
+        waiting.sort_by_key(|r| r.created_at);
+        for row in waiting {
+            let reason = row
+                .pending_reason
+                .clone()
+                .unwrap_or_else(|| "no_resources_available".into());
+            let limit = row.spec.max_pending_secs.unwrap_or(0);
+            if Utc::now() >= row.created_at + chrono::Duration::seconds(limit as i64) {
+                let msg = format!("no node could take it within {limit}s ({reason})");
+                tracing::warn!(sandbox = row.id, "{msg}");
+                let _ = self
+                    .store
+                    .transition(
+                        &row.id,
+                        &[SandboxStatus::Pending],
+                        SandboxStatus::Failed,
+                        Some(&reason),
+                        Some(&msg),
+                    )
+                    .await;
+                continue;
+            }
+            // A claim at its pool's cap waits for a sandbox of the pool to end.
+            if let Some(pool) = &row.pool_id {
+                match self.store.pool(None, pool).await {
+                    Ok(Some(p)) => {
+                        if !self.pool_has_room(&p).await.unwrap_or(false) {
+                            continue;
+                        }
+                    }
+                    Ok(None) => {
+                        let _ = self
+                            .store
+                            .transition(
+                                &row.id,
+                                &[SandboxStatus::Pending],
+                                SandboxStatus::Failed,
+                                Some("pool_deleted"),
+                                Some("its pool was deleted"),
+                            )
+                            .await;
+                        continue;
+                    }
+                    Err(_) => continue,
+                }
+            }
+            let only_on = match &row.spec.snapshot_id {
+                Some(sid) => match self.store.snapshot(None, sid).await {
+                    Ok(Some(s)) if s.status != SnapshotStatus::Completed => {
+                        Some(s.node_id.unwrap_or_else(|| self.node_id.clone()))
+                    }
+                    _ => None,
+                },
+                None => None,
+            };
+            match self.choose_node(&row.spec, only_on.as_deref()).await {
+                Ok(node) => {
+                    if let Ok(true) = self.store.place(&row.id, &node).await {
+                        tracing::info!(sandbox = row.id, node, "room found: placed");
+                        let _ = self.store.wake_node(&node).await;
+                    }
+                }
+                Err(e) if waits_for_room(&e) && e.body.code != reason => {
+                    let _ = self.store.set_pending_reason(&row.id, &e.body.code).await;
+                }
+                Err(_) => {}
+            }
+        }
     }
 
     /// Refuses work on another node's sandbox (409 `sandbox_on_other_node`):
@@ -262,6 +422,15 @@ impl Manager {
     /// Refuses a create when the local node takes no new sandboxes (503
     /// `no_executors_available`).
     pub async fn check_node_accepts(&self) -> ApiResult<()> {
+        if !self.runs_sandboxes {
+            return Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "no_executors_available",
+                "no node can take it: none is alive and ready with room \
+                 (this server runs no sandboxes itself; start one with \
+                 `sbx node --server URL --node-token TOKEN`)",
+            ));
+        }
         let node = self.store.node(&self.node_id).await?;
         match node.map(|n| n.state) {
             Some(NodeState::Draining) => Err(ApiError::new(
@@ -275,6 +444,14 @@ impl Manager {
             _ => Ok(()),
         }
     }
+}
+
+/// Whether a create refused with `e` may wait for room instead.
+pub fn waits_for_room(e: &ApiError) -> bool {
+    matches!(
+        e.body.code.as_str(),
+        "no_resources_available" | "no_executors_available"
+    )
 }
 
 /// The node [`Manager::place_elsewhere`] picks among `nodes`, not `me`.
@@ -298,7 +475,7 @@ fn choose(nodes: Vec<NodeRow>, spec: &SandboxSpec, me: &str, timing: Timing) -> 
 }
 
 /// Whether a node reported recently enough to be given work.
-fn is_alive(node: &NodeRow, timing: Timing) -> bool {
+pub(crate) fn is_alive(node: &NodeRow, timing: Timing) -> bool {
     (Utc::now() - node.heartbeat_at)
         .to_std()
         .map_or(true, |age| age <= timing.alive_within())
@@ -418,6 +595,8 @@ mod tests {
             auto_resume: true,
             snapshot_id: None,
             active_since: None,
+            max_pending_secs: None,
+            suspend_image: None,
         };
         let pick = |nodes: Vec<NodeRow>, image: Option<&str>| {
             choose(nodes, &spec(image), "me", timing).map(|n| n.id)

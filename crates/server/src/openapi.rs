@@ -369,10 +369,7 @@ mod tests {
 
     /// Documented request fields the wire type does not carry: PATCH
     /// answers 501 for them (`UNSUPPORTED_UPDATES` in api.rs).
-    const SPEC_ONLY: &[(&str, &str)] = &[
-        ("UpdateSandboxRequest", "resources"),
-        ("UpdateSandboxRequest", "network"),
-    ];
+    const SPEC_ONLY: &[(&str, &str)] = &[("UpdateSandboxRequest", "resources")];
 
     /// The spec's property names of a component schema.
     fn properties(name: &str) -> BTreeSet<String> {
@@ -435,6 +432,7 @@ mod tests {
             sandbox_url: full.then(|| "http://localhost:9443".into()),
             auto_resume: true,
             snapshot_id: full.then(|| "snap1".into()),
+            pool_id: full.then(|| "pool1".into()),
         };
         same_shape("SandboxInfo", info(true), info(false));
         let archived = |full: bool| ArchivedSandboxInfo {
@@ -543,6 +541,7 @@ mod tests {
                 allow_unauthenticated_access: Some(true),
                 exposed_ports: Some(vec![]),
                 auto_resume: Some(false),
+                network: Some(Some(net.clone())),
             },
             UpdateSandboxRequest::default(),
         );
@@ -647,6 +646,42 @@ mod tests {
             modified_at: Some(now),
         };
         same_shape("DirEntry", entry.clone(), entry);
+        let pool = |full: bool| sbx_api::pool::PoolInfo {
+            id: "pool1".into(),
+            namespace: "default".into(),
+            image: "default".into(),
+            resources: sbx_api::sandbox::Resources {
+                cpus: 1.0,
+                memory_mb: 1024,
+                disk_mb: 10240,
+            },
+            timeout_secs: 0,
+            entrypoint: full.then(|| vec!["sleep".into()]),
+            max_containers: full.then_some(3),
+            warm_containers: 1,
+            network_policy: Default::default(),
+            containers: full.then(|| {
+                vec![sbx_api::pool::PoolContainer {
+                    id: "sbx1".into(),
+                    state: "Running".into(),
+                    sandbox_id: Some("sbx1".into()),
+                    executor_id: "node-1".into(),
+                }]
+            }),
+            created_at: now,
+            updated_at: now,
+        };
+        same_shape("PoolInfo", pool(true), pool(false));
+        let pool_req = sbx_api::pool::PoolRequest {
+            image: Some("default".into()),
+            resources: Some(Default::default()),
+            timeout_secs: Some(0),
+            entrypoint: Some(vec!["sleep".into()]),
+            max_containers: Some(2),
+            warm_containers: Some(1),
+            network: Some(Some(Default::default())),
+        };
+        same_shape("PoolRequest", pool_req, sbx_api::pool::PoolRequest::default());
         let pty = CreatePtyRequest {
             command: "c".into(),
             args: vec![],
@@ -667,6 +702,95 @@ mod tests {
         same_shape("DaemonInfo", daemon.clone(), daemon);
         let body = sbx_api::ErrorBody::new("not_found", "m");
         same_shape("Error", body.clone(), body);
+        use sbx_api::secret::*;
+        let secret = SecretInfo {
+            name: "TOKEN".into(),
+            created_at: now,
+            updated_at: now,
+        };
+        same_shape("SecretInfo", secret.clone(), secret.clone());
+        let list = ListSecretsResponse {
+            secrets: vec![secret],
+        };
+        same_shape("ListSecretsResponse", list.clone(), list);
+        let set = SetSecretRequest { value: "v".into() };
+        same_shape("SetSecretRequest", set.clone(), set);
+        let deleted = DeleteSecretResponse {
+            name: "TOKEN".into(),
+            status: "deleted".into(),
+        };
+        same_shape("DeleteSecretResponse", deleted.clone(), deleted);
+        logs_match_the_wire_types(now);
+    }
+
+    fn logs_match_the_wire_types(now: chrono::DateTime<chrono::Utc>) {
+        use sbx_api::daemon::{ExitEvent, ExitReason};
+        use sbx_api::logs::*;
+        let entry = LogEntry {
+            timestamp: 1,
+            uuid: "123e4567-e89b-82d3-a456-426614174000".into(),
+            namespace: "default".into(),
+            application: String::new(),
+            body: "b".into(),
+            log_attributes: "{}".into(),
+            sandbox_id: "sbx1".into(),
+            level: 3,
+        };
+        same_shape("LogEntry", entry.clone(), entry.clone());
+        let page = LogsResponse {
+            logs: vec![entry],
+            next_token: Some("7".into()),
+            cursor: "7".into(),
+        };
+        let last = LogsResponse {
+            next_token: None,
+            ..page.clone()
+        };
+        same_shape("LogsResponse", page, last);
+        let proc = LogProcess {
+            process_id: "12".into(),
+            process_pid: "12".into(),
+            process_command: "echo hi".into(),
+            process_managed_id: String::new(),
+            process_managed_name: String::new(),
+            first_seen: 1,
+            last_seen: 2,
+            log_count: 1,
+        };
+        same_shape("LogProcess", proc.clone(), proc.clone());
+        let procs = LogProcessesResponse {
+            processes: vec![proc],
+        };
+        same_shape("LogProcessesResponse", procs.clone(), procs);
+        let full = JournalEntry {
+            seq: 1,
+            timestamp: now,
+            pid: 12,
+            kind: JournalKind::Exited,
+            text: "exited with code 0".into(),
+            managed_id: Some("web".into()),
+            managed_name: Some("web".into()),
+            exit: Some(ExitEvent {
+                exit_code: Some(0),
+                signal: None,
+                oom_killed: false,
+                reason: ExitReason::Exited,
+            }),
+        };
+        let bare = JournalEntry {
+            kind: JournalKind::Stdout,
+            managed_id: None,
+            managed_name: None,
+            exit: None,
+            ..full.clone()
+        };
+        same_shape("JournalEntry", full.clone(), bare);
+        let batch = JournalBatch {
+            first: 0,
+            next: 2,
+            entries: vec![full],
+        };
+        same_shape("JournalBatch", batch.clone(), batch);
     }
 
     #[test]

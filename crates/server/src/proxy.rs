@@ -140,6 +140,14 @@ async fn forward_to(
     port: Option<u16>,
     strip_auth: bool,
 ) -> Response {
+    // A suspended sandbox its node cannot resume moves to one that can.
+    let row = match row.spec.auto_resume {
+        true => match state.manager.relocate_if_stranded(&row).await {
+            Ok(moved) => moved.unwrap_or(row),
+            Err(e) => return e.into_response(),
+        },
+        false => row,
+    };
     if !state.manager.is_local(row.node_id.as_deref()) {
         return relay(state, req, row).await;
     }

@@ -83,6 +83,13 @@ impl Manager {
             self.back_to_running(&row.id).await;
             return Err(e.into());
         }
+        self.logs.event(
+            &row.id,
+            sbx_api::logs::level::INFO,
+            "snapshot",
+            format!("{} snapshot {} started", kind_name(kind), snap.id),
+            serde_json::json!({"snapshotId": snap.id, "snapshotType": kind_name(kind)}),
+        );
         let me = self.clone();
         let s = snap.clone();
         let task = self.tasks.spawn(async move { me.capture(&s).await });
@@ -122,6 +129,19 @@ impl Manager {
                     memory_bytes = c.checkpoint_bytes,
                     "snapshot captured"
                 );
+                self.metrics.snapshot_paused(snap.snapshot_type, c.pause_ms);
+                self.logs.event(
+                    &snap.sandbox_id,
+                    sbx_api::logs::level::INFO,
+                    "snapshot_captured",
+                    format!(
+                        "{} snapshot {} captured (paused {} ms)",
+                        kind_name(snap.snapshot_type),
+                        snap.id,
+                        c.pause_ms
+                    ),
+                    serde_json::json!({"snapshotId": snap.id, "pauseMs": c.pause_ms}),
+                );
                 let update = SnapshotUpdate {
                     size_bytes: Some(c.layer_bytes + c.checkpoint_bytes),
                     pause_ms: Some(c.pause_ms),
@@ -150,6 +170,13 @@ impl Manager {
             Err(e) => {
                 let msg = format!("capture failed: {e}");
                 tracing::warn!(snapshot = snap.id, sandbox = snap.sandbox_id, "{msg}");
+                self.logs.event(
+                    &snap.sandbox_id,
+                    sbx_api::logs::level::WARN,
+                    "snapshot_failed",
+                    format!("snapshot {}: {msg}", snap.id),
+                    serde_json::json!({"snapshotId": snap.id}),
+                );
                 let _ = self
                     .store
                     .snapshot_transition(
@@ -178,6 +205,8 @@ impl Manager {
         match result {
             Ok((logical, stored)) => {
                 tracing::info!(snapshot = id, logical, stored, "snapshot stored");
+                self.metrics
+                    .blob_put(crate::metrics::BlobKind::Snapshot, logical, stored);
                 let _ = self
                     .store
                     .snapshot_transition(
@@ -302,9 +331,18 @@ impl Manager {
         self.tasks.spawn(async move {
             let lock = me.lock_for(&id);
             let _guard = lock.lock().await;
-            match me.executor.suspend(&id).await {
+            let export = me.suspend_export(&id);
+            let dest = export.as_ref().map(|(_, dir)| dir.as_path());
+            match me.executor.suspend_exporting(&id, dest).await {
                 Ok(ms) => {
                     tracing::info!(sandbox = id, ms, reason, "sandbox suspended");
+                    me.logs.event(
+                        &id,
+                        sbx_api::logs::level::INFO,
+                        "suspended",
+                        format!("sandbox suspended ({reason})"),
+                        serde_json::json!({ "reason": reason }),
+                    );
                     let _ = me
                         .store
                         .transition(
@@ -315,9 +353,19 @@ impl Manager {
                             None,
                         )
                         .await;
+                    if let Some((manifest, dir)) = export {
+                        me.store_suspend_image(&id, manifest, dir);
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(sandbox = id, "suspend failed: {e}");
+                    me.logs.event(
+                        &id,
+                        sbx_api::logs::level::ERROR,
+                        "suspend_failed",
+                        format!("suspend failed: {e}"),
+                        serde_json::Value::Null,
+                    );
                     let alive = me.executor.agent_addr(&id).is_some() && me.executor.is_alive(&id);
                     let (to, err) = if alive {
                         (SandboxStatus::Running, None)
@@ -355,31 +403,43 @@ impl Manager {
         let me = self.clone();
         let id = row.id.clone();
         let (done, resuming) = tokio::sync::oneshot::channel();
+        let asked = std::time::Instant::now();
         self.tasks.spawn(async move {
             let lock = me.lock_for(&id);
             let _guard = lock.lock().await;
             // A suspend may have been under way; resume what it left.
-            match me.store.get(&id).await {
-                Ok(Some(r)) if r.status == SandboxStatus::Suspended => {}
+            let row = match me.store.get(&id).await {
+                Ok(Some(r)) if r.status == SandboxStatus::Suspended => r,
                 _ => return,
-            }
+            };
             let started = std::time::Instant::now();
-            match me.executor.resume(&id).await {
-                Ok(_) => {
+            match me.resume_here(&row).await {
+                Ok(()) => {
                     if let Ok(Some(mut r)) = me.store.get(&id).await {
                         r.spec.active_since = Some(Utc::now());
+                        let stored = r.spec.suspend_image.take();
                         let _ = me.store.mark_resumed(&id, &r.spec).await;
+                        me.drop_suspend_image(stored);
                     }
                     tracing::info!(
                         sandbox = id,
                         ms = started.elapsed().as_millis() as u64,
                         "sandbox resumed"
                     );
+                    me.logs.info(&id, "resumed", "sandbox resumed");
+                    me.metrics.sandbox_resumed(asked.elapsed());
                     let _ = done.send(Ok(()));
                 }
                 Err(e) => {
                     let why = format!("resume failed (the sandbox stays suspended): {e}");
                     tracing::warn!(sandbox = id, "{why}");
+                    me.logs.event(
+                        &id,
+                        sbx_api::logs::level::ERROR,
+                        "resume_failed",
+                        why.clone(),
+                        serde_json::Value::Null,
+                    );
                     let _ = me.store.set_error(&id, Some(&why)).await;
                     let _ = done.send(Err(why));
                 }
@@ -494,7 +554,11 @@ impl Manager {
 
 /// Stores a snapshot directory (`layer/`, `checkpoint/*`) under manifest
 /// `sid`; returns (logical bytes, newly stored compressed bytes).
-fn ingest(blobs: &sbx_store::Store, sid: &str, dir: &Path) -> Result<(u64, u64), String> {
+pub(crate) fn ingest(
+    blobs: &sbx_store::Store,
+    sid: &str,
+    dir: &Path,
+) -> Result<(u64, u64), String> {
     let w = blobs.writer().map_err(|e| e.to_string())?;
     let mut manifest = sbx_store::Manifest::default();
     let (tree, stats) = w.put_dir(dir.join("layer")).map_err(|e| e.to_string())?;
@@ -555,4 +619,12 @@ fn materialize(blobs: &sbx_store::Store, sid: &str, dir: &Path) -> Result<(), St
         let _ = std::fs::remove_dir_all(&tmp);
     }
     result
+}
+
+/// `memory` or `filesystem`.
+fn kind_name(kind: SnapshotType) -> &'static str {
+    match kind {
+        SnapshotType::Memory => "memory",
+        SnapshotType::Filesystem => "filesystem",
+    }
 }

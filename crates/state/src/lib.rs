@@ -17,6 +17,11 @@ use sqlx::any::{AnyPoolOptions, AnyQueryResult, AnyRow};
 use sqlx::{AnyPool, Row};
 use std::path::Path;
 
+mod pools;
+mod secrets;
+pub use pools::{PoolRow, PoolSpec};
+pub use secrets::{Sealed, SecretMeta};
+
 /// What does not change over a sandbox's life, stored as one JSON column.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SandboxSpec {
@@ -42,7 +47,20 @@ pub struct SandboxSpec {
     /// sandbox's timeout counts from here.
     #[serde(default)]
     pub active_since: Option<DateTime<Utc>>,
+    /// How long it may wait `pending` for a node with room before it
+    /// fails (`None`: not at all, the create is refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_secs: Option<u64>,
+    /// While suspended: the blob-store manifest holding its memory image
+    /// and files (written when the blob store is shared), from which any
+    /// node resumes it. `None`: only its node's disk has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend_image: Option<String>,
 }
+
+/// The `node_id` of a sandbox no node has taken yet: it waits `pending`
+/// (its `pending_reason` says why) until one has room.
+pub const UNPLACED: &str = "unplaced";
 
 #[derive(Debug, Clone)]
 pub struct SandboxRow {
@@ -59,6 +77,35 @@ pub struct SandboxRow {
     /// The node that runs it (`None`: a row from before nodes, which the
     /// single host's server runs).
     pub node_id: Option<String>,
+    /// The warm pool it belongs to, and whether it is still warm there.
+    pub pool_id: Option<String>,
+    pub pool_state: Option<PoolState>,
+}
+
+/// Where a pool's sandbox is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolState {
+    /// Booted by the pool, never used: only the pool hands it out.
+    Warm,
+    /// Handed to a user: an ordinary sandbox from now on.
+    Claimed,
+}
+
+impl PoolState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolState::Warm => "warm",
+            PoolState::Claimed => "claimed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "warm" => Some(PoolState::Warm),
+            "claimed" => Some(PoolState::Claimed),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -193,8 +240,8 @@ impl Store {
     pub async fn insert(&self, row: &SandboxRow) -> Result<(), StoreError> {
         let r = sqlx::query(
             "INSERT INTO sandboxes (id, namespace, name, status, spec, pending_reason, created_at,
-                 node_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                 node_id, pool_id, pool_state)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&row.id)
         .bind(&row.namespace)
@@ -204,6 +251,8 @@ impl Store {
         .bind(&row.pending_reason)
         .bind(row.created_at.to_rfc3339())
         .bind(&row.node_id)
+        .bind(&row.pool_id)
+        .bind(row.pool_state.map(PoolState::as_str))
         .execute(&self.pool)
         .await;
         match r {
@@ -299,6 +348,44 @@ impl Store {
         .collect()
     }
 
+    /// How many sandboxes each (status, node) pair has, across namespaces
+    /// (`GET /metrics`: one grouped count, no rows decoded). The node is
+    /// `None` for rows from before nodes.
+    pub async fn count_by_status_and_node(
+        &self,
+    ) -> Result<Vec<(SandboxStatus, Option<String>, u64)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT status, node_id, COUNT(*) AS n FROM sandboxes GROUP BY status, node_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let status: String = r.try_get("status")?;
+            let n: i64 = r.try_get("n")?;
+            if let Some(status) = SandboxStatus::parse(&status) {
+                out.push((status, r.try_get("node_id")?, n.max(0) as u64));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The `completed` snapshots: how many, their logical bytes and the
+    /// compressed bytes each added to the blob store when it was stored.
+    pub async fn completed_snapshot_bytes(&self) -> Result<(u64, u64, u64), sqlx::Error> {
+        let r = sqlx::query(
+            "SELECT COUNT(*) AS n,
+                    CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) AS logical,
+                    CAST(COALESCE(SUM(stored_bytes), 0) AS BIGINT) AS stored
+             FROM snapshots WHERE status = 'completed'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let get =
+            |c: &str| -> Result<u64, sqlx::Error> { Ok(r.try_get::<i64, _>(c)?.max(0) as u64) };
+        Ok((get("n")?, get("logical")?, get("stored")?))
+    }
+
     /// Ids of the images that sandboxes still holding anything, and
     /// snapshots, were made from.
     pub async fn images_in_use(&self) -> Result<std::collections::HashSet<String>, sqlx::Error> {
@@ -362,6 +449,81 @@ impl Store {
     }
 
     /// Sets (or, with `None`, clears) the error a sandbox reports.
+    /// Places a sandbox that waits for a node ([`UNPLACED`]) on `node`;
+    /// false when it was placed, started or ended meanwhile.
+    pub async fn place(&self, id: &str, node: &str) -> Result<bool, sqlx::Error> {
+        let r = sqlx::query(
+            "UPDATE sandboxes SET node_id = $1, pending_reason = 'waiting_for_container'
+             WHERE id = $2 AND status = $3 AND node_id = $4",
+        )
+        .bind(node)
+        .bind(id)
+        .bind(SandboxStatus::Pending.as_str())
+        .bind(UNPLACED)
+        .execute(&self.pool)
+        .await?;
+        Ok(self.status_moved(&r))
+    }
+
+    /// Records where a suspended sandbox's stored image is (`image`, or
+    /// none); false unless it is still suspended on `node`.
+    pub async fn set_suspend_image(
+        &self,
+        id: &str,
+        node: &str,
+        image: Option<&str>,
+    ) -> Result<bool, sqlx::Error> {
+        let Some(mut row) = self.get(id).await? else {
+            return Ok(false);
+        };
+        if row.status != SandboxStatus::Suspended || row.node_id.as_deref() != Some(node) {
+            return Ok(false);
+        }
+        row.spec.suspend_image = image.map(str::to_string);
+        let r = sqlx::query(
+            "UPDATE sandboxes SET spec = $1 WHERE id = $2 AND status = $3 AND node_id = $4",
+        )
+        .bind(serde_json::to_string(&row.spec).expect("json"))
+        .bind(id)
+        .bind(SandboxStatus::Suspended.as_str())
+        .bind(node)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Moves a suspended sandbox from node `from` to node `to` (which
+    /// resumes it from its stored image); false when it is no longer
+    /// suspended on `from`.
+    pub async fn move_suspended(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let r = sqlx::query(
+            "UPDATE sandboxes SET node_id = $1 WHERE id = $2 AND status = $3 AND node_id = $4",
+        )
+        .bind(to)
+        .bind(id)
+        .bind(SandboxStatus::Suspended.as_str())
+        .bind(from)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Says why a pending sandbox still waits.
+    pub async fn set_pending_reason(&self, id: &str, reason: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE sandboxes SET pending_reason = $1 WHERE id = $2 AND status = $3")
+            .bind(reason)
+            .bind(id)
+            .bind(SandboxStatus::Pending.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn set_error(&self, id: &str, error: Option<&str>) -> Result<(), sqlx::Error> {
         sqlx::query("UPDATE sandboxes SET error = $1 WHERE id = $2")
             .bind(error)
@@ -630,6 +792,25 @@ pub enum LockKey {
     Blobs = 0x5bc0_0001,
     /// The work one server does for all (finding lost nodes).
     ClusterSweep = 0x5bc0_0002,
+    /// Placing the sandboxes that wait for a node with room.
+    Placement = 0x5bc0_0003,
+    /// Keeping warm pools filled.
+    Pools = 0x5bc0_0004,
+}
+
+/// The PostgreSQL channel nodes are woken on; the payload is a node id.
+pub const WAKE_CHANNEL: &str = "sbx_wake_node";
+
+/// The ids of nodes woken (see [`Store::wake_node`]). A lost connection is
+/// made again on the next [`Wakes::next`]; wakes sent meanwhile are lost,
+/// so listeners keep a periodic look as well.
+pub struct Wakes(sqlx::postgres::PgListener);
+
+impl Wakes {
+    /// The next node woken.
+    pub async fn next(&mut self) -> Result<String, sqlx::Error> {
+        Ok(self.0.recv().await?.payload().to_string())
+    }
 }
 
 /// A PostgreSQL advisory lock, held by a database session of its own (not
@@ -685,6 +866,32 @@ impl Store {
         Ok(taken.then_some(AdvisoryLock {
             _session: Some(conn),
         }))
+    }
+
+    /// Wakes node `node` to look for work placed on it (a PostgreSQL
+    /// `NOTIFY` on [`WAKE_CHANNEL`]); nothing on SQLite, where one server
+    /// is alone and starts its own work at once.
+    pub async fn wake_node(&self, node: &str) -> Result<(), sqlx::Error> {
+        if self.kind != Kind::Postgres {
+            return Ok(());
+        }
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(WAKE_CHANNEL)
+            .bind(node)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The nodes woken by [`Self::wake_node`] from now on, over a session
+    /// of its own; `None` on SQLite.
+    pub async fn wakes(&self) -> Result<Option<Wakes>, sqlx::Error> {
+        if self.kind != Kind::Postgres {
+            return Ok(None);
+        }
+        let mut listener = sqlx::postgres::PgListener::connect(&self.url).await?;
+        listener.listen(WAKE_CHANNEL).await?;
+        Ok(Some(Wakes(listener)))
     }
 
     /// Fails the snapshots `node` was capturing (its node is gone); how many.
@@ -791,6 +998,11 @@ fn decode(r: &AnyRow) -> Result<SandboxRow, sqlx::Error> {
         created_at: parse_time(&created)?,
         terminated_at: terminated.as_deref().map(parse_time).transpose()?,
         node_id: r.try_get("node_id")?,
+        pool_id: r.try_get("pool_id")?,
+        pool_state: r
+            .try_get::<Option<String>, _>("pool_state")?
+            .as_deref()
+            .and_then(PoolState::parse),
     })
 }
 
@@ -855,6 +1067,8 @@ mod tests {
                 auto_resume: true,
                 snapshot_id: None,
                 active_since: None,
+                max_pending_secs: None,
+                suspend_image: None,
             },
             pending_reason: None,
             termination_reason: None,
@@ -862,6 +1076,8 @@ mod tests {
             created_at: Utc::now(),
             terminated_at: None,
             node_id: Some("n1".into()),
+            pool_id: None,
+            pool_state: None,
         }
     }
 
@@ -1018,6 +1234,150 @@ mod tests {
             assert!(s.delete_snapshot("s1").await.unwrap());
             assert!(!s.delete_snapshot("s1").await.unwrap());
         }
+    }
+
+    #[tokio::test]
+    async fn metrics_counts_group_by_status_and_node() {
+        let (stores, _dbs) = stores().await;
+        for s in stores {
+            assert_eq!(s.completed_snapshot_bytes().await.unwrap(), (0, 0, 0));
+            s.insert(&row("a", None)).await.unwrap();
+            s.insert(&row("b", None)).await.unwrap();
+            let mut old = row("c", None);
+            old.node_id = None;
+            s.insert(&old).await.unwrap();
+            s.transition(
+                "b",
+                &[SandboxStatus::Pending],
+                SandboxStatus::Running,
+                None,
+                None,
+            )
+            .await
+            .unwrap();
+            let mut got = s.count_by_status_and_node().await.unwrap();
+            got.sort_by_key(|(st, n, _)| (st.as_str(), n.clone()));
+            assert_eq!(
+                got,
+                vec![
+                    (SandboxStatus::Pending, None, 1),
+                    (SandboxStatus::Pending, Some("n1".into()), 1),
+                    (SandboxStatus::Running, Some("n1".into()), 1),
+                ],
+                "{:?}",
+                s.kind()
+            );
+            for (id, status, size, stored) in [
+                ("s1", SnapshotStatus::Completed, 5u64 << 40, 1000u64),
+                ("s2", SnapshotStatus::Completed, 300, 200),
+                ("s3", SnapshotStatus::LocalReady, 7, 7),
+            ] {
+                let snap = SnapshotRow {
+                    id: id.into(),
+                    namespace: "default".into(),
+                    sandbox_id: "a".into(),
+                    snapshot_type: SnapshotType::Memory,
+                    status: SnapshotStatus::InProgress,
+                    error: None,
+                    spec: row("a", None).spec,
+                    size_bytes: None,
+                    stored_bytes: None,
+                    pause_ms: None,
+                    created_at: Utc::now(),
+                    node_id: None,
+                };
+                s.insert_snapshot(&snap).await.unwrap();
+                let update = SnapshotUpdate {
+                    size_bytes: Some(size),
+                    stored_bytes: Some(stored),
+                    ..Default::default()
+                };
+                s.snapshot_transition(id, snap.status, status, update)
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(
+                s.completed_snapshot_bytes().await.unwrap(),
+                (2, (5u64 << 40) + 300, 1200),
+                "{:?}",
+                s.kind()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_claim_takes_a_running_warm_sandbox_once() {
+        let (stores, _dbs) = stores().await;
+        for s in &stores {
+            let now = Utc::now();
+            let pool = PoolRow {
+                id: "pool1".into(),
+                namespace: "default".into(),
+                spec: PoolSpec {
+                    sandbox: row("x", None).spec,
+                    warm: 2,
+                    max: Some(3),
+                },
+                created_at: now,
+                updated_at: now,
+            };
+            s.insert_pool(&pool).await.unwrap();
+            assert_eq!(s.pools(Some("default")).await.unwrap().len(), 1);
+            assert!(s.pool(Some("other"), "pool1").await.unwrap().is_none());
+            for (id, status) in [("w1", SandboxStatus::Running), ("w2", SandboxStatus::Running), ("w3", SandboxStatus::Pending)] {
+                let mut r = row(id, None);
+                r.status = status;
+                r.pool_id = Some("pool1".into());
+                r.pool_state = Some(PoolState::Warm);
+                r.created_at = Utc::now();
+                s.insert(&r).await.unwrap();
+            }
+            let first = s.claim_warm("pool1", Some("mine")).await.unwrap().unwrap();
+            assert_eq!((first.id.as_str(), first.pool_state), ("w1", Some(PoolState::Claimed)));
+            assert_eq!(first.name.as_deref(), Some("mine"));
+            // A name is unique among live sandboxes, claimed ones too.
+            assert!(matches!(
+                s.claim_warm("pool1", Some("mine")).await,
+                Err(StoreError::NameTaken(_))
+            ));
+            let second = s.claim_warm("pool1", None).await.unwrap().unwrap();
+            assert_eq!(second.id, "w2");
+            // Then the one still starting; then none.
+            let third = s.claim_warm("pool1", None).await.unwrap().unwrap();
+            assert_eq!((third.id.as_str(), third.status), ("w3", SandboxStatus::Pending));
+            assert!(s.claim_warm("pool1", None).await.unwrap().is_none());
+            let live = s.pool_sandboxes("pool1", &[SandboxStatus::Running, SandboxStatus::Pending]).await.unwrap();
+            assert_eq!(live.len(), 3);
+            let spec = PoolSpec { warm: 1, ..pool.spec.clone() };
+            assert!(s.update_pool("pool1", &spec).await.unwrap());
+            assert_eq!(s.pool(None, "pool1").await.unwrap().unwrap().spec.warm, 1);
+            let mut late = row("w4", None);
+            late.pool_id = Some("pool1".into());
+            late.pool_state = Some(PoolState::Warm);
+            s.insert(&late).await.unwrap();
+            assert!(s.orphaned_warm(&[SandboxStatus::Pending]).await.unwrap().is_empty());
+            assert!(s.delete_pool("pool1").await.unwrap());
+            assert!(!s.delete_pool("pool1").await.unwrap());
+            // A refill that raced the delete is found.
+            let orphans = s.orphaned_warm(&[SandboxStatus::Pending]).await.unwrap();
+            assert_eq!(orphans.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["w4"]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_woken_through_one_store_is_heard_through_another() {
+        let (stores, _dbs) = stores().await;
+        assert!(stores[0].wakes().await.unwrap().is_none(), "SQLite: no wakes");
+        stores[0].wake_node("n1").await.unwrap();
+        let pg = &stores[1];
+        let other = Store::connect(&pg.url).await.unwrap();
+        let mut wakes = other.wakes().await.unwrap().unwrap();
+        pg.wake_node("n2").await.unwrap();
+        let woken = tokio::time::timeout(std::time::Duration::from_secs(10), wakes.next())
+            .await
+            .expect("a wake")
+            .unwrap();
+        assert_eq!(woken, "n2");
     }
 
     #[tokio::test]

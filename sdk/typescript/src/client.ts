@@ -21,8 +21,14 @@ import type {
   ImageArchiveFormat,
   ImageImportProgress,
   ImageInfo,
+  PoolInfo,
   SandboxInfo,
   SandboxStatus,
+  LogEntry,
+  LogPage,
+  LogProcess,
+  LogQuery,
+  SecretInfo,
   SnapshotInfo,
   SnapshotStatus,
   SnapshotType,
@@ -71,6 +77,46 @@ export interface CreateSandboxOptions {
    */
   wait?: boolean;
   maxPendingSecs?: number;
+  /** Seconds to wait for a pending sandbox to run (default 300). */
+  timeout?: number;
+}
+
+/** A warm pool's template and counts (`createPool`, `updatePool`). */
+export interface PoolOptions {
+  image?: string;
+  cpus?: number;
+  memoryMb?: number;
+  diskMb?: number;
+  /** Idle time after which a claimed sandbox ends, counted from the claim (0: none). */
+  timeoutSecs?: number;
+  entrypoint?: string[];
+  /** Booted, unclaimed sandboxes to keep (server default 1). */
+  warmContainers?: number;
+  /** At most this many sandboxes of the pool at once, warm and claimed (default: no cap). */
+  maxContainers?: number;
+  allowInternetAccess?: boolean;
+  allowOut?: string[];
+  denyOut?: string[];
+}
+
+/**
+ * Changes to a pool: what is given replaces that setting, the rest stays.
+ * `null` drops the entrypoint or lifts the cap.
+ */
+export interface UpdatePoolOptions extends Omit<PoolOptions, "entrypoint" | "maxContainers"> {
+  entrypoint?: string[] | null;
+  maxContainers?: number | null;
+}
+
+export interface ClaimOptions {
+  /** A name for the claimed sandbox. */
+  name?: string;
+  /**
+   * Wait until the sandbox runs (default). At the pool's cap a claim stays
+   * `pending` (`pool_at_capacity`) until a sandbox of the pool ends; with
+   * `false` the call returns within about a second, maybe `pending`.
+   */
+  wait?: boolean;
   /** Seconds to wait for a pending sandbox to run (default 300). */
   timeout?: number;
 }
@@ -389,6 +435,193 @@ export class SandboxClient {
     return this.snapshotAndWait(identifier, { ...options, snapshotType: options.checkpointType });
   }
 
+  // ---- secrets (the namespace's; values go in, never out) ----
+
+  /**
+   * Sets secret `name` (an environment variable name) of the namespace,
+   * stored encrypted. Sandboxes created later with `secretNames: [name]`
+   * get it; running ones keep the value they have.
+   */
+  async setSecret(name: string, value: string): Promise<SecretInfo> {
+    const body = await this.http.json(this.secretPath(name), { method: "PUT", json: { value } });
+    return camelize<SecretInfo>(body);
+  }
+
+  /** The namespace's secrets: names and dates, never values. */
+  async listSecrets(): Promise<SecretInfo[]> {
+    const body = await this.http.json<{ secrets: unknown[] }>(this.url("/secrets"));
+    return (body?.secrets ?? []).map((s) => camelize<SecretInfo>(s));
+  }
+
+  /** Deletes a secret (`NotFoundError` if there is none). */
+  async deleteSecret(name: string): Promise<void> {
+    await this.http.request(this.secretPath(name), { method: "DELETE" });
+  }
+
+  // ---- warm pools ----
+
+  /**
+   * Creates a warm pool: the server keeps `warmContainers` (default 1)
+   * sandboxes of this template booted for {@link claim}. Returns the pool
+   * (fetched after the create, with its sandboxes, usually still starting).
+   */
+  async createPool(options: PoolOptions = {}): Promise<PoolInfo> {
+    const created = await this.http.json<{ pool_id: string }>(this.url("/sandbox-pools"), {
+      method: "POST",
+      json: poolBody(options),
+    });
+    return this.getPool(created.pool_id);
+  }
+
+  /** The namespace's pools (without their sandboxes: see {@link getPool}). */
+  async listPools(): Promise<PoolInfo[]> {
+    const body = await this.http.json<{ pools: unknown[] }>(this.url("/sandbox-pools"));
+    return (body?.pools ?? []).map(normalizePool);
+  }
+
+  /** A pool with its sandboxes (`containers`: `Idle` = warm, `Running` = claimed). */
+  async getPool(poolId: string): Promise<PoolInfo> {
+    return normalizePool(await this.http.json(this.poolPath(poolId), { notFound: "pool" }));
+  }
+
+  /**
+   * Changes the given settings of a pool; the others stay. Warm sandboxes
+   * of the old template are replaced; claimed ones keep running.
+   */
+  async updatePool(poolId: string, changes: UpdatePoolOptions): Promise<PoolInfo> {
+    const cur = await this.getPool(poolId);
+    const pick = <T>(given: T | undefined, now: T) => (given === undefined ? now : given);
+    const body = poolBody({
+      image: pick(changes.image, cur.image),
+      cpus: pick(changes.cpus, cur.resources.cpus),
+      memoryMb: pick(changes.memoryMb, cur.resources.memoryMb),
+      diskMb: pick(changes.diskMb, cur.resources.diskMb),
+      timeoutSecs: pick(changes.timeoutSecs, cur.timeoutSecs),
+      entrypoint: pick(changes.entrypoint, cur.entrypoint) ?? undefined,
+      warmContainers: pick(changes.warmContainers, cur.warmContainers),
+      maxContainers: pick(changes.maxContainers, cur.maxContainers) ?? undefined,
+    });
+    // The server keeps the network policy unless one is sent.
+    if (changes.allowInternetAccess !== undefined || changes.allowOut !== undefined || changes.denyOut !== undefined) {
+      const now = cur.networkPolicy;
+      body.network = {
+        allow_internet_access: changes.allowInternetAccess ?? now?.allowInternetAccess ?? true,
+        allow_out: changes.allowOut ?? now?.allowOut ?? [],
+        deny_out: changes.denyOut ?? now?.denyOut ?? [],
+      };
+    }
+    return normalizePool(
+      await this.http.json(this.poolPath(poolId), { method: "PUT", json: body, notFound: "pool" }),
+    );
+  }
+
+  /**
+   * Deletes a pool and its warm sandboxes; a {@link ConflictError}
+   * (`pool_in_use`) while sandboxes claimed from it still run.
+   */
+  async deletePool(poolId: string): Promise<void> {
+    await this.http.request(this.poolPath(poolId), { method: "DELETE", notFound: "pool" });
+  }
+
+  /**
+   * A sandbox from pool `poolId`: a warm one when there is one (it runs at
+   * once), else one started now. Unless `wait: false`, returns once it
+   * runs, as {@link create} does.
+   */
+  async claim(poolId: string, options: ClaimOptions = {}): Promise<CreateSandboxResult> {
+    const wait = options.wait !== false;
+    const timeout = options.timeout ?? 300;
+    const result = camelize<CreateSandboxResult>(
+      await this.http.json(this.poolPath(poolId, "/sandboxes"), {
+        method: "POST",
+        json: options.name !== undefined ? { name: options.name } : {},
+        headers: wait
+          ? {
+              "X-Tensorlake-Request-Timeout-Ms": String(timeout * 1000),
+              "X-Tensorlake-Request-Timeout-Grace-Ms": "5000",
+            }
+          : { "X-Tensorlake-Request-Timeout-Ms": "1000", "X-Tensorlake-Request-Timeout-Grace-Ms": "0" },
+        notFound: "pool",
+      }),
+    );
+    if (!wait || result.status === "running") return result;
+    if (result.status !== "pending") throw sandboxFailed(result);
+    const info = await this.waitForStatus(result.sandboxId, "running", timeout);
+    return { ...result, status: info.status, sandboxUrl: info.sandboxUrl, name: info.name };
+  }
+
+  private poolPath(id: string, rest = ""): string {
+    return this.url(`/sandbox-pools/${encodeURIComponent(id)}${rest}`);
+  }
+
+  // ---- logs ----
+
+  /**
+   * One page of a sandbox's persisted logs (also of one that ended): its
+   * processes' output lines and its lifecycle events, oldest first.
+   */
+  async getLogs(identifier: string, query: LogQuery = {}): Promise<LogPage> {
+    const params = new URLSearchParams();
+    const levels: Record<string, number> = { trace: 1, debug: 2, info: 3, warn: 4, error: 5, fatal: 6 };
+    for (const l of query.levels ?? []) params.append("level", String(typeof l === "number" ? l : levels[l] ?? l));
+    for (const p of query.processIds ?? []) params.append("processId", String(p));
+    for (const k of ["body", "head", "tail", "nextToken"] as const) {
+      if (query[k] !== undefined) params.append(k, String(query[k]));
+    }
+    const qs = params.toString();
+    const body = await this.http.json<{ logs: Record<string, unknown>[]; nextToken?: string; cursor: string }>(
+      this.sandboxPath(identifier, "/logs") + (qs ? `?${qs}` : ""),
+      { notFound: "sandbox" },
+    );
+    return {
+      entries: (body?.logs ?? []).map(logEntry),
+      nextToken: body?.nextToken ?? undefined,
+      cursor: body?.cursor ?? "0",
+    };
+  }
+
+  /** The processes a sandbox's logs have records of. */
+  async listLogProcesses(identifier: string): Promise<LogProcess[]> {
+    const body = await this.http.json<{ processes: LogProcess[] }>(this.sandboxPath(identifier, "/processes"), {
+      notFound: "sandbox",
+    });
+    return body?.processes ?? [];
+  }
+
+  /**
+   * The logs (the last `tail` records, or all), then new records as they
+   * come, until the sandbox ends.
+   */
+  async *followLogs(
+    identifier: string,
+    query: Omit<LogQuery, "head" | "nextToken"> & { pollInterval?: number } = {},
+  ): AsyncGenerator<LogEntry> {
+    const { pollInterval = 0.5, tail, ...filter } = query;
+    let token: string | undefined;
+    let first = true;
+    for (;;) {
+      const ended = FINAL_STATUSES.has((await this.get(identifier)).status);
+      for (;;) {
+        const page = await this.getLogs(identifier, {
+          ...filter,
+          tail: first ? tail : undefined,
+          nextToken: token,
+        });
+        yield* page.entries;
+        token = page.nextToken ?? page.cursor;
+        const tailed = first && tail !== undefined;
+        first = false;
+        if (tailed || !page.nextToken) break;
+      }
+      if (ended) return;
+      await sleep(pollInterval * 1000);
+    }
+  }
+
+  private secretPath(name: string): string {
+    return this.url(`/secrets/${encodeURIComponent(name)}`);
+  }
+
   // ---- images (the host's: every namespace sees the same ones) ----
 
   /** The images sandboxes can be created from: `default` and every import. */
@@ -524,6 +757,29 @@ function createBody(o: CreateSandboxOptions): Record<string, unknown> {
   return body;
 }
 
+function poolBody(o: PoolOptions): Record<string, unknown> {
+  const body = createBody({
+    image: o.image,
+    cpus: o.cpus,
+    memoryMb: o.memoryMb,
+    diskMb: o.diskMb,
+    timeoutSecs: o.timeoutSecs,
+    entrypoint: o.entrypoint,
+    allowInternetAccess: o.allowInternetAccess,
+    allowOut: o.allowOut,
+    denyOut: o.denyOut,
+  });
+  if (o.warmContainers !== undefined) body.warm_containers = o.warmContainers;
+  if (o.maxContainers !== undefined) body.max_containers = o.maxContainers;
+  return body;
+}
+
+function normalizePool(raw: unknown): PoolInfo {
+  const info = camelize<PoolInfo>(raw);
+  info.poolId = info.id;
+  return info;
+}
+
 function normalizeSandbox(raw: unknown): SandboxInfo {
   const info = camelize<SandboxInfo & { id?: string; network?: SandboxInfo["networkPolicy"] }>(raw);
   if (!info.sandboxId && info.id) info.sandboxId = info.id;
@@ -546,4 +802,28 @@ function sandboxFailed(info: {
 }): SbxError {
   const why = info.errorDetails?.message ?? info.reason ?? info.terminationReason;
   return new SandboxError(`sandbox ${info.sandboxId} is ${info.status}${why ? `: ${why}` : ""}`);
+}
+
+function logEntry(d: Record<string, unknown>): LogEntry {
+  let attributes: Record<string, unknown> = {};
+  try {
+    const parsed = JSON.parse(String(d.logAttributes ?? "{}"));
+    if (parsed && typeof parsed === "object") attributes = parsed;
+  } catch {
+    // not JSON: no attributes
+  }
+  const timestamp = Number(d.timestamp ?? 0);
+  return {
+    timestamp,
+    timeMs: Math.floor(timestamp / 1e6),
+    uuid: String(d.uuid ?? ""),
+    sandboxId: String(d.sandboxId ?? ""),
+    namespace: String(d.namespace ?? ""),
+    body: String(d.body ?? ""),
+    level: Number(d.level ?? 0),
+    attributes,
+    processId: typeof attributes.processId === "string" ? attributes.processId : undefined,
+    stream: attributes.stream === "stdout" || attributes.stream === "stderr" ? attributes.stream : undefined,
+    event: typeof attributes.event === "string" ? attributes.event : undefined,
+  };
 }

@@ -45,6 +45,9 @@ export class SnapshotNotFoundError extends NotFoundError {}
 /** 404: no image of this name, or (on an import) no such image in the registry. */
 export class ImageNotFoundError extends NotFoundError {}
 
+/** 404: no warm pool with this id. */
+export class PoolNotFoundError extends NotFoundError {}
+
 /** 404: no such file or directory in the sandbox. */
 export class SandboxFileNotFoundError extends NotFoundError {}
 
@@ -92,7 +95,7 @@ export class CommandError extends SbxError {
 }
 
 /** What a 404 is about, for the right error class. */
-export type NotFoundKind = "sandbox" | "snapshot" | "image" | "file" | "other";
+export type NotFoundKind = "sandbox" | "snapshot" | "image" | "pool" | "file" | "other";
 
 /** The error for a non-2xx answer with this status and body text. */
 export function errorFromResponse(
@@ -127,6 +130,7 @@ export function errorFromResponse(
       if (notFound === "sandbox") return new SandboxNotFoundError(message, opts);
       if (notFound === "snapshot") return new SnapshotNotFoundError(message, opts);
       if (notFound === "image") return new ImageNotFoundError(message, opts);
+      if (notFound === "pool") return new PoolNotFoundError(message, opts);
       if (notFound === "file") return new SandboxFileNotFoundError(message, opts);
       return new NotFoundError(message, opts);
     case 409:

@@ -12,12 +12,15 @@
 export { SandboxClient } from "./client.js";
 export type {
   CheckpointOptions,
+  ClaimOptions,
   ClientOptions,
   CreateSandboxOptions,
   ImportImageArchiveOptions,
   ImportImageOptions,
   LifecycleWaitOptions,
+  PoolOptions,
   SnapshotWaitOptions,
+  UpdatePoolOptions,
   UpdateSandboxOptions,
 } from "./client.js";
 export { Sandbox } from "./sandbox.js";

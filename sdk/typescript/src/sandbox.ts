@@ -5,7 +5,7 @@ import { SandboxClient } from "./client.js";
 import { NotFoundError, SandboxNotFoundError, SbxError } from "./errors.js";
 import { Commands, Daemon, Files, Processes } from "./daemon.js";
 import { Pty } from "./pty.js";
-import type { SandboxInfo, SnapshotInfo } from "./types.js";
+import type { LogEntry, LogPage, LogProcess, LogQuery, SandboxInfo, SnapshotInfo } from "./types.js";
 
 // Older Node 20 releases lack the symbol; `await using` needs it.
 (Symbol as { asyncDispose?: symbol }).asyncDispose ??= Symbol.for("Symbol.asyncDispose");
@@ -72,6 +72,20 @@ export class Sandbox implements AsyncDisposable {
   /** Takes a snapshot (default `filesystem`) and waits until it can be restored from. */
   createSnapshot(options: SnapshotWaitOptions = {}): Promise<SnapshotInfo> {
     return this.client.snapshotAndWait(this.sandboxId, options);
+  }
+
+  /** This sandbox's persisted logs: see {@link SandboxClient.getLogs}. */
+  getLogs(query: LogQuery = {}): Promise<LogPage> {
+    return this.client.getLogs(this.sandboxId, query);
+  }
+
+  listLogProcesses(): Promise<LogProcess[]> {
+    return this.client.listLogProcesses(this.sandboxId);
+  }
+
+  /** See {@link SandboxClient.followLogs}. */
+  followLogs(query: Omit<LogQuery, "head" | "nextToken"> & { pollInterval?: number } = {}): AsyncGenerator<LogEntry> {
+    return this.client.followLogs(this.sandboxId, query);
   }
 
   /** A checkpoint to come back to with `Sandbox.create({ snapshotId })`. */

@@ -61,6 +61,45 @@ export interface SandboxInfo {
   autoResume?: boolean;
   /** The snapshot it was restored from. */
   snapshotId?: string;
+  /** The warm pool it was claimed from. */
+  poolId?: string;
+}
+
+/** One sandbox of a warm pool. */
+export interface PoolContainer {
+  /** The sandbox's id. */
+  id: string;
+  /** `Idle` (warm: booted, unclaimed) or `Running` (claimed). */
+  state: "Idle" | "Running" | string;
+  /** Set once claimed. */
+  sandboxId?: string;
+  /** The node it runs on. */
+  executorId: string;
+}
+
+/**
+ * `GET …/sandbox-pools/{id}`: a warm pool, a sandbox template with
+ * `warmContainers` sandboxes of it kept booted and handed out by `claim`.
+ */
+export interface PoolInfo {
+  /** The pool's id (also as `id`). */
+  poolId: string;
+  id: string;
+  namespace: string;
+  image: string;
+  resources: Resources;
+  /** Counted from a claim; 0: none. */
+  timeoutSecs: number;
+  entrypoint?: string[];
+  /** At most this many sandboxes of the pool at once; absent: no cap. */
+  maxContainers?: number;
+  warmContainers: number;
+  networkPolicy: NetworkPolicy;
+  /** Only from `getPool`: its sandboxes, warm and claimed. */
+  containers?: PoolContainer[];
+  /** ISO 8601. */
+  createdAt: string;
+  updatedAt: string;
 }
 
 /** Answer to create (and each sandbox of a copy). */
@@ -129,6 +168,80 @@ export interface ImageInfo {
   user?: string;
   /** The image's ENTRYPOINT + CMD: started in a sandbox created without an entrypoint. */
   entrypoint: string[];
+}
+
+/**
+ * A secret of the namespace: its name and dates. Its value is never shown
+ * again; sandboxes created with `secretNames: [name]` get it as an
+ * environment variable.
+ */
+export interface SecretInfo {
+  name: string;
+  /** ISO 8601. */
+  createdAt: string;
+  /** ISO 8601. */
+  updatedAt: string;
+}
+
+/** Log levels by name (`info` is stdout, `error` stderr) or number 1-6. */
+export type LogLevel = "trace" | "debug" | "info" | "warn" | "error" | "fatal" | number;
+
+/** Which records of a sandbox's logs to read. */
+export interface LogQuery {
+  levels?: LogLevel[];
+  /** Pids (as `processId` in the records). */
+  processIds?: (string | number)[];
+  /** Only records whose body contains this text. */
+  body?: string;
+  /** The first N matching records. */
+  head?: number;
+  /** The last N matching records (not with `head`). */
+  tail?: number;
+  /** Continue from an earlier page's `nextToken` (or `cursor`). */
+  nextToken?: string;
+}
+
+/**
+ * One record of a sandbox's persisted logs: a process's output line
+ * (`processId`, `stream` set) or a lifecycle event (`event` set: created,
+ * running, suspended, resumed, snapshot, terminated, failed,
+ * process_started, process_exited…).
+ */
+export interface LogEntry {
+  /** Nanoseconds since the Unix epoch (a number: sub-microsecond digits may round). */
+  timestamp: number;
+  /** Milliseconds since the Unix epoch, for `new Date(...)`. */
+  timeMs: number;
+  uuid: string;
+  sandboxId: string;
+  namespace: string;
+  body: string;
+  /** 1 trace … 6 fatal; 3 for stdout, 5 for stderr. */
+  level: number;
+  attributes: Record<string, unknown>;
+  processId?: string;
+  stream?: "stdout" | "stderr";
+  event?: string;
+}
+
+export interface LogPage {
+  entries: LogEntry[];
+  /** Set when more matching records follow. */
+  nextToken?: string;
+  /** Where newer records will start: pass it as `nextToken` later. */
+  cursor: string;
+}
+
+/** A process a sandbox's logs have records of. */
+export interface LogProcess {
+  processId: string;
+  processPid: string;
+  processCommand: string;
+  processManagedId: string;
+  processManagedName: string;
+  firstSeen: number;
+  lastSeen: number;
+  logCount: number;
 }
 
 export type ImageArchiveFormat = "docker-archive" | "oci-archive";

@@ -3,6 +3,7 @@
 use crate::client::Client;
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use sbx_api::pool::ClaimRequest;
 use sbx_api::sandbox::{
     CreateSandboxRequest, CreateSandboxResponse, NetworkPolicy, ResourcesRequest, SandboxInfo,
     SandboxStatus,
@@ -54,6 +55,16 @@ pub struct CreateOpts {
     /// 0.0.0.0/0 denies everything not allowed).
     #[arg(long, value_name = "CIDR")]
     pub deny_out: Vec<String>,
+
+    /// A secret (`sbx secret set NAME`) to set as an environment variable
+    /// of every process in the sandbox (repeatable).
+    #[arg(long = "secret", value_name = "NAME")]
+    pub secrets: Vec<String>,
+
+    /// When no node has room now, wait up to this many seconds `pending`
+    /// for one instead of failing at once.
+    #[arg(long, value_name = "SECS")]
+    pub max_pending_secs: Option<u64>,
 }
 
 impl CreateOpts {
@@ -90,6 +101,8 @@ impl CreateOpts {
             entrypoint,
             name,
             snapshot_id: self.snapshot.clone(),
+            secret_names: (!self.secrets.is_empty()).then(|| self.secrets.clone()),
+            max_pending_secs: self.max_pending_secs,
             ..Default::default()
         })
     }
@@ -103,6 +116,11 @@ pub struct CreateArgs {
     #[command(flatten)]
     pub opts: CreateOpts,
 
+    /// Claim a sandbox from this warm pool (`sbx pool create`): its
+    /// template decides image, resources and network.
+    #[arg(long, value_name = "POOL", conflicts_with_all = POOL_CONFLICTS)]
+    pub pool: Option<String>,
+
     /// Return at once while the sandbox is still pending.
     #[arg(long)]
     pub no_wait: bool,
@@ -112,12 +130,40 @@ pub struct CreateArgs {
     pub json: bool,
 }
 
+/// The settings a pool's template decides (`--pool` takes none of them).
+const POOL_CONFLICTS: [&str; 12] = [
+    "cpus",
+    "memory",
+    "disk_mb",
+    "timeout",
+    "entrypoint",
+    "image",
+    "snapshot",
+    "no_internet",
+    "allow_out",
+    "deny_out",
+    "secrets",
+    "max_pending_secs",
+];
+
 pub async fn run(client: &Client, args: CreateArgs) -> Result<i32> {
-    let mut req = args.opts.request(args.name)?;
-    if args.no_wait {
-        req.wait = Some(false);
-    }
-    let resp = create_sandbox(client, &req, !args.no_wait).await?;
+    let resp = match &args.pool {
+        Some(pool) => {
+            let req = ClaimRequest {
+                name: args.name.clone(),
+                file_systems: None,
+            };
+            let resp = client.claim(pool, &req, !args.no_wait).await?;
+            settle(client, resp, !args.no_wait).await?
+        }
+        None => {
+            let mut req = args.opts.request(args.name)?;
+            if args.no_wait {
+                req.wait = Some(false);
+            }
+            create_sandbox(client, &req, !args.no_wait).await?
+        }
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&resp)?);
     } else {
@@ -275,6 +321,24 @@ mod tests {
         assert!(a.name.is_none() && !a.no_wait && !a.json);
         let v = serde_json::to_value(a.opts.request(None).unwrap()).unwrap();
         assert_eq!(v, serde_json::json!({}));
+    }
+
+    #[test]
+    fn a_pool_claim_takes_a_name_and_no_template() {
+        let a = create_args(&["create", "--pool", "pool1", "web", "--no-wait"]);
+        assert_eq!(a.pool.as_deref(), Some("pool1"));
+        assert_eq!(a.name.as_deref(), Some("web"));
+        assert!(a.no_wait);
+        for flag in [
+            &["-i", "app"][..],
+            &["-m", "512"],
+            &["--no-internet"],
+            &["-s", "x"],
+        ] {
+            let mut argv = vec!["sbx", "create", "--pool", "pool1"];
+            argv.extend_from_slice(flag);
+            assert!(crate::Cli::try_parse_from(&argv).is_err(), "{argv:?}");
+        }
     }
 
     #[test]

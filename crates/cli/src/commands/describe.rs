@@ -95,6 +95,9 @@ pub fn render(s: &SandboxInfo, now: DateTime<Utc>) -> String {
     if let Some(snap) = &s.snapshot_id {
         rows.push(("snapshot", snap.clone()));
     }
+    if let Some(pool) = &s.pool_id {
+        rows.push(("pool", pool.clone()));
+    }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     rows.iter()
         .map(|(k, v)| format!("{:width$} {v}\n", format!("{k}:")))
@@ -128,6 +131,10 @@ mod tests {
             "{out}"
         );
         assert!(!out.contains("timeout"));
+        assert!(!out.contains("pool"));
+        let mut claimed = info("sb-2", None, "running", "2026-01-01T00:00:00Z");
+        claimed.pool_id = Some("pool1".into());
+        assert!(render(&claimed, now).contains("pool:        pool1\n"));
     }
 
     #[test]

@@ -92,6 +92,46 @@ pub struct ServerArgs {
     /// At most this many sandboxes at once (default: as many as fit).
     #[arg(long, value_name = "N")]
     pub max_sandboxes: Option<usize>,
+
+    /// The key secrets are encrypted with in the state store: 32 raw bytes
+    /// or 64 hex digits (default: DATA_DIR/secrets.key, made on the first
+    /// start). Servers sharing a state store need the same key.
+    #[arg(long, env = "SBX_SECRETS_KEY_FILE", value_name = "PATH")]
+    pub secrets_key_file: Option<PathBuf>,
+
+    /// The cluster's node token (16+ characters). On `sbx server`: nodes
+    /// that present it may join (`sbx node --server URL --node-token T`;
+    /// needs --state postgres://… and --blobs). On `sbx node`: presented
+    /// to the control plane.
+    #[arg(
+        long,
+        env = "SBX_NODE_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub node_token: Option<String>,
+
+    /// Run no sandboxes here: a control plane that places every sandbox
+    /// on its nodes (needs --node-token).
+    #[arg(long)]
+    pub no_local_node: bool,
+
+    /// Sandbox logs (process output and lifecycle events, DATA_DIR/logs)
+    /// kept per sandbox, in MB: its oldest lines go first.
+    #[arg(long, default_value_t = 16, value_name = "MB",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub logs_sandbox_mb: u64,
+
+    /// Sandbox logs kept in all, in MB: the oldest lines of any go first.
+    #[arg(long, default_value_t = 1024, value_name = "MB",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub logs_total_mb: u64,
+
+    /// Sandbox log lines older than this many hours go (and so do whole
+    /// logs of sandboxes that ended).
+    #[arg(long, default_value_t = 168, value_name = "HOURS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub logs_max_age_hours: u64,
 }
 
 impl ServerArgs {
@@ -119,6 +159,15 @@ impl ServerArgs {
             suspend_linger: std::time::Duration::from_secs(self.suspend_linger_secs),
             memory_reserve_mb: self.memory_reserve_mb,
             max_sandboxes: self.max_sandboxes,
+            node_token: self.node_token.clone(),
+            local_node: !self.no_local_node,
+            blobs_credentials: None,
+            secrets_key_file: self.secrets_key_file.clone(),
+            logs: sbx_server::LogBudget {
+                per_sandbox: self.logs_sandbox_mb << 20,
+                total: self.logs_total_mb << 20,
+                max_age: std::time::Duration::from_secs(self.logs_max_age_hours * 3600),
+            },
         }
     }
 }
@@ -136,11 +185,16 @@ fn merge_keys(flags: &[String], env: Option<&str>) -> Vec<String> {
 }
 
 pub async fn run(args: ServerArgs) -> Result<i32> {
+    init_logs();
+    sbx_server::run(args.config()).await?;
+    Ok(0)
+}
+
+/// Logs to stderr, at `info` unless `RUST_LOG` says otherwise.
+pub fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
-    sbx_server::run(args.config()).await?;
-    Ok(0)
 }
 
 #[cfg(test)]
@@ -168,6 +222,11 @@ mod tests {
             panic!()
         };
         assert_eq!(a.config().idle_freeze, None);
+        assert_eq!(a.config().secrets_key_file, None);
+        let Command::Server(a) = parse(&["server", "--secrets-key-file", "/k"]).command else {
+            panic!()
+        };
+        assert_eq!(a.config().secrets_key_file, Some(PathBuf::from("/k")));
     }
 
     #[test]

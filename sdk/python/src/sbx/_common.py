@@ -94,6 +94,7 @@ def create_body(
     auto_resume: Optional[bool] = None,
     allow_unauthenticated_access: Optional[bool] = None,
     exposed_ports: Optional[list[int]] = None,
+    max_pending_secs: Optional[int] = None,
     wait: bool = True,
 ) -> dict[str, Any]:
     """The JSON of ``POST /sandboxes``; unset fields are left out (server defaults)."""
@@ -118,12 +119,83 @@ def create_body(
         ("auto_resume", auto_resume),
         ("allow_unauthenticated_access", allow_unauthenticated_access),
         ("exposed_ports", exposed_ports),
+        ("max_pending_secs", max_pending_secs),
     ):
         if value is not None:
             body[key] = value
     if not wait:
         body["wait"] = False
     return body
+
+
+def pool_body(
+    *,
+    image: Optional[str] = None,
+    cpus: Optional[float] = None,
+    memory_mb: Optional[int] = None,
+    disk_mb: Optional[int] = None,
+    timeout_secs: Optional[int] = None,
+    entrypoint: Optional[list[str]] = None,
+    warm_containers: Optional[int] = None,
+    max_containers: Optional[int] = None,
+    allow_internet_access: Optional[bool] = None,
+    allow_out: Optional[list[str]] = None,
+    deny_out: Optional[list[str]] = None,
+) -> dict[str, Any]:
+    """The JSON of ``POST /sandbox-pools``; unset fields are left out (server defaults)."""
+    body = create_body(
+        image=image,
+        cpus=cpus,
+        memory_mb=memory_mb,
+        disk_mb=disk_mb,
+        timeout_secs=timeout_secs,
+        entrypoint=entrypoint,
+        allow_internet_access=allow_internet_access,
+        allow_out=allow_out,
+        deny_out=deny_out,
+    )
+    for key, value in (("warm_containers", warm_containers), ("max_containers", max_containers)):
+        if value is not None:
+            body[key] = value
+    return body
+
+
+def pool_update_body(current: dict, **given: Any) -> dict[str, Any]:
+    """The JSON of ``PUT /sandbox-pools/{id}``: the server replaces the
+    whole template, so pool ``current`` (its JSON) with the ``given`` fields
+    changed (``_UNSET`` = keep; ``None`` clears ``entrypoint`` and
+    ``max_containers``, and resets the others to the server's default). The
+    network policy is sent only when one of its fields is given (merged into
+    the current one); the server keeps it otherwise."""
+    given = {k: v for k, v in given.items() if v is not _UNSET}
+    res = dict(current.get("resources") or {})
+    for key in ("cpus", "memory_mb", "disk_mb"):
+        if key in given:
+            res[key] = given[key]
+    body: dict[str, Any] = {"resources": {k: v for k, v in res.items() if v is not None}}
+    for key in ("image", "timeout_secs", "entrypoint", "warm_containers", "max_containers"):
+        value = given[key] if key in given else current.get(key)
+        if value is not None:
+            body[key] = value
+    net_keys = ("allow_internet_access", "allow_out", "deny_out")
+    if any(k in given for k in net_keys):
+        network = dict(current.get("network_policy") or {})
+        for key in net_keys:
+            if key in given:
+                if given[key] is None:
+                    network.pop(key, None)
+                else:
+                    network[key] = given[key]
+        body["network"] = network
+    return body
+
+
+def claim_headers(wait: bool, wait_timeout: float) -> dict[str, str]:
+    """How long a claim may block: ``wait_timeout``, or about a second
+    without ``wait`` (it then answers ``pending`` at the pool's cap)."""
+    if wait:
+        return create_timeout_headers(wait_timeout)
+    return {"X-Tensorlake-Request-Timeout-Ms": "1000", "X-Tensorlake-Request-Timeout-Grace-Ms": "0"}
 
 
 def update_body(**fields: Any) -> dict[str, Any]:
@@ -374,3 +446,26 @@ def file_chunks(f: Any) -> Iterable[bytes]:
         if not chunk:
             return
         yield chunk.encode() if isinstance(chunk, str) else chunk
+
+
+LOG_LEVELS = {"trace": 1, "debug": 2, "info": 3, "warn": 4, "warning": 4, "error": 5, "fatal": 6}
+
+
+def log_params(
+    levels: Optional[Iterable[Union[int, str]]],
+    process_ids: Optional[Iterable[Union[int, str]]],
+    body: Optional[str],
+    head: Optional[int],
+    tail: Optional[int],
+    next_token: Optional[str],
+) -> list[tuple[str, str]]:
+    """The query of ``GET …/logs`` (repeated ``level`` and ``processId``)."""
+    params: list[tuple[str, str]] = []
+    for lvl in levels or ():
+        value = getattr(lvl, "value", lvl)
+        params.append(("level", str(LOG_LEVELS.get(str(value).lower(), value))))
+    params += [("processId", str(p)) for p in process_ids or ()]
+    for key, value in (("body", body), ("head", head), ("tail", tail), ("nextToken", next_token)):
+        if value is not None:
+            params.append((key, str(value)))
+    return params

@@ -22,6 +22,7 @@ from .errors import (
     CopyError,
     ImageNotFoundError,
     NotFoundError,
+    PoolNotFoundError,
     SandboxError,
     SandboxFileNotFoundError,
     SandboxNotFoundError,
@@ -37,11 +38,16 @@ from .models import (
     CopyResult,
     FileEntry,
     ImageInfo,
+    LogEntry,
+    LogPage,
+    LogProcess,
     OutputLine,
+    PoolInfo,
     ProcessInfo,
     PtySessionInfo,
     SandboxInfo,
     SandboxStatus,
+    SecretInfo,
     SnapshotInfo,
     SnapshotType,
 )
@@ -359,6 +365,133 @@ class AsyncSandboxClient:
     ) -> SnapshotInfo:
         return await self.snapshot_and_wait(identifier, checkpoint_type, timeout=timeout, poll_interval=poll_interval)
 
+    # --- logs --------------------------------------------------------------
+
+    async def get_logs(
+        self,
+        identifier: str,
+        *,
+        levels: Optional[List[Union[int, str]]] = None,
+        process_ids: Optional[List[Union[int, str]]] = None,
+        body: Optional[str] = None,
+        head: Optional[int] = None,
+        tail: Optional[int] = None,
+        next_token: Optional[str] = None,
+    ) -> LogPage:
+        """See :meth:`sbx.SandboxClient.get_logs`."""
+        params = c.log_params(levels, process_ids, body, head, tail, next_token)
+        data = await self._json(
+            "GET", f"/sandboxes/{c.seg(identifier)}/logs", params=params, not_found=SandboxNotFoundError
+        )
+        return LogPage.from_json(data)
+
+    async def list_log_processes(self, identifier: str) -> List[LogProcess]:
+        """See :meth:`sbx.SandboxClient.list_log_processes`."""
+        data = await self._json("GET", f"/sandboxes/{c.seg(identifier)}/processes", not_found=SandboxNotFoundError)
+        return [LogProcess.from_json(p) for p in data.get("processes", [])]
+
+    async def follow_logs(
+        self,
+        identifier: str,
+        *,
+        levels: Optional[List[Union[int, str]]] = None,
+        process_ids: Optional[List[Union[int, str]]] = None,
+        body: Optional[str] = None,
+        tail: Optional[int] = None,
+        poll_interval: float = 0.5,
+    ) -> AsyncIterator[LogEntry]:
+        """See :meth:`sbx.SandboxClient.follow_logs`."""
+        token: Optional[str] = None
+        first = True
+        while True:
+            ended = str((await self.get(identifier)).status) in c.FINAL_SANDBOX_STATUSES
+            while True:
+                page = await self.get_logs(
+                    identifier, levels=levels, process_ids=process_ids, body=body,
+                    tail=tail if first and tail is not None else None, next_token=token,
+                )
+                for entry in page.entries:
+                    yield entry
+                token = page.next_token or page.cursor
+                if first and tail is not None:
+                    first = False
+                    break
+                first = False
+                if not page.next_token:
+                    break
+            if ended:
+                return
+            await asyncio.sleep(poll_interval)
+
+    # --- secrets -----------------------------------------------------------
+
+    async def set_secret(self, name: str, value: str) -> SecretInfo:
+        """See :meth:`sbx.SandboxClient.set_secret`."""
+        data = await self._json("PUT", f"/secrets/{c.seg(name)}", json={"value": value})
+        return SecretInfo.from_json(data)
+
+    async def list_secrets(self) -> List[SecretInfo]:
+        data = await self._json("GET", "/secrets")
+        return [SecretInfo.from_json(s) for s in data.get("secrets", [])]
+
+    async def delete_secret(self, name: str) -> None:
+        await self._t.request("DELETE", self._cfg.api(f"/secrets/{c.seg(name)}"))
+
+    # --- warm pools --------------------------------------------------------
+
+    async def create_pool(self, image: Optional[str] = None, **kwargs: Any) -> PoolInfo:
+        """See :meth:`sbx.SandboxClient.create_pool` (same keyword arguments)."""
+        created = await self._json("POST", "/sandbox-pools", json=c.pool_body(image=image, **kwargs))
+        return await self.get_pool(created["pool_id"])
+
+    async def list_pools(self) -> List[PoolInfo]:
+        data = await self._json("GET", "/sandbox-pools")
+        return [PoolInfo.from_json(p) for p in data.get("pools", [])]
+
+    async def get_pool(self, pool_id: str) -> PoolInfo:
+        return PoolInfo.from_json(
+            await self._json("GET", f"/sandbox-pools/{c.seg(pool_id)}", not_found=PoolNotFoundError)
+        )
+
+    async def update_pool(self, pool_id: str, **fields: Any) -> PoolInfo:
+        """See :meth:`sbx.SandboxClient.update_pool` (same keyword arguments)."""
+        known = {
+            "image", "cpus", "memory_mb", "disk_mb", "timeout_secs", "entrypoint", "warm_containers",
+            "max_containers", "allow_internet_access", "allow_out", "deny_out",
+        }
+        unknown = set(fields) - known
+        if unknown:
+            raise TypeError(f"update_pool() got unexpected keyword arguments: {sorted(unknown)}")
+        current = await self._json("GET", f"/sandbox-pools/{c.seg(pool_id)}", not_found=PoolNotFoundError)
+        body = c.pool_update_body(current, **fields)
+        return PoolInfo.from_json(
+            await self._json("PUT", f"/sandbox-pools/{c.seg(pool_id)}", json=body, not_found=PoolNotFoundError)
+        )
+
+    async def delete_pool(self, pool_id: str) -> None:
+        await self._t.request(
+            "DELETE", self._cfg.api(f"/sandbox-pools/{c.seg(pool_id)}"), not_found=PoolNotFoundError
+        )
+
+    async def claim(
+        self, pool_id: str, name: Optional[str] = None, *, wait: bool = True, wait_timeout: float = 300.0
+    ) -> SandboxInfo:
+        """See :meth:`sbx.SandboxClient.claim`."""
+        deadline = time.monotonic() + wait_timeout
+        info = SandboxInfo.from_json(
+            await self._json(
+                "POST",
+                f"/sandbox-pools/{c.seg(pool_id)}/sandboxes",
+                json={"name": name} if name is not None else {},
+                headers=c.claim_headers(wait, wait_timeout),
+                timeout=wait_timeout + 10 if wait else httpx.USE_CLIENT_DEFAULT,
+                not_found=PoolNotFoundError,
+            )
+        )
+        if not wait:
+            return info
+        return await self._wait_running(info, deadline)
+
     # --- images ------------------------------------------------------------
 
     async def list_images(self) -> List[ImageInfo]:
@@ -559,6 +692,17 @@ class AsyncSandbox:
         return await self.client.checkpoint(
             self.sandbox_id, checkpoint_type, timeout=timeout, poll_interval=poll_interval
         )
+
+    async def get_logs(self, **kwargs: Any) -> LogPage:
+        """This sandbox's persisted logs: see :meth:`AsyncSandboxClient.get_logs`."""
+        return await self.client.get_logs(self.sandbox_id, **kwargs)
+
+    async def list_log_processes(self) -> List[LogProcess]:
+        return await self.client.list_log_processes(self.sandbox_id)
+
+    def follow_logs(self, **kwargs: Any) -> AsyncIterator[LogEntry]:
+        """See :meth:`AsyncSandboxClient.follow_logs`."""
+        return self.client.follow_logs(self.sandbox_id, **kwargs)
 
     async def copy(self, times: int = 1) -> list["AsyncSandbox"]:
         result = await self.client.copy(self.sandbox_id, times)

@@ -15,6 +15,7 @@ from .errors import (
     CopyError,
     ImageNotFoundError,
     NotFoundError,
+    PoolNotFoundError,
     SandboxError,
     SandboxNotFoundError,
     SbxConnectionError,
@@ -26,7 +27,12 @@ from .models import (
     CheckpointType,
     CopyResult,
     ImageInfo,
+    LogEntry,
+    LogPage,
+    LogProcess,
+    PoolInfo,
     SandboxInfo,
+    SecretInfo,
     SandboxStatus,
     SnapshotInfo,
     SnapshotType,
@@ -152,12 +158,15 @@ class SandboxClient:
         auto_resume: Optional[bool] = None,
         allow_unauthenticated_access: Optional[bool] = None,
         exposed_ports: Optional[list[int]] = None,
+        max_pending_secs: Optional[int] = None,
         wait: bool = True,
         wait_timeout: float = 300.0,
     ) -> SandboxInfo:
         """Creates a sandbox (or restores ``snapshot_id``) and, with ``wait``,
         returns once it runs. Unset fields take the server's defaults (or,
         on a restore, the snapshot's). ``wait=False`` returns it ``pending``.
+        With ``max_pending_secs`` a create no node has room for waits
+        ``pending`` that long for room instead of being refused.
 
         Raises :class:`SandboxError` when it fails to start and
         :class:`SbxTimeoutError` when it is not running after ``wait_timeout`` s.
@@ -178,6 +187,7 @@ class SandboxClient:
             auto_resume=auto_resume,
             allow_unauthenticated_access=allow_unauthenticated_access,
             exposed_ports=exposed_ports,
+            max_pending_secs=max_pending_secs,
             wait=wait,
         )
         deadline = time.monotonic() + wait_timeout
@@ -422,6 +432,195 @@ class SandboxClient:
         """A snapshot to come back to, ready to restore when this returns.
         ``MEMORY`` (default) also keeps running processes and memory."""
         return self.snapshot_and_wait(identifier, checkpoint_type, timeout=timeout, poll_interval=poll_interval)
+
+    # --- logs --------------------------------------------------------------
+
+    def get_logs(
+        self,
+        identifier: str,
+        *,
+        levels: Optional[List[Union[int, str]]] = None,
+        process_ids: Optional[List[Union[int, str]]] = None,
+        body: Optional[str] = None,
+        head: Optional[int] = None,
+        tail: Optional[int] = None,
+        next_token: Optional[str] = None,
+    ) -> LogPage:
+        """One page of a sandbox's persisted logs (also of one that ended):
+        its processes' output lines and its lifecycle events, oldest first.
+        ``levels``: 1-6 or names (``info`` is stdout, ``error`` stderr);
+        ``process_ids``: pids; ``body``: text the line contains; ``head`` /
+        ``tail``: the first / last N; ``next_token``: continue a read."""
+        params = c.log_params(levels, process_ids, body, head, tail, next_token)
+        return LogPage.from_json(
+            self._json("GET", f"/sandboxes/{c.seg(identifier)}/logs", params=params, not_found=SandboxNotFoundError)
+        )
+
+    def list_log_processes(self, identifier: str) -> List[LogProcess]:
+        """The processes a sandbox's logs have records of."""
+        data = self._json("GET", f"/sandboxes/{c.seg(identifier)}/processes", not_found=SandboxNotFoundError)
+        return [LogProcess.from_json(p) for p in data.get("processes", [])]
+
+    def follow_logs(
+        self,
+        identifier: str,
+        *,
+        levels: Optional[List[Union[int, str]]] = None,
+        process_ids: Optional[List[Union[int, str]]] = None,
+        body: Optional[str] = None,
+        tail: Optional[int] = None,
+        poll_interval: float = 0.5,
+    ) -> Iterator[LogEntry]:
+        """Yields the logs (the last ``tail`` records, or all), then new
+        records as they come, until the sandbox ends."""
+        token: Optional[str] = None
+        first = True
+        while True:
+            ended = str(self.get(identifier).status) in c.FINAL_SANDBOX_STATUSES
+            while True:
+                page = self.get_logs(
+                    identifier, levels=levels, process_ids=process_ids, body=body,
+                    tail=tail if first and tail is not None else None, next_token=token,
+                )
+                yield from page.entries
+                token = page.next_token or page.cursor
+                if first and tail is not None:
+                    first = False
+                    break
+                first = False
+                if not page.next_token:
+                    break
+            if ended:
+                return
+            time.sleep(poll_interval)
+
+    # --- secrets -----------------------------------------------------------
+
+    def set_secret(self, name: str, value: str) -> SecretInfo:
+        """Sets secret ``name`` (an environment variable name) of the
+        namespace, stored encrypted; sandboxes created later with
+        ``secret_names=[name]`` get it. Running sandboxes keep the value they have."""
+        return SecretInfo.from_json(self._json("PUT", f"/secrets/{c.seg(name)}", json={"value": value}))
+
+    def list_secrets(self) -> List[SecretInfo]:
+        """The namespace's secrets: names and dates, never values."""
+        return [SecretInfo.from_json(s) for s in self._json("GET", "/secrets").get("secrets", [])]
+
+    def delete_secret(self, name: str) -> None:
+        """Deletes a secret (:class:`NotFoundError` if there is none)."""
+        self._t.request("DELETE", self._cfg.api(f"/secrets/{c.seg(name)}"))
+
+    # --- warm pools --------------------------------------------------------
+
+    def create_pool(
+        self,
+        image: Optional[str] = None,
+        *,
+        cpus: Optional[float] = None,
+        memory_mb: Optional[int] = None,
+        disk_mb: Optional[int] = None,
+        timeout_secs: Optional[int] = None,
+        entrypoint: Optional[list[str]] = None,
+        warm_containers: Optional[int] = None,
+        max_containers: Optional[int] = None,
+        allow_internet_access: Optional[bool] = None,
+        allow_out: Optional[list[str]] = None,
+        deny_out: Optional[list[str]] = None,
+    ) -> PoolInfo:
+        """Creates a warm pool: the server keeps ``warm_containers`` (default
+        1) sandboxes of this template booted for :meth:`claim`, at most
+        ``max_containers`` of the pool at once (default: no cap).
+        ``timeout_secs`` counts from a claim. Returns the pool (fetched
+        after the create, with its sandboxes, usually still starting)."""
+        body = c.pool_body(
+            image=image,
+            cpus=cpus,
+            memory_mb=memory_mb,
+            disk_mb=disk_mb,
+            timeout_secs=timeout_secs,
+            entrypoint=entrypoint,
+            warm_containers=warm_containers,
+            max_containers=max_containers,
+            allow_internet_access=allow_internet_access,
+            allow_out=allow_out,
+            deny_out=deny_out,
+        )
+        created = self._json("POST", "/sandbox-pools", json=body)
+        return self.get_pool(created["pool_id"])
+
+    def list_pools(self) -> List[PoolInfo]:
+        """The namespace's pools (without their sandboxes: see :meth:`get_pool`)."""
+        return [PoolInfo.from_json(p) for p in self._json("GET", "/sandbox-pools").get("pools", [])]
+
+    def get_pool(self, pool_id: str) -> PoolInfo:
+        """A pool with its sandboxes (``containers``: ``Idle`` = warm, ``Running`` = claimed)."""
+        return PoolInfo.from_json(self._json("GET", f"/sandbox-pools/{c.seg(pool_id)}", not_found=PoolNotFoundError))
+
+    def update_pool(
+        self,
+        pool_id: str,
+        *,
+        image: Optional[str] = c._UNSET,
+        cpus: Optional[float] = c._UNSET,
+        memory_mb: Optional[int] = c._UNSET,
+        disk_mb: Optional[int] = c._UNSET,
+        timeout_secs: Optional[int] = c._UNSET,
+        entrypoint: Optional[list[str]] = c._UNSET,
+        warm_containers: Optional[int] = c._UNSET,
+        max_containers: Optional[int] = c._UNSET,
+        allow_internet_access: Optional[bool] = c._UNSET,
+        allow_out: Optional[list[str]] = c._UNSET,
+        deny_out: Optional[list[str]] = c._UNSET,
+    ) -> PoolInfo:
+        """Changes the given fields of a pool's template and counts; the
+        others stay (``max_containers=None`` lifts the cap,
+        ``entrypoint=None`` drops it). Warm sandboxes of the old template are
+        replaced; claimed ones keep running."""
+        current = self._json("GET", f"/sandbox-pools/{c.seg(pool_id)}", not_found=PoolNotFoundError)
+        body = c.pool_update_body(
+            current,
+            image=image,
+            cpus=cpus,
+            memory_mb=memory_mb,
+            disk_mb=disk_mb,
+            timeout_secs=timeout_secs,
+            entrypoint=entrypoint,
+            warm_containers=warm_containers,
+            max_containers=max_containers,
+            allow_internet_access=allow_internet_access,
+            allow_out=allow_out,
+            deny_out=deny_out,
+        )
+        return PoolInfo.from_json(
+            self._json("PUT", f"/sandbox-pools/{c.seg(pool_id)}", json=body, not_found=PoolNotFoundError)
+        )
+
+    def delete_pool(self, pool_id: str) -> None:
+        """Deletes a pool and its warm sandboxes. :class:`ConflictError`
+        (``pool_in_use``) while sandboxes claimed from it still run."""
+        self._t.request("DELETE", self._cfg.api(f"/sandbox-pools/{c.seg(pool_id)}"), not_found=PoolNotFoundError)
+
+    def claim(
+        self, pool_id: str, name: Optional[str] = None, *, wait: bool = True, wait_timeout: float = 300.0
+    ) -> SandboxInfo:
+        """A sandbox from pool ``pool_id``: a warm one when there is one
+        (it runs at once), else one started now. At the pool's cap it stays
+        ``pending`` (``pool_at_capacity``) until a sandbox of the pool ends;
+        with ``wait`` this returns once it runs, as :meth:`create` does."""
+        deadline = time.monotonic() + wait_timeout
+        info = SandboxInfo.from_json(
+            self._json(
+                "POST",
+                f"/sandbox-pools/{c.seg(pool_id)}/sandboxes",
+                json={"name": name} if name is not None else {},
+                headers=c.claim_headers(wait, wait_timeout),
+                timeout=wait_timeout + 10 if wait else httpx.USE_CLIENT_DEFAULT,
+                not_found=PoolNotFoundError,
+            )
+        )
+        if not wait:
+            return info
+        return self._wait_running(info, deadline)
 
     # --- images ------------------------------------------------------------
 

@@ -96,6 +96,10 @@ class ImageNotFoundError(NotFoundError):
     such image in the registry."""
 
 
+class PoolNotFoundError(NotFoundError):
+    """404 on a sandbox-pool route: no pool with that id."""
+
+
 class SandboxFileNotFoundError(NotFoundError, FileNotFoundError):
     """404 on a file route: the path does not exist inside the sandbox."""
 

@@ -21,8 +21,13 @@ __all__ = [
     "NetworkPolicy",
     "SandboxInfo",
     "SnapshotInfo",
+    "PoolInfo",
+    "PoolContainer",
     "CopyResult",
     "ImageInfo",
+    "LogEntry",
+    "LogPage",
+    "LogProcess",
     "CommandResult",
     "OutputLine",
     "ProcessInfo",
@@ -161,6 +166,8 @@ class SandboxInfo:
     exposed_ports: list[int] = field(default_factory=list)
     #: The snapshot this sandbox was restored from.
     snapshot_id: Optional[str] = None
+    #: The warm pool this sandbox was claimed from.
+    pool_id: Optional[str] = None
     raw: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -186,6 +193,7 @@ class SandboxInfo:
             allow_unauthenticated_access=d.get("allow_unauthenticated_access"),
             exposed_ports=list(d.get("exposed_ports") or []),
             snapshot_id=d.get("snapshot_id"),
+            pool_id=d.get("pool_id"),
             raw=d,
         )
 
@@ -288,6 +296,193 @@ class ImageInfo:
             working_dir=d.get("working_dir"),
             user=d.get("user"),
             entrypoint=list(d.get("entrypoint") or []),
+            raw=d,
+        )
+
+
+@dataclass
+class PoolContainer:
+    """One sandbox of a warm pool."""
+
+    #: The sandbox's id.
+    id: str
+    #: ``Idle`` (warm: booted, unclaimed) or ``Running`` (claimed).
+    state: str
+    #: Set once claimed.
+    sandbox_id: Optional[str] = None
+    #: The node it runs on.
+    executor_id: Optional[str] = None
+
+    @classmethod
+    def from_json(cls, d: dict) -> "PoolContainer":
+        return cls(
+            id=d.get("id", ""),
+            state=d.get("state", ""),
+            sandbox_id=d.get("sandbox_id"),
+            executor_id=d.get("executor_id"),
+        )
+
+
+@dataclass
+class PoolInfo:
+    """A warm pool: a sandbox template with ``warm_containers`` sandboxes of
+    it kept booted, handed out by ``claim``; at most ``max_containers`` of
+    the pool at once (``None``: no cap)."""
+
+    pool_id: str
+    namespace: Optional[str] = None
+    image: Optional[str] = None
+    resources: Optional[Resources] = None
+    #: Counted from the claim; 0: none.
+    timeout_secs: int = 0
+    entrypoint: Optional[list[str]] = None
+    max_containers: Optional[int] = None
+    warm_containers: int = 0
+    network: Optional[NetworkPolicy] = None
+    #: Only from ``get_pool``: its sandboxes, warm and claimed.
+    containers: Optional[list[PoolContainer]] = None
+    created_at: Optional[datetime] = None
+    updated_at: Optional[datetime] = None
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def idle(self) -> list[PoolContainer]:
+        """The warm (unclaimed) sandboxes, as ``get_pool`` lists them."""
+        return [x for x in self.containers or [] if x.state == "Idle"]
+
+    @classmethod
+    def from_json(cls, d: dict) -> "PoolInfo":
+        containers = d.get("containers")
+        return cls(
+            pool_id=d.get("id") or d.get("pool_id") or "",
+            namespace=d.get("namespace"),
+            image=d.get("image"),
+            resources=Resources.from_json(d.get("resources")),
+            timeout_secs=int(d.get("timeout_secs") or 0),
+            entrypoint=d.get("entrypoint"),
+            max_containers=d.get("max_containers"),
+            warm_containers=int(d.get("warm_containers") or 0),
+            network=NetworkPolicy.from_json(d.get("network_policy") or d.get("network")),
+            containers=None if containers is None else [PoolContainer.from_json(x) for x in containers],
+            created_at=parse_time(d.get("created_at")),
+            updated_at=parse_time(d.get("updated_at")),
+            raw=d,
+        )
+
+
+@dataclass
+class SecretInfo:
+    """A secret of the namespace: its name and dates. Its value is never
+    shown again; sandboxes created with ``secret_names=[name]`` get it as an
+    environment variable."""
+
+    name: str
+    created_at: Optional[datetime] = None
+    updated_at: Optional[datetime] = None
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "SecretInfo":
+        return cls(
+            name=d.get("name", ""),
+            created_at=parse_time(d.get("created_at")),
+            updated_at=parse_time(d.get("updated_at")),
+            raw=d,
+        )
+
+
+@dataclass
+class LogEntry:
+    """One record of a sandbox's persisted logs: a line a process printed
+    (``process_id`` and ``stream`` set) or a lifecycle event (``event`` set:
+    ``created``, ``running``, ``suspended``, ``resumed``, ``snapshot``,
+    ``terminated``, ``failed``, ``process_started``, ``process_exited``…)."""
+
+    timestamp_ns: int
+    body: str
+    level: int
+    sandbox_id: str = ""
+    uuid: str = ""
+    attributes: dict = field(default_factory=dict)
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def time(self) -> datetime:
+        return datetime.fromtimestamp(self.timestamp_ns / 1e9, tz=timezone.utc)
+
+    @property
+    def process_id(self) -> Optional[str]:
+        return self.attributes.get("processId")
+
+    @property
+    def stream(self) -> Optional[str]:
+        return self.attributes.get("stream")
+
+    @property
+    def event(self) -> Optional[str]:
+        return self.attributes.get("event")
+
+    @classmethod
+    def from_json(cls, d: dict) -> "LogEntry":
+        import json
+
+        try:
+            attrs = json.loads(d.get("logAttributes") or "{}")
+        except ValueError:
+            attrs = {}
+        return cls(
+            timestamp_ns=int(d.get("timestamp", 0)),
+            body=d.get("body", ""),
+            level=int(d.get("level") or 0),
+            sandbox_id=d.get("sandboxId", ""),
+            uuid=d.get("uuid", ""),
+            attributes=attrs if isinstance(attrs, dict) else {},
+            raw=d,
+        )
+
+
+@dataclass
+class LogPage:
+    """One page of logs. ``next_token`` is set when more matching records
+    follow; ``cursor`` is where newer records will start (pass it as
+    ``next_token`` later to read only what came since)."""
+
+    entries: list
+    next_token: Optional[str] = None
+    cursor: Optional[str] = None
+
+    @classmethod
+    def from_json(cls, d: dict) -> "LogPage":
+        return cls(
+            entries=[LogEntry.from_json(e) for e in d.get("logs", [])],
+            next_token=d.get("nextToken"),
+            cursor=d.get("cursor"),
+        )
+
+
+@dataclass
+class LogProcess:
+    """A process a sandbox's logs have records of."""
+
+    process_id: str
+    command: str = ""
+    managed_id: str = ""
+    managed_name: str = ""
+    first_seen_ns: int = 0
+    last_seen_ns: int = 0
+    log_count: int = 0
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "LogProcess":
+        return cls(
+            process_id=str(d.get("processId", "")),
+            command=d.get("processCommand", ""),
+            managed_id=d.get("processManagedId", ""),
+            managed_name=d.get("processManagedName", ""),
+            first_seen_ns=int(d.get("firstSeen", 0)),
+            last_seen_ns=int(d.get("lastSeen", 0)),
+            log_count=int(d.get("logCount", 0)),
             raw=d,
         )
 

@@ -157,6 +157,17 @@ class Sandbox:
     ) -> SnapshotInfo:
         return self.client.checkpoint(self.sandbox_id, checkpoint_type, timeout=timeout, poll_interval=poll_interval)
 
+    def get_logs(self, **kwargs: Any) -> Any:
+        """This sandbox's persisted logs: see :meth:`SandboxClient.get_logs`."""
+        return self.client.get_logs(self.sandbox_id, **kwargs)
+
+    def list_log_processes(self) -> Any:
+        return self.client.list_log_processes(self.sandbox_id)
+
+    def follow_logs(self, **kwargs: Any) -> Any:
+        """See :meth:`SandboxClient.follow_logs`."""
+        return self.client.follow_logs(self.sandbox_id, **kwargs)
+
     def copy(self, times: int = 1) -> list["Sandbox"]:
         """Live copies of this sandbox, each connected with its own client;
         they are terminated when used as context managers. The intermediate
