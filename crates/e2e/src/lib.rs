@@ -551,7 +551,10 @@ impl Server {
     /// Terminates every sandbox and waits until the host holds nothing of them.
     pub async fn cleanup(&self) {
         // Pools first: their warm sandboxes are not listed as sandboxes.
-        let r = self.req(reqwest::Method::GET, "/sandbox-pools").send().await;
+        let r = self
+            .req(reqwest::Method::GET, "/sandbox-pools")
+            .send()
+            .await;
         if let Ok(r) = r {
             if let Ok(v) = r.json::<Value>().await {
                 for p in v["pools"].as_array().cloned().unwrap_or_default() {

@@ -527,4 +527,38 @@ async fn a_create_the_host_cannot_hold_is_refused_and_creates_nothing() {
     refused(&v, "--memory-reserve-mb");
     let all = s.api_json(Method::GET, "/sandboxes?all=true").await;
     assert!(all["sandboxes"].as_array().unwrap().is_empty(), "{all}");
+    drop(s);
+
+    // `--max-pending-secs`: creates that say nothing wait for room; one
+    // that asks for 0 is still refused at once.
+    let s = Server::start_with(Options {
+        args: ["--max-sandboxes", "1", "--max-pending-secs", "60"]
+            .map(String::from)
+            .to_vec(),
+        ..Options::default()
+    })
+    .await;
+    let first = s.create(json!({})).await;
+    let (code, v) = s.post_status("/sandboxes", json!({"wait": false})).await;
+    assert_eq!(
+        (code, v["pending_reason"].as_str()),
+        (202, Some("no_resources_available")),
+        "{v}"
+    );
+    let waiting = v["sandbox_id"].as_str().unwrap().to_string();
+    let (code, v) = s
+        .post_status("/sandboxes", json!({"max_pending_secs": 0}))
+        .await;
+    assert_eq!(code, 503, "{v}");
+    assert_eq!(s.delete(&first).await, 200);
+    let mut v = Value::Null;
+    for _ in 0..300 {
+        v = s.get(&waiting).await.1;
+        if v["status"] != "pending" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(v["status"], "running", "{v}");
+    s.cleanup().await;
 }

@@ -74,8 +74,10 @@ async fn a_pool_hands_out_warm_sandboxes_and_refills_within_its_cap() {
         &s,
         Method::POST,
         "/sandbox-pools",
-        Some(json!({"image": "default", "warm_containers": 2, "max_containers": 3,
-                    "resources": {"cpus": 1, "memory_mb": 1024}})),
+        Some(
+            json!({"image": "default", "warm_containers": 2, "max_containers": 3,
+                    "resources": {"cpus": 1, "memory_mb": 1024}}),
+        ),
     )
     .await;
     assert_eq!(code, 200, "{v}");
@@ -121,7 +123,11 @@ async fn a_pool_hands_out_warm_sandboxes_and_refills_within_its_cap() {
     let waiting = v["sandbox_id"].as_str().unwrap().to_string();
     // A pool with claimed sandboxes is in use.
     let (code, v) = send(&s, Method::DELETE, &format!("/sandbox-pools/{pool}"), None).await;
-    assert_eq!((code, v["code"].as_str()), (409, Some("pool_in_use")), "{v}");
+    assert_eq!(
+        (code, v["code"].as_str()),
+        (409, Some("pool_in_use")),
+        "{v}"
+    );
     assert_eq!(s.delete(&claimed[0]).await, 200);
     let mut v = Value::Null;
     for _ in 0..300 {
@@ -149,10 +155,16 @@ async fn a_pool_hands_out_warm_sandboxes_and_refills_within_its_cap() {
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["resources"]["memory_mb"], 2048, "{v}");
     let warm = wait_idle(&s, &pool, 1).await;
-    let (_, info) = s.get(&warm.iter().find(|(st, _)| st == "Idle").unwrap().1).await;
+    let (_, info) = s
+        .get(&warm.iter().find(|(st, _)| st == "Idle").unwrap().1)
+        .await;
     assert_eq!(info["resources"]["memory_mb"], 2048, "{info}");
     let (code, v) = send(&s, Method::GET, "/sandbox-pools", None).await;
-    assert_eq!((code, v["pools"].as_array().unwrap().len()), (200, 1), "{v}");
+    assert_eq!(
+        (code, v["pools"].as_array().unwrap().len()),
+        (200, 1),
+        "{v}"
+    );
 
     // Every claim that got a running sandbox is in the claim histogram.
     let text = s

@@ -588,7 +588,11 @@ async fn a_node_joins_a_control_plane_that_runs_no_sandboxes() {
     assert!(cp.host_leftovers().is_empty(), "{:?}", cp.host_leftovers());
     // Its logs are kept on the node, read through the control plane.
     let printed = |logs: &serde_json::Value| {
-        logs["logs"].as_array().unwrap().iter().any(|l| l["body"] == "hi")
+        logs["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["body"] == "hi")
     };
     let mut logs = serde_json::Value::Null;
     for _ in 0..100 {

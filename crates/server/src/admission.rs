@@ -19,6 +19,9 @@ pub struct Admission {
     pub memory_reserve_mb: u64,
     /// At most this many sandboxes running and starting.
     pub max_sandboxes: Option<usize>,
+    /// How long a create that gives no `max_pending_secs` may wait for a
+    /// node with room (`--max-pending-secs`); `None`: it is refused at once.
+    pub default_pending_secs: Option<u64>,
 }
 
 /// What the host has now.
@@ -103,6 +106,7 @@ mod tests {
         let a = Admission {
             memory_reserve_mb: 1_000,
             max_sandboxes: None,
+            default_pending_secs: None,
         };
         assert!(a.check(ROOMY, 500, 0).is_ok());
         let tight = HostUse {
@@ -119,12 +123,14 @@ mod tests {
         let a = Admission {
             memory_reserve_mb: 0,
             max_sandboxes: Some(2),
+            default_pending_secs: None,
         };
         assert!(a.check(ROOMY, 1, 0).is_ok());
         assert!(a.check(ROOMY, 2, 0).unwrap_err().contains("at most 2"));
         let a = Admission {
             memory_reserve_mb: 0,
             max_sandboxes: None,
+            default_pending_secs: None,
         };
         let crowded = HostUse {
             tasks: 32_720,

@@ -286,7 +286,15 @@ async fn create(
         state.manager.wait_for_image(image, deadline).await?;
     }
     let (row, task) = state.manager.create(&ns, &req).await?;
-    answer_create(&state, &headers, row, task, req.wait != Some(false), deadline).await
+    answer_create(
+        &state,
+        &headers,
+        row,
+        task,
+        req.wait != Some(false),
+        deadline,
+    )
+    .await
 }
 
 /// The answer to a create (or a claim) of `row`, whose launch is `task`:
@@ -564,6 +572,8 @@ async fn update(
     let network = req.network.clone().map(Option::unwrap_or_default);
     if let Some(n) = &network {
         crate::lifecycle::validate_network(n)?;
+        // Before anything changes: only the sandbox's node can apply it.
+        state.manager.check_local(&row)?;
     }
     if let Some(ports) = &req.exposed_ports {
         if ports.contains(&sbx_api::AGENT_PORT) {

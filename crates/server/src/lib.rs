@@ -79,6 +79,9 @@ pub struct ServerConfig {
     pub memory_reserve_mb: Option<u64>,
     /// At most this many sandboxes at once; `None`: as many as fit.
     pub max_sandboxes: Option<usize>,
+    /// How long a create without `max_pending_secs` waits for room;
+    /// `None` or 0: refused at once when no node has room.
+    pub max_pending_secs: Option<u64>,
     /// The key secrets are sealed with; `None`: `data_dir/secrets.key`
     /// (made on first start).
     pub secrets_key_file: Option<PathBuf>,
@@ -278,6 +281,7 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
             .memory_reserve_mb
             .unwrap_or_else(|| admission::Admission::default_reserve_mb(host.memory_mb)),
         max_sandboxes: config.max_sandboxes,
+        default_pending_secs: config.max_pending_secs.filter(|s| *s > 0),
     };
     let node_id = nodes::local_id(&data_dir)?;
     let advertise = config.advertise.clone().or_else(|| {
@@ -385,7 +389,10 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     node_watch.abort();
     idler.abort();
     log_collector.abort();
-    for task in [heartbeat, image_builder, wake_listener].into_iter().flatten() {
+    for task in [heartbeat, image_builder, wake_listener]
+        .into_iter()
+        .flatten()
+    {
         task.abort();
     }
     // Finish what was started on the host (teardowns, launches, captures):

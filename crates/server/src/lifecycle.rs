@@ -540,6 +540,10 @@ impl Manager {
                 (name, spec)
             }
         };
+        let mut spec = spec;
+        if req.max_pending_secs.is_none() {
+            spec.max_pending_secs = self.admission.default_pending_secs;
+        }
         self.place_and_start(namespace, name, spec, only_on.as_deref(), None)
             .await
     }
@@ -829,12 +833,7 @@ impl Manager {
         let Some(row) = self.store.get(id).await? else {
             return Err(ApiError::not_found("sandbox", id));
         };
-        if !self.is_local(row.node_id.as_deref()) {
-            return Err(ApiError::unavailable(format!(
-                "sandbox {id} runs on node {}, whose server could not be reached: its network policy cannot change now",
-                row.node_id.as_deref().unwrap_or_default()
-            )));
-        }
+        self.check_local(&row)?;
         let mut spec = row.spec.clone();
         spec.network = network;
         self.store.set_spec(id, &spec).await?;

@@ -194,7 +194,9 @@ impl Manager {
                 Ok(Some(w)) => w,
                 Ok(None) => return,
                 Err(e) => {
-                    tracing::warn!("cannot listen for work placed here (the sweep still finds it): {e}");
+                    tracing::warn!(
+                        "cannot listen for work placed here (the sweep still finds it): {e}"
+                    );
                     return;
                 }
             };

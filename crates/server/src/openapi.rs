@@ -681,7 +681,11 @@ mod tests {
             warm_containers: Some(1),
             network: Some(Some(Default::default())),
         };
-        same_shape("PoolRequest", pool_req, sbx_api::pool::PoolRequest::default());
+        same_shape(
+            "PoolRequest",
+            pool_req,
+            sbx_api::pool::PoolRequest::default(),
+        );
         let pty = CreatePtyRequest {
             command: "c".into(),
             args: vec![],

@@ -48,7 +48,9 @@ fn pool_spec(manager: &Manager, req: &PoolRequest, base: Option<&PoolSpec>) -> A
     };
     let images = manager.executor.images();
     let (_, mut sandbox) = validate(&create, manager.host, &images.known())?;
-    sandbox.image_id = images.resolve(&sandbox.image).filter(|id| *id != sandbox.image);
+    sandbox.image_id = images
+        .resolve(&sandbox.image)
+        .filter(|id| *id != sandbox.image);
     let warm = req.warm_containers.unwrap_or(DEFAULT_WARM);
     if warm > MAX_WARM {
         return Err(ApiError::bad_request(format!(
@@ -290,7 +292,10 @@ impl Manager {
         spec.active_since = Some(Utc::now());
         spec.max_pending_secs = Some(CLAIM_WAIT_SECS);
         if self.pool_has_room(pool).await? {
-            tracing::info!(pool = pool.id, "no warm sandbox: starting one for the claim");
+            tracing::info!(
+                pool = pool.id,
+                "no warm sandbox: starting one for the claim"
+            );
             return self
                 .place_and_start(&pool.namespace, name, spec, None, claimed)
                 .await;
@@ -319,7 +324,10 @@ impl Manager {
         })?;
         let me = self.clone();
         let id = row.id.clone();
-        Ok((row, tokio::spawn(async move { me.launched_elsewhere(&id).await })))
+        Ok((
+            row,
+            tokio::spawn(async move { me.launched_elsewhere(&id).await }),
+        ))
     }
 
     /// Whether pool `pool` is under its cap (claims still waiting for

@@ -1324,7 +1324,11 @@ mod tests {
             s.insert_pool(&pool).await.unwrap();
             assert_eq!(s.pools(Some("default")).await.unwrap().len(), 1);
             assert!(s.pool(Some("other"), "pool1").await.unwrap().is_none());
-            for (id, status) in [("w1", SandboxStatus::Running), ("w2", SandboxStatus::Running), ("w3", SandboxStatus::Pending)] {
+            for (id, status) in [
+                ("w1", SandboxStatus::Running),
+                ("w2", SandboxStatus::Running),
+                ("w3", SandboxStatus::Pending),
+            ] {
                 let mut r = row(id, None);
                 r.status = status;
                 r.pool_id = Some("pool1".into());
@@ -1333,7 +1337,10 @@ mod tests {
                 s.insert(&r).await.unwrap();
             }
             let first = s.claim_warm("pool1", Some("mine")).await.unwrap().unwrap();
-            assert_eq!((first.id.as_str(), first.pool_state), ("w1", Some(PoolState::Claimed)));
+            assert_eq!(
+                (first.id.as_str(), first.pool_state),
+                ("w1", Some(PoolState::Claimed))
+            );
             assert_eq!(first.name.as_deref(), Some("mine"));
             // A name is unique among live sandboxes, claimed ones too.
             assert!(matches!(
@@ -1344,30 +1351,49 @@ mod tests {
             assert_eq!(second.id, "w2");
             // Then the one still starting; then none.
             let third = s.claim_warm("pool1", None).await.unwrap().unwrap();
-            assert_eq!((third.id.as_str(), third.status), ("w3", SandboxStatus::Pending));
+            assert_eq!(
+                (third.id.as_str(), third.status),
+                ("w3", SandboxStatus::Pending)
+            );
             assert!(s.claim_warm("pool1", None).await.unwrap().is_none());
-            let live = s.pool_sandboxes("pool1", &[SandboxStatus::Running, SandboxStatus::Pending]).await.unwrap();
+            let live = s
+                .pool_sandboxes("pool1", &[SandboxStatus::Running, SandboxStatus::Pending])
+                .await
+                .unwrap();
             assert_eq!(live.len(), 3);
-            let spec = PoolSpec { warm: 1, ..pool.spec.clone() };
+            let spec = PoolSpec {
+                warm: 1,
+                ..pool.spec.clone()
+            };
             assert!(s.update_pool("pool1", &spec).await.unwrap());
             assert_eq!(s.pool(None, "pool1").await.unwrap().unwrap().spec.warm, 1);
             let mut late = row("w4", None);
             late.pool_id = Some("pool1".into());
             late.pool_state = Some(PoolState::Warm);
             s.insert(&late).await.unwrap();
-            assert!(s.orphaned_warm(&[SandboxStatus::Pending]).await.unwrap().is_empty());
+            assert!(s
+                .orphaned_warm(&[SandboxStatus::Pending])
+                .await
+                .unwrap()
+                .is_empty());
             assert!(s.delete_pool("pool1").await.unwrap());
             assert!(!s.delete_pool("pool1").await.unwrap());
             // A refill that raced the delete is found.
             let orphans = s.orphaned_warm(&[SandboxStatus::Pending]).await.unwrap();
-            assert_eq!(orphans.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["w4"]);
+            assert_eq!(
+                orphans.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+                ["w4"]
+            );
         }
     }
 
     #[tokio::test]
     async fn a_node_woken_through_one_store_is_heard_through_another() {
         let (stores, _dbs) = stores().await;
-        assert!(stores[0].wakes().await.unwrap().is_none(), "SQLite: no wakes");
+        assert!(
+            stores[0].wakes().await.unwrap().is_none(),
+            "SQLite: no wakes"
+        );
         stores[0].wake_node("n1").await.unwrap();
         let pg = &stores[1];
         let other = Store::connect(&pg.url).await.unwrap();

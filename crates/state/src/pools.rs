@@ -57,7 +57,11 @@ impl Store {
     }
 
     /// A pool of `namespace` (any namespace: `None`).
-    pub async fn pool(&self, namespace: Option<&str>, id: &str) -> Result<Option<PoolRow>, sqlx::Error> {
+    pub async fn pool(
+        &self,
+        namespace: Option<&str>,
+        id: &str,
+    ) -> Result<Option<PoolRow>, sqlx::Error> {
         let row = sqlx::query("SELECT * FROM pools WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
@@ -126,7 +130,10 @@ impl Store {
 
     /// Warm sandboxes in one of `statuses` whose pool is gone (a refill
     /// that raced the pool's delete).
-    pub async fn orphaned_warm(&self, statuses: &[SandboxStatus]) -> Result<Vec<SandboxRow>, sqlx::Error> {
+    pub async fn orphaned_warm(
+        &self,
+        statuses: &[SandboxStatus],
+    ) -> Result<Vec<SandboxRow>, sqlx::Error> {
         sqlx::query(&format!(
             "SELECT * FROM sandboxes WHERE pool_state = $1 AND status IN ({})
                  AND pool_id NOT IN (SELECT id FROM pools)",

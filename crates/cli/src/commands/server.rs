@@ -93,6 +93,12 @@ pub struct ServerArgs {
     #[arg(long, value_name = "N")]
     pub max_sandboxes: Option<usize>,
 
+    /// A create that gives no max_pending_secs and that no node has room
+    /// for waits `pending` this long for room (0: refused at once with 503).
+    #[arg(long, default_value_t = 0, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub max_pending_secs: u64,
+
     /// The key secrets are encrypted with in the state store: 32 raw bytes
     /// or 64 hex digits (default: DATA_DIR/secrets.key, made on the first
     /// start). Servers sharing a state store need the same key.
@@ -159,6 +165,7 @@ impl ServerArgs {
             suspend_linger: std::time::Duration::from_secs(self.suspend_linger_secs),
             memory_reserve_mb: self.memory_reserve_mb,
             max_sandboxes: self.max_sandboxes,
+            max_pending_secs: Some(self.max_pending_secs),
             node_token: self.node_token.clone(),
             local_node: !self.no_local_node,
             blobs_credentials: None,
