@@ -117,7 +117,9 @@ schemas = {
             "deny_out": {**DESTINATIONS, "description": "not reachable (`0.0.0.0/0`: nothing but `allow_out`)"},
         },
         extra=True,
-        description="Egress policy. Entries are IPv4 addresses or CIDR blocks; host names and IPv6 are a 400.",
+        description="Egress policy. Entries are IPv4 addresses, CIDR blocks, host names or `*.domain` patterns "
+                    "(names are enforced by a DNS guard: only allowed names resolve, and their answers are opened in "
+                    "the firewall); IPv6 is a 400.",
     ),
     "CreateSandboxRequest": obj(
         [],

@@ -391,7 +391,7 @@ async fn egress_follows_each_sandbox_policy() {
         .as_array()
         .unwrap()
         .len();
-    for bad in ["example.com", "198.18.0.0/40", "2001:db8::1"] {
+    for bad in ["a..b", "198.18.0.0/40", "2001:db8::1"] {
         let r = s
             .req(Method::POST, "/sandboxes")
             .json(&json!({"network": {"deny_out": [bad]}}))
@@ -585,4 +585,156 @@ async fn a_network_policy_update_applies_at_once_and_closes_what_it_forbids() {
     assert_eq!(reach(&s, &restored, &[a, b]).await, ["blocked", "ok"]);
     s.cleanup().await;
     drop(outside);
+}
+
+/// A stand-in resolver on `at` (port 53) for the test's made-up names: each
+/// `(name, address)` an A record, anything else NXDOMAIN. Until dropped.
+fn stand_in_resolver(
+    at: &str,
+    names: Vec<(String, std::net::Ipv4Addr)>,
+) -> tokio::task::JoinHandle<()> {
+    let socket = std::net::UdpSocket::bind(format!("{at}:53")).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let socket = tokio::net::UdpSocket::from_std(socket).unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        loop {
+            let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                continue;
+            };
+            if n < 12 {
+                continue;
+            }
+            // The question: labels up to the root, then type and class.
+            let mut i = 12;
+            let mut labels = Vec::new();
+            while i < n && buf[i] != 0 {
+                let len = buf[i] as usize;
+                labels.push(
+                    String::from_utf8_lossy(&buf[i + 1..(i + 1 + len).min(n)]).to_lowercase(),
+                );
+                i += 1 + len;
+            }
+            let question_end = (i + 5).min(n);
+            let qtype = u16::from_be_bytes([buf[i + 1], buf[i + 2]]);
+            let name = labels.join(".");
+            let found = names.iter().find(|(n, _)| *n == name).map(|(_, a)| *a);
+            let mut r = buf[..question_end].to_vec();
+            r[2] = 0x81; // response, recursion desired
+            r[3] = if found.is_some() { 0x80 } else { 0x83 }; // NXDOMAIN if unknown
+            r[4..12].copy_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+            if let (Some(addr), 1) = (found, qtype) {
+                r[7] = 1; // one answer
+                r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+                r.extend_from_slice(&addr.octets());
+            }
+            let _ = socket.send_to(&r, from).await;
+        }
+    })
+}
+
+/// What a sandbox gets for each name: its address and whether HTTP on
+/// port 8080 answers, or "unresolved".
+async fn lookups(s: &Server, id: &str, names: &[&str]) -> Vec<String> {
+    let script = format!(
+        "import socket, urllib.request\nfor n in {names:?}:\n    try:\n        a = socket.gethostbyname(n)\n    except Exception:\n        print('unresolved'); continue\n    try:\n        urllib.request.urlopen(f'http://{{n}}:8080/', timeout=2).read(); print(a, 'ok')\n    except Exception:\n        print(a, 'blocked')\n"
+    );
+    let r = s
+        .run(id, json!({"command": "python3", "args": ["-c", script]}))
+        .await;
+    assert_eq!(r.exit["exit_code"], 0, "{r:?}");
+    r.stdout.lines().map(str::to_string).collect()
+}
+
+/// Host names in a policy: a sandbox's lookups go to its DNS guard, which
+/// answers only what the policy allows and opens the answered addresses.
+/// Resolved by a stand-in resolver on the test's own outside link.
+#[tokio::test]
+async fn egress_by_host_name_resolves_and_opens_only_what_the_policy_names() {
+    let outside = OutsideHost::start(9);
+    let [a, b] = [outside.addrs[0].clone(), outside.addrs[1].clone()];
+    let resolver_at = "198.18.9.1";
+    let names = vec![
+        ("allowed.test".to_string(), a.parse().unwrap()),
+        ("other.test".to_string(), b.parse().unwrap()),
+        ("x.blocked.test".to_string(), b.parse().unwrap()),
+    ];
+    let _resolver = stand_in_resolver(resolver_at, names);
+    let s = Server::start_with(Options {
+        args: vec!["--sandbox-dns-upstream".into(), format!("{resolver_at}:53")],
+        ..Options::default()
+    })
+    .await;
+    // No internet but one name: only its address opens.
+    let walled = s
+        .create(json!({"network": {"allow_internet_access": false, "allow_out": ["allowed.test"]}}))
+        .await;
+    assert_eq!(
+        lookups(&s, &walled, &["allowed.test", "other.test"]).await,
+        [format!("{a} ok"), "unresolved".to_string()]
+    );
+    assert_eq!(
+        reach(&s, &walled, &[&b]).await,
+        ["blocked"],
+        "only what was resolved opens"
+    );
+    // Internet on, a domain denied: its names do not resolve.
+    let open = s
+        .create(json!({"network": {"deny_out": ["*.blocked.test"]}}))
+        .await;
+    assert_eq!(
+        lookups(&s, &open, &["x.blocked.test", "other.test"]).await,
+        ["unresolved".to_string(), format!("{b} ok")]
+    );
+    let (_, info) = s.get(&walled).await;
+    assert_eq!(
+        info["network_policy"]["allow_out"],
+        json!(["allowed.test"]),
+        "{info}"
+    );
+    // A live update to a policy naming another host: the guard follows.
+    let (code, v) = patch_network(
+        &s,
+        &walled,
+        json!({"allow_internet_access": false, "allow_out": ["other.test"]}),
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        lookups(&s, &walled, &["other.test", "allowed.test"]).await,
+        [format!("{b} ok"), "unresolved".to_string()]
+    );
+    // Bad names are refused.
+    for bad in ["a..b", "-x.test", "a.*.test"] {
+        let (code, e) = s
+            .post_status("/sandboxes", json!({"network": {"allow_out": [bad]}}))
+            .await;
+        assert_eq!(code, 400, "{bad}: {e}");
+    }
+    // Each has its redirect to its guard on the host end of its link
+    // (.1 of its /30) while it runs, and none once it is gone.
+    let redirects = || {
+        String::from_utf8(
+            Command::new("iptables")
+                .args(["-t", "nat", "-S", "SBX-DNS"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+    };
+    let guards: Vec<String> = [&walled, &open]
+        .iter()
+        .map(|id| {
+            let ip: std::net::Ipv4Addr = sandbox_ip(id).parse().unwrap();
+            format!("{}:53", std::net::Ipv4Addr::from(u32::from(ip) - 1))
+        })
+        .collect();
+    for g in &guards {
+        assert!(redirects().contains(g.as_str()), "{g}: {}", redirects());
+    }
+    s.cleanup().await;
+    for g in &guards {
+        assert!(!redirects().contains(g.as_str()), "{g}: {}", redirects());
+    }
 }

@@ -380,15 +380,20 @@ async fn suspend(s: &Server, name: &str) {
 /// memory and files; its old node drops its own copy.
 #[tokio::test]
 async fn a_suspended_sandbox_resumes_on_another_node_when_its_own_cannot() {
-    let (_pg, s3, a, mut b) = two_servers("moved", 8).await;
+    let (pg, s3, a, mut b) = two_servers("moved", 8).await;
     let id = a.create(json!({"name": "mover"})).await;
     // On the disk, and in memory only (/tmp is the sentry's tmpfs).
     a.sh("mover", "echo disk > /root/kept; echo memory > /tmp/mem")
         .await;
+    // Stored: in the bucket, and recorded (its node may be killed next).
     let stored = |n: usize| {
         let found = objects(&s3, "manifests/suspend-");
         assert!(found.len() <= 1, "{found:?}");
-        found.len() == n
+        let spec = pg.query(
+            "moved",
+            &format!("SELECT spec FROM sandboxes WHERE id = '{id}'"),
+        );
+        found.len() == n && (n == 0 || spec.contains("suspend_image"))
     };
     suspend(&a, "mover").await;
     wait_until(Duration::from_secs(60), || stored(1)).await;

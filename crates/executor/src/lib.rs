@@ -8,6 +8,7 @@ pub mod build_fs;
 pub mod cgroups;
 mod cmd;
 pub mod custom_images;
+pub mod dns;
 pub mod gently;
 mod host;
 mod idle;
@@ -112,6 +113,9 @@ pub struct ExecutorConfig {
     /// How long a suspended sandbox's volume and network stay ready for a
     /// quick resume ([`linger`]); zero: released right after the suspend.
     pub suspend_linger: std::time::Duration,
+    /// Where DNS guards send the lookups they let through ([`dns`]); empty:
+    /// the host's resolvers.
+    pub dns_upstream: Vec<SocketAddr>,
 }
 
 /// What the executor needs to launch one sandbox.
@@ -191,6 +195,8 @@ pub struct Recovery {
 
 pub struct Executor {
     data_dir: PathBuf,
+    /// The DNS guards of sandboxes whose policy names hosts.
+    dns: dns::DnsGuards,
     images: Images,
     runtime: Arc<dyn Runtime>,
     live: Mutex<HashMap<String, Live>>,
@@ -281,6 +287,7 @@ impl Executor {
             warming: Mutex::new(HashMap::new()),
             cgroups,
             volume_fs,
+            dns: dns::DnsGuards::new(config.dns_upstream),
         })
     }
 
@@ -530,6 +537,8 @@ impl Executor {
             self.create_and_configure(&runtime_spec, slot, spec).await?;
         }
         let t_created = std::time::Instant::now();
+        // Its lookups are answered by its DNS guard from its first.
+        self.dns.guard(&spec.id, slot, &spec.egress).await?;
         let state = match &spec.checkpoint {
             Some(ck) => self.runtime.restore(&runtime_spec, ck).await?,
             None => self.runtime.start(&runtime_spec).await?,
@@ -1108,6 +1117,7 @@ impl Executor {
         tokio::fs::rename(&tmp, &image).await?;
         meta.suspended = true;
         write_meta(&dir, &meta).await?;
+        self.dns.stop(id).await;
         if let Some(dest) = export {
             // Stopped, and its volume still mounted until the linger below.
             let parent = meta.spec.as_ref().and_then(|s| s.layer.clone());
@@ -1237,6 +1247,7 @@ impl Executor {
                 }
                 None => net::configure(id, slot, &spec.egress, &spec.aliases).await?,
             }
+            self.dns.guard(id, slot, &spec.egress).await?;
             let prepared_ms = ms(t0);
             // The image's read into the page cache goes on beside the
             // restore's: two streams read it sooner than one.
@@ -1311,6 +1322,7 @@ impl Executor {
         write_meta(&dir, &meta).await?;
         if let Some(slot) = running {
             net::update_egress(slot, egress).await?;
+            self.dns.guard(id, slot, egress).await?;
             // Destroyed meanwhile (a failed health check): its chain goes too.
             if !self.live.lock().unwrap().contains_key(id) {
                 net::remove_policy(slot).await;
@@ -1363,6 +1375,7 @@ impl Executor {
     async fn teardown(&self, id: &str, slot: Slot) {
         // First: the proxy must no longer route to this address.
         self.live.lock().unwrap().remove(id);
+        self.dns.stop(id).await;
         self.stop_memory_watch(id);
         self.idle.remove(id);
         self.destroy_runtime(id).await;
@@ -1489,6 +1502,10 @@ impl Executor {
                 cgroups_in_use.insert(cgroup);
                 if let Some(spec) = &meta.spec {
                     self.watch_memory(&id, spec.memory_mb, true);
+                    // Its guard went with the server that ran it.
+                    if let Err(e) = self.dns.guard(&id, Slot(meta.slot), &spec.egress).await {
+                        tracing::warn!(sandbox = id, "DNS guard: {e}");
+                    }
                 }
                 // Snapshots of its volume a capture cut short left.
                 layer.drop_all_snapshots().await;

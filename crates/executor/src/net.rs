@@ -42,6 +42,13 @@ pub struct Egress {
     pub allow_out: Vec<Ipv4Net>,
     #[serde(default)]
     pub deny_out: Vec<Ipv4Net>,
+    /// Host names (`example.com`, `*.example.com`: lower case) the sandbox
+    /// may resolve and reach (see [`crate::dns`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_hosts: Vec<String>,
+    /// Host names it may not resolve.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_hosts: Vec<String>,
 }
 
 impl Default for Egress {
@@ -50,18 +57,91 @@ impl Default for Egress {
             allow_internet: true,
             allow_out: Vec::new(),
             deny_out: Vec::new(),
+            allow_hosts: Vec::new(),
+            deny_hosts: Vec::new(),
         }
     }
 }
 
+/// What the DNS guard does with a name a sandbox asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameVerdict {
+    /// Resolved, and its addresses opened in the sandbox's firewall.
+    Open,
+    /// Resolved as asked (the firewall decides about its addresses).
+    Resolve,
+    /// Answered as not existing.
+    Refuse,
+}
+
+/// Whether host pattern `pattern` (`example.com` or `*.example.com`)
+/// covers `name` (lower case, no trailing dot). `*.example.com` covers
+/// the subdomains of example.com, not example.com itself.
+pub fn host_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(domain) => name
+            .strip_suffix(domain)
+            .is_some_and(|rest| rest.ends_with('.') && rest.len() > 1),
+        None => name == pattern,
+    }
+}
+
 impl Egress {
+    /// The policy of entries as the API gives them (addresses, CIDR
+    /// blocks, host names, `*.domain` patterns); `Err` names a bad entry.
+    pub fn from_entries(
+        allow_internet: bool,
+        allow: &[String],
+        deny: &[String],
+    ) -> Result<Egress, String> {
+        let mut egress = Egress {
+            allow_internet,
+            ..Egress::default()
+        };
+        for (entries, nets, hosts) in [
+            (allow, &mut egress.allow_out, &mut egress.allow_hosts),
+            (deny, &mut egress.deny_out, &mut egress.deny_hosts),
+        ] {
+            for entry in entries {
+                match parse_destination(entry)? {
+                    Destination::Net(n) => nets.push(n),
+                    Destination::Host(h) => hosts.push(h),
+                }
+            }
+        }
+        Ok(egress)
+    }
+
+    /// Whether the policy names hosts: then a DNS guard answers the
+    /// sandbox's lookups.
+    pub fn names_hosts(&self) -> bool {
+        !self.allow_hosts.is_empty() || !self.deny_hosts.is_empty()
+    }
+
+    /// What a lookup of `name` gets: an allowed name is resolved and
+    /// opened (an allow wins over a deny, as for addresses); a denied one,
+    /// or any other when the internet is off, is refused.
+    pub fn name_verdict(&self, name: &str) -> NameVerdict {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if self.allow_hosts.iter().any(|p| host_matches(p, &name)) {
+            NameVerdict::Open
+        } else if !self.allow_internet || self.deny_hosts.iter().any(|p| host_matches(p, &name)) {
+            NameVerdict::Refuse
+        } else {
+            NameVerdict::Resolve
+        }
+    }
+
     /// The `iptables-restore` input that adds the sandbox's chain and sends
     /// its traffic there first; `None` when the shared rules are its policy.
     fn rules(&self, slot: Slot) -> Option<String> {
-        if self.allow_internet && self.deny_out.is_empty() {
-            return None;
-        }
-        Some(self.restore_input(slot, true))
+        self.narrows().then(|| self.restore_input(slot, true))
+    }
+
+    /// Whether the sandbox has a chain of its own (the shared rules are not
+    /// its whole policy).
+    pub fn narrows(&self) -> bool {
+        !self.allow_internet || !self.deny_out.is_empty()
     }
 
     /// The `iptables-restore --noflush` input that (re)writes the sandbox's
@@ -100,22 +180,46 @@ impl Egress {
     }
 }
 
-/// Parses one `allow_out`/`deny_out` entry: an IPv4 address or CIDR block.
-pub fn parse_destination(entry: &str) -> Result<Ipv4Net, String> {
+/// One `allow_out`/`deny_out` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    Net(Ipv4Net),
+    /// A host name or `*.domain` pattern, lower case.
+    Host(String),
+}
+
+/// Parses one `allow_out`/`deny_out` entry: an IPv4 address, a CIDR block,
+/// a host name or a `*.domain` pattern.
+pub fn parse_destination(entry: &str) -> Result<Destination, String> {
     let entry = entry.trim();
     let parsed = match entry.split_once('/') {
         Some(_) => entry.parse::<Ipv4Net>().ok(),
         None => entry.parse::<Ipv4Addr>().ok().map(Ipv4Net::from),
     };
-    match parsed {
-        Some(net) => Ok(net.trunc()),
-        None if entry.contains(':') => Err(format!(
-            "{entry:?}: sandboxes have no IPv6; give an IPv4 address or CIDR block"
-        )),
-        None => Err(format!(
-            "{entry:?} is not an IPv4 address or CIDR block (such as 203.0.113.7 or 198.51.100.0/24; host names are not supported)"
-        )),
+    if let Some(net) = parsed {
+        return Ok(Destination::Net(net.trunc()));
     }
+    if entry.contains(':') {
+        return Err(format!(
+            "{entry:?}: sandboxes have no IPv6; give an IPv4 address, a CIDR block or a host name"
+        ));
+    }
+    let host = entry.trim_end_matches('.').to_ascii_lowercase();
+    let name = host.strip_prefix("*.").unwrap_or(&host);
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let numeric = name.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if name.len() > 253 || numeric || !name.split('.').all(label_ok) {
+        return Err(format!(
+            "{entry:?} is not an IPv4 address, CIDR block (such as 203.0.113.7 or 198.51.100.0/24), host name or *.domain pattern"
+        ));
+    }
+    Ok(Destination::Host(host))
 }
 
 /// The addresses of one sandbox's link.
@@ -145,7 +249,7 @@ impl Slot {
         format!("sbx{}c", self.0)
     }
     /// The firewall chain of the sandbox's own [`Egress`] policy.
-    fn chain(self) -> String {
+    pub(crate) fn chain(self) -> String {
         format!("SBX-N{}", self.0)
     }
     /// Parses a host-side interface name back into its slot.
@@ -369,9 +473,81 @@ pub async fn remove_policy(slot: Slot) {
     }
 }
 
+/// The rule that sends the UDP lookups of the sandbox of `slot` (to
+/// whatever resolver) to its DNS guard on the host end of its link.
+fn dns_redirect_rule(slot: Slot) -> Vec<String> {
+    [
+        "-i",
+        &slot.host_if(),
+        "-p",
+        "udp",
+        "--dport",
+        "53",
+        "-j",
+        "DNAT",
+        "--to-destination",
+        &format!("{}:53", slot.host_ip()),
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
+/// Sends the sandbox's lookups to its DNS guard (`on`), or no longer.
+/// Idempotent.
+pub async fn redirect_dns(slot: Slot, on: bool) -> Result<(), Error> {
+    let rule = dns_redirect_rule(slot);
+    let with = |op: &str| {
+        let mut args = vec![
+            "-w".to_string(),
+            "-t".into(),
+            "nat".into(),
+            op.into(),
+            CHAIN_DNS.into(),
+        ];
+        args.extend(rule.iter().cloned());
+        args
+    };
+    let present = |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run("iptables", &args).await.is_ok()
+    };
+    if on {
+        if !present(with("-C")).await {
+            let args = with("-A");
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run("iptables", &args).await?;
+        }
+    } else {
+        while present(with("-D")).await {}
+    }
+    Ok(())
+}
+
+/// Lets the sandbox of `slot` reach `addr` (an answer of an allowed host
+/// name) whatever its chain says next (`open`), or no longer. Only a
+/// sandbox with a chain needs it: without one it reaches the address.
+pub async fn open_address(slot: Slot, addr: Ipv4Addr, open: bool) -> Result<(), Error> {
+    let (chain, dst) = (slot.chain(), format!("{addr}/32"));
+    if open {
+        run(
+            "iptables",
+            &["-w", "-I", &chain, "1", "-d", &dst, "-j", "RETURN"],
+        )
+        .await?;
+    } else {
+        let _ = run(
+            "iptables",
+            &["-w", "-D", &chain, "-d", &dst, "-j", "RETURN"],
+        )
+        .await;
+    }
+    Ok(())
+}
+
 /// Removes the netns, its veth pair and any per-sandbox firewall rules. Best effort, idempotent.
 pub async fn destroy(id: &str, slot: Slot) {
     remove_policy(slot).await;
+    let _ = redirect_dns(slot, false).await;
     let h = slot.host_if();
     let path = netns_path(id);
     let _ = rtnl::on_own_thread(move || {
@@ -393,6 +569,9 @@ pub async fn list_netns() -> Result<Vec<String>, Error> {
 }
 
 const CHAIN_FWD: &str = "SBX-FORWARD";
+/// Redirects the DNS lookups of sandboxes whose policy names hosts to
+/// their DNS guard (nat table).
+const CHAIN_DNS: &str = "SBX-DNS";
 const CHAIN_IN: &str = "SBX-INPUT";
 const CHAIN_NAT: &str = "SBX-POSTROUTING";
 /// Jumps to the chains of sandboxes with their own [`Egress`] policy.
@@ -421,10 +600,13 @@ pub async fn install_firewall() -> Result<(), Error> {
         Some(&shared_rules(&host_nameservers())),
     )
     .await?;
+    // Made when missing, never rewritten: it holds sandboxes' redirects.
+    let _ = run("iptables", &["-w", "-t", "nat", "-N", CHAIN_DNS]).await;
     for (table, chain, parent) in [
         ("filter", CHAIN_FWD, "FORWARD"),
         ("filter", CHAIN_IN, "INPUT"),
         ("nat", CHAIN_NAT, "POSTROUTING"),
+        ("nat", CHAIN_DNS, "PREROUTING"),
     ] {
         if run("iptables", &["-w", "-t", table, "-C", parent, "-j", chain])
             .await
@@ -472,8 +654,12 @@ fn shared_rules(nameservers: &[Ipv4Addr]) -> String {
     r += &format!(
         "-A {CHAIN_DENY} -p tcp -j REJECT --reject-with tcp-reset\n-A {CHAIN_DENY} -j DROP\n"
     );
-    // Replies to connections the host opened (the proxy) come back in; nothing else does.
-    r += &format!("-A {CHAIN_IN} -i sbx+ {established}\n-A {CHAIN_IN} -i sbx+ -j DROP\nCOMMIT\n");
+    // Replies to connections the host opened (the proxy) come back in, and
+    // lookups redirected to a sandbox's DNS guard (see `redirect_dns`);
+    // nothing else does.
+    r += &format!(
+        "-A {CHAIN_IN} -i sbx+ {established}\n-A {CHAIN_IN} -i sbx+ -p udp --dport 53 -m conntrack --ctstate DNAT -j ACCEPT\n-A {CHAIN_IN} -i sbx+ -j DROP\nCOMMIT\n"
+    );
     r += &format!(
         "*nat\n:{CHAIN_NAT} - [0:0]\n-A {CHAIN_NAT} -s {RANGE} ! -d {RANGE} -j MASQUERADE\nCOMMIT\n"
     );
@@ -579,15 +765,56 @@ mod tests {
     }
 
     #[test]
-    fn destinations_are_ipv4_addresses_or_blocks() {
-        let p = |s: &str| parse_destination(s).map(|n| n.to_string());
+    fn destinations_are_ipv4_addresses_blocks_or_host_names() {
+        let p = |s: &str| match parse_destination(s) {
+            Ok(Destination::Net(n)) => Ok(n.to_string()),
+            Ok(Destination::Host(h)) => Ok(format!("host {h}")),
+            Err(e) => Err(e),
+        };
         assert_eq!(p("203.0.113.7").unwrap(), "203.0.113.7/32");
         assert_eq!(p(" 198.51.100.9/24 ").unwrap(), "198.51.100.0/24");
         assert_eq!(p("0.0.0.0/0").unwrap(), "0.0.0.0/0");
-        assert!(p("example.com").unwrap_err().contains("host names"));
+        assert_eq!(p("PyPI.org.").unwrap(), "host pypi.org");
+        assert_eq!(p("*.example.com").unwrap(), "host *.example.com");
         assert!(p("1.2.3.4/33").is_err());
-        assert!(p("1.2.3").is_err());
+        assert!(p("1.2.3").is_err(), "numbers are no host name");
+        assert!(p("a..b").is_err());
+        assert!(p("-a.com").is_err());
+        assert!(p("a.*.com").is_err());
         assert!(p("::1").unwrap_err().contains("IPv6"));
+    }
+
+    #[test]
+    fn names_are_opened_resolved_or_refused_by_the_policy() {
+        assert!(host_matches("*.example.com", "a.b.example.com"));
+        assert!(!host_matches("*.example.com", "example.com"));
+        assert!(!host_matches("*.example.com", "badexample.com"));
+        assert!(host_matches("pypi.org", "pypi.org"));
+        let walled = Egress::from_entries(
+            false,
+            &["pypi.org".into(), "*.pythonhosted.org".into()],
+            &[],
+        )
+        .unwrap();
+        assert!(walled.names_hosts());
+        assert_eq!(walled.name_verdict("PyPI.org."), NameVerdict::Open);
+        assert_eq!(
+            walled.name_verdict("files.pythonhosted.org"),
+            NameVerdict::Open
+        );
+        assert_eq!(walled.name_verdict("example.com"), NameVerdict::Refuse);
+        let open = Egress::from_entries(
+            true,
+            &["ok.bad.com".into()],
+            &["*.bad.com".into(), "198.18.0.0/15".into()],
+        )
+        .unwrap();
+        assert_eq!(open.deny_out.len(), 1);
+        assert_eq!(open.name_verdict("x.bad.com"), NameVerdict::Refuse);
+        assert_eq!(open.name_verdict("ok.bad.com"), NameVerdict::Open);
+        assert_eq!(open.name_verdict("example.com"), NameVerdict::Resolve);
+        assert!(!Egress::default().names_hosts());
+        assert!(Egress::from_entries(true, &["1.2.3".into()], &[]).is_err());
     }
 
     #[test]
@@ -603,6 +830,7 @@ mod tests {
             allow_internet: false,
             allow_out: vec!["198.18.0.1/32".parse().unwrap()],
             deny_out: vec!["198.18.0.0/15".parse().unwrap()],
+            ..Egress::default()
         };
         let rules = policy.rules(slot).unwrap();
         let lines: Vec<&str> = rules.lines().collect();
@@ -661,6 +889,15 @@ mod tests {
             !rules.contains(":SBX-EGRESS"),
             "the policies' jumps are kept"
         );
+        let input: Vec<&str> = rules
+            .lines()
+            .filter(|l| l.starts_with("-A SBX-INPUT"))
+            .collect();
+        assert!(
+            input[1].contains("--dport 53 -m conntrack --ctstate DNAT -j ACCEPT"),
+            "{input:?}"
+        );
+        assert_eq!(input.last(), Some(&"-A SBX-INPUT -i sbx+ -j DROP"));
     }
 
     /// Needs root and iptables: a policy's chain exists while the sandbox
@@ -675,7 +912,7 @@ mod tests {
         let policy = Egress {
             allow_internet: false,
             allow_out: vec!["198.18.0.1/32".parse().unwrap()],
-            deny_out: Vec::new(),
+            ..Egress::default()
         };
         configure(id, slot, &policy, &[]).await.unwrap();
         let chain = run("iptables", &["-w", "-S", &slot.chain()]).await.unwrap();
@@ -689,9 +926,8 @@ mod tests {
         assert_eq!(fwd.matches(&jump).count(), 1, "{fwd}");
         // A live update rewrites the chain whole and keeps the one jump.
         let walled = Egress {
-            allow_internet: true,
-            allow_out: Vec::new(),
             deny_out: vec!["198.18.0.0/15".parse().unwrap()],
+            ..Egress::default()
         };
         update_egress(slot, &walled).await.unwrap();
         let chain = run("iptables", &["-w", "-S", &slot.chain()]).await.unwrap();

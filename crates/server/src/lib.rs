@@ -79,6 +79,9 @@ pub struct ServerConfig {
     pub memory_reserve_mb: Option<u64>,
     /// At most this many sandboxes at once; `None`: as many as fit.
     pub max_sandboxes: Option<usize>,
+    /// Where sandboxes' DNS guards send lookups (egress by host name);
+    /// empty: the host's resolvers.
+    pub sandbox_dns_upstream: Vec<SocketAddr>,
     /// How long a create without `max_pending_secs` waits for room;
     /// `None` or 0: refused at once when no node has room.
     pub max_pending_secs: Option<u64>,
@@ -268,6 +271,7 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
                 ca_bundle,
                 idle_freeze: config.idle_freeze,
                 suspend_linger: config.suspend_linger,
+                dns_upstream: config.sandbox_dns_upstream.clone(),
             },
             runtime,
         )

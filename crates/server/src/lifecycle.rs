@@ -310,23 +310,25 @@ pub(crate) fn validate_network(network: &NetworkPolicy) -> ApiResult<()> {
 /// The executor's form of a validated policy. Only a sandbox stored before
 /// entries were checked can hold a bad one: it is left out, and logged.
 fn egress(network: &NetworkPolicy) -> Egress {
-    let parse = |entries: &[String]| {
+    let good = |entries: &[String]| -> Vec<String> {
         entries
             .iter()
-            .filter_map(|e| match sbx_executor::net::parse_destination(e) {
-                Ok(net) => Some(net),
+            .filter(|e| match sbx_executor::net::parse_destination(e) {
+                Ok(_) => true,
                 Err(why) => {
                     tracing::warn!("egress entry left out: {why}");
-                    None
+                    false
                 }
             })
+            .cloned()
             .collect()
     };
-    Egress {
-        allow_internet: network.allow_internet_access,
-        allow_out: parse(&network.allow_out),
-        deny_out: parse(&network.deny_out),
-    }
+    Egress::from_entries(
+        network.allow_internet_access,
+        &good(&network.allow_out),
+        &good(&network.deny_out),
+    )
+    .unwrap_or_default()
 }
 
 /// Names are DNS-label-like and never look like a sandbox id.
@@ -409,6 +411,9 @@ pub struct Manager {
     pub runs_sandboxes: bool,
     /// Runs the sweep now (work was placed on this node).
     pub(crate) wake: tokio::sync::Notify,
+    /// Stored suspend images seen unrecorded, since when (see
+    /// `drop_unrecorded_suspend_images`).
+    pub(crate) unrecorded_images: Mutex<HashMap<String, std::time::Instant>>,
     /// Seals and opens secret values (`secrets`).
     pub secrets_key: Arc<crate::secrets::SecretsKey>,
     /// The sandboxes' persisted logs (`logs`).
@@ -463,6 +468,7 @@ impl Manager {
             node_timing: node.timing,
             runs_sandboxes: node.runs_sandboxes,
             wake: tokio::sync::Notify::new(),
+            unrecorded_images: Mutex::new(HashMap::new()),
             store,
             executor,
             host,

@@ -232,6 +232,9 @@ impl Manager {
         let Some(_alone) = self.store.try_advisory_lock(LockKey::ClusterSweep).await? else {
             return Ok(());
         };
+        if self.store.kind() == crate::store::Kind::Postgres {
+            self.drop_unrecorded_suspend_images().await;
+        }
         let lost_after = self.node_timing.lost_after;
         for node in self.store.nodes().await? {
             let silent = (Utc::now() - node.heartbeat_at)

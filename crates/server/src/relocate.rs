@@ -15,6 +15,9 @@ use sbx_api::sandbox::SandboxStatus;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// How long a stored suspend image may stay unrecorded before it goes.
+const UNRECORDED_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
+
 impl Manager {
     /// Whether other nodes read this node's blob store (then suspends are
     /// written to it).
@@ -69,6 +72,65 @@ impl Manager {
                 ),
             }
         });
+    }
+
+    /// Deletes stored suspend images no sandbox records (a node killed
+    /// between storing one and recording it, or a record that moved on):
+    /// each once it has been seen unrecorded for [`UNRECORDED_GRACE`], so
+    /// that one being recorded right now is left alone. One server at a
+    /// time (from the node watch).
+    pub(crate) async fn drop_unrecorded_suspend_images(&self) {
+        let blobs = self.blobs.clone();
+        let Ok(Ok(manifests)) = tokio::task::spawn_blocking(move || blobs.list_manifests()).await
+        else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        let mut doomed = Vec::new();
+        let mut listed = std::collections::HashSet::new();
+        for m in manifests.iter().filter(|m| m.starts_with("suspend-")) {
+            listed.insert(m.clone());
+            let Some(sandbox) = m
+                .strip_prefix("suspend-")
+                .and_then(|rest| rest.rsplit_once('-'))
+                .map(|(id, _)| id)
+            else {
+                continue;
+            };
+            let recorded = match self.store.get(sandbox).await {
+                Ok(Some(r)) => r.spec.suspend_image.as_deref() == Some(m.as_str()),
+                Ok(None) => false,
+                Err(_) => continue,
+            };
+            let mut unrecorded = self.unrecorded_images.lock().unwrap();
+            if recorded {
+                unrecorded.remove(m);
+            } else {
+                let since = *unrecorded.entry(m.clone()).or_insert(now);
+                if now.duration_since(since) >= UNRECORDED_GRACE {
+                    unrecorded.remove(m);
+                    doomed.push(m.clone());
+                }
+            }
+        }
+        self.unrecorded_images
+            .lock()
+            .unwrap()
+            .retain(|m, _| listed.contains(m));
+        if doomed.is_empty() {
+            return;
+        }
+        tracing::info!(?doomed, "deleting suspend images no sandbox records");
+        let blobs = self.blobs.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for m in &doomed {
+                let _ = blobs.delete_manifest(m);
+            }
+            if let Err(e) = blobs.gc() {
+                tracing::warn!("store gc: {e}");
+            }
+        })
+        .await;
     }
 
     /// Removes a stored suspend image from the blob store, in the

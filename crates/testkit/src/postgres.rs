@@ -88,6 +88,33 @@ impl Postgres {
     pub fn port(&self) -> u16 {
         self.port
     }
+
+    /// The rows `sql` gives in database `db`, as `psql` prints them
+    /// unaligned (`|` between columns, no header).
+    pub fn query(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(bin_dir().join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "sbx",
+                "-At",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 }
 
 impl Drop for Postgres {

@@ -46,14 +46,16 @@ pub struct CreateOpts {
     #[arg(long)]
     pub no_internet: bool,
 
-    /// An IPv4 address or CIDR block the sandbox may reach, even when
-    /// --no-internet or --deny-out would block it (repeatable).
-    #[arg(long, value_name = "CIDR")]
+    /// An IPv4 address, CIDR block, host name or *.domain pattern the
+    /// sandbox may reach, even when --no-internet or --deny-out would block
+    /// it (repeatable).
+    #[arg(long, value_name = "DEST")]
     pub allow_out: Vec<String>,
 
-    /// An IPv4 address or CIDR block the sandbox may not reach (repeatable;
-    /// 0.0.0.0/0 denies everything not allowed).
-    #[arg(long, value_name = "CIDR")]
+    /// An IPv4 address, CIDR block, host name or *.domain pattern the
+    /// sandbox may not reach (repeatable; 0.0.0.0/0 denies everything not
+    /// allowed).
+    #[arg(long, value_name = "DEST")]
     pub deny_out: Vec<String>,
 
     /// A secret (`sbx secret set NAME`) to set as an environment variable

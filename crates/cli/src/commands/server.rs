@@ -93,6 +93,12 @@ pub struct ServerArgs {
     #[arg(long, value_name = "N")]
     pub max_sandboxes: Option<usize>,
 
+    /// Where the DNS guards of sandboxes whose policy names hosts send the
+    /// lookups they let through, IP:PORT (repeatable; default: the host's
+    /// resolvers).
+    #[arg(long, value_name = "ADDR", action = clap::ArgAction::Append)]
+    pub sandbox_dns_upstream: Vec<SocketAddr>,
+
     /// A create that gives no max_pending_secs and that no node has room
     /// for waits `pending` this long for room (0: refused at once with 503).
     #[arg(long, default_value_t = 0, value_name = "SECS",
@@ -166,6 +172,7 @@ impl ServerArgs {
             memory_reserve_mb: self.memory_reserve_mb,
             max_sandboxes: self.max_sandboxes,
             max_pending_secs: Some(self.max_pending_secs),
+            sandbox_dns_upstream: self.sandbox_dns_upstream.clone(),
             node_token: self.node_token.clone(),
             local_node: !self.no_local_node,
             blobs_credentials: None,
