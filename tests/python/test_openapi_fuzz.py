@@ -135,6 +135,13 @@ class Api:
     def terminate(self, ns: str, sandbox_id: str) -> None:
         self.call("DELETE", f"{self.prefix(ns)}/sandboxes/{sandbox_id}")
 
+    def pools(self, ns: str) -> list[dict]:
+        r = self.call("GET", f"{self.prefix(ns)}/sandbox-pools")
+        return r.json()["pools"] if r.status_code == 200 else []
+
+    def delete_pool(self, ns: str, pool_id: str) -> None:
+        self.call("DELETE", f"{self.prefix(ns)}/sandbox-pools/{pool_id}")
+
     def delete_snapshot(self, ns: str, snapshot_id: str) -> None:
         """Deletes a snapshot once its capture is over (409 until then)."""
         deadline = time.monotonic() + 60
@@ -176,8 +183,10 @@ class Tracker:
         if not isinstance(body, dict):
             return
         op = base_id(operation_id)
-        if op == "createSandbox" and "sandbox_id" in body:
+        if op in ("createSandbox", "claimSandbox") and "sandbox_id" in body:
             self.api.terminate(ns, body["sandbox_id"])
+        elif op == "createPool" and "pool_id" in body:
+            self.api.delete_pool(ns, body["pool_id"])
         elif op == "copySandbox":
             for s in body.get("sandboxes", []):
                 self.api.terminate(ns, s["sandbox_id"])
@@ -190,6 +199,8 @@ class Tracker:
         for ns, sid in sorted(self.snapshots):
             self.api.delete_snapshot(ns, sid)
         for ns in sorted(self.namespaces):
+            for pool in self.api.pools(ns):
+                self.api.delete_pool(ns, pool["id"])
             for snap in self.api.snapshots(ns):
                 if snap["snapshot_id"] not in self.keep:
                     self.api.delete_snapshot(ns, snap["snapshot_id"])

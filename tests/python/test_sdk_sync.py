@@ -86,6 +86,21 @@ def test_get_list_rename(client, box):
     assert client.get(old).sandbox_id == box.sandbox_id
 
 
+def test_network_policy_update(client):
+    sandbox = client.create(allow_internet_access=True)
+    try:
+        walled = client.update(
+            sandbox.sandbox_id,
+            network={"allow_internet_access": False, "allow_out": ["203.0.113.0/24", "pypi.org"]},
+        )
+        assert not walled.network.allow_internet_access
+        assert walled.network.allow_out == ["203.0.113.0/24", "pypi.org"]
+        back = client.update(sandbox.sandbox_id, network=None)
+        assert back.network.allow_internet_access and back.network.allow_out == []
+    finally:
+        client.delete(sandbox.sandbox_id)
+
+
 def test_create_delete_and_context_manager(client, sbx):
     with Sandbox.create(api_url=sbx.api_url, cpus=1, memory_mb=1024, timeout_secs=600) as sandbox:
         info = sandbox.info()

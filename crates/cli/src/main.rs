@@ -6,8 +6,8 @@ mod table;
 
 use clap::{Parser, Subcommand};
 use commands::{
-    copy, cp, create, describe, exec, image, name, node, run, secret, server, snapshot, ssh,
-    suspend, terminate,
+    copy, cp, create, describe, exec, image, name, network, node, run, secret, server, snapshot,
+    ssh, suspend, terminate,
 };
 
 /// Exit status of a failed `sbx` verb (the command's own code wins in `exec`, `run`, `ssh`).
@@ -93,6 +93,8 @@ pub enum Command {
     Cp(cp::CpArgs),
     /// Rename a sandbox.
     Name(name::NameArgs),
+    /// Give a sandbox a new egress policy at once (it keeps running).
+    Network(network::NetworkArgs),
     /// Terminate sandboxes.
     #[command(visible_alias = "rm")]
     Terminate(terminate::TerminateArgs),
@@ -149,6 +151,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Ssh(args) => ssh::run(&client, args).await,
         Command::Cp(args) => cp::run(&client, args).await,
         Command::Name(args) => name::run(&client, args).await,
+        Command::Network(args) => network::run(&client, args).await,
         Command::Terminate(args) => terminate::run(&client, args).await,
         Command::Snapshot(args) => snapshot::run(&client, args).await,
         Command::Suspend(args) => suspend::run(&client, args, suspend::Direction::Suspend).await,

@@ -461,6 +461,21 @@ impl Server {
     }
 
     /// A POST with a JSON body: its status and JSON answer (`null` if none).
+    /// Suspends sandbox `name` (id or name), waiting until it is `suspended`.
+    pub async fn suspend(&self, name: &str) {
+        let (code, v) = self
+            .post_status(
+                &format!("/sandboxes/{name}/suspend?wait_ms=30000"),
+                serde_json::json!({}),
+            )
+            .await;
+        assert_eq!(
+            (code, v["status"].as_str()),
+            (200, Some("suspended")),
+            "{v}"
+        );
+    }
+
     pub async fn post_status(&self, path: &str, body: Value) -> (u16, Value) {
         let r = self
             .req(reqwest::Method::POST, path)

@@ -587,50 +587,49 @@ async fn a_network_policy_update_applies_at_once_and_closes_what_it_forbids() {
     drop(outside);
 }
 
-/// A stand-in resolver on `at` (port 53) for the test's made-up names: each
-/// `(name, address)` an A record, anything else NXDOMAIN. Until dropped.
-fn stand_in_resolver(
-    at: &str,
-    names: Vec<(String, std::net::Ipv4Addr)>,
-) -> tokio::task::JoinHandle<()> {
-    let socket = std::net::UdpSocket::bind(format!("{at}:53")).unwrap();
-    socket.set_nonblocking(true).unwrap();
-    let socket = tokio::net::UdpSocket::from_std(socket).unwrap();
-    tokio::spawn(async move {
-        let mut buf = [0u8; 512];
-        loop {
-            let Ok((n, from)) = socket.recv_from(&mut buf).await else {
-                continue;
-            };
-            if n < 12 {
-                continue;
-            }
-            // The question: labels up to the root, then type and class.
-            let mut i = 12;
-            let mut labels = Vec::new();
-            while i < n && buf[i] != 0 {
-                let len = buf[i] as usize;
-                labels.push(
-                    String::from_utf8_lossy(&buf[i + 1..(i + 1 + len).min(n)]).to_lowercase(),
-                );
-                i += 1 + len;
-            }
-            let question_end = (i + 5).min(n);
-            let qtype = u16::from_be_bytes([buf[i + 1], buf[i + 2]]);
-            let name = labels.join(".");
-            let found = names.iter().find(|(n, _)| *n == name).map(|(_, a)| *a);
-            let mut r = buf[..question_end].to_vec();
-            r[2] = 0x81; // response, recursion desired
-            r[3] = if found.is_some() { 0x80 } else { 0x83 }; // NXDOMAIN if unknown
-            r[4..12].copy_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
-            if let (Some(addr), 1) = (found, qtype) {
-                r[7] = 1; // one answer
-                r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
-                r.extend_from_slice(&addr.octets());
-            }
-            let _ = socket.send_to(&r, from).await;
-        }
-    })
+/// A stand-in resolver in the outside host's netns (port 53 of its
+/// addresses) for the test's made-up names: each `(name, address)` an A
+/// record, anything else NXDOMAIN. Killed on drop.
+struct StandInResolver(std::process::Child);
+
+impl StandInResolver {
+    fn start(netns: &str, names: &[(&str, &str)]) -> StandInResolver {
+        let table: Vec<String> = names.iter().map(|(n, a)| format!("{n:?}: {a:?}")).collect();
+        let script = format!(
+            r#"import socket, struct
+names = {{{}}}
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 53))
+while True:
+    q, peer = s.recvfrom(512)
+    i, labels = 12, []
+    while q[i]:
+        labels.append(q[i + 1:i + 1 + q[i]].decode().lower()); i += 1 + q[i]
+    qtype = struct.unpack(">H", q[i + 1:i + 3])[0]
+    addr = names.get(".".join(labels))
+    r = bytearray(q[:i + 5])
+    r[2:4] = b"\x81\x80" if addr else b"\x81\x83"
+    r[4:12] = b"\x00\x01\x00\x00\x00\x00\x00\x00"
+    if addr and qtype == 1:
+        r[7] = 1
+        r += b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + socket.inet_aton(addr)
+    s.sendto(bytes(r), peer)
+"#,
+            table.join(", ")
+        );
+        let child = Command::new("ip")
+            .args(["netns", "exec", netns, "python3", "-c", &script])
+            .spawn()
+            .unwrap();
+        StandInResolver(child)
+    }
+}
+
+impl Drop for StandInResolver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// What a sandbox gets for each name: its address and whether HTTP on
@@ -653,13 +652,16 @@ async fn lookups(s: &Server, id: &str, names: &[&str]) -> Vec<String> {
 async fn egress_by_host_name_resolves_and_opens_only_what_the_policy_names() {
     let outside = OutsideHost::start(9);
     let [a, b] = [outside.addrs[0].clone(), outside.addrs[1].clone()];
-    let resolver_at = "198.18.9.1";
-    let names = vec![
-        ("allowed.test".to_string(), a.parse().unwrap()),
-        ("other.test".to_string(), b.parse().unwrap()),
-        ("x.blocked.test".to_string(), b.parse().unwrap()),
-    ];
-    let _resolver = stand_in_resolver(resolver_at, names);
+    // The resolver answers on the outside host's first address.
+    let resolver_at = a.clone();
+    let _resolver = StandInResolver::start(
+        &outside.netns,
+        &[
+            ("allowed.test", &a),
+            ("other.test", &b),
+            ("x.blocked.test", &b),
+        ],
+    );
     let s = Server::start_with(Options {
         args: vec!["--sandbox-dns-upstream".into(), format!("{resolver_at}:53")],
         ..Options::default()

@@ -155,6 +155,21 @@ async fn a_server_on_postgres_and_s3_keeps_sandboxes_and_snapshots_across_restar
     assert!(s.host_leftovers().is_empty(), "{:?}", s.host_leftovers());
 }
 
+/// The node ids of servers `a` and `b` (each known by its proxy address).
+async fn node_ids(a: &Server, b: &Server) -> (String, String) {
+    let nodes = nodes_of(a).await;
+    let id = |s: &Server| {
+        nodes["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["address"] == format!("127.0.0.1:{}", s.proxy_port).as_str())
+            .map(|n| n["id"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    (id(a), id(b))
+}
+
 async fn nodes_of(s: &Server) -> serde_json::Value {
     let r = s.req_root(Method::GET, "/v1/nodes").send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -287,17 +302,7 @@ async fn a_create_a_drained_node_cannot_take_runs_on_another_node() {
     }
     assert!(stored, "the image reached the bucket");
 
-    let nodes = nodes_of(&a).await;
-    let mine = |s: &Server| {
-        nodes["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["address"] == format!("127.0.0.1:{}", s.proxy_port).as_str())
-            .map(|n| n["id"].as_str().unwrap().to_string())
-            .unwrap()
-    };
-    let (node_a, node_b) = (mine(&a), mine(&b));
+    let (node_a, node_b) = node_ids(&a, &b).await;
     let drain = format!("/v1/nodes/{node_a}/drain");
     let r = a.req_root(Method::POST, &drain).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -359,21 +364,6 @@ async fn a_silent_node_loses_its_sandboxes_and_cleans_up_when_back() {
     clean(&[&a, &b]).await;
 }
 
-/// Suspends named sandbox `name` through `s`, waiting until it is.
-async fn suspend(s: &Server, name: &str) {
-    let (code, v) = s
-        .post_status(
-            &format!("/sandboxes/{name}/suspend?wait_ms=30000"),
-            json!({}),
-        )
-        .await;
-    assert_eq!(
-        (code, v["status"].as_str()),
-        (200, Some("suspended")),
-        "{v}"
-    );
-}
-
 /// A suspended sandbox is also stored in the bucket: when its node is
 /// drained or gone, a resume through another server (asked for, or by a
 /// request to the sandbox) brings it back on that server's node, with its
@@ -395,19 +385,9 @@ async fn a_suspended_sandbox_resumes_on_another_node_when_its_own_cannot() {
         );
         found.len() == n && (n == 0 || spec.contains("suspend_image"))
     };
-    suspend(&a, "mover").await;
+    a.suspend("mover").await;
     wait_until(Duration::from_secs(60), || stored(1)).await;
-    let nodes = nodes_of(&a).await;
-    let node_of = |s: &Server| {
-        nodes["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["address"] == format!("127.0.0.1:{}", s.proxy_port).as_str())
-            .map(|n| n["id"].as_str().unwrap().to_string())
-            .unwrap()
-    };
-    let (node_a, node_b) = (node_of(&a), node_of(&b));
+    let (node_a, node_b) = node_ids(&a, &b).await;
 
     // Its node drained: resumed through B, it runs on B.
     let r = a
@@ -441,7 +421,7 @@ async fn a_suspended_sandbox_resumes_on_another_node_when_its_own_cannot() {
         .unwrap();
     assert_eq!(r.status(), 200);
     b.sh("mover", "echo again > /tmp/mem").await;
-    suspend(&a, "mover").await;
+    a.suspend("mover").await;
     wait_until(Duration::from_secs(60), || stored(1)).await;
     b.kill9();
     let mut alive = true;

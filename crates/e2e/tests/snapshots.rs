@@ -18,21 +18,6 @@ async fn start_bg(s: &Server, id: &str, script: &str) {
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
 }
 
-/// Suspends sandbox `name`, waiting until it is `suspended`.
-async fn suspend(s: &Server, name: &str) {
-    let (code, v) = s
-        .post_status(
-            &format!("/sandboxes/{name}/suspend?wait_ms=30000"),
-            json!({}),
-        )
-        .await;
-    assert_eq!(
-        (code, v["status"].as_str()),
-        (200, Some("suspended")),
-        "{v}"
-    );
-}
-
 async fn count(s: &Server, id: &str) -> u64 {
     let out = s
         .sh(
@@ -248,7 +233,7 @@ async fn a_failed_resume_says_why_and_a_later_one_succeeds() {
     let s = Server::start().await;
     let id = s.create(json!({"name": "fragile"})).await;
     s.sh("fragile", "echo kept > /root/kept").await;
-    suspend(&s, "fragile").await;
+    s.suspend("fragile").await;
     let image = s
         .data_dir
         .join("sandboxes")
@@ -352,7 +337,7 @@ async fn suspend_and_resume_ten_times_keep_files_and_processes() {
         s.sh("keeper", &format!("echo {round} > /root/round-{round}"))
             .await;
         let address = sandbox_ip(&id);
-        suspend(&s, "keeper").await;
+        s.suspend("keeper").await;
         let quick = round % 2 == 1;
         if !quick {
             // Nothing of it stays on the host once its volume and network
@@ -423,7 +408,7 @@ async fn suspend_and_resume_ten_times_keep_files_and_processes() {
     }
     assert_ne!(status["status"], "running", "{status}");
     // Deleted while its volume and network linger: nothing is left.
-    suspend(&s, "keeper").await;
+    s.suspend("keeper").await;
     s.cleanup().await;
     assert!(s.host_leftovers().is_empty(), "{:?}", s.host_leftovers());
     assert!(netns_of(std::slice::from_ref(&id)).is_empty());
@@ -447,7 +432,7 @@ async fn killing_the_server_around_a_quick_resume_leaves_one_clean_sandbox() {
     start_bg(&s, &id, COUNTER).await;
     s.sh("quick", "echo kept > /root/kept").await;
     let data_dir = s.data_dir.to_string_lossy().to_string();
-    suspend(&s, "quick").await;
+    s.suspend("quick").await;
     let pid = s.child.as_ref().unwrap().id() as i32;
     let resume = s
         .req(Method::POST, "/sandboxes/quick/resume?wait_ms=30000")
@@ -480,7 +465,7 @@ async fn killing_the_server_around_a_quick_resume_leaves_one_clean_sandbox() {
         .await;
     assert_eq!((code, v["status"].as_str()), (200, Some("running")), "{v}");
     // Now suspended and resumed at once, killed as soon as it answers.
-    suspend(&s, "quick").await;
+    s.suspend("quick").await;
     let (code, v) = s
         .post_status("/sandboxes/quick/resume?wait_ms=30000", json!({}))
         .await;

@@ -1163,8 +1163,8 @@ mod tests {
             (r#"{"auto_resume":false}"#, "named sandbox"),
             (r#"{"timeout_secs":10000000000000000}"#, "timeout_secs"),
             (
-                r#"{"network":{"allow_out":["example.com"]}}"#,
-                "network.allow_out: \"example.com\" is not an IPv4",
+                r#"{"network":{"allow_out":["example..com"]}}"#,
+                "network.allow_out: \"example..com\" is not an IPv4 address, CIDR block",
             ),
             (
                 r#"{"network":{"deny_out":["10.0.0.0/33"]}}"#,

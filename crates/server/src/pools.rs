@@ -29,6 +29,8 @@ use std::sync::Arc;
 const DEFAULT_WARM: u32 = 1;
 /// At most this many warm sandboxes per pool.
 const MAX_WARM: u32 = 100;
+/// At most this many warm sandboxes a pool starts per sweep.
+const REFILL_PER_SWEEP: u32 = 4;
 /// How long a claim at the pool's cap waits for room.
 const CLAIM_WAIT_SECS: u64 = 300;
 
@@ -388,7 +390,9 @@ impl Manager {
         if let Some(max) = pool.spec.max {
             missing = missing.min((max as usize).saturating_sub(occupying(&members)) as u32);
         }
-        for _ in 0..missing {
+        // A few at a time: the pool fills over some sweeps, without a burst
+        // of boots beside everything else on the nodes.
+        for _ in 0..missing.min(REFILL_PER_SWEEP) {
             let warm = Some((pool.id.clone(), PoolState::Warm));
             // Refused (no node has room): the next sweep tries again.
             self.place_and_start(&pool.namespace, None, pool.spec.sandbox.clone(), None, warm)

@@ -21,6 +21,7 @@ import type {
   ImageArchiveFormat,
   ImageImportProgress,
   ImageInfo,
+  NetworkPolicy,
   PoolInfo,
   SandboxInfo,
   SandboxStatus,
@@ -159,6 +160,9 @@ export interface UpdateSandboxOptions {
   allowUnauthenticatedAccess?: boolean;
   exposedPorts?: number[];
   autoResume?: boolean;
+  /** A new egress policy, applied at once (entries: addresses, CIDR blocks, host names,
+   * `*.domain` patterns); `null`: back to the default policy. */
+  network?: Partial<NetworkPolicy> | null;
 }
 
 export interface ImportImageOptions {
@@ -271,6 +275,16 @@ export class SandboxClient {
       body.allow_unauthenticated_access = changes.allowUnauthenticatedAccess;
     if (changes.exposedPorts !== undefined) body.exposed_ports = changes.exposedPorts;
     if (changes.autoResume !== undefined) body.auto_resume = changes.autoResume;
+    if (changes.network !== undefined) {
+      body.network =
+        changes.network === null
+          ? null
+          : {
+              allow_internet_access: changes.network.allowInternetAccess ?? true,
+              allow_out: changes.network.allowOut ?? [],
+              deny_out: changes.network.denyOut ?? [],
+            };
+    }
     return normalizeSandbox(
       await this.http.json(this.sandboxPath(identifier), { method: "PATCH", json: body, notFound: "sandbox" }),
     );

@@ -61,6 +61,19 @@ describe("sandbox lifecycle", () => {
     assert.ok(!(await client.list({ status: "running" })).some((s) => s.sandboxId === created.sandboxId));
   });
 
+  test("network policy update", async (t) => {
+    const created = await client.create({});
+    t.after(() => client.delete(created.sandboxId).catch(() => {}));
+    const walled = await client.update(created.sandboxId, {
+      network: { allowInternetAccess: false, allowOut: ["203.0.113.0/24", "pypi.org"] },
+    });
+    assert.equal(walled.networkPolicy?.allowInternetAccess, false);
+    assert.deepEqual(walled.networkPolicy?.allowOut, ["203.0.113.0/24", "pypi.org"]);
+    const back = await client.update(created.sandboxId, { network: null });
+    assert.equal(back.networkPolicy?.allowInternetAccess, true);
+    assert.deepEqual(back.networkPolicy?.allowOut, []);
+  });
+
   test("errors carry status, code and message", async (t) => {
     const missing = await client.get("no-such-sandbox").catch((e: unknown) => e);
     assert.ok(missing instanceof SandboxNotFoundError);

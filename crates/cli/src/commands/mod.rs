@@ -10,6 +10,7 @@ pub mod image;
 pub mod logs;
 pub mod ls;
 pub mod name;
+pub mod network;
 pub mod node;
 pub mod pool;
 pub mod run;

@@ -75,12 +75,14 @@ pub struct PoolOpts {
     #[arg(long)]
     pub no_internet: bool,
 
-    /// An IPv4 address or CIDR block the sandboxes may reach (repeatable).
-    #[arg(long, value_name = "CIDR")]
+    /// An IPv4 address, CIDR block, host name or *.domain pattern the
+    /// sandboxes may reach (repeatable).
+    #[arg(long, value_name = "DEST")]
     pub allow_out: Vec<String>,
 
-    /// An IPv4 address or CIDR block the sandboxes may not reach (repeatable).
-    #[arg(long, value_name = "CIDR")]
+    /// An IPv4 address, CIDR block, host name or *.domain pattern the
+    /// sandboxes may not reach (repeatable).
+    #[arg(long, value_name = "DEST")]
     pub deny_out: Vec<String>,
 }
 

@@ -198,6 +198,19 @@ def claim_headers(wait: bool, wait_timeout: float) -> dict[str, str]:
     return {"X-Tensorlake-Request-Timeout-Ms": "1000", "X-Tensorlake-Request-Timeout-Grace-Ms": "0"}
 
 
+def network_body(network: Any) -> Any:
+    """A PATCH's ``network``: a policy (an object with ``allow_internet_access``,
+    ``allow_out``, ``deny_out``, or such a dict), None (the default policy), or
+    ``_UNSET`` (keep it)."""
+    if network is _UNSET or network is None or isinstance(network, dict):
+        return network
+    return {
+        "allow_internet_access": network.allow_internet_access,
+        "allow_out": list(network.allow_out),
+        "deny_out": list(network.deny_out),
+    }
+
+
 def update_body(**fields: Any) -> dict[str, Any]:
     """PATCH body: only the given fields (``_UNSET`` = keep; None = clear the name)."""
     return {k: v for k, v in fields.items() if v is not _UNSET}

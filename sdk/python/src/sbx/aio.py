@@ -33,6 +33,7 @@ from .errors import (
     error_from_response,
 )
 from .models import (
+    NetworkPolicy,
     CheckpointType,
     CommandResult,
     CopyResult,
@@ -217,12 +218,14 @@ class AsyncSandboxClient:
         auto_resume: Optional[bool] = c._UNSET,
         allow_unauthenticated_access: Optional[bool] = c._UNSET,
         exposed_ports: Optional[List[int]] = c._UNSET,
+        network: Optional[Union[NetworkPolicy, dict]] = c._UNSET,
     ) -> SandboxInfo:
         body = c.update_body(
             name=name,
             auto_resume=auto_resume,
             allow_unauthenticated_access=allow_unauthenticated_access,
             exposed_ports=exposed_ports,
+            network=c.network_body(network),
         )
         return SandboxInfo.from_json(
             await self._json("PATCH", f"/sandboxes/{c.seg(identifier)}", json=body, not_found=SandboxNotFoundError)

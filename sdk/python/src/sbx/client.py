@@ -24,6 +24,7 @@ from .errors import (
     error_from_response,
 )
 from .models import (
+    NetworkPolicy,
     CheckpointType,
     CopyResult,
     ImageInfo,
@@ -272,6 +273,7 @@ class SandboxClient:
         auto_resume: Optional[bool] = c._UNSET,
         allow_unauthenticated_access: Optional[bool] = c._UNSET,
         exposed_ports: Optional[List[int]] = c._UNSET,
+        network: Optional[Union[NetworkPolicy, dict]] = c._UNSET,
     ) -> SandboxInfo:
         """Changes the given fields (``name=None`` removes the name)."""
         body = c.update_body(
@@ -279,6 +281,7 @@ class SandboxClient:
             auto_resume=auto_resume,
             allow_unauthenticated_access=allow_unauthenticated_access,
             exposed_ports=exposed_ports,
+            network=c.network_body(network),
         )
         return SandboxInfo.from_json(
             self._json("PATCH", f"/sandboxes/{c.seg(identifier)}", json=body, not_found=SandboxNotFoundError)
