@@ -53,9 +53,13 @@ impl DnsGuards {
     /// a guard it had), or, when its policy names no host, stops guarding
     /// it. Its link's host end must be configured.
     pub async fn guard(&self, id: &str, slot: Slot, egress: &Egress) -> Result<(), crate::Error> {
-        self.stop(id).await;
+        let had = self.stop(id).await;
         if !egress.names_hosts() {
-            net::redirect_dns(slot, false).await?;
+            // Only a sandbox that had a guard has a redirect to remove: a
+            // launch of any other costs nothing here.
+            if had {
+                net::redirect_dns(slot, false).await?;
+            }
             return Ok(());
         }
         let listen = SocketAddr::new(slot.host_ip().into(), 53);
@@ -79,12 +83,16 @@ impl DnsGuards {
     }
 
     /// Stops guarding sandbox `id` (its redirect goes with its link);
-    /// returns once its socket is closed.
-    pub async fn stop(&self, id: &str) {
+    /// returns once its socket is closed. Whether it had a guard.
+    pub async fn stop(&self, id: &str) -> bool {
         let task = self.running.lock().unwrap().remove(id);
-        if let Some(task) = task {
-            task.abort();
-            let _ = task.await;
+        match task {
+            Some(task) => {
+                task.abort();
+                let _ = task.await;
+                true
+            }
+            None => false,
         }
     }
 }
