@@ -3,7 +3,7 @@
 use crate::error::{ApiError, ApiResult, JsonBody, Path, Query};
 use crate::images;
 use crate::lifecycle::{validate_name, LaunchOutcome, Manager};
-use crate::store::{SandboxRow, SnapshotRow, StoreError};
+use crate::store::{SandboxRow, SnapshotRow};
 use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -596,12 +596,7 @@ async fn update(
         store
             .set_name(&row.id, name.as_deref())
             .await
-            .map_err(|e| match e {
-                StoreError::NameTaken(n) => ApiError::conflict(format!(
-                    "a sandbox named {n:?} already exists in namespace {ns:?}"
-                )),
-                StoreError::Db(e) => e.into(),
-            })?;
+            .map_err(|e| crate::error::name_conflict(e, &ns))?;
     }
     let mut spec = row.spec.clone();
     if let Some(v) = req.allow_unauthenticated_access {

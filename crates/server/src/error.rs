@@ -112,6 +112,17 @@ where
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// A state-store error of a write that names a sandbox of `namespace`: a
+/// taken name is a 409, the rest a database error.
+pub fn name_conflict(e: crate::store::StoreError, namespace: &str) -> ApiError {
+    match e {
+        crate::store::StoreError::NameTaken(n) => ApiError::conflict(format!(
+            "a sandbox named {n:?} already exists in namespace {namespace:?}"
+        )),
+        crate::store::StoreError::Db(e) => e.into(),
+    }
+}
+
 /// Query parameters; a value that does not parse is a 400 JSON error
 /// (axum's own `Query` answers plain text).
 pub struct Query<T>(pub T);

@@ -2,7 +2,7 @@
 //! watch and recovery after a restart. Decides; the executor acts.
 
 use crate::error::{ApiError, ApiResult};
-use crate::store::{SandboxRow, SandboxSpec, SnapshotRow, Store, StoreError};
+use crate::store::{SandboxRow, SandboxSpec, SnapshotRow, Store};
 use chrono::{DateTime, Utc};
 use sbx_api::sandbox::{
     CreateSandboxRequest, NetworkPolicy, Resources, ResourcesRequest, SandboxStatus,
@@ -599,12 +599,10 @@ impl Manager {
         // Counted as starting before it is recorded: the sweep must not
         // take it for a pending sandbox of this node nobody launches.
         let starting = local.then(|| Starting::new(self.clone(), &row.id));
-        self.store.insert(&row).await.map_err(|e| match e {
-            StoreError::NameTaken(n) => ApiError::conflict(format!(
-                "a sandbox named {n:?} already exists in namespace {namespace:?}"
-            )),
-            StoreError::Db(e) => e.into(),
-        })?;
+        self.store
+            .insert(&row)
+            .await
+            .map_err(|e| crate::error::name_conflict(e, namespace))?;
         if local {
             self.log_created(&row);
         }

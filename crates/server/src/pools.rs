@@ -235,20 +235,11 @@ pub async fn claim(
     if let Some(name) = &req.name {
         crate::lifecycle::validate_name(name)?;
     }
-    let name_taken = |n: String| {
-        ApiError::conflict(format!(
-            "a sandbox named {n:?} already exists in namespace {:?}",
-            pool.namespace
-        ))
-    };
     let claimed = manager
         .store
         .claim_warm(&pool.id, req.name.as_deref())
         .await
-        .map_err(|e| match e {
-            crate::store::StoreError::NameTaken(n) => name_taken(n),
-            crate::store::StoreError::Db(e) => e.into(),
-        })?;
+        .map_err(|e| crate::error::name_conflict(e, &pool.namespace))?;
     // The pool refills behind the claim.
     manager.wake.notify_one();
     let (row, task) = match claimed {
@@ -318,12 +309,10 @@ impl Manager {
             pool_id: Some(pool.id.clone()),
             pool_state: Some(PoolState::Claimed),
         };
-        self.store.insert(&row).await.map_err(|e| match e {
-            crate::store::StoreError::NameTaken(n) => {
-                ApiError::conflict(format!("a sandbox named {n:?} already exists"))
-            }
-            crate::store::StoreError::Db(e) => e.into(),
-        })?;
+        self.store
+            .insert(&row)
+            .await
+            .map_err(|e| crate::error::name_conflict(e, &pool.namespace))?;
         let me = self.clone();
         let id = row.id.clone();
         Ok((
