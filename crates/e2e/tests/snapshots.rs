@@ -620,6 +620,56 @@ async fn a_failed_capture_leaves_the_source_running_and_nothing_partial() {
     s.cleanup().await;
 }
 
+/// gVisor stops a sandbox whose checkpoint fails unless the checkpoint
+/// leaves it running: a suspend whose image cannot be written (here a
+/// 1 MB tmpfs where it goes) must leave the sandbox and its processes
+/// running, and say why.
+#[tokio::test]
+async fn a_failed_suspend_leaves_the_sandbox_and_its_processes_running() {
+    let s = Server::start().await;
+    let id = s.create(json!({"name": "stays"})).await;
+    start_bg(&s, &id, COUNTER).await;
+    s.sh(&id, "echo kept > /root/file").await;
+    let tmp = s.data_dir.join(format!("sandboxes/{id}/.suspend.tmp"));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mount = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&tmp)
+        .status()
+        .unwrap();
+    assert!(mount.success());
+    let (code, e) = s
+        .post_status("/sandboxes/stays/suspend?wait_ms=30000", json!({}))
+        .await;
+    let umount = std::process::Command::new("umount")
+        .arg(&tmp)
+        .status()
+        .unwrap();
+    assert!(umount.success());
+    assert_eq!(code, 503, "{e}");
+    let message = e["message"].as_str().unwrap();
+    // What the runtime says of a full disk varies (gVisor's encoder may
+    // even fail on a nil pointer after the write error).
+    assert!(
+        message.contains("suspend failed (the sandbox keeps running)"),
+        "{e}"
+    );
+    assert_eq!(s.get(&id).await.1["status"], "running");
+    let before = count(&s, &id).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(count(&s, &id).await > before, "its processes stopped");
+    // Once the image can be written, it suspends and resumes as usual.
+    s.suspend("stays").await;
+    let (code, v) = s
+        .post_status("/sandboxes/stays/resume?wait_ms=30000", json!({}))
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(s.sh(&id, "cat /root/file").await, "kept\n");
+    assert!(count(&s, &id).await >= before);
+    s.cleanup().await;
+    assert!(s.host_leftovers().is_empty(), "{:?}", s.host_leftovers());
+}
+
 #[tokio::test]
 async fn killing_the_server_mid_snapshot_leaves_a_clean_state() {
     let mut s = Server::start().await;

@@ -844,6 +844,37 @@ impl Executor {
     /// asks the agent (~2 ms), or where it does not answer (busy, or older
     /// than its `/sync`) runs the agent's `--sync` through the runtime
     /// (~100 ms, whatever state the agent is in).
+    /// Pauses the sandbox and saves its memory and processes into `tmp`,
+    /// leaving it paused; a save that fails leaves it running and is tried
+    /// once more. (A checkpoint without `leave_running` that fails stops
+    /// the sandbox: its processes would be lost.)
+    async fn save_paused(&self, id: &str, tmp: &Path) -> Result<(), Error> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let _ = tokio::fs::remove_dir_all(tmp).await;
+            self.runtime.pause(id).await?;
+            let Err(e) = self.runtime.checkpoint(id, tmp, true).await else {
+                return Ok(());
+            };
+            let _ = tokio::fs::remove_dir_all(tmp).await;
+            // The whole error (gVisor's may hold a stack trace) is logged;
+            // the caller reports its first line.
+            tracing::warn!(sandbox = id, tries, "checkpoint failed: {e}");
+            let mut resumed = self.runtime.resume(id).await;
+            if resumed.is_err() {
+                resumed = self.runtime.resume(id).await;
+            }
+            if resumed.is_err() || tries == 2 || !self.is_alive(id) {
+                return Err(Error::Host {
+                    what: format!("checkpoint of {id}"),
+                    reason: e.to_string().lines().next().unwrap_or("").to_string(),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
     async fn sync(&self, id: &str) -> Result<(), Error> {
         if let Some(addr) = self.agent_addr(id) {
             let limit = std::time::Duration::from_secs(60);
@@ -1108,15 +1139,30 @@ impl Executor {
         // As for a capture; pinned again if the checkpoint fails.
         let pinned = self.unpin(id).await;
         let started = std::time::Instant::now();
-        if let Err(e) = self.runtime.checkpoint(id, &tmp, false).await {
+        if let Err(e) = self.save_paused(id, &tmp).await {
+            self.pin_again(id, pinned).await;
+            return Err(e);
+        }
+        let sentry = self.live.lock().unwrap().get(id).and_then(|l| l.pid);
+        let recorded = async {
+            write_addresses(&tmp, slot, &meta).await?;
+            tokio::fs::rename(&tmp, &image).await?;
+            meta.suspended = true;
+            write_meta(&dir, &meta).await
+        };
+        if let Err(e) = recorded.await {
             let _ = tokio::fs::remove_dir_all(&tmp).await;
+            let _ = tokio::fs::remove_dir_all(&image).await;
+            let _ = self.runtime.resume(id).await;
             self.pin_again(id, pinned).await;
             return Err(e.into());
         }
-        write_addresses(&tmp, slot, &meta).await?;
-        tokio::fs::rename(&tmp, &image).await?;
-        meta.suspended = true;
-        write_meta(&dir, &meta).await?;
+        // Saved and recorded: it stops where the image was taken.
+        if let Some(pid) = sentry {
+            if let Err(e) = self.runtime.stop_saved(id, pid).await {
+                tracing::warn!(sandbox = id, "stopping the suspended sandbox: {e}");
+            }
+        }
         self.dns.stop(id).await;
         if let Some(dest) = export {
             // Stopped, and its volume still mounted until the linger below.
@@ -1129,7 +1175,7 @@ impl Executor {
         self.stop_memory_watch(id);
         drop(thawed);
         self.idle.remove(id);
-        let sentry = self.live.lock().unwrap().remove(id).and_then(|l| l.pid);
+        self.live.lock().unwrap().remove(id);
         // The memory image and the disk are safe: the sandbox is suspended.
         // The old sentry's exit and `runsc delete` (~0.06 s) go on in the
         // background, while its volume and network linger for a quick resume

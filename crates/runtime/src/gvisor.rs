@@ -90,6 +90,19 @@ impl Gvisor {
     }
 
     /// Present while a pause through the control socket may hold run `name`.
+    /// Run `name` of sandbox `id` no longer runs: it is no longer the
+    /// sandbox's current run, and goes with `destroy_stopped`.
+    fn run_stopped(&self, id: &str, name: String) {
+        let mut all = self.runs.lock().unwrap();
+        if all.current.get(id).is_none_or(|c| *c == name) {
+            all.current.remove(id);
+            let stopped = all.stopped.entry(id.to_string()).or_default();
+            if !stopped.contains(&name) {
+                stopped.push(name);
+            }
+        }
+    }
+
     fn pause_marker(&self, name: &str) -> PathBuf {
         self.root.join(format!("{name}.sbx-paused"))
     }
@@ -608,15 +621,21 @@ impl Runtime for Gvisor {
         args.push(name.clone());
         self.run(&args).await?;
         if !leave_running {
-            let mut all = self.runs.lock().unwrap();
-            if all.current.get(id).is_none_or(|c| *c == name) {
-                all.current.remove(id);
-                let stopped = all.stopped.entry(id.to_string()).or_default();
-                if !stopped.contains(&name) {
-                    stopped.push(name);
-                }
+            self.run_stopped(id, name);
+        }
+        Ok(())
+    }
+
+    async fn stop_saved(&self, id: &str, pid: i32) -> Result<()> {
+        let name = self.current(id);
+        // SAFETY: a signal to a process id; no memory is involved.
+        if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(e.into());
             }
         }
+        self.run_stopped(id, name);
         Ok(())
     }
 

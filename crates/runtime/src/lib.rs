@@ -163,7 +163,19 @@ pub trait Runtime: Send + Sync {
     /// ones stay paused); otherwise it stops once saved, and what is left
     /// of it goes with [`destroy_stopped`](Self::destroy_stopped) (or
     /// [`destroy`](Self::destroy)).
+    ///
+    /// A checkpoint that fails stops the sandbox too unless `leave_running`
+    /// (gVisor: "Save failed: exiting"): a caller that must not lose the
+    /// sandbox pauses it, checkpoints with `leave_running` and then
+    /// [`stop_saved`](Self::stop_saved)s it.
     async fn checkpoint(&self, id: &str, image_dir: &Path, leave_running: bool) -> Result<()>;
+    /// Stops a sandbox that was paused and then saved by a
+    /// [`checkpoint`](Self::checkpoint) with `leave_running`: kills its
+    /// process `pid` ([`SandboxState::pid`]) at once (nothing of it runs
+    /// after the image); what is left of it goes with
+    /// [`destroy_stopped`](Self::destroy_stopped) as after a checkpoint
+    /// without `leave_running`.
+    async fn stop_saved(&self, id: &str, pid: i32) -> Result<()>;
     /// Creates the sandbox and starts it from a checkpoint instead of booting
     /// it (not preceded by [`create`](Self::create); its network namespace
     /// must be configured): processes continue where they were. A run of

@@ -715,15 +715,11 @@ async fn suspend(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let row = find(&state, &namespace(&params), &params["id"]).await?;
-    state.manager.suspend(&row, "user_request").await?;
-    lifecycle_answer(
-        &state,
-        &headers,
-        &row.id,
-        SandboxStatus::Suspended,
-        q.wait_ms,
-    )
-    .await
+    let suspending = state.manager.suspend(&row, "user_request").await?;
+    // A failed suspend is an error when the call waits for it.
+    let limit = wait_limit(q.wait_ms);
+    crate::snapshots::outcome(suspending, limit).await?;
+    lifecycle_answer(&state, &headers, &row.id, SandboxStatus::Suspended, q.wait_ms).await
 }
 
 async fn resume(
@@ -735,7 +731,7 @@ async fn resume(
     let row = find(&state, &namespace(&params), &params["id"]).await?;
     let resuming = state.manager.resume(&row).await?;
     // The resume's outcome (a failure is an error), then where it stands.
-    crate::snapshots::resume_outcome(resuming, wait_limit(q.wait_ms)).await?;
+    crate::snapshots::outcome(resuming, wait_limit(q.wait_ms)).await?;
     lifecycle_answer(&state, &headers, &row.id, SandboxStatus::Running, None).await
 }
 

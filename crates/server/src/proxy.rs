@@ -364,7 +364,7 @@ async fn auto_resume(
     );
     let started = std::time::Instant::now();
     let resuming = manager.resume(&row).await?;
-    crate::snapshots::resume_outcome(resuming, LIMIT).await?;
+    crate::snapshots::outcome(resuming, LIMIT).await?;
     // One limit for both waits: an outcome still unknown has used it up.
     let left = LIMIT.saturating_sub(started.elapsed());
     manager

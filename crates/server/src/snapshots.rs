@@ -25,12 +25,12 @@ pub fn is_snapshot_id(s: &str) -> bool {
     s.len() == 24 && s.starts_with("snap") && s[4..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// The outcome of a resume under way: `Err` says why it failed.
-pub type Resuming = tokio::sync::oneshot::Receiver<Result<(), String>>;
+/// The outcome of a resume or suspend under way: `Err` says why it failed.
+pub type Outcome = tokio::sync::oneshot::Receiver<Result<(), String>>;
 
-/// Waits up to `limit` for a resume's outcome; `Err` when it failed, `Ok`
-/// when it succeeded or the outcome is not known yet.
-pub async fn resume_outcome(resuming: Option<Resuming>, limit: Duration) -> ApiResult<()> {
+/// Waits up to `limit` for a resume's or suspend's outcome; `Err` when it
+/// failed, `Ok` when it succeeded or the outcome is not known yet.
+pub async fn outcome(resuming: Option<Outcome>, limit: Duration) -> ApiResult<()> {
     match resuming {
         Some(rx) => match tokio::time::timeout(limit, rx).await {
             Ok(Ok(Err(why))) => Err(ApiError::unavailable(why)),
@@ -291,7 +291,13 @@ impl Manager {
 
     /// Starts suspending a named, running sandbox (idempotent for one that
     /// is suspending or suspended).
-    pub async fn suspend(self: &Arc<Self>, row: &SandboxRow, reason: &str) -> ApiResult<()> {
+    /// The receiver gets the outcome: a failed suspend leaves the sandbox
+    /// running when it still runs (a failed checkpoint does not stop it).
+    pub async fn suspend(
+        self: &Arc<Self>,
+        row: &SandboxRow,
+        reason: &str,
+    ) -> ApiResult<Option<Outcome>> {
         self.check_local(row)?;
         if row.name.is_none() {
             return Err(ApiError::bad_request(format!(
@@ -300,7 +306,7 @@ impl Manager {
             )));
         }
         match row.status {
-            SandboxStatus::Suspending | SandboxStatus::Suspended => return Ok(()),
+            SandboxStatus::Suspending | SandboxStatus::Suspended => return Ok(None),
             SandboxStatus::Running => {}
             s => {
                 return Err(ApiError::conflict(format!(
@@ -328,6 +334,7 @@ impl Manager {
         let me = self.clone();
         let id = row.id.clone();
         let reason = reason.to_string();
+        let (done, suspending) = tokio::sync::oneshot::channel();
         self.tasks.spawn(async move {
             let lock = me.lock_for(&id);
             let _guard = lock.lock().await;
@@ -356,6 +363,7 @@ impl Manager {
                     if let Some((manifest, dir)) = export {
                         me.store_suspend_image(&id, manifest, dir);
                     }
+                    let _ = done.send(Ok(()));
                 }
                 Err(e) => {
                     tracing::warn!(sandbox = id, "suspend failed: {e}");
@@ -367,25 +375,28 @@ impl Manager {
                         serde_json::Value::Null,
                     );
                     let alive = me.executor.agent_addr(&id).is_some() && me.executor.is_alive(&id);
-                    let (to, err) = if alive {
-                        (SandboxStatus::Running, None)
+                    let (to, err, why) = if alive {
+                        let why = format!("suspend failed (the sandbox keeps running): {e}");
+                        (SandboxStatus::Running, None, why)
                     } else {
-                        (SandboxStatus::Failed, Some(format!("suspend failed: {e}")))
+                        let why = format!("suspend failed: {e}");
+                        (SandboxStatus::Failed, Some(why.clone()), why)
                     };
                     let _ = me
                         .store
                         .transition(&id, &[SandboxStatus::Suspending], to, None, err.as_deref())
                         .await;
+                    let _ = done.send(Err(why));
                 }
             }
         });
-        Ok(())
+        Ok(Some(suspending))
     }
 
     /// Starts resuming a suspended sandbox (idempotent for a running one).
     /// The receiver, when there is one, gets the outcome: a failed resume
     /// leaves the sandbox suspended with the reason as its error.
-    pub async fn resume(self: &Arc<Self>, row: &SandboxRow) -> ApiResult<Option<Resuming>> {
+    pub async fn resume(self: &Arc<Self>, row: &SandboxRow) -> ApiResult<Option<Outcome>> {
         self.check_local(row)?;
         match row.status {
             SandboxStatus::Running | SandboxStatus::Suspended => {}
