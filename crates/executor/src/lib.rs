@@ -858,18 +858,13 @@ impl Executor {
                 return Ok(());
             };
             let _ = tokio::fs::remove_dir_all(tmp).await;
-            // The whole error (gVisor's may hold a stack trace) is logged;
-            // the caller reports its first line.
             tracing::warn!(sandbox = id, tries, "checkpoint failed: {e}");
             let mut resumed = self.runtime.resume(id).await;
             if resumed.is_err() {
                 resumed = self.runtime.resume(id).await;
             }
             if resumed.is_err() || tries == 2 || !self.is_alive(id) {
-                return Err(Error::Host {
-                    what: format!("checkpoint of {id}"),
-                    reason: e.to_string().lines().next().unwrap_or("").to_string(),
-                });
+                return Err(e.into());
             }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
@@ -976,8 +971,14 @@ impl Executor {
         let image = async {
             let t = std::time::Instant::now();
             if memory {
+                // A save that fails leaves the sandbox running (and paused):
+                // tried once more, as a suspend's (see `save_paused`).
                 let dir = tmp.join("checkpoint");
-                self.runtime.checkpoint(id, &dir, true).await?;
+                if let Err(e) = self.runtime.checkpoint(id, &dir, true).await {
+                    tracing::warn!(sandbox = id, "checkpoint failed, trying again: {e}");
+                    let _ = tokio::fs::remove_dir_all(&dir).await;
+                    self.runtime.checkpoint(id, &dir, true).await?;
+                }
             }
             Ok::<u64, Error>(ms(t))
         };

@@ -306,13 +306,18 @@ impl Gvisor {
             .await
             .map_err(|e| RuntimeError::Unavailable(format!("cannot run runsc: {e}")))?;
         if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(RuntimeError::Command {
-                command: format!("runsc {}", args.first().map(String::as_str).unwrap_or("")),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            })
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
         }
+        let command = format!("runsc {}", args.first().map(String::as_str).unwrap_or(""));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let (message, trace) = split_go_trace(stderr.trim());
+        if let Some(trace) = trace {
+            tracing::warn!(command, "{message}\n{trace}");
+        }
+        Err(RuntimeError::Command {
+            command,
+            stderr: message.to_string(),
+        })
     }
 
     /// Runs a command whose children outlive it (`create`, `start`): the
@@ -890,6 +895,19 @@ async fn supports_direct_io(dir: &Path) -> bool {
     opened
 }
 
+/// A runsc error's message and the Go stack trace that may follow it
+/// (gVisor's state encoder adds one to a failed save): the trace is for
+/// the log, not for an API answer.
+fn split_go_trace(stderr: &str) -> (&str, Option<&str>) {
+    match stderr.find("\ngoroutine ") {
+        Some(at) => (
+            stderr[..at].trim_end().trim_end_matches(':'),
+            Some(&stderr[at + 1..]),
+        ),
+        None => (stderr, None),
+    }
+}
+
 fn is_not_found(stderr: &str) -> bool {
     stderr.contains("does not exist") || stderr.contains("not found")
 }
@@ -913,6 +931,18 @@ fn is_executable(p: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_go_trace_is_split_from_the_message() {
+        let text = "checkpoint failed: runtime error: nil pointer dereference:\ngoroutine 121 [running]:\ngvisor.dev/gvisor/pkg/state.safely.func1()";
+        let (message, trace) = split_go_trace(text);
+        assert_eq!(
+            message,
+            "checkpoint failed: runtime error: nil pointer dereference"
+        );
+        assert!(trace.unwrap().starts_with("goroutine 121 [running]:"));
+        assert_eq!(split_go_trace("plain error"), ("plain error", None));
+    }
 
     /// The scheduling policy in `/proc/<pid>/stat` (field 41).
     fn policy_in(stat: &str) -> u32 {
