@@ -413,7 +413,7 @@ pub struct Manager {
     pub(crate) wake: tokio::sync::Notify,
     /// Stored suspend images seen unrecorded, since when (see
     /// `drop_unrecorded_suspend_images`).
-    pub(crate) unrecorded_images: Mutex<HashMap<String, std::time::Instant>>,
+    pub(crate) unrecorded_images: Mutex<crate::relocate::Unrecorded>,
     /// Seals and opens secret values (`secrets`).
     pub secrets_key: Arc<crate::secrets::SecretsKey>,
     /// The sandboxes' persisted logs (`logs`).
@@ -468,7 +468,7 @@ impl Manager {
             node_timing: node.timing,
             runs_sandboxes: node.runs_sandboxes,
             wake: tokio::sync::Notify::new(),
-            unrecorded_images: Mutex::new(HashMap::new()),
+            unrecorded_images: Mutex::default(),
             store,
             executor,
             host,

@@ -17,6 +17,17 @@ use std::sync::Arc;
 
 /// How long a stored suspend image may stay unrecorded before it goes.
 const UNRECORDED_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
+/// How often the stored suspend images are listed for that (a listing of
+/// every manifest in the bucket).
+const UNRECORDED_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Stored suspend images seen unrecorded, since when, and when they were
+/// last looked for (see `drop_unrecorded_suspend_images`).
+#[derive(Default)]
+pub(crate) struct Unrecorded {
+    seen: std::collections::HashMap<String, std::time::Instant>,
+    last_sweep: Option<std::time::Instant>,
+}
 
 impl Manager {
     /// Whether other nodes read this node's blob store (then suspends are
@@ -80,6 +91,16 @@ impl Manager {
     /// that one being recorded right now is left alone. One server at a
     /// time (from the node watch).
     pub(crate) async fn drop_unrecorded_suspend_images(&self) {
+        {
+            let mut unrecorded = self.unrecorded_images.lock().unwrap();
+            if unrecorded
+                .last_sweep
+                .is_some_and(|t| t.elapsed() < UNRECORDED_SWEEP_EVERY)
+            {
+                return;
+            }
+            unrecorded.last_sweep = Some(std::time::Instant::now());
+        }
         let blobs = self.blobs.clone();
         let Ok(Ok(manifests)) = tokio::task::spawn_blocking(move || blobs.list_manifests()).await
         else {
@@ -102,7 +123,7 @@ impl Manager {
                 Ok(None) => false,
                 Err(_) => continue,
             };
-            let mut unrecorded = self.unrecorded_images.lock().unwrap();
+            let unrecorded = &mut self.unrecorded_images.lock().unwrap().seen;
             if recorded {
                 unrecorded.remove(m);
             } else {
@@ -116,6 +137,7 @@ impl Manager {
         self.unrecorded_images
             .lock()
             .unwrap()
+            .seen
             .retain(|m, _| listed.contains(m));
         if doomed.is_empty() {
             return;
