@@ -462,27 +462,6 @@ impl Executor {
         Err(Error::NoSlot(net::MAX_SLOTS))
     }
 
-    /// `runsc create` and the interfaces' configuration, side by side: only
-    /// `start` reads the interfaces. On failure the sandbox is destroyed.
-    async fn create_and_configure(
-        &self,
-        runtime_spec: &SandboxSpec,
-        slot: Slot,
-        spec: &LaunchSpec,
-    ) -> Result<(), Error> {
-        let (created, configured) = tokio::join!(
-            self.runtime.create(runtime_spec),
-            net::configure(&spec.id, slot, &spec.egress, &spec.aliases)
-        );
-        if let Err(e) = configured {
-            if created.is_ok() {
-                let _ = self.runtime.destroy(&spec.id).await;
-            }
-            return Err(e);
-        }
-        Ok(created?)
-    }
-
     async fn launch_in(&self, spec: &LaunchSpec) -> Result<(Slot, Option<i32>), Error> {
         let mut spec = spec.clone();
         if let Some(ck) = &spec.checkpoint {
@@ -511,13 +490,11 @@ impl Executor {
                 None => layer.create(&lowers, spec.disk_mb, self.volume_fs).await,
             }
         };
-        // A restore has no `runsc create` to overlap the interfaces'
-        // configuration with, so it is configured beside the layer instead.
+        // The interfaces are configured beside the layer: the runtime's
+        // one command that creates and starts (or restores) reads them.
         let make_net = async {
             let slot = self.create_net(spec).await?;
-            if spec.checkpoint.is_some() {
-                net::configure(&spec.id, slot, &spec.egress, &spec.aliases).await?;
-            }
+            net::configure(&spec.id, slot, &spec.egress, &spec.aliases).await?;
             Ok::<_, Error>(slot)
         };
         let (l, n) = tokio::join!(make_layer, make_net);
@@ -533,15 +510,11 @@ impl Executor {
         l?;
         let runtime_spec = self.runtime_spec(spec, self.place(&spec.id, spec.cpus));
         let t1 = std::time::Instant::now();
-        if spec.checkpoint.is_none() {
-            self.create_and_configure(&runtime_spec, slot, spec).await?;
-        }
-        let t_created = std::time::Instant::now();
         // Its lookups are answered by its DNS guard from its first.
         self.dns.guard(&spec.id, slot, &spec.egress).await?;
         let state = match &spec.checkpoint {
             Some(ck) => self.runtime.restore(&runtime_spec, ck).await?,
-            None => self.runtime.start(&runtime_spec).await?,
+            None => self.runtime.create_and_start(&runtime_spec).await?,
         };
         let t2 = std::time::Instant::now();
         let addr = SocketAddr::new(slot.sandbox_ip().into(), AGENT_PORT);
@@ -551,8 +524,7 @@ impl Executor {
         tracing::debug!(
             sandbox = spec.id,
             layer_and_net_ms = (t1 - t0).as_millis() as u64,
-            create_ms = (t_created - t1).as_millis() as u64,
-            runtime_ms = (t2 - t_created).as_millis() as u64,
+            runtime_ms = (t2 - t1).as_millis() as u64,
             agent_ms = t2.elapsed().as_millis() as u64,
             "launch phases"
         );

@@ -118,6 +118,13 @@ pub trait Runtime: Send + Sync {
     /// Starts a created sandbox; returns once its PID 1 runs. On failure the
     /// sandbox is destroyed.
     async fn start(&self, spec: &SandboxSpec) -> Result<SandboxState>;
+    /// [`create`](Self::create) and [`start`](Self::start) in one step (its
+    /// network namespace must be configured already). On failure nothing is
+    /// left.
+    async fn create_and_start(&self, spec: &SandboxSpec) -> Result<SandboxState> {
+        self.create(spec).await?;
+        self.start(spec).await
+    }
     /// The sandbox's state, or `None` when the runtime does not know it.
     async fn state(&self, id: &str) -> Result<Option<SandboxState>>;
     /// Every sandbox the runtime knows (also ones a crashed server left),
