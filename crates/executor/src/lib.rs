@@ -497,7 +497,7 @@ impl Executor {
             net::configure(&spec.id, slot, &spec.egress, &spec.aliases).await?;
             Ok::<_, Error>(slot)
         };
-        let (l, n) = tokio::join!(make_layer, make_net);
+        let ((l, layer_ms), (n, net_ms)) = tokio::join!(timed(make_layer), timed(make_net));
         let slot = n?;
         let meta = Meta {
             id: spec.id.clone(),
@@ -524,6 +524,8 @@ impl Executor {
         tracing::debug!(
             sandbox = spec.id,
             layer_and_net_ms = (t1 - t0).as_millis() as u64,
+            layer_ms,
+            net_ms,
             runtime_ms = (t2 - t1).as_millis() as u64,
             agent_ms = t2.elapsed().as_millis() as u64,
             "launch phases"
@@ -1748,6 +1750,13 @@ async fn install_ca_bundle(agent_dir: &Path, bundle: Option<&Path>) -> Result<()
 }
 
 /// Polls the agent's health route until it answers 200.
+/// `work`'s outcome and how long it took, in milliseconds.
+async fn timed<T>(work: impl std::future::Future<Output = T>) -> (T, u64) {
+    let t = std::time::Instant::now();
+    let out = work.await;
+    (out, t.elapsed().as_millis() as u64)
+}
+
 async fn wait_for_agent(addr: SocketAddr, limit: std::time::Duration) -> Result<(), Error> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {

@@ -75,6 +75,8 @@ pub struct ServerConfig {
     /// How long a suspended sandbox's volume and network stay ready for a
     /// quick resume before they are released.
     pub suspend_linger: std::time::Duration,
+    /// Writable volumes made ahead of time (see `VolumePool`).
+    pub spare_volumes: usize,
     /// Memory kept free of sandboxes; `None`: 5% of the host's, at least 512 MB.
     pub memory_reserve_mb: Option<u64>,
     /// At most this many sandboxes at once; `None`: as many as fit.
@@ -265,7 +267,7 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
             ExecutorConfig {
                 data_dir: data_dir.clone(),
                 agent_bin,
-                spare_volumes: 2,
+                spare_volumes: config.spare_volumes,
                 spare_disk_mb: lifecycle::DEFAULT_DISK_MB,
                 cgroup_parent: config.cgroup_parent.clone(),
                 ca_bundle,
