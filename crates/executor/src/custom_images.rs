@@ -2,14 +2,20 @@
 //! `<dir>/<id>/` with its root filesystem, its record (`image.json`) and a
 //! `ready` marker. The id is fixed at import, so a sandbox or snapshot made
 //! from an image keeps the same root filesystem even when a later import
-//! takes the name. A removed image (`removed` marker) is gone from the list
-//! at once and from the disk once nothing uses it.
+//! takes the name. Which images exist is the [`Catalog`]'s (the server's
+//! state store, shared by hosts): every commit is recorded there before the
+//! image appears here, and the files of an image the catalog no longer
+//! lists go once nothing uses them ([`CustomImages::collect`]). A `removed`
+//! marker is what hosts from before the catalog wrote at a removal.
 
 use crate::Error;
 use sbx_image::{Credentials, ImageConfig, Progress, Source};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 
 /// What sbx knows of an imported image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,14 +44,52 @@ const REMOVED: &str = "removed";
 /// Ids of imported images start with this (the built-in ones never do).
 pub const ID_PREFIX: &str = "img-";
 
-#[derive(Debug, Clone)]
+/// Where images made on this host are recorded (the server's state store).
+pub trait Catalog: Send + Sync {
+    /// Records image `record` (taking its name from any older image) before
+    /// it appears on this host; an error abandons the image.
+    fn record<'a>(
+        &'a self,
+        record: &'a ImageRecord,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
+    /// Image `record` is now complete on this host.
+    fn committed(&self, record: &ImageRecord);
+
+    /// Image `record`, recorded, could not be committed here after all.
+    fn abandoned(&self, record: &ImageRecord);
+}
+
+#[derive(Clone)]
 pub struct CustomImages {
     dir: PathBuf,
+    /// Set once, at the server's start; shared by every clone.
+    catalog: Arc<OnceLock<Arc<dyn Catalog>>>,
+}
+
+impl std::fmt::Debug for CustomImages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CustomImages")
+            .field("dir", &self.dir)
+            .field("catalog", &self.catalog.get().is_some())
+            .finish()
+    }
 }
 
 impl CustomImages {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self {
+            dir: dir.into(),
+            catalog: Default::default(),
+        }
+    }
+
+    /// Records every image committed from now on in `catalog` (once; a
+    /// second catalog is refused).
+    pub fn set_catalog(&self, catalog: Arc<dyn Catalog>) -> Result<(), Error> {
+        self.catalog
+            .set(catalog)
+            .map_err(|_| Error::Image("the image catalog is set already".into()))
     }
 
     pub fn rootfs(&self, id: &str) -> PathBuf {
@@ -57,17 +101,27 @@ impl CustomImages {
         &self.dir
     }
 
-    /// Whether some removed image (or a cut-short import) may wait for
-    /// [`Self::collect`].
-    pub fn has_removed(&self) -> bool {
-        std::fs::read_dir(&self.dir).is_ok_and(|rd| {
-            rd.flatten().any(|e| {
-                let name = e.file_name().to_string_lossy().to_string();
-                name.ends_with(".importing")
-                    || is_stale_upload(&name)
-                    || is_id(&name) && self.is_removed(&name)
-            })
-        })
+    /// Ids of the images on this host (complete, removed or not).
+    pub fn ids(&self) -> Vec<String> {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|id| is_id(id))
+            .collect()
+    }
+
+    /// The complete images on this host, each with whether a removal
+    /// marked it (hosts from before the catalog), newest first.
+    pub fn on_disk(&self) -> Vec<(ImageRecord, bool)> {
+        let mut all: Vec<(ImageRecord, bool)> = self
+            .ids()
+            .into_iter()
+            .filter_map(|id| self.get(&id).map(|r| (r, self.is_removed(&id))))
+            .collect();
+        all.sort_by(|(a, _), (b, _)| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        all
     }
 
     /// The record of image `id`, removed or not, once it is complete.
@@ -150,11 +204,6 @@ impl CustomImages {
         Ok(())
     }
 
-    /// Whether image `id` is here and not removed.
-    pub fn is_listed(&self, id: &str) -> bool {
-        self.get(id).is_some() && !self.is_removed(id)
-    }
-
     /// Starts bringing image `record` back from the store: fill
     /// [`NewImage::rootfs`] (which does not exist yet), then
     /// [`NewImage::commit_record`].
@@ -179,19 +228,9 @@ impl CustomImages {
         Ok(image)
     }
 
-    /// Takes image `name` off the list; its files stay until [`Self::collect`]
-    /// finds nothing using them.
-    pub async fn remove(&self, name: &str) -> Option<ImageRecord> {
-        let record = self.find(name)?;
-        tokio::fs::write(self.dir.join(&record.id).join(REMOVED), b"")
-            .await
-            .ok()?;
-        Some(record)
-    }
-
-    /// Deletes removed images no id in `in_use` names, and imports a crash
-    /// cut short. Returns the ids deleted.
-    pub async fn collect(&self, in_use: &HashSet<String>) -> Vec<String> {
+    /// Deletes the images whose id `dead` says may go, and imports and
+    /// uploads a crash cut short. Returns the names deleted.
+    pub async fn collect(&self, dead: impl Fn(&str) -> bool) -> Vec<String> {
         let mut gone = Vec::new();
         let Ok(mut rd) = tokio::fs::read_dir(&self.dir).await else {
             return gone;
@@ -205,7 +244,7 @@ impl CustomImages {
             } else if name.starts_with(UPLOAD_PREFIX) {
                 is_stale_upload(&name)
             } else {
-                is_id(&name) && self.is_removed(&name) && !in_use.contains(&name)
+                is_id(&name) && dead(&name)
             };
             if dead && crate::gently::remove(&e.path()).await.is_ok() {
                 gone.push(name);
@@ -280,11 +319,26 @@ impl NewImage {
             stored_bytes: None,
         };
         let images = self.images.clone();
-        self.commit_record(&record).await?;
+        let catalog = images.catalog.get().cloned();
+        if let Some(catalog) = &catalog {
+            if let Err(e) = catalog.record(&record).await {
+                self.abandon().await;
+                return Err(Error::Image(format!("recording the image: {e}")));
+            }
+        }
+        if let Err(e) = self.commit_record(&record).await {
+            if let Some(catalog) = &catalog {
+                catalog.abandoned(&record);
+            }
+            return Err(e);
+        }
         for old in images.list() {
             if old.name == name && old.id != record.id {
                 let _ = tokio::fs::write(images.dir.join(&old.id).join(REMOVED), b"").await;
             }
+        }
+        if let Some(catalog) = &catalog {
+            catalog.committed(&record);
         }
         Ok(record)
     }
@@ -508,18 +562,84 @@ mod tests {
         assert_eq!(images.find("app").unwrap().id, b.id);
         assert_eq!(images.list().len(), 1);
         assert!(images.get(&a.id).is_some());
-        let used: HashSet<String> = [a.id.clone()].into();
-        assert!(images.collect(&used).await.is_empty());
+        let on_disk: Vec<(String, bool)> = images
+            .on_disk()
+            .into_iter()
+            .map(|(r, removed)| (r.id, removed))
+            .collect();
+        assert_eq!(on_disk, [(b.id.clone(), false), (a.id.clone(), true)]);
+        // Only what the predicate names goes.
+        assert!(images.collect(|_| false).await.is_empty());
         assert!(images.rootfs(&a.id).exists());
-        assert_eq!(images.collect(&HashSet::new()).await, vec![a.id.clone()]);
+        assert_eq!(images.collect(|id| id == a.id).await, vec![a.id.clone()]);
         assert!(!images.rootfs(&a.id).exists());
-        // Removed: off the list at once, on disk until unused.
-        assert_eq!(images.remove("app").await.unwrap().id, b.id);
-        assert!(images.find("app").is_none());
-        assert!(images.remove("app").await.is_none());
         assert!(images.rootfs(&b.id).exists());
-        images.collect(&HashSet::new()).await;
-        assert!(!images.rootfs(&b.id).exists());
+        assert_eq!(images.ids(), [b.id.as_str()]);
+    }
+
+    /// Records what it is told, and refuses names starting with `bad`.
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<String>>);
+
+    impl Catalog for Recorder {
+        fn record<'a>(
+            &'a self,
+            record: &'a ImageRecord,
+        ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+            Box::pin(async move {
+                self.0
+                    .lock()
+                    .unwrap()
+                    .push(format!("record {}", record.name));
+                if record.name.starts_with("bad") {
+                    return Err("refused".into());
+                }
+                Ok(())
+            })
+        }
+
+        fn committed(&self, record: &ImageRecord) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("committed {}", record.name));
+        }
+
+        fn abandoned(&self, record: &ImageRecord) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("abandoned {}", record.name));
+        }
+    }
+
+    #[tokio::test]
+    async fn commits_are_recorded_in_the_catalog_first() {
+        let t = tempfile::tempdir().unwrap();
+        let images = CustomImages::new(t.path().join("images"));
+        let catalog = Arc::new(Recorder::default());
+        images.clone().set_catalog(catalog.clone()).unwrap();
+        assert!(images.set_catalog(catalog.clone()).is_err());
+        let source = t.path().join("one");
+        layout(&source, &[("etc/v", "1")], "V=1");
+        let quiet = |_: Progress| {};
+        let none = Credentials::default();
+        let a = images
+            .import("app", &Source::OciDir(source.clone()), &none, false, &quiet)
+            .await
+            .unwrap();
+        let e = images
+            .import("bad", &Source::OciDir(source), &none, false, &quiet)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("refused"), "{e}");
+        assert_eq!(
+            *catalog.0.lock().unwrap(),
+            ["record app", "committed app", "record bad"]
+        );
+        // The refused image left nothing.
+        assert_eq!(images.ids(), [a.id]);
+        assert_eq!(std::fs::read_dir(images.dir()).unwrap().count(), 1);
     }
 
     #[tokio::test]

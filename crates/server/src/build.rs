@@ -115,11 +115,11 @@ pub async fn build(
             no_cache: q.no_cache,
             insecure: q.insecure,
         };
-        let mut built = None;
+        // A committed image is stored in the blob store by the catalog
+        // (`images::StoreCatalog`).
         let event = match builder.run(&plan, &q.name).await {
-            Ok((image, record)) => {
+            Ok((image, _)) => {
                 tracing::info!(image = q.name, id = image.id, "image built");
-                built = Some(record);
                 BuildEvent::Done {
                     image: Box::new(image),
                 }
@@ -132,9 +132,6 @@ pub async fn build(
         let _ = tx.send(event);
         drop(tx);
         work.remove().await;
-        if let Some(record) = built {
-            m2.clone().store_image_later(record);
-        }
         prune(&m2.executor.build_cache_dir(), CACHE_BYTES).await;
     });
     Ok(stream_events(rx))
@@ -175,12 +172,12 @@ async fn prepare(
     let plan = sbx_build::plan(&text, &q.args).map_err(|e| ApiError::bad_request(e.to_string()))?;
     for stage in &plan.stages {
         if let Base::Image(name) = &stage.base {
-            if manager.executor.images().resolve(name).is_none() && !names_registry(name) {
+            if manager.resolve_image(name).await?.is_none() && !names_registry(name) {
                 return Err(ApiError::bad_request(format!(
                     "Dockerfile line {}: unknown image {name:?}; images: {}; to pull one from a \
                      registry, name its host (docker.io/library/{name})",
                     stage.line,
-                    manager.executor.images().known().join(", ")
+                    manager.known_images().await?.join(", ")
                 )));
             }
         }
@@ -381,7 +378,14 @@ impl Builder<'_> {
     /// imported now (under its repository's name).
     async fn base_image(&self, name: &str) -> Result<String, String> {
         let images = self.manager.executor.images();
-        if let Some(id) = images.resolve(name) {
+        // An image made on another host is brought here first.
+        if let Some(id) = self
+            .manager
+            .resolve_image(name)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            self.manager.ensure_image(&id).await?;
             return Ok(id);
         }
         if !names_registry(name) {

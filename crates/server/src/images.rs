@@ -1,6 +1,14 @@
 //! `/images`: list, inspect, import (from a registry, or an uploaded
-//! archive) and remove sandbox images. Images belong to the host: every
-//! namespace sees the same ones.
+//! archive) and remove sandbox images. Every namespace sees the same ones.
+//!
+//! The state store is the catalog of custom images, shared by the servers
+//! on it ([`StoreCatalog`]): a commit records the image there, then stores
+//! its files in the blob store (manifest `image-<id>`); lists, lookups and
+//! removals read and write the catalog; a host that lacks an image it must
+//! boot brings it back from the blob store then ([`Manager::ensure_image`]).
+//! A removed image stays (off the list) while a sandbox or snapshot uses
+//! it; once nothing does, its row is marked deleted, its manifest goes, and
+//! each host deletes its files ([`Manager::collect_images`]).
 //!
 //! An import answers once its source is resolved — a bad reference, an
 //! unknown image, a refused login or an unreadable archive are plain JSON
@@ -11,6 +19,7 @@
 use crate::api::ApiState;
 use crate::error::{ApiError, ApiResult, JsonBody, ObjectBody, Path, Query};
 use crate::lifecycle::Manager;
+use crate::store::{ImageRow, ImageState};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -22,17 +31,21 @@ use sbx_executor::custom_images::{self, ImageRecord};
 use sbx_executor::image::DEFAULT_IMAGE;
 use sbx_image::{Credentials, Progress, Source};
 use serde::Deserialize;
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 impl ObjectBody for ImportImageRequest {}
 
-pub async fn list(State(state): State<ApiState>) -> Json<ListImagesResponse> {
+pub async fn list(State(state): State<ApiState>) -> ApiResult<Json<ListImagesResponse>> {
     let images = state.manager.executor.images();
     let mut all: Vec<ImageInfo> = images.list().into_iter().map(|n| built_in(&n)).collect();
-    all.extend(images.custom().list().iter().map(info));
-    Json(ListImagesResponse { images: all })
+    let rows = state.manager.store.images().await?;
+    all.extend(rows.iter().filter_map(record_of).map(|r| info(&r)));
+    Ok(Json(ListImagesResponse { images: all }))
 }
 
 pub async fn get_one(
@@ -44,9 +57,13 @@ pub async fn get_one(
     if images.list().contains(name) {
         return Ok(Json(built_in(name)));
     }
-    images
-        .custom()
-        .find(name)
+    state
+        .manager
+        .store
+        .image_named(name)
+        .await?
+        .as_ref()
+        .and_then(record_of)
         .map(|r| Json(info(&r)))
         .ok_or_else(|| ApiError::not_found("image", name))
 }
@@ -64,10 +81,11 @@ pub async fn remove(
             "{name} is a built-in image and cannot be removed"
         )));
     }
-    let record = images
-        .custom()
-        .remove(name)
-        .await
+    let record = state
+        .manager
+        .store
+        .remove_image(name)
+        .await?
         .ok_or_else(|| ApiError::not_found("image", name))?;
     tracing::info!(image = name, id = record.id, "image removed");
     state.manager.collect_images().await;
@@ -214,7 +232,6 @@ async fn start(
 ) -> ApiResult<Response> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Step>();
     let images = manager.executor.images().clone();
-    let m = manager.clone();
     tracing::info!(image = name, source = ?source, "image import started");
     manager.tasks.spawn(async move {
         let progress_tx = tx.clone();
@@ -234,11 +251,10 @@ async fn start(
                     bytes = record.size_bytes,
                     "image imported"
                 );
+                // The catalog stores it in the blob store (`StoreCatalog`).
                 let _ = tx.send(Step::Event(ImportEvent::Done {
                     image: Box::new(info(&record)),
                 }));
-                drop(tx);
-                m.clone().store_image_later(record);
             }
             Err(e) => {
                 tracing::warn!(image = name, "image import failed: {e}");
@@ -391,37 +407,190 @@ fn manifest_id(id: &str) -> String {
     format!("image-{id}")
 }
 
+/// How long a host that must boot an image waits for the image's own host
+/// to put it into the blob store (right after its commit).
+const STORED_WAIT: Duration = Duration::from_secs(300);
+
+/// The record of catalog row `row` (its stored bytes the catalog's);
+/// `None`, logged, when the row's record does not read.
+pub(crate) fn record_of(row: &ImageRow) -> Option<ImageRecord> {
+    match serde_json::from_str::<ImageRecord>(&row.record) {
+        Ok(mut record) => {
+            record.stored_bytes = row.stored_bytes;
+            Some(record)
+        }
+        Err(e) => {
+            tracing::warn!(id = row.id, "unreadable image record in the catalog: {e}");
+            None
+        }
+    }
+}
+
+/// The catalog row of image `record`, in `state`.
+fn row_of(record: &ImageRecord, state: ImageState) -> ImageRow {
+    ImageRow {
+        id: record.id.clone(),
+        name: record.name.clone(),
+        state,
+        record: serde_json::to_string(record).expect("json"),
+        stored_bytes: record.stored_bytes,
+        created_at: chrono::DateTime::parse_from_rfc3339(&record.created_at)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .unwrap_or_else(|_| chrono::Utc::now()),
+    }
+}
+
+/// The state store as the catalog of the images this host commits (an
+/// import, a build, a build's `FROM` import); each is then stored in the
+/// blob store.
+pub struct StoreCatalog(Weak<Manager>);
+
+impl custom_images::Catalog for StoreCatalog {
+    fn record<'a>(
+        &'a self,
+        record: &'a ImageRecord,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(async move {
+            let m = self
+                .0
+                .upgrade()
+                .ok_or_else(|| "the server is stopping".to_string())?;
+            m.store
+                .commit_image(&row_of(record, ImageState::Ready))
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn committed(&self, record: &ImageRecord) {
+        if let Some(m) = self.0.upgrade() {
+            m.store_image_later(record.clone());
+        }
+    }
+
+    fn abandoned(&self, record: &ImageRecord) {
+        if let Some(m) = self.0.upgrade() {
+            let id = record.id.clone();
+            tokio::spawn(async move {
+                if let Err(e) = m.store.withdraw_image(&id).await {
+                    tracing::warn!(id, "withdrawing an image that did not commit: {e}");
+                }
+            });
+        }
+    }
+}
+
 impl Manager {
-    /// Deletes removed images nothing uses any more, here and in the store.
-    pub async fn collect_images(&self) {
+    /// At start: makes the state store the catalog of the images this host
+    /// commits, and adds to it the images on this host it has no row of
+    /// (from before the catalog, or from a store that never saw them).
+    pub async fn start_image_catalog(self: &Arc<Self>) {
         let custom = self.executor.images().custom();
-        if !custom.has_removed() {
+        if let Err(e) = custom.set_catalog(Arc::new(StoreCatalog(Arc::downgrade(self)))) {
+            tracing::warn!("{e}");
+        }
+        let here = custom.on_disk();
+        if here.is_empty() {
             return;
         }
-        match self.store.images_in_use().await {
-            Ok(in_use) => {
-                let gone = custom.collect(&in_use).await;
-                for id in &gone {
-                    tracing::info!(id, "removed image deleted from the host");
-                }
-                let ids: Vec<String> = gone
-                    .into_iter()
-                    .filter(|id| custom_images::is_id(id))
-                    .collect();
-                if !ids.is_empty() {
-                    let blobs = self.blobs.clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        for id in ids {
-                            let _ = blobs.delete_manifest(&manifest_id(&id));
-                        }
-                        if let Err(e) = blobs.gc() {
-                            tracing::warn!("store gc: {e}");
-                        }
-                    })
-                    .await;
-                }
+        let ids: Vec<String> = here.iter().map(|(r, _)| r.id.clone()).collect();
+        let known = match self.store.image_states(&ids).await {
+            Ok(known) => known,
+            Err(e) => return tracing::warn!("the image catalog: {e}"),
+        };
+        // Newest first: the newest image of a name takes it.
+        for (record, removed) in here.iter().filter(|(r, _)| !known.contains_key(&r.id)) {
+            let state = if *removed {
+                ImageState::Removed
+            } else {
+                ImageState::Ready
+            };
+            match self.store.adopt_image(&row_of(record, state)).await {
+                Ok(true) => tracing::info!(
+                    image = record.name,
+                    id = record.id,
+                    "image on this host added to the catalog"
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(id = record.id, "adding the image to the catalog: {e}"),
             }
-            Err(e) => tracing::warn!("images in use: {e}"),
+        }
+    }
+
+    /// Names a create may give: the built-in images (the default one also
+    /// while it is built) and the catalog's.
+    pub async fn known_images(&self) -> Result<Vec<String>, sqlx::Error> {
+        let mut names = self.executor.images().list();
+        if !names.iter().any(|n| n == DEFAULT_IMAGE) {
+            names.push(DEFAULT_IMAGE.into());
+        }
+        names.extend(self.store.images().await?.into_iter().map(|r| r.name));
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// The id of the image a create names: a built-in image's name, or the
+    /// catalog's image of that name; `None`: no such image.
+    pub async fn resolve_image(&self, name: &str) -> Result<Option<String>, sqlx::Error> {
+        let images = self.executor.images();
+        if name == DEFAULT_IMAGE || images.exists(name) && !custom_images::is_id(name) {
+            return Ok(Some(name.to_string()));
+        }
+        Ok(self.store.image_named(name).await?.map(|r| r.id))
+    }
+
+    /// Marks deleted the removed images nothing uses any more (their
+    /// manifests go), and deletes from this host the files of images the
+    /// catalog no longer lists that nothing here uses (and what a killed
+    /// import left).
+    pub async fn collect_images(&self) {
+        match self.store.delete_unused_images().await {
+            Ok(ids) if !ids.is_empty() => {
+                for id in &ids {
+                    tracing::info!(id, "removed image unused: deleted");
+                }
+                let blobs = self.blobs.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    for id in ids {
+                        let _ = blobs.delete_manifest(&manifest_id(&id));
+                    }
+                    if let Err(e) = blobs.gc() {
+                        tracing::warn!("store gc: {e}");
+                    }
+                })
+                .await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("deleting unused images: {e}"),
+        }
+        let custom = self.executor.images().custom();
+        let here = custom.ids();
+        let unlisted: HashSet<String> = if here.is_empty() {
+            HashSet::new()
+        } else {
+            match self.store.image_states(&here).await {
+                Ok(states) => states
+                    .into_iter()
+                    .filter(|(_, s)| *s != ImageState::Ready)
+                    .map(|(id, _)| id)
+                    .collect(),
+                Err(e) => return tracing::warn!("the image catalog: {e}"),
+            }
+        };
+        let in_use = if unlisted.is_empty() {
+            HashSet::new()
+        } else {
+            match self.store.images_in_use_on(&self.node_id).await {
+                Ok(ids) => ids,
+                Err(e) => return tracing::warn!("images in use: {e}"),
+            }
+        };
+        for name in custom
+            .collect(|id| unlisted.contains(id) && !in_use.contains(id))
+            .await
+        {
+            tracing::info!(name, "image files deleted from this host");
         }
     }
 
@@ -432,22 +601,29 @@ impl Manager {
         tokio::spawn(async move { self.store_image(&record).await });
     }
 
-    /// At start: stores the images whose storing a stop or crash cut short
-    /// (not those brought back from the store).
+    /// At start: stores the images on this host whose storing a stop or
+    /// crash cut short.
     pub async fn store_unstored_images(self: &Arc<Self>) {
+        let here = self.executor.images().custom().on_disk();
+        if here.is_empty() {
+            return;
+        }
         let blobs = self.blobs.clone();
         let Ok(Ok(stored)) = tokio::task::spawn_blocking(move || blobs.list_manifests()).await
         else {
             return;
         };
-        let stored: std::collections::HashSet<String> = stored.into_iter().collect();
-        let custom = self.executor.images().custom();
-        for record in custom.list() {
-            if record.stored_bytes.is_none()
-                && custom.is_listed(&record.id)
-                && !stored.contains(&manifest_id(&record.id))
-            {
-                self.clone().store_image_later(record);
+        let stored: HashSet<String> = stored.into_iter().collect();
+        for (record, _) in here {
+            if stored.contains(&manifest_id(&record.id)) {
+                continue;
+            }
+            match self.store.image(&record.id).await {
+                Ok(Some(row)) if row.state != ImageState::Deleted && row.stored_bytes.is_none() => {
+                    self.clone().store_image_later(record)
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(id = record.id, "the image catalog: {e}"),
             }
         }
     }
@@ -472,51 +648,34 @@ impl Manager {
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
         match stored {
-            // Removed meanwhile: its manifest goes too.
-            Ok(_) if !images.custom().is_listed(&record.id) => {
-                let blobs = self.blobs.clone();
-                let id = manifest_id(&record.id);
-                let _ = tokio::task::spawn_blocking(move || blobs.delete_manifest(&id)).await;
-            }
-            Ok((logical, bytes)) => {
-                tracing::info!(image = record.name, id = record.id, bytes, "image stored");
-                self.metrics
-                    .blob_put(crate::metrics::BlobKind::Image, logical, bytes);
-                if let Err(e) = images.custom().set_stored(&record.id, bytes).await {
-                    tracing::warn!(id = record.id, "image stored: {e}");
+            Ok((logical, bytes)) => match self.store.set_image_stored(&record.id, bytes).await {
+                Ok(true) => {
+                    tracing::info!(image = record.name, id = record.id, bytes, "image stored");
+                    self.metrics
+                        .blob_put(crate::metrics::BlobKind::Image, logical, bytes);
+                    if let Err(e) = images.custom().set_stored(&record.id, bytes).await {
+                        tracing::debug!(id = record.id, "image stored: {e}");
+                    }
                 }
-            }
-            // Removed (and deleted) while it was being stored.
-            Err(e) if !images.custom().is_listed(&record.id) => {
+                // Deleted meanwhile: its manifest goes too.
+                Ok(false) => {
+                    let blobs = self.blobs.clone();
+                    let id = manifest_id(&record.id);
+                    let _ = tokio::task::spawn_blocking(move || blobs.delete_manifest(&id)).await;
+                }
+                Err(e) => tracing::warn!(id = record.id, "recording the stored image: {e}"),
+            },
+            // Deleted from this host while it was being stored.
+            Err(e) if images.custom().get(&record.id).is_none() => {
                 tracing::debug!(image = record.name, "image gone before it was stored: {e}")
             }
             Err(e) => tracing::warn!(image = record.name, "storing the image failed: {e}"),
         }
     }
 
-    /// Brings back the images the store has and this host lacks (at start):
-    /// their files from their chunks, their record from the manifest.
-    pub async fn restore_images(&self) {
-        let blobs = self.blobs.clone();
-        let images = self.executor.images().clone();
-        let restored = tokio::task::spawn_blocking(move || {
-            let Ok(ids) = blobs.list_manifests() else {
-                return Vec::new();
-            };
-            ids.iter()
-                .filter(|m| m.starts_with("image-"))
-                .filter_map(|mid| fetch_image(&blobs, &images, mid))
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        for (record, image, filled) in restored {
-            let _ = finish_fetch(record, image, filled).await;
-        }
-    }
-
     /// Makes image `id` available here, from the blob store when this host
-    /// lacks it (a sandbox placed here from another node's image).
+    /// lacks it (a sandbox of an image made on another host), once the
+    /// image's host has stored it there.
     pub async fn ensure_image(&self, id: &str) -> Result<(), String> {
         let images = self.executor.images().clone();
         if !custom_images::is_id(id) || images.custom().get(id).is_some() {
@@ -527,6 +686,7 @@ impl Manager {
         if images.custom().get(id).is_some() {
             return Ok(());
         }
+        self.wait_stored(id).await?;
         let (blobs, mid) = (self.blobs.clone(), manifest_id(id));
         let fetched = tokio::task::spawn_blocking(move || fetch_image(&blobs, &images, &mid))
             .await
@@ -537,6 +697,29 @@ impl Manager {
             ));
         };
         finish_fetch(record, image, filled).await
+    }
+
+    /// Waits (at most [`STORED_WAIT`]) until the catalog says image `id` is
+    /// in the blob store; at once when the catalog has no row of it (an
+    /// image from before the catalog: its manifest may be there).
+    async fn wait_stored(&self, id: &str) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + STORED_WAIT;
+        loop {
+            match self.store.image(id).await {
+                Ok(Some(row)) if row.state == ImageState::Deleted => {
+                    return Err(format!("image {id} was removed and deleted"))
+                }
+                Ok(Some(row)) if row.stored_bytes.is_none() => {}
+                Ok(_) => return Ok(()),
+                Err(e) => return Err(format!("the image catalog: {e}")),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "image {id} is not in the blob store yet (the host that made it stores it)"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 }
 

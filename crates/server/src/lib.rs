@@ -322,9 +322,11 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     } else {
         tracing::info!("no local node (--no-local-node): sandboxes run on other nodes");
     }
-    // Imports and uploads a killed server left, removed images now unused.
+    // The state store catalogs the images (it adopts this host's images
+    // it lacks); imports and uploads a killed server left and images now
+    // unused go; images are brought from the blob store only when needed.
+    manager.start_image_catalog().await;
     manager.collect_images().await;
-    manager.restore_images().await;
     manager.store_unstored_images().await;
     build::sweep(&manager.executor.build_cache_dir()).await;
     let sweeper = manager.start_sweeper();

@@ -508,7 +508,7 @@ impl Manager {
         namespace: &str,
         req: &CreateSandboxRequest,
     ) -> ApiResult<(SandboxRow, JoinHandle<LaunchOutcome>)> {
-        let images = self.executor.images().known();
+        let images = self.known_images().await?;
         // Which other nodes could run it: a restore needs its snapshot in
         // the blob store (`completed`), else only its own node has it.
         let mut only_on: Option<String> = None;
@@ -539,9 +539,8 @@ impl Manager {
                 let (name, mut spec) = validate(req, self.host, &images)?;
                 self.check_secrets(namespace, &spec).await?;
                 spec.image_id = self
-                    .executor
-                    .images()
-                    .resolve(&spec.image)
+                    .resolve_image(&spec.image)
+                    .await?
                     .filter(|id| *id != spec.image);
                 (name, spec)
             }

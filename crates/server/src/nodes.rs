@@ -149,6 +149,8 @@ impl Manager {
                 tick.tick().await;
                 me.drop_deleted_snapshot_copies().await;
                 me.drop_moved_suspended().await;
+                // Images removed through any server, once unused here.
+                me.collect_images().await;
                 let (_, usage) = me.local_report();
                 match me.store.heartbeat(&me.node_id, &usage).await {
                     Ok(true) => {}

@@ -35,7 +35,11 @@ const REFILL_PER_SWEEP: u32 = 4;
 const CLAIM_WAIT_SECS: u64 = 300;
 
 /// The pool a request makes, on `base` (an update's current spec).
-fn pool_spec(manager: &Manager, req: &PoolRequest, base: Option<&PoolSpec>) -> ApiResult<PoolSpec> {
+async fn pool_spec(
+    manager: &Manager,
+    req: &PoolRequest,
+    base: Option<&PoolSpec>,
+) -> ApiResult<PoolSpec> {
     let network = match &req.network {
         Some(n) => n.clone(),
         None => base.map(|b| b.sandbox.network.clone()),
@@ -48,10 +52,10 @@ fn pool_spec(manager: &Manager, req: &PoolRequest, base: Option<&PoolSpec>) -> A
         network,
         ..Default::default()
     };
-    let images = manager.executor.images();
-    let (_, mut sandbox) = validate(&create, manager.host, &images.known())?;
-    sandbox.image_id = images
-        .resolve(&sandbox.image)
+    let (_, mut sandbox) = validate(&create, manager.host, &manager.known_images().await?)?;
+    sandbox.image_id = manager
+        .resolve_image(&sandbox.image)
+        .await?
         .filter(|id| *id != sandbox.image);
     let warm = req.warm_containers.unwrap_or(DEFAULT_WARM);
     if warm > MAX_WARM {
@@ -132,7 +136,7 @@ pub async fn create(
     JsonBody(req): JsonBody<PoolRequest>,
 ) -> ApiResult<Json<CreatePoolResponse>> {
     let ns = namespace(&params);
-    let spec = pool_spec(&state.manager, &req, None)?;
+    let spec = pool_spec(&state.manager, &req, None).await?;
     let now = Utc::now();
     let pool = PoolRow {
         id: format!("pool{}", crate::lifecycle::random_hex(10)),
@@ -176,7 +180,7 @@ pub async fn update(
 ) -> ApiResult<Json<PoolInfo>> {
     let manager = &state.manager;
     let pool = find(manager, &namespace(&params), &params["id"]).await?;
-    let spec = pool_spec(manager, &req, Some(&pool.spec))?;
+    let spec = pool_spec(manager, &req, Some(&pool.spec)).await?;
     if !manager.store.update_pool(&pool.id, &spec).await? {
         return Err(ApiError::not_found("sandbox pool", &pool.id));
     }

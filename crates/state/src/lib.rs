@@ -17,8 +17,10 @@ use sqlx::any::{AnyPoolOptions, AnyQueryResult, AnyRow};
 use sqlx::{AnyPool, Row};
 use std::path::Path;
 
+mod images;
 mod pools;
 mod secrets;
+pub use images::{ImageRow, ImageState};
 pub use pools::{PoolRow, PoolSpec};
 pub use secrets::{Sealed, SecretMeta};
 
@@ -1044,7 +1046,7 @@ mod tests {
         (stores, Databases { _dir: dir, _pg: pg })
     }
 
-    fn row(id: &str, name: Option<&str>) -> SandboxRow {
+    pub(crate) fn row(id: &str, name: Option<&str>) -> SandboxRow {
         SandboxRow {
             id: id.into(),
             namespace: "default".into(),
