@@ -1130,7 +1130,7 @@ impl Executor {
             let _ = tokio::fs::remove_dir_all(&image).await;
             let _ = self.runtime.resume(id).await;
             self.pin_again(id, pinned).await;
-            return Err(e.into());
+            return Err(e);
         }
         // Saved and recorded: it stops where the image was taken.
         if let Some(pid) = sentry {

@@ -511,9 +511,17 @@ impl Manager {
             snapshot_id: Some(snap.id.clone()),
             ..Default::default()
         };
-        let mut started = Vec::new();
-        for _ in 0..times {
-            started.push(self.create(&row.namespace, &req).await?);
+        // The request is checked once; the other copies take the first's
+        // spec and its node, which has the snapshot just captured (each
+        // create's checks cost ~30 ms here beside launches under way).
+        let first = self.create(&row.namespace, &req).await?;
+        let (spec, node) = (first.0.spec.clone(), first.0.node_id.clone());
+        let mut started = vec![first];
+        for _ in 1..times {
+            let copy = self
+                .place_and_start(&row.namespace, None, spec.clone(), node.as_deref(), None)
+                .await?;
+            started.push(copy);
         }
         let mut out = Vec::new();
         for (r, task) in started {
