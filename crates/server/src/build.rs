@@ -129,9 +129,11 @@ pub async fn build(
                 BuildEvent::Error { message }
             }
         };
+        // Its scratch directory is gone before the client hears the end.
+        drop(builder);
+        work.remove().await;
         let _ = tx.send(event);
         drop(tx);
-        work.remove().await;
         prune(&m2.executor.build_cache_dir(), CACHE_BYTES).await;
     });
     Ok(stream_events(rx))
