@@ -72,15 +72,6 @@ impl Images {
         &self.custom
     }
 
-    /// The id of the image a create names: a built-in image's name, or the
-    /// current import of that name.
-    pub fn resolve(&self, name: &str) -> Option<String> {
-        if name == DEFAULT_IMAGE || self.exists(name) && !custom_images::is_id(name) {
-            return Some(name.to_string());
-        }
-        self.custom.find(name).map(|r| r.id)
-    }
-
     /// The config of image `id` (the built-in ones have none).
     pub fn config(&self, id: &str) -> ImageConfig {
         self.custom.get(id).map(|r| r.config).unwrap_or_default()
@@ -135,19 +126,6 @@ impl Images {
             return self.custom.get(id).is_some();
         }
         is_ready(&self.dir, id)
-    }
-
-    /// Names a sandbox may ask for: the complete images, and the default
-    /// one also while it is built.
-    pub fn known(&self) -> Vec<String> {
-        let mut names = self.list();
-        if !names.iter().any(|n| n == DEFAULT_IMAGE) {
-            names.push(DEFAULT_IMAGE.into());
-        }
-        names.extend(self.custom.list().into_iter().map(|r| r.name));
-        names.sort();
-        names.dedup();
-        names
     }
 
     /// Names of complete built-in images.
@@ -424,8 +402,6 @@ mod tests {
             images.default_status(),
             BuildStatus::Building { .. }
         ));
-        // The default image may be asked for while it is built.
-        assert_eq!(images.known(), vec![DEFAULT_IMAGE.to_string()]);
         assert!(images.list().is_empty());
         let waiting = tokio::spawn({
             let images = images.clone();
