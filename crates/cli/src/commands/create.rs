@@ -1,62 +1,26 @@
 //! `sbx create [NAME]` (alias `new`).
 
+use super::template::{EgressOpts, TemplateOpts};
 use crate::client::Client;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use sbx_api::pool::ClaimRequest;
-use sbx_api::sandbox::{
-    CreateSandboxRequest, CreateSandboxResponse, NetworkPolicy, ResourcesRequest, SandboxInfo,
-    SandboxStatus,
-};
+use sbx_api::sandbox::{CreateSandboxRequest, CreateSandboxResponse, SandboxInfo, SandboxStatus};
 use std::time::{Duration, Instant};
 
 /// Sandbox settings shared by `create` and `run`.
 #[derive(Debug, Clone, Default, Args)]
 pub struct CreateOpts {
-    /// CPUs (fractions allowed, e.g. 0.5).
-    #[arg(short = 'c', long, value_name = "N")]
-    pub cpus: Option<f64>,
-
-    /// Memory in MB.
-    #[arg(short = 'm', long, value_name = "MB")]
-    pub memory: Option<u64>,
-
-    /// Disk size in MB.
-    #[arg(long, value_name = "MB")]
-    pub disk_mb: Option<u64>,
-
-    /// Seconds of inactivity before the sandbox is stopped (named ones suspend).
-    #[arg(short = 't', long, value_name = "SECS")]
-    pub timeout: Option<u64>,
-
-    /// Entrypoint command line, split like a shell would ("CMD ARGS").
-    #[arg(short = 'e', long, value_name = "CMD")]
-    pub entrypoint: Option<String>,
-
-    /// Image to boot (default: the server's default image).
-    #[arg(short = 'i', long, value_name = "NAME")]
-    pub image: Option<String>,
+    #[command(flatten)]
+    pub template: TemplateOpts,
 
     /// Restore this snapshot: its files (and, for a memory snapshot, its
     /// running processes); image and settings come from the snapshot.
     #[arg(short = 's', long, value_name = "SID")]
     pub snapshot: Option<String>,
 
-    /// No outbound traffic except to --allow-out destinations.
-    #[arg(long)]
-    pub no_internet: bool,
-
-    /// An IPv4 address, CIDR block, host name or *.domain pattern the
-    /// sandbox may reach, even when --no-internet or --deny-out would block
-    /// it (repeatable).
-    #[arg(long, value_name = "DEST")]
-    pub allow_out: Vec<String>,
-
-    /// An IPv4 address, CIDR block, host name or *.domain pattern the
-    /// sandbox may not reach (repeatable; 0.0.0.0/0 denies everything not
-    /// allowed).
-    #[arg(long, value_name = "DEST")]
-    pub deny_out: Vec<String>,
+    #[command(flatten)]
+    pub egress: EgressOpts,
 
     /// A secret (`sbx secret set NAME`) to set as an environment variable
     /// of every process in the sandbox (repeatable).
@@ -71,36 +35,12 @@ pub struct CreateOpts {
 
 impl CreateOpts {
     pub fn request(&self, name: Option<String>) -> Result<CreateSandboxRequest> {
-        let resources = (self.cpus.is_some() || self.memory.is_some() || self.disk_mb.is_some())
-            .then_some(ResourcesRequest {
-                cpus: self.cpus,
-                memory_mb: self.memory,
-                disk_mb: self.disk_mb,
-                gpus: None,
-            });
-        let entrypoint = match &self.entrypoint {
-            Some(e) => {
-                let words = shell_words::split(e)
-                    .with_context(|| format!("cannot split --entrypoint {e:?}"))?;
-                if words.is_empty() {
-                    bail!("--entrypoint is empty");
-                }
-                Some(words)
-            }
-            None => None,
-        };
-        let network = (self.no_internet || !self.allow_out.is_empty() || !self.deny_out.is_empty())
-            .then(|| NetworkPolicy {
-                allow_internet_access: !self.no_internet,
-                allow_out: self.allow_out.clone(),
-                deny_out: self.deny_out.clone(),
-            });
         Ok(CreateSandboxRequest {
-            image: self.image.clone(),
-            network,
-            resources,
-            timeout_secs: self.timeout,
-            entrypoint,
+            image: self.template.image.clone(),
+            network: self.egress.policy(),
+            resources: self.template.resources(),
+            timeout_secs: self.template.timeout,
+            entrypoint: self.template.entrypoint()?,
             name,
             snapshot_id: self.snapshot.clone(),
             secret_names: (!self.secrets.is_empty()).then(|| self.secrets.clone()),

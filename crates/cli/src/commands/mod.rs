@@ -19,4 +19,5 @@ pub mod server;
 pub mod snapshot;
 pub mod ssh;
 pub mod suspend;
+pub mod template;
 pub mod terminate;

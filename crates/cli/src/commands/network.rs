@@ -1,29 +1,19 @@
 //! `sbx network ID [--no-internet] [--allow-out DEST]… [--deny-out DEST]…
 //! | --default`: gives a sandbox a new egress policy at once.
 
+use super::template::EgressOpts;
 use crate::client::Client;
 use anyhow::{bail, Result};
 use clap::Args;
-use sbx_api::sandbox::{NetworkPolicy, UpdateSandboxRequest};
+use sbx_api::sandbox::UpdateSandboxRequest;
 
 #[derive(Debug, Args)]
 pub struct NetworkArgs {
     /// Sandbox id or name.
     pub id: String,
 
-    /// No outbound traffic except to --allow-out destinations.
-    #[arg(long)]
-    pub no_internet: bool,
-
-    /// An IPv4 address, CIDR block, host name or *.domain pattern it may
-    /// reach (repeatable).
-    #[arg(long, value_name = "DEST")]
-    pub allow_out: Vec<String>,
-
-    /// An IPv4 address, CIDR block, host name or *.domain pattern it may
-    /// not reach (repeatable).
-    #[arg(long, value_name = "DEST")]
-    pub deny_out: Vec<String>,
+    #[command(flatten)]
+    pub egress: EgressOpts,
 
     /// Back to the default policy (the internet, nothing else denied).
     #[arg(long, conflicts_with_all = ["no_internet", "allow_out", "deny_out"])]
@@ -33,15 +23,13 @@ pub struct NetworkArgs {
 impl NetworkArgs {
     /// The PATCH body: the whole new policy (`null` for the default).
     fn request(&self) -> Result<UpdateSandboxRequest> {
-        let narrowed = self.no_internet || !self.allow_out.is_empty() || !self.deny_out.is_empty();
-        if !narrowed && !self.default {
-            bail!("give the new policy (--no-internet, --allow-out, --deny-out) or --default");
-        }
-        let policy = (!self.default).then(|| NetworkPolicy {
-            allow_internet_access: !self.no_internet,
-            allow_out: self.allow_out.clone(),
-            deny_out: self.deny_out.clone(),
-        });
+        let policy = match (self.default, self.egress.policy()) {
+            (true, _) => None,
+            (false, Some(p)) => Some(p),
+            (false, None) => {
+                bail!("give the new policy (--no-internet, --allow-out, --deny-out) or --default")
+            }
+        };
         Ok(UpdateSandboxRequest {
             network: Some(policy),
             ..Default::default()

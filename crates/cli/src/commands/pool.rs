@@ -1,12 +1,13 @@
 //! `sbx pool create|ls|describe|update|rm`: warm pools, sandboxes of one
 //! template kept booted and handed out by `sbx create --pool ID`.
 
+use super::template::{EgressOpts, TemplateOpts};
 use crate::client::Client;
 use crate::table;
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use sbx_api::pool::{PoolInfo, PoolRequest};
-use sbx_api::sandbox::{NetworkPolicy, ResourcesRequest};
+use sbx_api::sandbox::ResourcesRequest;
 
 #[derive(Debug, Args)]
 pub struct PoolArgs {
@@ -37,30 +38,8 @@ pub enum PoolAction {
 /// A pool's template and counts.
 #[derive(Debug, Clone, Default, Args)]
 pub struct PoolOpts {
-    /// Image of the pool's sandboxes (default: the server's default image).
-    #[arg(short = 'i', long, value_name = "NAME")]
-    pub image: Option<String>,
-
-    /// CPUs per sandbox (fractions allowed, e.g. 0.5).
-    #[arg(short = 'c', long, value_name = "N")]
-    pub cpus: Option<f64>,
-
-    /// Memory per sandbox in MB.
-    #[arg(short = 'm', long, value_name = "MB")]
-    pub memory: Option<u64>,
-
-    /// Disk size per sandbox in MB.
-    #[arg(long, value_name = "MB")]
-    pub disk_mb: Option<u64>,
-
-    /// Seconds of inactivity before a claimed sandbox is stopped, counted
-    /// from the claim (0: none).
-    #[arg(short = 't', long, value_name = "SECS")]
-    pub timeout: Option<u64>,
-
-    /// Entrypoint command line, split like a shell would ("CMD ARGS").
-    #[arg(short = 'e', long, value_name = "CMD")]
-    pub entrypoint: Option<String>,
+    #[command(flatten)]
+    pub template: TemplateOpts,
 
     /// Booted, unclaimed sandboxes to keep (server default: 1).
     #[arg(long, value_name = "N")]
@@ -71,19 +50,8 @@ pub struct PoolOpts {
     #[arg(long, value_name = "N")]
     pub max: Option<u32>,
 
-    /// No outbound traffic except to --allow-out destinations.
-    #[arg(long)]
-    pub no_internet: bool,
-
-    /// An IPv4 address, CIDR block, host name or *.domain pattern the
-    /// sandboxes may reach (repeatable).
-    #[arg(long, value_name = "DEST")]
-    pub allow_out: Vec<String>,
-
-    /// An IPv4 address, CIDR block, host name or *.domain pattern the
-    /// sandboxes may not reach (repeatable).
-    #[arg(long, value_name = "DEST")]
-    pub deny_out: Vec<String>,
+    #[command(flatten)]
+    pub egress: EgressOpts,
 }
 
 #[derive(Debug, Args)]
@@ -129,45 +97,17 @@ pub struct RmArgs {
 }
 
 impl PoolOpts {
-    fn entrypoint(&self) -> Result<Option<Vec<String>>> {
-        let Some(e) = &self.entrypoint else {
-            return Ok(None);
-        };
-        let words =
-            shell_words::split(e).with_context(|| format!("cannot split --entrypoint {e:?}"))?;
-        if words.is_empty() {
-            bail!("--entrypoint is empty");
-        }
-        Ok(Some(words))
-    }
-
-    fn network(&self) -> Option<NetworkPolicy> {
-        (self.no_internet || !self.allow_out.is_empty() || !self.deny_out.is_empty()).then(|| {
-            NetworkPolicy {
-                allow_internet_access: !self.no_internet,
-                allow_out: self.allow_out.clone(),
-                deny_out: self.deny_out.clone(),
-            }
-        })
-    }
-
     /// A new pool's request: only what was given (the server fills the rest).
     pub fn request(&self) -> Result<PoolRequest> {
-        let resources = (self.cpus.is_some() || self.memory.is_some() || self.disk_mb.is_some())
-            .then_some(ResourcesRequest {
-                cpus: self.cpus,
-                memory_mb: self.memory,
-                disk_mb: self.disk_mb,
-                gpus: None,
-            });
+        let t = &self.template;
         Ok(PoolRequest {
-            image: self.image.clone(),
-            resources,
-            timeout_secs: self.timeout,
-            entrypoint: self.entrypoint()?,
+            image: t.image.clone(),
+            resources: t.resources(),
+            timeout_secs: t.timeout,
+            entrypoint: t.entrypoint()?,
             max_containers: self.max.filter(|m| *m > 0),
             warm_containers: self.warm,
-            network: self.network().map(Some),
+            network: self.egress.policy().map(Some),
         })
     }
 
@@ -175,23 +115,24 @@ impl PoolOpts {
     /// what was not given is sent as it is now (the network policy, absent,
     /// is kept by the server).
     pub fn update(&self, cur: &PoolInfo) -> Result<PoolRequest> {
+        let t = &self.template;
         Ok(PoolRequest {
-            image: Some(self.image.clone().unwrap_or_else(|| cur.image.clone())),
+            image: Some(t.image.clone().unwrap_or_else(|| cur.image.clone())),
             resources: Some(ResourcesRequest {
-                cpus: Some(self.cpus.unwrap_or(cur.resources.cpus)),
-                memory_mb: Some(self.memory.unwrap_or(cur.resources.memory_mb)),
-                disk_mb: Some(self.disk_mb.unwrap_or(cur.resources.disk_mb)),
+                cpus: Some(t.cpus.unwrap_or(cur.resources.cpus)),
+                memory_mb: Some(t.memory.unwrap_or(cur.resources.memory_mb)),
+                disk_mb: Some(t.disk_mb.unwrap_or(cur.resources.disk_mb)),
                 gpus: None,
             }),
-            timeout_secs: Some(self.timeout.unwrap_or(cur.timeout_secs)),
-            entrypoint: self.entrypoint()?.or_else(|| cur.entrypoint.clone()),
+            timeout_secs: Some(t.timeout.unwrap_or(cur.timeout_secs)),
+            entrypoint: t.entrypoint()?.or_else(|| cur.entrypoint.clone()),
             max_containers: match self.max {
                 Some(0) => None,
                 Some(m) => Some(m),
                 None => cur.max_containers,
             },
             warm_containers: Some(self.warm.unwrap_or(cur.warm_containers)),
-            network: self.network().map(Some),
+            network: self.egress.policy().map(Some),
         })
     }
 }
@@ -272,7 +213,7 @@ mod tests {
     use crate::tests::parse;
     use crate::Command;
     use clap::Parser;
-    use sbx_api::sandbox::Resources;
+    use sbx_api::sandbox::{NetworkPolicy, Resources};
     use serde_json::json;
 
     fn action(argv: &[&str]) -> PoolAction {

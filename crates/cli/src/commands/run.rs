@@ -119,10 +119,10 @@ mod tests {
             "run", "-c", "2", "-m", "4096", "-i", "python", "-t", "60", "-w", "/src", "--env",
             "A=1", "--user", "nobody", "--", "python3", "-V",
         ]);
-        assert_eq!(a.opts.cpus, Some(2.0));
-        assert_eq!(a.opts.memory, Some(4096));
-        assert_eq!(a.opts.image.as_deref(), Some("python"));
-        assert_eq!(a.opts.timeout, Some(60));
+        assert_eq!(a.opts.template.cpus, Some(2.0));
+        assert_eq!(a.opts.template.memory, Some(4096));
+        assert_eq!(a.opts.template.image.as_deref(), Some("python"));
+        assert_eq!(a.opts.template.timeout, Some(60));
         let spec = a.spec();
         assert_eq!(spec.argv, vec!["python3", "-V"]);
         assert_eq!(spec.workdir.as_deref(), Some("/src"));
@@ -135,7 +135,7 @@ mod tests {
         assert!(crate::Cli::try_parse_from(["sbx", "run"]).is_err());
         assert!(crate::Cli::try_parse_from(["sbx", "run", "ls"]).is_err());
         let a = run_args(&["run", "-e", "/init", "--", "ls"]);
-        assert_eq!(a.opts.entrypoint.as_deref(), Some("/init"));
+        assert_eq!(a.opts.template.entrypoint.as_deref(), Some("/init"));
         assert_eq!(a.command, vec!["ls"]);
     }
 }
