@@ -14,6 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const PAUSE: &str = "containerManager.Pause";
 pub const RESUME: &str = "containerManager.Resume";
+/// Argument: `{"CID", "Signo", "PID", "Mode"}` (`Mode` 1: every process of
+/// the container).
+pub const SIGNAL: &str = "containerManager.Signal";
 
 /// Longest answer read (the calls used here answer with a few bytes).
 const MAX_ANSWER: usize = 64 * 1024;
@@ -42,6 +45,16 @@ struct Answer {
 /// Sends `method` (without argument) to the sandbox listening on `socket`
 /// and waits up to `limit` for its answer.
 pub async fn call(socket: &Path, method: &str, limit: Duration) -> Result<(), ControlError> {
+    call_with(socket, method, serde_json::Value::Null, limit).await
+}
+
+/// [`call`] with an argument.
+pub async fn call_with(
+    socket: &Path,
+    method: &str,
+    arg: serde_json::Value,
+    limit: Duration,
+) -> Result<(), ControlError> {
     let mut stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|source| ControlError::Unreachable {
@@ -52,7 +65,7 @@ pub async fn call(socket: &Path, method: &str, limit: Duration) -> Result<(), Co
         method: method.to_string(),
         reason,
     };
-    let request = serde_json::json!({ "method": method, "arg": null }).to_string();
+    let request = serde_json::json!({ "method": method, "arg": arg }).to_string();
     let exchange = async {
         stream.write_all(request.as_bytes()).await?;
         let mut buf = Vec::with_capacity(256);

@@ -631,13 +631,29 @@ impl Runtime for Gvisor {
         Ok(())
     }
 
+    /// As gVisor ends a sandbox after a checkpoint without `--leave-running`:
+    /// every process is killed while the kernel is still paused, and the
+    /// kernel resumed to carry it out (a task handles a pending SIGKILL
+    /// before it runs again). The sandbox then exits on its own, closing
+    /// its connections: a SIGKILL of the sentry, the fallback, would leave
+    /// their peers waiting for an answer.
     async fn stop_saved(&self, id: &str, pid: i32) -> Result<()> {
         let name = self.current(id);
-        // SAFETY: a signal to a process id; no memory is involved.
-        if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::ESRCH) {
-                return Err(e.into());
+        let socket = self.control_socket(&name);
+        let arg = serde_json::json!({"CID": name, "Signo": libc::SIGKILL, "PID": 0, "Mode": 1});
+        let ended = async {
+            control::call_with(&socket, control::SIGNAL, arg, CONTROL_LIMIT).await?;
+            control::call(&socket, control::RESUME, CONTROL_LIMIT).await
+        }
+        .await;
+        if let Err(e) = ended {
+            tracing::warn!(sandbox = id, "ending the saved sandbox: {e}; killing it");
+            // SAFETY: a signal to a process id; no memory is involved.
+            if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    return Err(e.into());
+                }
             }
         }
         self.run_stopped(id, name);

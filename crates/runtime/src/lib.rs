@@ -177,9 +177,9 @@ pub trait Runtime: Send + Sync {
     /// [`stop_saved`](Self::stop_saved)s it.
     async fn checkpoint(&self, id: &str, image_dir: &Path, leave_running: bool) -> Result<()>;
     /// Stops a sandbox that was paused and then saved by a
-    /// [`checkpoint`](Self::checkpoint) with `leave_running`: kills its
-    /// process `pid` ([`SandboxState::pid`]) at once (nothing of it runs
-    /// after the image); what is left of it goes with
+    /// [`checkpoint`](Self::checkpoint) with `leave_running`: none of its
+    /// processes runs again (they would change what the image holds); its
+    /// process `pid` ([`SandboxState::pid`]) exits. What is left of it goes with
     /// [`destroy_stopped`](Self::destroy_stopped) as after a checkpoint
     /// without `leave_running`.
     async fn stop_saved(&self, id: &str, pid: i32) -> Result<()>;

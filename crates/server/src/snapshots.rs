@@ -342,6 +342,7 @@ impl Manager {
             let dest = export.as_ref().map(|(_, dir)| dir.as_path());
             match me.executor.suspend_exporting(&id, dest).await {
                 Ok(ms) => {
+                    me.logs.collectors.stop_now(&id);
                     tracing::info!(sandbox = id, ms, reason, "sandbox suspended");
                     me.logs.event(
                         &id,

@@ -77,6 +77,18 @@ impl Collectors {
     }
 }
 
+impl Collectors {
+    /// Stops collecting `id` at once (it was suspended): a poll in flight
+    /// could wait on a connection nobody answers any more. What it had not
+    /// collected stays in the agent's journal, in the memory image, and is
+    /// collected after the resume.
+    pub fn stop_now(&self, id: &str) {
+        if let Some(c) = self.running.lock().unwrap().remove(id) {
+            c.task.abort();
+        }
+    }
+}
+
 /// Starts collecting from every sandbox that runs here, and applies the
 /// budgets, until aborted.
 pub fn start(manager: Arc<Manager>) -> JoinHandle<()> {
