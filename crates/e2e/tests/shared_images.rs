@@ -38,18 +38,6 @@ async fn two_servers(db: &str) -> (Postgres, S3Server, Server, Server) {
     (pg, s3, a, b)
 }
 
-/// The keys of the objects in bucket `sbx` whose key contains `part`.
-fn objects(s3: &S3Server, part: &str) -> Vec<String> {
-    let (code, body) = s3.signed_request("GET", "/sbx?list-type=2&max-keys=10000", b"");
-    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
-    String::from_utf8_lossy(&body)
-        .split("<Key>")
-        .skip(1)
-        .filter_map(|k| k.split_once("</Key>").map(|(k, _)| k.to_string()))
-        .filter(|k| k.contains(part))
-        .collect()
-}
-
 /// Whether server `s` holds image `id`'s files.
 fn holds(s: &Server, id: &str) -> bool {
     s.data_dir.join("custom-images").join(id).exists()
@@ -162,12 +150,12 @@ async fn images_made_through_one_server_are_listed_booted_and_removed_through_an
     // A runs nothing of it: its copy goes; the manifest stays for B's.
     wait_until(Duration::from_secs(30), || !holds(&a, &tiny_id)).await;
     let manifest = format!("image-{tiny_id}");
-    assert!(!objects(&s3, &manifest).is_empty());
+    assert!(!s3.keys("sbx", &manifest).is_empty());
     assert!(holds(&b, &tiny_id));
     // Once nothing uses it: gone from B and from the bucket.
     assert_eq!(b.delete(&on_b).await, 200);
     wait_until(Duration::from_secs(30), || {
-        !holds(&b, &tiny_id) && objects(&s3, &manifest).is_empty()
+        !holds(&b, &tiny_id) && s3.keys("sbx", &manifest).is_empty()
     })
     .await;
     // The other image is untouched.

@@ -57,18 +57,6 @@ async fn two_servers(db: &str, lost_secs: u32) -> (Postgres, S3Server, Server, S
     (pg, s3, a, b)
 }
 
-/// The keys of the objects in bucket `sbx` whose key contains `part`.
-fn objects(s3: &S3Server, part: &str) -> Vec<String> {
-    let (code, body) = s3.signed_request("GET", "/sbx?list-type=2&max-keys=10000", b"");
-    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
-    String::from_utf8_lossy(&body)
-        .split("<Key>")
-        .skip(1)
-        .filter_map(|k| k.split_once("</Key>").map(|(k, _)| k.to_string()))
-        .filter(|k| k.contains(part))
-        .collect()
-}
-
 #[tokio::test]
 async fn a_server_on_postgres_and_s3_keeps_sandboxes_and_snapshots_across_restarts() {
     let pg = Postgres::start();
@@ -86,8 +74,8 @@ async fn a_server_on_postgres_and_s3_keeps_sandboxes_and_snapshots_across_restar
     let snap = s.snapshot(&id, "filesystem").await;
     let sid = snap["snapshot_id"].as_str().unwrap().to_string();
     // `completed`: its manifest and chunks are in the bucket, not in the data dir.
-    assert_eq!(objects(&s3, &format!("manifests/{sid}")).len(), 1);
-    assert!(!objects(&s3, "chunks/").is_empty());
+    assert_eq!(s3.keys("sbx", &format!("manifests/{sid}")).len(), 1);
+    assert!(!s3.keys("sbx", "chunks/").is_empty());
     assert!(!s.data_dir.join("store/manifests").exists());
 
     // Killed and started again: everything is read back from PostgreSQL.
@@ -148,7 +136,7 @@ async fn a_server_on_postgres_and_s3_keeps_sandboxes_and_snapshots_across_restar
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
     // Its manifest leaves the bucket, and chunks nothing else uses with it.
     wait_until(Duration::from_secs(30), || {
-        objects(&s3, &format!("manifests/{sid}")).is_empty()
+        s3.keys("sbx", &format!("manifests/{sid}")).is_empty()
     })
     .await;
     s.cleanup().await;
@@ -377,7 +365,7 @@ async fn a_suspended_sandbox_resumes_on_another_node_when_its_own_cannot() {
         .await;
     // Stored: in the bucket, and recorded (its node may be killed next).
     let stored = |n: usize| {
-        let found = objects(&s3, "manifests/suspend-");
+        let found = s3.keys("sbx", "manifests/suspend-");
         assert!(found.len() <= 1, "{found:?}");
         let spec = pg.query(
             "moved",
@@ -590,7 +578,7 @@ async fn a_node_joins_a_control_plane_that_runs_no_sandboxes() {
     assert!(printed(&logs), "{logs}");
     let snap = cp.snapshot("far", "filesystem").await;
     let sid = snap["snapshot_id"].as_str().unwrap();
-    assert_eq!(objects(&s3, &format!("manifests/{sid}")).len(), 1);
+    assert_eq!(s3.keys("sbx", &format!("manifests/{sid}")).len(), 1);
     let copy = cp.create(json!({"snapshot_id": sid})).await;
     assert_eq!(cp.sh(&copy, "cat /root/f").await, "hi\n");
     for step in ["suspend", "resume"] {

@@ -399,6 +399,30 @@ impl Gvisor {
         }
     }
 
+    /// A new run of `spec` started by `runsc COMMAND --detach EXTRA…`
+    /// (`run` or `restore`, each of which creates the sandbox itself).
+    async fn detached_run(
+        &self,
+        spec: &SandboxSpec,
+        command: &str,
+        extra: &[String],
+    ) -> Result<SandboxState> {
+        let (name, spec) = self.new_run(spec)?;
+        let spec = &spec;
+        if let Err(e) = prepare_bundle(spec).await {
+            let _ = self.delete_run(&name).await;
+            return Err(e);
+        }
+        let mut args = vec![panic_log_flag(spec), command.to_string(), "--detach".into()];
+        args.extend(extra.iter().cloned());
+        args.extend([
+            format!("--bundle={}", spec.bundle_dir.display()),
+            format!("--pid-file={}", pid_file(spec).display()),
+            name.clone(),
+        ]);
+        self.launch(spec, &name, &args, true).await
+    }
+
     /// Runs a start-like command of run `name` (whose spec is `spec`),
     /// deleting the run when it fails.
     async fn launch(
@@ -663,42 +687,14 @@ impl Runtime for Gvisor {
     /// One `runsc run --detach`: a `create` and a `start` are two runsc
     /// processes, each ~15-20 ms of its own start-up (measured here).
     async fn create_and_start(&self, spec: &SandboxSpec) -> Result<SandboxState> {
-        let (name, spec) = self.new_run(spec)?;
-        let spec = &spec;
-        if let Err(e) = prepare_bundle(spec).await {
-            let _ = self.delete_run(&name).await;
-            return Err(e);
-        }
-        let args = [
-            panic_log_flag(spec),
-            "run".to_string(),
-            "--detach".into(),
-            format!("--bundle={}", spec.bundle_dir.display()),
-            format!("--pid-file={}", pid_file(spec).display()),
-            name.clone(),
-        ];
-        self.launch(spec, &name, &args, true).await
+        self.detached_run(spec, "run", &[]).await
     }
 
     async fn restore(&self, spec: &SandboxSpec, image_dir: &Path) -> Result<SandboxState> {
         // One `runsc restore` creates and restores: a separate `create`
         // first costs another ~100 ms of sandbox setup (measured here).
-        let (name, spec) = self.new_run(spec)?;
-        let spec = &spec;
-        if let Err(e) = prepare_bundle(spec).await {
-            let _ = self.delete_run(&name).await;
-            return Err(e);
-        }
-        let args = [
-            panic_log_flag(spec),
-            "restore".to_string(),
-            "--detach".into(),
-            format!("--image-path={}", image_dir.display()),
-            format!("--bundle={}", spec.bundle_dir.display()),
-            format!("--pid-file={}", pid_file(spec).display()),
-            name.clone(),
-        ];
-        self.launch(spec, &name, &args, true).await
+        let image = format!("--image-path={}", image_dir.display());
+        self.detached_run(spec, "restore", &[image]).await
     }
 }
 

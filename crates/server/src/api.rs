@@ -719,7 +719,14 @@ async fn suspend(
     // A failed suspend is an error when the call waits for it.
     let limit = wait_limit(q.wait_ms);
     crate::snapshots::outcome(suspending, limit).await?;
-    lifecycle_answer(&state, &headers, &row.id, SandboxStatus::Suspended, q.wait_ms).await
+    lifecycle_answer(
+        &state,
+        &headers,
+        &row.id,
+        SandboxStatus::Suspended,
+        q.wait_ms,
+    )
+    .await
 }
 
 async fn resume(

@@ -226,6 +226,20 @@ impl S3Server {
             .unwrap_or_else(|e| panic!("S3 request {method} {path}: {e}"))
     }
 
+    /// The keys of the objects in `bucket` whose key contains `part` (the
+    /// first 10,000).
+    pub fn keys(&self, bucket: &str, part: &str) -> Vec<String> {
+        let path = format!("/{bucket}?list-type=2&max-keys=10000");
+        let (code, body) = self.signed_request("GET", &path, b"");
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+        String::from_utf8_lossy(&body)
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|k| k.split_once("</Key>").map(|(k, _)| k.to_string()))
+            .filter(|k| k.contains(part))
+            .collect()
+    }
+
     /// The server's log (`weed mini`'s output), for a failing test to show.
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default()
