@@ -209,6 +209,28 @@ impl CgroupParent {
             .map(|d| d.join(name).join("cpuset.cpus"))
     }
 
+    /// Gives the sandbox cgroup named `cgroup` the lowest CPU weight: its
+    /// processes run only when nothing else wants the CPU.
+    pub fn set_lowest_cpu_weight(&self, cgroup: &str) -> std::io::Result<()> {
+        let (file, value) = match self.version {
+            Version::V1 => {
+                let dir = self.dirs.iter().find(|d| d.join("cpu.shares").exists());
+                let Some(dir) = dir else {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::Unsupported,
+                        "no cgroup v1 cpu hierarchy",
+                    ));
+                };
+                (dir.join(cgroup).join("cpu.shares"), "2")
+            }
+            Version::V2 => (
+                self.root.join(&self.name).join(cgroup).join("cpu.weight"),
+                "1",
+            ),
+        };
+        std::fs::write(file, value)
+    }
+
     /// Freezes (or thaws) every process in the sandbox cgroup named
     /// `cgroup`: the cgroup freezer, which stops the sentry's own threads
     /// too (`runsc pause` stops only the sandbox's tasks).
