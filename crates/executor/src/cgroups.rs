@@ -576,6 +576,30 @@ mod tests {
     }
 
     #[test]
+    fn the_lowest_cpu_weight_goes_to_the_cpu_controller_of_either_version() {
+        let root = tempfile::tempdir().unwrap();
+        for h in ["pids", "cpu,cpuacct"] {
+            let h = root.path().join(h);
+            std::fs::create_dir_all(&h).unwrap();
+            std::fs::write(h.join("cgroup.procs"), "").unwrap();
+        }
+        let p = CgroupParent::prepare_at(root.path(), "t").unwrap();
+        let cpu = root.path().join("cpu,cpuacct/t");
+        std::fs::write(cpu.join("cpu.shares"), "1024\n").unwrap();
+        std::fs::create_dir(cpu.join("sbx1")).unwrap();
+        p.set_lowest_cpu_weight("sbx1").unwrap();
+        assert_eq!(std::fs::read_to_string(cpu.join("sbx1/cpu.shares")).unwrap(), "2");
+
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.controllers"), "cpu pids\n").unwrap();
+        let p = CgroupParent::prepare_at(root.path(), "t").unwrap();
+        std::fs::create_dir(root.path().join("t/sbx1")).unwrap();
+        p.set_lowest_cpu_weight("sbx1").unwrap();
+        let weight = std::fs::read_to_string(root.path().join("t/sbx1/cpu.weight")).unwrap();
+        assert_eq!(weight, "1");
+    }
+
+    #[test]
     fn unused_sandbox_cgroups_go_and_kept_ones_stay() {
         let root = tempfile::tempdir().unwrap();
         for h in ["pids", "memory"] {
