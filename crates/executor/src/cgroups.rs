@@ -588,7 +588,10 @@ mod tests {
         std::fs::write(cpu.join("cpu.shares"), "1024\n").unwrap();
         std::fs::create_dir(cpu.join("sbx1")).unwrap();
         p.set_lowest_cpu_weight("sbx1").unwrap();
-        assert_eq!(std::fs::read_to_string(cpu.join("sbx1/cpu.shares")).unwrap(), "2");
+        assert_eq!(
+            std::fs::read_to_string(cpu.join("sbx1/cpu.shares")).unwrap(),
+            "2"
+        );
 
         let root = tempfile::tempdir().unwrap();
         std::fs::write(root.path().join("cgroup.controllers"), "cpu pids\n").unwrap();
