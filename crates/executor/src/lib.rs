@@ -814,14 +814,14 @@ impl Executor {
         result
     }
 
-    /// Flushes what the sandbox's kernel still caches to its writable layer:
-    /// asks the agent (~2 ms), or where it does not answer (busy, or older
-    /// than its `/sync`) runs the agent's `--sync` through the runtime
-    /// (~100 ms, whatever state the agent is in).
     /// Pauses the sandbox and saves its memory and processes into `tmp`,
     /// leaving it paused; a save that fails leaves it running and is tried
-    /// once more. (A checkpoint without `leave_running` that fails stops
-    /// the sandbox: its processes would be lost.)
+    /// again, up to three times. (A checkpoint without `leave_running` that
+    /// fails stops the sandbox: its processes would be lost.) runsc
+    /// 20240729's save panics on a TCP connection caught mid-handshake
+    /// (`resetConnectionLocked` on an endpoint without a sender): the
+    /// sandbox runs a while between tries, longer than TCP's first
+    /// retransmission (1 s), so that the handshake completes.
     async fn save_paused(&self, id: &str, tmp: &Path) -> Result<(), Error> {
         let mut tries = 0;
         loop {
@@ -837,13 +837,17 @@ impl Executor {
             if resumed.is_err() {
                 resumed = self.runtime.resume(id).await;
             }
-            if resumed.is_err() || tries == 2 || !self.is_alive(id) {
+            if resumed.is_err() || tries == 3 || !self.is_alive(id) {
                 return Err(e.into());
             }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
         }
     }
 
+    /// Flushes what the sandbox's kernel still caches to its writable layer:
+    /// asks the agent (~2 ms), or where it does not answer (busy, or older
+    /// than its `/sync`) runs the agent's `--sync` through the runtime
+    /// (~100 ms, whatever state the agent is in).
     async fn sync(&self, id: &str) -> Result<(), Error> {
         if let Some(addr) = self.agent_addr(id) {
             let limit = std::time::Duration::from_secs(60);

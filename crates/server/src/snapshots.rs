@@ -113,10 +113,15 @@ impl Manager {
         let lock = self.lock_for(&snap.sandbox_id);
         let guard = lock.lock().await;
         let memory = snap.snapshot_type == SnapshotType::Memory;
+        if memory {
+            // As for a suspend: no poll of it under way during the save.
+            self.logs.collectors.hold(&snap.sandbox_id);
+        }
         let result = self
             .executor
             .capture(&snap.sandbox_id, &snap.id, memory)
             .await;
+        self.logs.collectors.release(&snap.sandbox_id);
         self.back_to_running(&snap.sandbox_id).await;
         drop(guard);
         match result {
@@ -340,9 +345,15 @@ impl Manager {
             let _guard = lock.lock().await;
             let export = me.suspend_export(&id);
             let dest = export.as_ref().map(|(_, dir)| dir.as_path());
-            match me.executor.suspend_exporting(&id, dest).await {
+            // No poll of the log collector is under way (or its connection
+            // being opened) while the sandbox is saved: runsc 20240729's
+            // save panics on a TCP connection caught mid-handshake. Its
+            // lines wait in the agent's journal.
+            me.logs.collectors.hold(&id);
+            let suspended = me.executor.suspend_exporting(&id, dest).await;
+            me.logs.collectors.release(&id);
+            match suspended {
                 Ok(ms) => {
-                    me.logs.collectors.stop_now(&id);
                     tracing::info!(sandbox = id, ms, reason, "sandbox suspended");
                     me.logs.event(
                         &id,

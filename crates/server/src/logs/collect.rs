@@ -46,6 +46,8 @@ pub struct Collectors {
     /// Running sandboxes not to collect: no row (builders), or an agent
     /// without a journal (started before sbx had one).
     skip: Mutex<HashSet<String>>,
+    /// Sandboxes not collected for now (see [`Collectors::hold`]).
+    held: Mutex<HashSet<String>>,
     client: std::sync::OnceLock<reqwest::Client>,
 }
 
@@ -78,14 +80,20 @@ impl Collectors {
 }
 
 impl Collectors {
-    /// Stops collecting `id` at once (it was suspended): a poll in flight
-    /// could wait on a connection nobody answers any more. What it had not
-    /// collected stays in the agent's journal, in the memory image, and is
-    /// collected after the resume.
-    pub fn stop_now(&self, id: &str) {
+    /// Stops collecting `id` at once, and does not start again until
+    /// [`release`](Self::release)d (while it is saved: see the suspend).
+    /// What it had not collected stays in the agent's journal (in a memory
+    /// image too) and is collected later.
+    pub fn hold(&self, id: &str) {
+        self.held.lock().unwrap().insert(id.to_string());
         if let Some(c) = self.running.lock().unwrap().remove(id) {
             c.task.abort();
         }
+    }
+
+    /// Collects `id` again while it runs here.
+    pub fn release(&self, id: &str) {
+        self.held.lock().unwrap().remove(id);
     }
 }
 
@@ -118,6 +126,7 @@ fn reconcile(manager: &Arc<Manager>) -> HashSet<String> {
     for id in &running {
         if tasks.get(id).is_some_and(|t| !t.task.is_finished())
             || c.skip.lock().unwrap().contains(id)
+            || c.held.lock().unwrap().contains(id)
         {
             continue;
         }
