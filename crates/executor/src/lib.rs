@@ -833,15 +833,20 @@ impl Executor {
             };
             let _ = tokio::fs::remove_dir_all(tmp).await;
             tracing::warn!(sandbox = id, tries, "checkpoint failed: {e}");
-            let mut resumed = self.runtime.resume(id).await;
-            if resumed.is_err() {
-                resumed = self.runtime.resume(id).await;
-            }
+            let resumed = self.resume_paused(id).await;
             if resumed.is_err() || tries == 3 || !self.is_alive(id) {
                 return Err(e.into());
             }
             tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
         }
+    }
+
+    /// Resumes a sandbox the runtime paused, trying twice.
+    async fn resume_paused(&self, id: &str) -> Result<(), Error> {
+        if self.runtime.resume(id).await.is_ok() {
+            return Ok(());
+        }
+        Ok(self.runtime.resume(id).await?)
     }
 
     /// Flushes what the sandbox's kernel still caches to its writable layer:
@@ -967,11 +972,7 @@ impl Executor {
         let resumed = if freeze {
             self.cgroups.set_frozen(&cgroup, false).map_err(Error::from)
         } else {
-            let mut resumed = self.runtime.resume(id).await;
-            if resumed.is_err() {
-                resumed = self.runtime.resume(id).await;
-            }
-            resumed.map_err(Error::from)
+            self.resume_paused(id).await
         };
         let resume_ms = ms(resuming);
         let pause_ms = ms(started);
@@ -1758,7 +1759,6 @@ async fn install_ca_bundle(agent_dir: &Path, bundle: Option<&Path>) -> Result<()
     Ok(())
 }
 
-/// Polls the agent's health route until it answers 200.
 /// `work`'s outcome and how long it took, in milliseconds.
 async fn timed<T>(work: impl std::future::Future<Output = T>) -> (T, u64) {
     let t = std::time::Instant::now();
@@ -1766,6 +1766,7 @@ async fn timed<T>(work: impl std::future::Future<Output = T>) -> (T, u64) {
     (out, t.elapsed().as_millis() as u64)
 }
 
+/// Polls the agent's health route until it answers 200.
 async fn wait_for_agent(addr: SocketAddr, limit: std::time::Duration) -> Result<(), Error> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {

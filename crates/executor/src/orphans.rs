@@ -1,6 +1,6 @@
 //! The server adopts and reaps its sandboxes' processes.
 //!
-//! `runsc create` starts a sandbox's sentry and gofer and exits, so they are
+//! `runsc run --detach` starts a sandbox's sentry and gofer and exits, so they are
 //! orphans: the kernel gives them to the nearest subreaper, else to PID 1.
 //! When they die, `runsc delete` waits until they are reaped, polling
 //! every 100 ms. Left to PID 1 that wait is as long as the host's init takes

@@ -164,15 +164,6 @@ impl Gvisor {
         )))
     }
 
-    /// The spec run `name` of `spec`'s sandbox runs with.
-    fn run_spec(spec: &SandboxSpec, name: &str) -> SandboxSpec {
-        let (_, n) = runs::parse(name);
-        SandboxSpec {
-            cgroup_path: runs::cgroup_path(&spec.cgroup_path, name, n),
-            ..spec.clone()
-        }
-    }
-
     /// Every run of sandbox `id` there may be: the ones this process knows,
     /// and ones whose runsc state is on disk.
     fn runs_of(&self, id: &str) -> Vec<String> {
@@ -347,27 +338,19 @@ impl Gvisor {
         })
     }
 
-    /// Runs `runsc start` or `runsc restore`, under a private mount
+    /// Runs `runsc run` or `runsc restore` (which start the sandbox's
+    /// processes: they inherit its pin), under a private mount
     /// namespace with a fresh `/proc/sys/net` when the sandbox has a network
     /// namespace: runsc otherwise believes every netns is the host's on this
     /// kernel family and refuses ("cannot run with network enabled in root
     /// network namespace").
-    /// `starts_processes`: the command starts the sandbox's processes
-    /// (`restore`), which then inherit its pin.
-    async fn run_in_netns_workaround(
-        &self,
-        args: &[String],
-        spec: &SandboxSpec,
-        starts_processes: bool,
-    ) -> Result<()> {
+    async fn run_in_netns_workaround(&self, args: &[String], spec: &SandboxSpec) -> Result<()> {
         let command = args.iter().find(|a| !a.starts_with("--"));
         let what = format!("runsc {}", command.map(String::as_str).unwrap_or(""));
         let log = spec.bundle_dir.join("console.log");
         let mut cmd = self.sandbox_command();
         cmd.args(args);
-        if starts_processes {
-            pin(&mut cmd, spec);
-        }
+        pin(&mut cmd, spec);
         if spec.netns.is_some() {
             // In the child, before exec: what `unshare -m sh -c 'mount -t
             // tmpfs none /proc/sys/net && exec runsc …'` did, without
@@ -420,7 +403,7 @@ impl Gvisor {
             format!("--pid-file={}", pid_file(spec).display()),
             name.clone(),
         ]);
-        self.launch(spec, &name, &args, true).await
+        self.launch(spec, &name, &args).await
     }
 
     /// Runs a start-like command of run `name` (whose spec is `spec`),
@@ -430,9 +413,8 @@ impl Gvisor {
         spec: &SandboxSpec,
         name: &str,
         args: &[String],
-        starts_processes: bool,
     ) -> Result<SandboxState> {
-        let run = self.run_in_netns_workaround(args, spec, starts_processes);
+        let run = self.run_in_netns_workaround(args, spec);
         if let Err(e) = self.with_gofer_released(spec, run).await {
             let _ = self.delete_run(name).await;
             return Err(e);
@@ -474,36 +456,6 @@ impl Runtime for Gvisor {
             })?;
         let version = String::from_utf8_lossy(&out.stdout);
         Ok(version.lines().next().unwrap_or("").to_string())
-    }
-
-    async fn create(&self, spec: &SandboxSpec) -> Result<()> {
-        let (name, spec) = self.new_run(spec)?;
-        let spec = &spec;
-        prepare_bundle(spec).await?;
-        let log = spec.bundle_dir.join("console.log");
-        let mut create = self.sandbox_command();
-        create
-            .arg(panic_log_flag(spec))
-            .arg("create")
-            .arg(format!("--bundle={}", spec.bundle_dir.display()))
-            .arg(format!("--pid-file={}", pid_file(spec).display()))
-            .arg(&name);
-        pin(&mut create, spec);
-        let created = self
-            .with_gofer_released(spec, self.run_detached(create, "runsc create", &log))
-            .await;
-        if let Err(e) = created {
-            let _ = self.delete_run(&name).await;
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    async fn start(&self, spec: &SandboxSpec) -> Result<SandboxState> {
-        let name = self.current(&spec.id);
-        let run = Self::run_spec(spec, &name);
-        self.launch(&run, &name, &["start".into(), name.clone()], false)
-            .await
     }
 
     async fn state(&self, id: &str) -> Result<Option<SandboxState>> {

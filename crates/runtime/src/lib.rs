@@ -111,20 +111,10 @@ pub trait Runtime: Send + Sync {
     fn name(&self) -> &'static str;
     /// Checks the runtime can run sandboxes on this host.
     async fn check(&self) -> Result<String>;
-    /// Creates the sandbox without starting it (its network namespace must
-    /// exist; its interfaces may still be configured until [`start`](Self::start)).
-    /// On failure nothing is left.
-    async fn create(&self, spec: &SandboxSpec) -> Result<()>;
-    /// Starts a created sandbox; returns once its PID 1 runs. On failure the
-    /// sandbox is destroyed.
-    async fn start(&self, spec: &SandboxSpec) -> Result<SandboxState>;
-    /// [`create`](Self::create) and [`start`](Self::start) in one step (its
-    /// network namespace must be configured already). On failure nothing is
-    /// left.
-    async fn create_and_start(&self, spec: &SandboxSpec) -> Result<SandboxState> {
-        self.create(spec).await?;
-        self.start(spec).await
-    }
+    /// Creates and starts the sandbox (its network namespace must be
+    /// configured already); returns once its PID 1 runs. On failure nothing
+    /// is left.
+    async fn create_and_start(&self, spec: &SandboxSpec) -> Result<SandboxState>;
     /// The sandbox's state, or `None` when the runtime does not know it.
     async fn state(&self, id: &str) -> Result<Option<SandboxState>>;
     /// Every sandbox the runtime knows (also ones a crashed server left),
@@ -184,8 +174,8 @@ pub trait Runtime: Send + Sync {
     /// without `leave_running`.
     async fn stop_saved(&self, id: &str, pid: i32) -> Result<()>;
     /// Creates the sandbox and starts it from a checkpoint instead of booting
-    /// it (not preceded by [`create`](Self::create); its network namespace
-    /// must be configured): processes continue where they were. A run of
+    /// it, as [`create_and_start`](Self::create_and_start) boots one (its
+    /// network namespace must be configured): processes continue where they were. A run of
     /// the same sandbox that a checkpoint stopped may still be being
     /// removed. On failure what it started is destroyed.
     async fn restore(&self, spec: &SandboxSpec, image_dir: &Path) -> Result<SandboxState>;

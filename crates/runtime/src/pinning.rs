@@ -22,7 +22,7 @@
 //! So a pinned sandbox gets both, from two different places runsc reads:
 //! its cgroup's cpuset names two CPUs ([`crate::Pin::cpuset`]: runsc then
 //! starts the sentry with two Go processors, and the sandbox sees two
-//! CPUs), while `runsc create` and `runsc restore` themselves run with the
+//! CPUs), while `runsc run` and `runsc restore` themselves run with the
 //! CPU affinity of the one CPU ([`affinity_hook`]), which the sentry and
 //! its stubs inherit: Go counts one CPU, systrap never turns on its fast
 //! path, and the kernel keeps a mask set with `sched_setaffinity` when a
@@ -152,7 +152,7 @@ fn cgroup_dirs(cgroup_path: &str) -> (PathBuf, Option<PathBuf>) {
 /// Frees the gofer of the sandbox in cgroup `cgroup_path` (e.g. `/sbx/ID`)
 /// from the sandbox's CPU (see the module docs), polling until runsc has
 /// started the sentry: the gofer is started first, so by then it has been
-/// seen. Run it beside `runsc create` or `runsc restore` and drop it when
+/// seen. Run it beside `runsc run` or `runsc restore` and drop it when
 /// they end. Failures are logged and otherwise ignored: the sandbox only
 /// starts slower.
 ///

@@ -30,8 +30,8 @@ pub type Outcome = tokio::sync::oneshot::Receiver<Result<(), String>>;
 
 /// Waits up to `limit` for a resume's or suspend's outcome; `Err` when it
 /// failed, `Ok` when it succeeded or the outcome is not known yet.
-pub async fn outcome(resuming: Option<Outcome>, limit: Duration) -> ApiResult<()> {
-    match resuming {
+pub async fn outcome(under_way: Option<Outcome>, limit: Duration) -> ApiResult<()> {
+    match under_way {
         Some(rx) => match tokio::time::timeout(limit, rx).await {
             Ok(Ok(Err(why))) => Err(ApiError::unavailable(why)),
             _ => Ok(()),
