@@ -517,7 +517,8 @@ async fn a_network_policy_update_applies_at_once_and_closes_what_it_forbids() {
         held = s
             .sh(
                 &id,
-                "cat /tmp/held-a 2>/dev/null; echo; cat /tmp/held-b 2>/dev/null",
+                // Either file may not be written yet: polled until both are.
+                "cat /tmp/held-a 2>/dev/null; echo; cat /tmp/held-b 2>/dev/null; true",
             )
             .await;
         if held.lines().all(|l| !l.is_empty()) {
