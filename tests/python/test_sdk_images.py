@@ -1,7 +1,9 @@
 """Images through the sbx Python SDK (sync and async): imports from a
 registry on 127.0.0.1 (Debian's `docker-registry`) and from the archives
 `skopeo` writes, listed, booted and deleted. The image is made here: a
-busybox-only root filesystem packed by `umoci`."""
+busybox-only root filesystem packed by `umoci`. Builds from Dockerfiles
+`FROM default` (nothing downloaded): booted, rebuilt from the cache, and
+their errors."""
 
 import asyncio
 import hashlib
@@ -21,6 +23,7 @@ from sbx import (
     AsyncSandboxClient,
     BadRequestError,
     ConflictError,
+    ImageBuildError,
     ImageImportError,
     ImageNotFoundError,
     NotFoundError,
@@ -276,5 +279,140 @@ def test_async_import_list_boot_delete(sbx, images):
             assert e.value.status == 400
             with pytest.raises(ImageImportError):
                 await client.import_image_archive(images.broken_tar, name="abroken")
+
+    asyncio.run(main())
+
+
+# --- builds ---------------------------------------------------------------
+
+DOCKERFILE = """FROM default
+ARG GREETING=hello
+ENV GREETING=${GREETING} APP_HOME=/srv/app
+WORKDIR /srv/app
+COPY . ./
+"""
+
+
+@pytest.fixture
+def context(tmp_path):
+    """A build context: its Dockerfile, a file to copy and one its
+    `.dockerignore` leaves out."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(DOCKERFILE)
+    (ctx / "hello.txt").write_text("hello from the context\n")
+    (ctx / "secret.txt").write_text("not for the image\n")
+    (ctx / ".dockerignore").write_text("secret.txt\n")
+    return ctx
+
+
+def steps(events: list[dict]) -> list[tuple[str, bool]]:
+    """Per step (by its text): whether the build took it from the cache."""
+    out: list[tuple[str, bool]] = []
+    for e in events:
+        if e["event"] == "step":
+            out.append((e["text"], False))
+        elif e["event"] == "cached":
+            out[-1] = (out[-1][0], True)
+    return out
+
+
+def test_sync_build_boot_rebuild(client, context, imported):
+    events: list[dict] = []
+    app = client.build_image("sdk-built", context, build_args={"GREETING": "bonjour"}, on_progress=events.append)
+    imported.append(app.name)
+    assert (app.name, app.source, app.working_dir) == ("sdk-built", "build", "/srv/app")
+    assert "GREETING=bonjour" in app.env and "APP_HOME=/srv/app" in app.env
+    first = next(e for e in events if e["event"] == "step")
+    assert (first["stage"], first["stages"], first["step"], first["steps"], first["line"]) == (1, 1, 1, 4, 2)
+    assert [t for t, _ in steps(events)] == ["ARG GREETING=hello", "ENV GREETING=${GREETING} APP_HOME=/srv/app",
+                                             "WORKDIR /srv/app", "COPY . ./"]
+    assert client.get_image("sdk-built").id == app.id
+
+    with client.create_and_connect(image="sdk-built") as box:
+        assert box.commands.run("cat hello.txt; pwd; echo $GREETING").stdout == (
+            "hello from the context\n/srv/app\nbonjour\n"
+        )
+        files = box.commands.run("ls -a").stdout.split()
+        assert "Dockerfile" in files and "secret.txt" not in files and ".sbx-dockerfile" not in files
+
+    # Unchanged: the copy comes from the cache.
+    events.clear()
+    client.build_image("sdk-built", context, build_args={"GREETING": "bonjour"}, on_progress=events.append)
+    assert dict(steps(events))["COPY . ./"] is True
+
+
+def test_sync_build_errors(client, tmp_path):
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+
+    def build(dockerfile: str, **kw):
+        (ctx / "Dockerfile").write_text(dockerfile)
+        return client.build_image("sdk-broken", ctx, **kw)
+
+    # Refused before it starts: a 400 naming the line.
+    with pytest.raises(BadRequestError) as e:
+        build("FROM default\nRUN --mount=type=cache,target=/c true\n")
+    assert e.value.status == 400 and "line 2" in e.value.message
+    with pytest.raises(BadRequestError) as e:
+        build("FROM no-such-image\n")
+    assert "line 1" in e.value.message and "no-such-image" in e.value.message
+    # A Dockerfile outside the context is read from where it is.
+    outside = tmp_path / "outside.Dockerfile"
+    outside.write_text("FROM default\nENV A=1\nFROBNICATE now\n")
+    with pytest.raises(BadRequestError) as e:
+        client.build_image("sdk-broken", ctx, dockerfile=outside)
+    assert "line 3" in e.value.message
+
+    # A step that fails: its line, code and output.
+    events: list[dict] = []
+    with pytest.raises(ImageBuildError) as e:
+        build("FROM default\nRUN echo about to fail && exit 3\n", on_progress=events.append)
+    assert "line 2" in e.value.message and "exited with code 3" in e.value.message
+    assert e.value.output == ["about to fail"] and e.value.message.endswith("\nabout to fail")
+    assert e.value.body["event"] == "error"
+    assert {"step", "output"} <= {ev["event"] for ev in events}
+    with pytest.raises(ImageNotFoundError):
+        client.get_image("sdk-broken")
+
+    with pytest.raises(FileNotFoundError):
+        client.build_image("sdk-broken", tmp_path / "nowhere")  # no Dockerfile: nothing sent
+
+
+def test_async_build_boot_rebuild(sbx, context, imported):
+    imported.append("sdk-abuilt")
+
+    async def main():
+        async with AsyncSandboxClient(api_url=sbx.api_url) as client:
+            events: list[dict] = []
+
+            async def progress(event):
+                events.append(event)
+
+            # The Dockerfile outside the context.
+            dockerfile = context.parent / "app.Dockerfile"
+            (context / "Dockerfile").rename(dockerfile)
+            app = await client.build_image(
+                "sdk-abuilt", context, dockerfile=dockerfile, no_cache=True, on_progress=progress
+            )
+            assert app.source == "build" and "GREETING=hello" in app.env
+            assert [t for t, cached in steps(events) if cached] == []
+            async with await client.create_and_connect(image="sdk-abuilt") as box:
+                r = await box.commands.run("cat /srv/app/hello.txt; echo $GREETING")
+                assert r.stdout == "hello from the context\nhello\n"
+
+            events.clear()
+            await client.build_image("sdk-abuilt", context, dockerfile=dockerfile, on_progress=events.append)
+            assert dict(steps(events))["COPY . ./"] is True
+
+            # Dockerfile errors: at once, or once the step runs.
+            (context / "bad.Dockerfile").write_text("FROM default\nFROBNICATE now\n")
+            with pytest.raises(BadRequestError) as e:
+                await client.build_image("sdk-abroken", context, dockerfile=context / "bad.Dockerfile")
+            assert "line 2" in e.value.message
+            (context / "bad.Dockerfile").write_text("FROM default\nCOPY missing.txt /\n")
+            with pytest.raises(ImageBuildError) as e:
+                await client.build_image("sdk-abroken", context, dockerfile=context / "bad.Dockerfile")
+            assert "line 2" in e.value.message and e.value.output == []
 
     asyncio.run(main())

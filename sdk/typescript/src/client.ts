@@ -3,8 +3,10 @@
 import { openAsBlob } from "node:fs";
 import { open } from "node:fs/promises";
 import { basename, posix } from "node:path";
+import { contextTar } from "./context.js";
 import {
   ConflictError,
+  ImageBuildError,
   ImageImportError,
   SandboxError,
   SbxError,
@@ -19,6 +21,7 @@ import type {
   CreateSandboxResult,
   CreateSnapshotResult,
   ImageArchiveFormat,
+  ImageBuildProgress,
   ImageImportProgress,
   ImageInfo,
   NetworkPolicy,
@@ -182,6 +185,22 @@ export interface ImportImageArchiveOptions {
   /** Default: `oci-archive` when the tar has an `oci-layout` at its top, else `docker-archive`. */
   format?: ImageArchiveFormat;
   onProgress?: (event: ImageImportProgress) => void;
+}
+
+export interface BuildImageOptions {
+  /** The directory COPY and ADD see (default `.`), sent without what its `.dockerignore` excludes. */
+  context?: string;
+  /** The Dockerfile: a local path (relative to the current directory, as `sbx image build -f` takes it),
+   * inside the context or not; default `CONTEXT/Dockerfile`. */
+  dockerfile?: string;
+  /** ARG values. */
+  buildArgs?: Record<string, string>;
+  /** Run every step again instead of taking its result from the cache. */
+  noCache?: boolean;
+  /** FROM images from a plain-HTTP registry. */
+  insecure?: boolean;
+  /** Called with each progress line: `warning`, then per step `step`, `cached` or `output` lines, `step_done`. */
+  onProgress?: (event: ImageBuildProgress) => void;
 }
 
 const FINAL_STATUSES: ReadonlySet<SandboxStatus> = new Set(["terminated", "failed", "timeout"]);
@@ -686,6 +705,29 @@ export class SandboxClient {
     return readImport(res, path, options.onProgress);
   }
 
+  /**
+   * Builds image `name` from a Dockerfile, as `sbx image build` does: each
+   * RUN in a builder sandbox, each step's result cached (an unchanged
+   * rebuild takes seconds). Throws `BadRequestError` for a Dockerfile the
+   * server refuses before building (its message names the line) and
+   * {@link ImageBuildError} when a step fails.
+   */
+  async buildImage(name: string, options: BuildImageOptions = {}): Promise<ImageInfo> {
+    const res = await this.http.request(this.url("/images/build"), {
+      method: "POST",
+      query: {
+        name,
+        no_cache: options.noCache || undefined,
+        insecure: options.insecure || undefined,
+        build_arg: Object.entries(options.buildArgs ?? {}).map(([k, v]) => `${k}=${v}`),
+      },
+      headers: { "Content-Type": "application/x-tar" },
+      body: await contextTar(options.context ?? ".", options.dockerfile),
+      notFound: "image",
+    });
+    return readBuild(res, name, options.onProgress);
+  }
+
   private imagePath(name: string): string {
     return this.url(`/images/${encodeURIComponent(name)}`);
   }
@@ -704,6 +746,25 @@ async function readImport(
     onProgress?.(line);
   }
   throw new ImageImportError(`the import of ${what} ended without its result`);
+}
+
+/** Reads a build's NDJSON answer: progress lines to `onProgress`, then the image. */
+async function readBuild(
+  res: Response,
+  name: string,
+  onProgress?: (event: ImageBuildProgress) => void,
+): Promise<ImageInfo> {
+  type Line = ImageBuildProgress | { event: "done"; image: unknown } | { event: "error"; message: string };
+  // What the step under way printed, for the error.
+  let output: string[] = [];
+  for await (const line of ndjsonLines<Line>(res)) {
+    if (line.event === "done") return camelize<ImageInfo>(line.image);
+    if (line.event === "error") throw new ImageBuildError(`building ${name} failed: ${line.message}`, output);
+    if (line.event === "step") output = [];
+    else if (line.event === "output") output.push(line.line);
+    onProgress?.(line);
+  }
+  throw new ImageBuildError(`the build of ${name} ended without its result`);
 }
 
 /**

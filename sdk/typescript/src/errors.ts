@@ -72,6 +72,23 @@ export class SnapshotError extends SbxError {}
 /** An image import failed after the server accepted it (its progress ended in an error, or without the image). */
 export class ImageImportError extends SbxError {}
 
+/**
+ * An image build failed after the server accepted it: a step failed (the
+ * message names its Dockerfile line and ends with the last lines the step
+ * printed; `output` has them all), or the answer ended without the image. A
+ * Dockerfile the server refuses at once is a {@link BadRequestError}.
+ */
+export class ImageBuildError extends SbxError {
+  /** What the failed step printed. */
+  readonly output: string[];
+
+  constructor(message: string, output: string[] = []) {
+    const tail = output.slice(-5).join("\n");
+    super(tail ? `${message}\n${tail}` : message);
+    this.output = output;
+  }
+}
+
 /** The sandbox failed or ended while it was expected to run. */
 export class SandboxError extends SbxError {}
 

@@ -21,8 +21,8 @@ export type Body = string | Uint8Array | Blob | ReadableStream<Uint8Array>;
 
 export interface RequestOptions {
   method?: string;
-  /** Query parameters; `undefined` values are left out. */
-  query?: Record<string, string | number | boolean | undefined>;
+  /** Query parameters; `undefined` values are left out, an array's values repeat the key. */
+  query?: Record<string, string | number | boolean | undefined | string[]>;
   headers?: Record<string, string>;
   /** Sent as JSON. */
   json?: unknown;
@@ -114,7 +114,8 @@ export function withQuery(url: string, query?: RequestOptions["query"]): string 
   if (!query) return url;
   const params = new URLSearchParams();
   for (const [k, v] of Object.entries(query)) {
-    if (v !== undefined) params.set(k, String(v));
+    if (Array.isArray(v)) for (const item of v) params.append(k, item);
+    else if (v !== undefined) params.set(k, String(v));
   }
   const qs = params.toString();
   return qs ? `${url}${url.includes("?") ? "&" : "?"}${qs}` : url;

@@ -11,6 +11,7 @@
 
 export { SandboxClient } from "./client.js";
 export type {
+  BuildImageOptions,
   CheckpointOptions,
   ClaimOptions,
   ClientOptions,

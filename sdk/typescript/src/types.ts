@@ -252,6 +252,19 @@ export type ImageImportProgress =
   | { event: "fetched"; layer: number; bytes: number }
   | { event: "applied"; layer: number; entries: number };
 
+/** A progress line of an image build (stages and steps count from 1; `line` is the Dockerfile's). */
+export type ImageBuildProgress =
+  /** An instruction that has no effect here, or an ignored directive. */
+  | { event: "warning"; line: number; message: string }
+  /** A step starts. */
+  | { event: "step"; stage: number; stages: number; step: number; steps: number; line: number; text: string }
+  /** The step's result comes from the build cache. */
+  | { event: "cached" }
+  /** A line the step's command printed. */
+  | { event: "output"; line: string }
+  /** The step is done: its milliseconds and the bytes it added. */
+  | { event: "step_done"; ms: number; bytes: number };
+
 export type ProcessStatus = "running" | "exited" | "signaled" | "oom_killed";
 
 /** A process in a sandbox (`/api/v1/processes`). */

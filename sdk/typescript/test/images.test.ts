@@ -2,6 +2,8 @@
  * Images: imports from a registry on 127.0.0.1 (Debian's `docker-registry`)
  * and from the archives `skopeo` writes, listed, booted and deleted. The
  * image is made here: a busybox-only root filesystem packed by `umoci`.
+ * Builds from Dockerfiles `FROM default` (nothing downloaded): booted,
+ * rebuilt from the cache, and their errors.
  */
 
 import assert from "node:assert/strict";
@@ -14,8 +16,10 @@ import { after, before, describe, test } from "node:test";
 import {
   BadRequestError,
   ConflictError,
+  ImageBuildError,
   ImageImportError,
   ImageNotFoundError,
+  type ImageBuildProgress,
   type ImageImportProgress,
   Sandbox,
   SandboxClient,
@@ -203,5 +207,110 @@ describe("images", () => {
     );
     assert.equal(events[0]?.event, "resolved");
     await assert.rejects(client.getImage("broken"), ImageNotFoundError);
+  });
+});
+
+const DOCKERFILE = `FROM default
+ARG GREETING=hello
+ENV GREETING=\${GREETING} APP_HOME=/srv/app
+WORKDIR /srv/app
+COPY . ./
+`;
+
+/** Per step (by its text): whether the build took it from the cache. */
+function steps(events: ImageBuildProgress[]): [string, boolean][] {
+  const out: [string, boolean][] = [];
+  for (const e of events) {
+    if (e.event === "step") out.push([e.text, false]);
+    else if (e.event === "cached") out[out.length - 1][1] = true;
+  }
+  return out;
+}
+
+describe("image builds", () => {
+  let ctx: string;
+  before(() => {
+    ctx = join(tmp, "ctx");
+    mkdirSync(ctx);
+    writeFileSync(join(ctx, "Dockerfile"), DOCKERFILE);
+    writeFileSync(join(ctx, "hello.txt"), "hello from the context\n");
+    writeFileSync(join(ctx, "secret.txt"), "not for the image\n");
+    writeFileSync(join(ctx, ".dockerignore"), "secret.txt\n");
+  });
+
+  test("buildImage sends the context without what .dockerignore excludes; the image boots", async (t) => {
+    const events: ImageBuildProgress[] = [];
+    const app = await client.buildImage("built", {
+      context: ctx,
+      buildArgs: { GREETING: "bonjour" },
+      onProgress: (e) => events.push(e),
+    });
+    assert.deepEqual([app.name, app.source, app.workingDir], ["built", "build", "/srv/app"]);
+    assert.ok(app.env.includes("GREETING=bonjour") && app.env.includes("APP_HOME=/srv/app"), JSON.stringify(app.env));
+    assert.deepEqual(events.find((e) => e.event === "step"), {
+      event: "step", stage: 1, stages: 1, step: 1, steps: 4, line: 2, text: "ARG GREETING=hello",
+    });
+    assert.deepEqual(steps(events).map(([text]) => text), [
+      "ARG GREETING=hello", "ENV GREETING=${GREETING} APP_HOME=/srv/app", "WORKDIR /srv/app", "COPY . ./",
+    ]);
+    assert.equal((await client.getImage("built")).id, app.id);
+
+    const sb = await Sandbox.create({ client, image: "built" });
+    t.after(() => sb.kill().catch(() => {}));
+    const r = await sb.commands.run("cat hello.txt; pwd; echo $GREETING");
+    assert.equal(r.stdout, "hello from the context\n/srv/app\nbonjour\n");
+    const files = (await sb.commands.run("ls -a")).stdout.split("\n");
+    assert.ok(files.includes("Dockerfile"), String(files));
+    assert.ok(!files.includes("secret.txt") && !files.includes(".sbx-dockerfile"), String(files));
+  });
+
+  test("a rebuild takes the copy from the cache, also with the Dockerfile outside the context", async () => {
+    const dockerfile = join(tmp, "app.Dockerfile");
+    writeFileSync(dockerfile, DOCKERFILE);
+    const events: ImageBuildProgress[] = [];
+    const again = await client.buildImage("built", {
+      context: ctx,
+      dockerfile,
+      buildArgs: { GREETING: "bonjour" },
+      onProgress: (e) => events.push(e),
+    });
+    assert.ok(again.env.includes("GREETING=bonjour"));
+    assert.deepEqual(steps(events).at(-1), ["COPY . ./", true]);
+    events.length = 0;
+    await client.buildImage("built", { context: ctx, dockerfile, noCache: true, onProgress: (e) => events.push(e) });
+    assert.ok(!events.some((e) => e.event === "cached"), JSON.stringify(events));
+  });
+
+  test("build errors: a 400 naming the line, a failing step with its output", async () => {
+    const broken = join(tmp, "broken.Dockerfile");
+    const build = (text: string, onProgress?: (e: ImageBuildProgress) => void) => {
+      writeFileSync(broken, text);
+      return client.buildImage("broken-build", { context: ctx, dockerfile: broken, onProgress });
+    };
+    await assert.rejects(build("FROM default\nRUN --mount=type=cache,target=/c true\n"), (e: unknown) => {
+      assert.ok(e instanceof BadRequestError && e.status === 400 && e.message.includes("line 2"), String(e));
+      return true;
+    });
+    await assert.rejects(build("FROM no-such-image\n"), (e: unknown) => {
+      assert.ok(e instanceof BadRequestError && /line 1.*no-such-image/.test(e.message), String(e));
+      return true;
+    });
+
+    const events: ImageBuildProgress[] = [];
+    const failing = build("FROM default\nRUN echo about to fail && exit 3\n", (e) => events.push(e));
+    await assert.rejects(failing, (e: unknown) => {
+      assert.ok(e instanceof ImageBuildError, String(e));
+      assert.match(e.message, /line 2.*exited with code 3\nabout to fail$/s);
+      assert.deepEqual(e.output, ["about to fail"]);
+      return true;
+    });
+    const kinds = new Set(events.map((e) => e.event));
+    assert.ok(kinds.has("step") && kinds.has("output"), JSON.stringify(events));
+    await assert.rejects(build("FROM default\nCOPY missing.txt /\n"), (e: unknown) => {
+      assert.ok(e instanceof ImageBuildError && e.message.includes("line 2") && e.output.length === 0, String(e));
+      return true;
+    });
+    await assert.rejects(client.getImage("broken-build"), ImageNotFoundError);
+    await assert.rejects(client.buildImage("broken-build", { context: join(tmp, "nowhere") }), { code: "ENOENT" });
   });
 });

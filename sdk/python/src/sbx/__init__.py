@@ -15,6 +15,7 @@ from .errors import (  # noqa: E402
     CommandError,
     ConflictError,
     CopyError,
+    ImageBuildError,
     ImageImportError,
     ImageNotFoundError,
     NotFoundError,
@@ -108,6 +109,7 @@ __all__ = [
     "SandboxError",
     "SnapshotError",
     "ImageImportError",
+    "ImageBuildError",
     "CommandError",
     "CopyError",
 ]

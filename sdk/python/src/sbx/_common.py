@@ -3,17 +3,19 @@ answer parsing and the server-sent-events decoder. No network I/O here."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import posixpath
 import shlex
 import tarfile
+import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Optional, Union
+from typing import IO, Any, Callable, Iterable, Mapping, Optional, Union
 from urllib.parse import quote, urlsplit
 
 from . import __version__
-from .errors import ImageImportError, SbxError
+from .errors import ImageBuildError, ImageImportError, SbxError
 from .models import CommandResult, ImageInfo, OutputLine, SnapshotInfo, SnapshotStatus, SnapshotType
 
 DEFAULT_API_URL = "http://localhost:8900"
@@ -289,13 +291,16 @@ def archive_format(path: Union[str, os.PathLike]) -> str:
 class ImportReader:
     """Reads the NDJSON answer of an image import: progress events, then the image."""
 
+    error: type[SbxError] = ImageImportError
+    work = "import"
+
     def __init__(self, what: str) -> None:
         self.what = what
         self.image: Optional[ImageInfo] = None
 
     def feed(self, line: str) -> Optional[dict]:
         """Records one line; returns it when it is a progress event. Raises
-        :class:`ImageImportError` on the ``error`` event."""
+        :attr:`error` on the ``error`` event."""
         line = line.strip()
         if not line:
             return None
@@ -304,19 +309,181 @@ class ImportReader:
         except ValueError:
             event = None
         if not isinstance(event, dict):
-            raise SbxError(f"bad line from the import of {self.what}: {line[:200]!r}")
+            raise SbxError(f"bad line from the {self.work} of {self.what}: {line[:200]!r}")
         kind = event.get("event")
         if kind == "done":
             self.image = ImageInfo.from_json(event.get("image") or {})
             return None
         if kind == "error":
-            raise ImageImportError(f"importing {self.what} failed: {event.get('message')}", body=event)
+            raise self.failed(event)
         return event
+
+    def failed(self, event: dict) -> SbxError:
+        return ImageImportError(f"importing {self.what} failed: {event.get('message')}", body=event)
 
     def result(self) -> ImageInfo:
         if self.image is None:
-            raise ImageImportError(f"the import of {self.what} ended without its result")
+            raise self.error(f"the {self.work} of {self.what} ended without its result")
         return self.image
+
+
+class BuildReader(ImportReader):
+    """Reads the NDJSON answer of an image build; keeps the output of the
+    step under way for the error."""
+
+    error = ImageBuildError
+    work = "build"
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.output: list[str] = []
+
+    def feed(self, line: str) -> Optional[dict]:
+        event = super().feed(line)
+        if event is not None:
+            if event.get("event") == "step":
+                self.output = []
+            elif event.get("event") == "output":
+                self.output.append(str(event.get("line", "")))
+        return event
+
+    def failed(self, event: dict) -> SbxError:
+        return ImageBuildError(
+            f"building {self.what} failed: {event.get('message')}", output=self.output, body=event
+        )
+
+
+def build_params(
+    name: str, build_args: Optional[Mapping[str, str]], no_cache: bool, insecure: bool
+) -> list[tuple[str, str]]:
+    """The query of ``POST /images/build``."""
+    params = [("name", name)]
+    if no_cache:
+        params.append(("no_cache", "true"))
+    if insecure:
+        params.append(("insecure", "true"))
+    params += [("build_arg", f"{k}={v}") for k, v in (build_args or {}).items()]
+    return params
+
+
+#: Where the server reads the Dockerfile that comes with the context.
+DOCKERFILE_IN_CONTEXT = ".sbx-dockerfile"
+
+
+def context_tar(
+    context: Union[str, os.PathLike], dockerfile: Optional[Union[str, os.PathLike]]
+) -> IO[bytes]:
+    """What ``sbx image build`` sends: directory ``context`` as a tar, without
+    what its ``.dockerignore`` excludes, and the Dockerfile (default
+    ``CONTEXT/Dockerfile``; it may lie anywhere) added as
+    ``.sbx-dockerfile``. In a temporary file, at its start."""
+    root = os.fspath(context)
+    with open(dockerfile if dockerfile is not None else os.path.join(root, "Dockerfile"), "rb") as f:
+        text = f.read()
+    try:
+        with open(os.path.join(root, ".dockerignore"), encoding="utf-8", errors="replace") as f:
+            ignore = DockerIgnore(f.read())
+    except OSError:
+        ignore = DockerIgnore("")
+    out = tempfile.SpooledTemporaryFile(max_size=8 << 20)
+    try:
+        with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            todo = [""]
+            while todo:
+                rel = todo.pop()
+                for entry in sorted(os.scandir(os.path.join(root, rel)), key=lambda e: e.name):
+                    name = posixpath.join(rel, entry.name)
+                    if ignore.excludes(name):
+                        continue
+                    tar.add(entry.path, arcname=name, recursive=False)
+                    if entry.is_dir(follow_symlinks=False):
+                        todo.append(name)
+            info = tarfile.TarInfo(DOCKERFILE_IN_CONTEXT)
+            info.size, info.mode = len(text), 0o644
+            tar.addfile(info, io.BytesIO(text))
+        out.seek(0)
+    except BaseException:
+        out.close()
+        raise
+    return out
+
+
+class DockerIgnore:
+    """``.dockerignore`` rules as ``sbx image build`` applies them: a path is
+    excluded when the last pattern that matches it (or a directory above it)
+    is not a ``!`` exception. ``*``, ``?`` and ``[…]`` match within one path
+    component, ``**`` any number of them."""
+
+    def __init__(self, text: str) -> None:
+        self.rules: list[tuple[bool, str]] = []
+        for line in text.split("\n"):
+            line = line.strip()
+            if line and not line.startswith("#"):
+                exclude = not line.startswith("!")
+                pattern = _clean_pattern(line if exclude else line[1:])
+                if pattern:
+                    self.rules.append((exclude, pattern))
+
+    def excludes(self, path: str) -> bool:
+        parts = [p for p in path.split("/") if p]
+        excluded = False
+        for exclude, pattern in self.rules:
+            if any(_path_matches(pattern, "/".join(parts[:n])) for n in range(1, len(parts) + 1)):
+                excluded = exclude
+        return excluded
+
+
+def _clean_pattern(p: str) -> str:
+    """A pattern without a leading ``/`` or ``./``, or a trailing ``/``."""
+    while p.startswith("./"):
+        p = p[2:]
+    return p.lstrip("/").rstrip("/")
+
+
+def _path_matches(pattern: str, path: str) -> bool:
+    def split(s: str) -> list[str]:
+        return [c for c in s.split("/") if c not in ("", ".")]
+
+    def go(p: list[str], n: list[str]) -> bool:
+        if not p:
+            return not n
+        if p[0] == "**":
+            return any(go(p[1:], n[i:]) for i in range(len(n) + 1))
+        return bool(n) and _component_matches(p[0], n[0]) and go(p[1:], n[1:])
+
+    return go(split(pattern), split(path))
+
+
+def _component_matches(p: str, n: str) -> bool:
+    if not p:
+        return not n
+    c = p[0]
+    if c == "*":
+        return any(_component_matches(p[1:], n[i:]) for i in range(len(n) + 1))
+    if c == "?":
+        return bool(n) and _component_matches(p[1:], n[1:])
+    if c == "[":
+        end = p.find("]", 1)
+        if end < 0:
+            return n[:1] == "[" and _component_matches(p[1:], n[1:])
+        if not n:
+            return False
+        chars = p[1:end]
+        negate = chars[:1] in ("!", "^")
+        if negate:
+            chars = chars[1:]
+        hit, i = False, 0
+        while i < len(chars):
+            if i + 2 < len(chars) and chars[i + 1] == "-":
+                hit |= chars[i] <= n[0] <= chars[i + 2]
+                i += 3
+            else:
+                hit |= chars[i] == n[0]
+                i += 1
+        return hit != negate and _component_matches(p[end + 1 :], n[1:])
+    if c == "\\" and len(p) > 1:
+        return n[:1] == p[1] and _component_matches(p[2:], n[1:])
+    return n[:1] == c and _component_matches(p[1:], n[1:])
 
 
 def command_argv(cmd: str, args: Optional[Iterable[str]]) -> tuple[str, list[str]]:

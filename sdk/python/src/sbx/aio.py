@@ -521,7 +521,7 @@ class AsyncSandboxClient:
     ) -> ImageInfo:
         """See :meth:`sbx.SandboxClient.import_image` (``on_progress`` may be a coroutine function)."""
         return await self._import(
-            reference,
+            c.ImportReader(reference),
             on_progress,
             "/images/import",
             json=c.import_body(reference, name, insecure, username, password),
@@ -539,7 +539,7 @@ class AsyncSandboxClient:
         params = c.archive_params(path, name, format)
         with open(path, "rb") as f:
             return await self._import(
-                os.fspath(path),
+                c.ImportReader(os.fspath(path)),
                 on_progress,
                 "/images/import-archive",
                 params=params,
@@ -547,10 +547,31 @@ class AsyncSandboxClient:
                 headers={"Content-Type": "application/x-tar"},
             )
 
-    async def _import(
-        self, what: str, on_progress: Optional[Callable[[dict], Any]], path: str, **kw: Any
+    async def build_image(
+        self,
+        name: str,
+        context: Union[str, os.PathLike] = ".",
+        *,
+        dockerfile: Optional[Union[str, os.PathLike]] = None,
+        build_args: Optional[Mapping[str, str]] = None,
+        no_cache: bool = False,
+        insecure: bool = False,
+        on_progress: Optional[Callable[[dict], Any]] = None,
     ) -> ImageInfo:
-        reader = c.ImportReader(what)
+        """See :meth:`sbx.SandboxClient.build_image` (``on_progress`` may be a coroutine function)."""
+        with await asyncio.to_thread(c.context_tar, context, dockerfile) as f:
+            return await self._import(
+                c.BuildReader(name),
+                on_progress,
+                "/images/build",
+                params=c.build_params(name, build_args, no_cache, insecure),
+                content=_achunks(f),
+                headers={"Content-Type": "application/x-tar"},
+            )
+
+    async def _import(
+        self, reader: c.ImportReader, on_progress: Optional[Callable[[dict], Any]], path: str, **kw: Any
+    ) -> ImageInfo:
         timeout = httpx.Timeout(60.0, read=None)
         async with self._t.stream(
             "POST", self._cfg.api(path), timeout=timeout, not_found=ImageNotFoundError, **kw

@@ -659,7 +659,7 @@ class SandboxClient:
         and :class:`ImageImportError` when the import fails on the way.
         """
         return self._import(
-            reference,
+            c.ImportReader(reference),
             on_progress,
             "/images/import",
             json=c.import_body(reference, name, insecure, username, password),
@@ -680,7 +680,7 @@ class SandboxClient:
         params = c.archive_params(path, name, format)
         with open(path, "rb") as f:
             return self._import(
-                os.fspath(path),
+                c.ImportReader(os.fspath(path)),
                 on_progress,
                 "/images/import-archive",
                 params=params,
@@ -688,9 +688,48 @@ class SandboxClient:
                 headers={"Content-Type": "application/x-tar"},
             )
 
-    def _import(self, what: str, on_progress: Optional[Callable[[dict], Any]], path: str, **kw: Any) -> ImageInfo:
-        reader = c.ImportReader(what)
-        # No read timeout: fetching one large layer may take minutes without a line.
+    def build_image(
+        self,
+        name: str,
+        context: Union[str, os.PathLike] = ".",
+        *,
+        dockerfile: Optional[Union[str, os.PathLike]] = None,
+        build_args: Optional[Mapping[str, str]] = None,
+        no_cache: bool = False,
+        insecure: bool = False,
+        on_progress: Optional[Callable[[dict], Any]] = None,
+    ) -> ImageInfo:
+        """Builds image ``name`` from a Dockerfile, as ``sbx image build`` does:
+        each ``RUN`` in a builder sandbox, each step's result cached (an
+        unchanged rebuild takes seconds; ``no_cache`` runs every step again).
+        ``context`` is the directory ``COPY`` and ``ADD`` see, sent without
+        what its ``.dockerignore`` excludes; ``dockerfile`` a local path
+        (relative to the current directory, as ``sbx image build -f`` takes
+        it; default: ``CONTEXT/Dockerfile``), inside the context or not.
+        ``build_args`` set ``ARG`` values; ``insecure`` pulls a ``FROM``
+        image over plain HTTP. ``on_progress`` gets each progress event
+        (``warning`` with ``line`` and ``message``; ``step`` with ``stage``,
+        ``stages``, ``step``, ``steps``, ``line`` and ``text``; ``cached``;
+        ``output`` with ``line``; ``step_done`` with ``ms`` and ``bytes``).
+
+        Raises :class:`BadRequestError` for a Dockerfile the server refuses
+        before building (its message names the line) and
+        :class:`ImageBuildError` when a step fails.
+        """
+        with c.context_tar(context, dockerfile) as f:
+            return self._import(
+                c.BuildReader(name),
+                on_progress,
+                "/images/build",
+                params=c.build_params(name, build_args, no_cache, insecure),
+                content=c.file_chunks(f),
+                headers={"Content-Type": "application/x-tar"},
+            )
+
+    def _import(
+        self, reader: c.ImportReader, on_progress: Optional[Callable[[dict], Any]], path: str, **kw: Any
+    ) -> ImageInfo:
+        # No read timeout: fetching one large layer (or a quiet build step) may take minutes without a line.
         timeout = httpx.Timeout(60.0, read=None)
         with self._t.stream("POST", self._cfg.api(path), timeout=timeout, not_found=ImageNotFoundError, **kw) as resp:
             for line in resp.iter_lines():

@@ -7,7 +7,7 @@ Every error the server answers carries the HTTP ``status`` and the ``code`` and
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 __all__ = [
     "SbxError",
@@ -28,6 +28,7 @@ __all__ = [
     "SandboxError",
     "SnapshotError",
     "ImageImportError",
+    "ImageBuildError",
     "CommandError",
     "CopyError",
 ]
@@ -134,6 +135,18 @@ class SnapshotError(SbxError):
 class ImageImportError(SbxError):
     """An image import failed after the server accepted it (its progress
     stream ended in an error, or without the image)."""
+
+
+class ImageBuildError(SbxError):
+    """An image build failed after the server accepted it: a step failed
+    (the message names its Dockerfile line and ends with the last lines the
+    step printed; ``output`` has them all) or the answer ended without the
+    image. A Dockerfile the server refuses at once is a :class:`BadRequestError`."""
+
+    def __init__(self, message: str, *, output: Iterable[str] = (), **kw: Any) -> None:
+        self.output = list(output)
+        tail = "\n".join(self.output[-5:])
+        super().__init__(f"{message}\n{tail}" if tail else message, **kw)
 
 
 class CommandError(SbxError):
