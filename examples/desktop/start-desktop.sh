@@ -1,5 +1,8 @@
 #!/bin/sh
-# The VNC server needs no password: the sandbox proxy's key guards it.
+# The display and its VNC server on port 5901 (what `connect_desktop()`
+# connects to by default), shared by every viewer. No VNC password: the
+# sandbox proxy's key guards the tunnel (the client speaks both "None" and
+# password auth; this server offers "None").
 Xtigervnc "$DISPLAY" -geometry "$GEOMETRY" -depth 24 -rfbport 5901 \
   -SecurityTypes None -localhost no -AlwaysShared &
 # The window manager once the display answers.

@@ -3,7 +3,6 @@ xfail: it starts passing (and so fails the suite) the day sbx serves it. The lis
 also in README.md, "Tensorlake client compatibility"."""
 
 import pytest
-from tensorlake.sandbox import SandboxError
 
 from tl_helpers import box, eventually, tl, unique  # noqa: F401 (fixtures)
 
@@ -15,9 +14,3 @@ pytestmark = pytest.mark.usefixtures("torn_down")
 def test_attach_file_system(box):
     box.attach_file_system("fs-" + unique("x"), "/mnt/shared")
     assert [m.mount_path for m in box.list_file_systems()] == ["/mnt/shared"]
-
-
-@pytest.mark.xfail(strict=True, reason="the default sbx image has no VNC desktop on port 5901", raises=SandboxError)
-def test_connect_desktop(box):
-    box.connect_desktop(connect_timeout=2).screenshot()
-
