@@ -21,6 +21,8 @@ Measures, as median and p90:
         raw restore + `true` of the same memory, its image not in the page
         cache (a suspend writes it with O_DIRECT)
   - idle cost: CPU and memory of idle sandboxes (--idle N)
+  - many hosts (skip with --no-cluster; see cluster.py): create on a remote
+      node, and restore of a snapshot the node must fetch from S3
   - density (only, with --density N): sandboxes until N or refusal
 and prints the ratios against the targets of the issues, after what it ran
 on (CPU, cgroup version, kernel, runsc).
@@ -45,6 +47,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import cluster
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CGROUP_ROOT = pathlib.Path("/sys/fs/cgroup")
@@ -155,7 +159,7 @@ def summary(name, xs):
 
 
 class Sbx:
-    def __init__(self, sbx_bin, agent, images):
+    def __init__(self, sbx_bin, agent, images, command=("server",), args=(), env=None):
         self.dir = pathlib.Path(tempfile.mkdtemp(prefix="sbx-bench-", dir="/var/tmp"))
         # A cgroup parent of this server's own, made by the server.
         self.cgroup_parent = self.dir.name
@@ -170,12 +174,13 @@ class Sbx:
             (self.dir / "images").symlink_to(images)
             self.api_port, self.proxy_port = free_port(), free_port()
             self.proc = subprocess.Popen(
-                [sbx_bin, "server", "--data-dir", str(self.dir),
+                [sbx_bin, *command, "--data-dir", str(self.dir),
                  "--cgroup-parent", self.cgroup_parent,
                  "--api-addr", f"127.0.0.1:{self.api_port}",
                  "--proxy-addr", f"127.0.0.1:{self.proxy_port}",
-                 "--agent-bin", agent],
-                stdout=subprocess.DEVNULL, stderr=self.log,
+                 "--agent-bin", agent, *args],
+                stdout=self.log, stderr=self.log,
+                env=dict(os.environ, **(env or {})),
             )
             self.wait_ready()
         except BaseException:
@@ -970,6 +975,8 @@ def main():
     ap.add_argument("--density", type=int, default=0,
                     help="only the density run: create up to N idle sandboxes, then check each answers")
     ap.add_argument("--density-step", type=int, default=50)
+    ap.add_argument("--no-cluster", action="store_true",
+                    help="skip the many-hosts case (control plane on PostgreSQL + S3, two nodes)")
     args = ap.parse_args()
     images = pathlib.Path(args.images)
     images.mkdir(parents=True, exist_ok=True)
@@ -1045,8 +1052,14 @@ def main():
         pool = bench_pool(s, args.n)
         snapshots = None if args.no_snapshots else bench_snapshots(s, rootfs, work, raw_root, args.n)
         idle = bench_idle(s, args.idle) if args.idle else None
-    finally:
         s.stop()
+        s = None
+        # Last: its servers and services run after the single host's is gone.
+        many = None if args.no_cluster else cluster.bench_cluster(
+            Sbx, args.sbx, args.agent, images, free_port, HOLD_256MB, args.n)
+    finally:
+        if s:
+            s.stop()
         shutil.rmtree(work, ignore_errors=True)
         for stuck in remove_cgroup(work.name):
             print(f"warning: cannot remove cgroup {stuck}", file=sys.stderr)
@@ -1073,6 +1086,8 @@ def main():
         print_snapshots(snapshots)
     if idle:
         print_idle(idle)
+    if many:
+        cluster.print_cluster(many, raw["equivalent"], summary, verdict)
 
 
 if __name__ == "__main__":

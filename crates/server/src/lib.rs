@@ -267,7 +267,12 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
             ExecutorConfig {
                 data_dir: data_dir.clone(),
                 agent_bin,
-                spare_volumes: config.spare_volumes,
+                // A control plane that runs no sandboxes needs no volumes.
+                spare_volumes: if config.local_node {
+                    config.spare_volumes
+                } else {
+                    0
+                },
                 spare_disk_mb: lifecycle::DEFAULT_DISK_MB,
                 cgroup_parent: config.cgroup_parent.clone(),
                 ca_bundle,

@@ -262,9 +262,16 @@ impl Manager {
             if !dir.join("layer").is_dir() {
                 let blobs = self.blobs.clone();
                 let (s, d) = (sid.to_string(), dir.clone());
-                tokio::task::spawn_blocking(move || materialize(&blobs, &s, &d))
+                let started = std::time::Instant::now();
+                let bytes = tokio::task::spawn_blocking(move || materialize(&blobs, &s, &d))
                     .await
                     .map_err(|e| e.to_string())??;
+                tracing::info!(
+                    snapshot = sid,
+                    bytes,
+                    ms = started.elapsed().as_millis() as u64,
+                    "snapshot fetched from the blob store"
+                );
             }
         }
         let ck = dir.join("checkpoint");
@@ -604,7 +611,11 @@ pub(crate) fn ingest(
             .collect();
         names.sort();
         for name in names {
-            let (stream, stats) = w.put_file(ck.join(&name)).map_err(|e| e.to_string())?;
+            // The memory image is read whole at a restore: coarse chunks,
+            // fewer requests to fetch it from S3.
+            let (stream, stats) = w
+                .put_file_chunked(ck.join(&name), sbx_store::Chunking::Coarse)
+                .map_err(|e| e.to_string())?;
             logical += stats.logical_bytes;
             stored += stats.stored_bytes;
             manifest
@@ -618,8 +629,9 @@ pub(crate) fn ingest(
     Ok((logical, stored))
 }
 
-/// Writes a stored snapshot back into `dir` (through a temporary).
-fn materialize(blobs: &sbx_store::Store, sid: &str, dir: &Path) -> Result<(), String> {
+/// Writes a stored snapshot back into `dir` (through a temporary); returns
+/// the size of its memory image.
+fn materialize(blobs: &sbx_store::Store, sid: &str, dir: &Path) -> Result<u64, String> {
     let manifest = blobs
         .manifest(sid)
         .map_err(|e| format!("not on this host and not in the store: {e}"))?;
@@ -634,17 +646,19 @@ fn materialize(blobs: &sbx_store::Store, sid: &str, dir: &Path) -> Result<(), St
         blobs
             .restore_dir(tree, tmp.join("layer"))
             .map_err(|e| e.to_string())?;
+        let mut bytes = 0;
         for (name, stream) in &manifest.streams {
             if let Some(file) = name.strip_prefix("checkpoint/") {
                 std::fs::create_dir_all(tmp.join("checkpoint")).map_err(|e| e.to_string())?;
                 let mut out = std::fs::File::create(tmp.join("checkpoint").join(file))
                     .map_err(|e| e.to_string())?;
-                blobs
+                bytes += blobs
                     .read_stream(stream, &mut out)
                     .map_err(|e| e.to_string())?;
             }
         }
-        std::fs::rename(&tmp, dir).map_err(|e| e.to_string())
+        std::fs::rename(&tmp, dir).map_err(|e| e.to_string())?;
+        Ok(bytes)
     })();
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);

@@ -168,6 +168,8 @@ both!(
     tree_round_trip,
     gc_keeps_shared_chunks_and_waits_for_writers,
     corruption_is_detected,
+    a_long_read_fails_cleanly_wherever_it_fails,
+    coarse_chunks_are_fewer_and_read_back_the_same,
     manifest_visible_only_after_commit_and_failures_leave_nothing,
     hostile_trees_are_rejected,
 );
@@ -482,6 +484,80 @@ fn corruption_is_detected(f: Fixture) {
         Err(Error::MissingChunk(_))
     ));
     assert_eq!(count_files(dir), 0, "nothing is left");
+}
+
+/// A memory image is cut coarser than files: ~4x fewer chunks, each at
+/// most 4 MiB, and reads back byte for byte; an unchanged second put stores
+/// nothing.
+fn coarse_chunks_are_fewer_and_read_back_the_same(f: Fixture) {
+    let store = &f.store;
+    let data = random_bytes(21, 16 << 20);
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("pages.img");
+    std::fs::write(&file, &data).unwrap();
+    let w = store.writer().unwrap();
+    let (fine, _) = w.put_file(&file).unwrap();
+    let (coarse, _) = w.put_file_chunked(&file, Chunking::Coarse).unwrap();
+    let (_, again) = w.put_file_chunked(&file, Chunking::Coarse).unwrap();
+    assert_eq!(again.new_bytes, 0);
+    drop(w);
+    assert!(coarse.chunks.iter().all(|c| c.len <= MAX_COARSE_CHUNK));
+    assert!(coarse.chunks.iter().any(|c| c.len > MAX_CHUNK));
+    assert!(
+        coarse.chunks.len() * 3 < fine.chunks.len(),
+        "{} coarse, {} fine",
+        coarse.chunks.len(),
+        fine.chunks.len()
+    );
+    assert_eq!(read_all(store, &coarse), data);
+    assert_eq!(read_all(store, &fine), data);
+}
+
+/// Chunks are fetched several at once, ahead of the writer: a chunk
+/// missing past that window, or a writer that fails, ends the read with
+/// the error (no thread left waiting), and what was written is in order.
+fn a_long_read_fails_cleanly_wherever_it_fails(f: Fixture) {
+    let store = &f.store;
+    let data = random_bytes(9, 24 << 20);
+    let w = store.writer().unwrap();
+    let (s, _) = w.put_stream(&data[..]).unwrap();
+    drop(w);
+    assert!(s.chunks.len() > 64, "{} chunks", s.chunks.len());
+
+    /// Takes `limit` bytes, then fails.
+    struct Fails {
+        got: Vec<u8>,
+        limit: usize,
+    }
+    impl Write for Fails {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.got.len() + buf.len() > self.limit {
+                return Err(io::Error::other("disk full"));
+            }
+            self.got.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut out = Fails {
+        got: Vec::new(),
+        limit: 3 << 20,
+    };
+    let err = store.read_stream(&s, &mut out).unwrap_err();
+    assert!(err.to_string().contains("disk full"), "{err}");
+    assert_eq!(out.got, data[..out.got.len()], "written in order");
+
+    let victim = s.chunks[s.chunks.len() - 3].hash;
+    assert!(f.backend().delete(Kind::Chunk, &victim.to_hex()).unwrap());
+    let mut got = Vec::new();
+    assert!(matches!(
+        store.read_stream(&s, &mut got),
+        Err(Error::MissingChunk(_))
+    ));
+    assert_eq!(got, data[..got.len()], "written in order up to the gap");
+    assert!(got.len() < data.len());
 }
 
 fn manifest_visible_only_after_commit_and_failures_leave_nothing(f: Fixture) {

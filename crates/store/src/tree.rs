@@ -92,7 +92,7 @@ pub(crate) fn walk(chunker: &mut Chunker, root: &Path) -> Result<Tree> {
                 .open(&full)
                 .ctx("open", &full)?;
             EntryKind::File {
-                stream: chunker.stream(f, &full)?,
+                stream: chunker.stream(f, &full, crate::Chunking::Fine)?,
             }
         } else if ft.is_symlink() {
             EntryKind::Symlink {
