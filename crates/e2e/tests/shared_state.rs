@@ -611,6 +611,79 @@ async fn a_node_joins_a_control_plane_that_runs_no_sandboxes() {
     assert!(stderr.contains("node token"), "{stderr}");
 }
 
+/// Two control-plane replicas (no local node) on one PostgreSQL, one node:
+/// a replica killed while a create through it waits for the node loses
+/// nothing. The node launches what was recorded, and the other replica
+/// serves it.
+#[tokio::test]
+async fn a_replica_killed_mid_create_loses_nothing_the_other_cannot_finish() {
+    const TOKEN: &str = "e2e-replica-token-0123456789";
+    let pg = Postgres::start();
+    let s3 = S3Server::start();
+    let mut opts = on(&pg, &s3, "replicas");
+    opts.args.extend(
+        [
+            "--no-local-node",
+            "--node-token",
+            TOKEN,
+            "--node-lost-secs",
+            "8",
+        ]
+        .map(String::from),
+    );
+    let mut first = Server::start_with(opts.clone()).await;
+    let second = Server::start_with(opts).await;
+    let node = Server::start_with(Options {
+        command: ["node", "--server", &second.api, "--node-token", TOKEN]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    })
+    .await;
+    let create = first
+        .req(Method::POST, "/sandboxes")
+        .json(&json!({"name": "midway"}))
+        .send();
+    let creating = tokio::spawn(create);
+    // Killed as soon as the create is recorded, before it runs if the race
+    // allows (the node launches it in a few hundred ms).
+    let mut seen = serde_json::Value::Null;
+    for _ in 0..1000 {
+        let (code, v) = second.get("midway").await;
+        if code == 200 {
+            seen = v;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.kill9();
+    assert!(seen.is_object(), "the create was never recorded");
+    assert!(
+        ["pending", "running"].contains(&seen["status"].as_str().unwrap()),
+        "{seen}"
+    );
+    // The killed replica's client got an answer or a broken connection,
+    // never a hang.
+    let _ = tokio::time::timeout(Duration::from_secs(10), creating)
+        .await
+        .expect("the create's client is not left waiting");
+    let v = second
+        .wait_status("midway", "running", Duration::from_secs(30))
+        .await;
+    assert_eq!(v["status"], "running", "{v}");
+    assert_eq!(second.sh("midway", "echo finished").await, "finished\n");
+    assert!(
+        node.host_leftovers()
+            .iter()
+            .any(|l| l.contains("sandboxes/")),
+        "{:?}",
+        node.host_leftovers()
+    );
+    assert_eq!(second.delete("midway").await, 200);
+    wait_until(Duration::from_secs(30), || node.host_leftovers().is_empty()).await;
+    clean(&[&second, &node]).await;
+}
+
 #[tokio::test]
 async fn a_bad_state_url_stops_the_start_with_a_clear_error() {
     let tmp = tempfile::tempdir_in("/var/tmp").unwrap();

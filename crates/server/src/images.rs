@@ -550,16 +550,18 @@ impl Manager {
                 for id in &ids {
                     tracing::info!(id, "removed image unused: deleted");
                 }
+                // Not waited for: gc waits for the store's writers (an
+                // image being stored takes seconds), and nothing here needs
+                // its chunks gone.
                 let blobs = self.blobs.clone();
-                let _ = tokio::task::spawn_blocking(move || {
+                tokio::task::spawn_blocking(move || {
                     for id in ids {
                         let _ = blobs.delete_manifest(&manifest_id(&id));
                     }
                     if let Err(e) = blobs.gc() {
                         tracing::warn!("store gc: {e}");
                     }
-                })
-                .await;
+                });
             }
             Ok(_) => {}
             Err(e) => tracing::warn!("deleting unused images: {e}"),
@@ -665,12 +667,22 @@ impl Manager {
                 }
                 Err(e) => tracing::warn!(id = record.id, "recording the stored image: {e}"),
             },
-            // Deleted from this host while it was being stored.
-            Err(e) if images.custom().get(&record.id).is_none() => {
+            // Removed (its files deleted from this host) while it was being
+            // stored.
+            Err(e) if !self.image_listed(&record.id).await => {
                 tracing::debug!(image = record.name, "image gone before it was stored: {e}")
             }
             Err(e) => tracing::warn!(image = record.name, "storing the image failed: {e}"),
         }
+    }
+
+    /// Whether the catalog still lists image `id` (and this host has it).
+    async fn image_listed(&self, id: &str) -> bool {
+        let listed = matches!(
+            self.store.image(id).await,
+            Ok(Some(row)) if row.state == ImageState::Ready
+        );
+        listed && self.executor.images().custom().get(id).is_some()
     }
 
     /// Makes image `id` available here, from the blob store when this host
