@@ -190,6 +190,12 @@ schemas = {
             "auto_resume": BOOL,
             "snapshot_id": {**STR, "description": "the snapshot it was restored from"},
             "pool_id": {**STR, "description": "the warm pool it was claimed from"},
+            "resource_resize": obj(
+                ["generation", "status", "requested"],
+                {"generation": {"type": "integer"}, "status": {"const": "succeeded"},
+                 "requested": ref("Resources")},
+                description="only in the answer to a resize (PATCH of `resources`), which is applied before it",
+            ),
         },
     ),
     "PoolRequest": obj(
@@ -246,7 +252,11 @@ schemas = {
             "allow_unauthenticated_access": opt(BOOL),
             "exposed_ports": opt({"type": "array", "items": {**PORT, "not": {"const": 9501}}}),
             "auto_resume": opt(BOOL),
-            "resources": {"description": "live resize is not supported: present (even null), the answer is 501"},
+            "resources": ({"allOf": [ref("ResourcesRequest")], "minProperties": 1,
+                              "description": "a live resize of a running sandbox, alone in the body: memory and CPUs "
+                                             "change at once, the disk grows (never shrinks); 409 for a memory "
+                                             "decrease below use, a disk shrink or a sandbox that is not running; "
+                                             "503 no_resources_available when the host cannot hold more memory"}),
             "network": opt({**ref("NetworkPolicyRequest"),
                             "description": "a new egress policy, applied to the running sandbox at once "
                                            "(connections it now forbids are closed); null: the default policy"}),
@@ -724,8 +734,9 @@ ns_paths = {
         "get": op("getSandbox", "One sandbox.", {"200": ok(ref("SandboxInfo")), **errors(400, 404)}),
         "delete": op("terminateSandbox", "Terminate a sandbox (idempotent; removal from the host continues in the background).",
                      {"200": ok(ref("TerminateResponse")), **errors(400, 404)}),
-        "patch": op("updateSandbox", "Change name, access, exposed ports, auto_resume or the network policy.",
-                    {"200": ok(ref("SandboxInfo")), **errors(400, 404, 409, 501)}, body=ref("UpdateSandboxRequest")),
+        "patch": op("updateSandbox", "Change name, access, exposed ports, auto_resume or the network policy, "
+                    "or resize a running sandbox (`resources` alone; the answer then also has `resource_resize`).",
+                    {"200": ok(ref("SandboxInfo")), **errors(400, 404, 409, 503)}, body=ref("UpdateSandboxRequest")),
     },
     "/sandboxes/{id}/logs": {
         "parameters": [SANDBOX_ID],

@@ -64,11 +64,12 @@ def invalid_body_refused(ctx, response, case) -> None:
 
 
 def no_server_error(ctx, response, case) -> None:
-    """No 5xx, but for the documented 501 of a PATCH asking for a change sbx
-    cannot make (live resize, network policy)."""
+    """No 5xx, but for the documented 503 of a resize the host has no memory
+    for (a PATCH of `resources`)."""
     op = base_id(case.operation.definition.raw["operationId"])
-    unsupported = isinstance(case.body, dict) and {"resources", "network"} & case.body.keys()
-    if response.status_code == 501 and op == "updateSandbox" and unsupported:
+    resize = isinstance(case.body, dict) and "resources" in case.body
+    if response.status_code == 503 and op == "updateSandbox" and resize:
+        assert response.json().get("code") == "no_resources_available", response.text
         return None
     return not_a_server_error(ctx, response, case)
 

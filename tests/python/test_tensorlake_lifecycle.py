@@ -2,6 +2,7 @@
 
 import socket
 
+import httpx
 import pytest
 from tensorlake.sandbox import (
     NetworkConfig,
@@ -170,20 +171,39 @@ def test_logs_of_an_unknown_sandbox_are_not_found(tl):
 
 
 def test_updates_sbx_cannot_apply_are_refused_not_ignored(tl):
-    with tl.sandbox() as sandbox:
+    """A live resize sbx cannot make is refused with why, and changes nothing."""
+    with tl.sandbox(cpus=1.0, memory_mb=2048) as sandbox:
+        # Memory below what the sandbox holds now.
+        hold = "import time; b = bytearray(1500 << 20); open('/tmp/held', 'w').write('1'); time.sleep(600)"
+        sandbox.run("sh", args=["-c", f'nohup python3 -c "{hold}" >/dev/null 2>&1 &'])
+        eventually(lambda: sandbox.run("cat", args=["/tmp/held"]).stdout == "1", "the memory held")
         with pytest.raises(RemoteAPIError) as e:
-            sandbox.update(memory_mb=2048, timeout=10)
-        assert e.value.status_code == 501
-        assert "resize" in str(e.value)
-        info = sandbox.info()
-        assert info.resources.memory_mb == 1024
+            sandbox.update(memory_mb=1024, timeout=10)
+        assert e.value.status_code == 409
+        assert "holds now" in str(e.value)
+        assert sandbox.info().resources.memory_mb == 2048
+        # A live volume only grows: the client refuses a shrink itself, and
+        # so does the server.
+        disk = sandbox.info().resources.disk_mb
+        with pytest.raises(SandboxError):
+            sandbox.update(disk_mb=disk - 1024)
+        url = f"{tl.api_url}/v1/namespaces/default/sandboxes/{sandbox.sandbox_id}"
+        r = httpx.patch(url, json={"resources": {"disk_mb": disk - 1024}})
+        assert r.status_code == 409 and "only grows" in r.text, r.text
+        assert sandbox.info().resources.disk_mb == disk
 
 
-@pytest.mark.xfail(strict=True, reason="sbx cannot resize a live sandbox (cpus, memory_mb, disk_mb are fixed at create)")
 def test_live_resize(tl):
     with tl.sandbox() as sandbox:
         info = sandbox.update(memory_mb=2048, timeout=30, poll_interval=0.2).value
         assert info.resources.memory_mb == 2048
+        assert info.resource_resize.status == "succeeded"
+        assert sandbox.info().resources.memory_mb == 2048
+        info = sandbox.update(cpus=2.0, disk_mb=info.resources.disk_mb + 1024).value
+        assert info.resources.cpus == 2.0
+        df = sandbox.run("df", args=["-m", "/"]).stdout.splitlines()[1].split()
+        assert int(df[1]) > info.resources.disk_mb - 1024
+        assert sandbox.run("echo", args=["resized"]).stdout.strip() == "resized"
 
 
 def test_network_policy_update(tl):

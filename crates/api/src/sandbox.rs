@@ -189,6 +189,21 @@ pub struct SandboxInfo {
     /// The warm pool it was claimed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool_id: Option<String>,
+    /// Only in the answer to a resize (a PATCH of `resources`), which is
+    /// applied before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_resize: Option<ResourceResize>,
+}
+
+/// A resize that was applied (the tensorlake client reads this).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResourceResize {
+    /// When it was applied, in milliseconds since the epoch.
+    pub generation: i64,
+    /// Always `succeeded`: a resize that cannot be applied is an error.
+    pub status: String,
+    /// The resources the sandbox has now.
+    pub requested: Resources,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

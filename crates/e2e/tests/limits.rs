@@ -741,3 +741,178 @@ async fn egress_by_host_name_resolves_and_opens_only_what_the_policy_names() {
         assert!(!redirects().contains(g.as_str()), "{g}: {}", redirects());
     }
 }
+
+/// PATCH of `resources` (a live resize) on sandbox `id`: its status and answer.
+async fn patch_resources(s: &Server, id: &str, resources: Value) -> (u16, Value) {
+    let r = s
+        .req(Method::PATCH, &format!("/sandboxes/{id}"))
+        .json(&json!({ "resources": resources }))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// A number in a cgroup file of sandbox `id`.
+fn cgroup_number(s: &Server, hierarchy: &str, id: &str, file: &str) -> u64 {
+    std::fs::read_to_string(s.cgroup(hierarchy, id).join(file))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The memory sandbox `id`'s cgroup holds, less its inactive file cache.
+fn memory_in_use_mb(s: &Server, id: &str) -> u64 {
+    let usage = cgroup_number(s, "memory", id, "memory.usage_in_bytes");
+    let stat = std::fs::read_to_string(s.cgroup("memory", id).join("memory.stat")).unwrap();
+    let inactive: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("total_inactive_file "))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0);
+    (usage - inactive) >> 20
+}
+
+#[tokio::test]
+async fn resize_memory_at_once_and_refuse_a_shrink_below_use() {
+    let s = Server::start().await;
+    let id = s
+        .create(json!({"resources": {"cpus": 1, "memory_mb": 1024}}))
+        .await;
+    let limit = |s: &Server| cgroup_number(s, "memory", &id, "memory.limit_in_bytes") >> 20;
+    // Above the memory asked for (the agent's per-process OOM acts
+    // first), well below the next size.
+    let at_launch = limit(&s);
+    assert!((1024..2048).contains(&at_launch), "{at_launch}");
+
+    let (code, v) = patch_resources(&s, &id, json!({"memory_mb": 2048})).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["resources"]["memory_mb"], 2048);
+    assert_eq!(v["resource_resize"]["status"], "succeeded", "{v}");
+    assert_eq!(v["resource_resize"]["requested"]["memory_mb"], 2048, "{v}");
+    let raised = limit(&s);
+    assert!((2048..4096).contains(&raised), "{raised}");
+    assert_eq!(s.get(&id).await.1["resources"]["memory_mb"], 2048);
+    // More than the old hard limit, held: neither the agent nor the cgroup
+    // kills it now.
+    let grow = "b = bytearray(1600 << 20)\nprint(len(b) >> 20)\n";
+    let r = s
+        .run(&id, json!({"command": "python3", "args": ["-c", grow]}))
+        .await;
+    assert_eq!(r.exit["exit_code"], 0, "{r:?}");
+    assert_eq!(r.stdout, "1600\n", "{r:?}");
+
+    // A shrink below what it holds is refused and changes nothing.
+    s.sh(
+        &id,
+        "nohup python3 -c 'import time; b = bytearray(1500 << 20); time.sleep(600)' >/dev/null 2>&1 &",
+    )
+    .await;
+    wait_until(std::time::Duration::from_secs(30), || {
+        memory_in_use_mb(&s, &id) > 1500
+    })
+    .await;
+    let (code, v) = patch_resources(&s, &id, json!({"memory_mb": 1024})).await;
+    assert_eq!(code, 409, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("holds now"), "{v}");
+    assert_eq!(limit(&s), raised);
+    assert_eq!(s.get(&id).await.1["resources"]["memory_mb"], 2048);
+    // Once it is freed, the shrink goes through.
+    s.sh(&id, "pkill -f 'time[.]sleep'; true").await;
+    let mut answer = (0, Value::Null);
+    for _ in 0..60 {
+        answer = patch_resources(&s, &id, json!({"memory_mb": 1024})).await;
+        if answer.0 != 409 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert_eq!(answer.0, 200, "{answer:?}");
+    assert_eq!(limit(&s), at_launch);
+    // Checked like a create: bounds and memory per CPU.
+    let (code, v) = patch_resources(&s, &id, json!({"memory_mb": 1u64 << 40})).await;
+    assert_eq!(code, 400, "{v}");
+    let (code, v) = patch_resources(&s, &id, json!({"cpus": 2})).await;
+    assert_eq!(code, 400, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("per CPU"), "{v}");
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn resize_cpus_sets_the_quota_and_unpins() {
+    let s = Server::start().await;
+    let id = s
+        .create(json!({"resources": {"cpus": 1, "memory_mb": 2048}}))
+        .await;
+    let period = cgroup_number(&s, "cpu", &id, "cpu.cfs_period_us");
+    assert_eq!(cgroup_number(&s, "cpu", &id, "cpu.cfs_quota_us"), period);
+    let (code, v) = patch_resources(&s, &id, json!({"cpus": 2})).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["resources"]["cpus"], 2.0);
+    assert_eq!(
+        cgroup_number(&s, "cpu", &id, "cpu.cfs_quota_us"),
+        2 * period
+    );
+    let host_cpus = std::thread::available_parallelism().unwrap().get();
+    if host_cpus >= 2 {
+        assert_eq!(
+            cpu_list(&s.cpuset(&id)).len(),
+            host_cpus,
+            "{}",
+            s.cpuset(&id)
+        );
+        assert_eq!(s.pinned_cpu(&id), None, "{:?}", s.processes_cpus(&id));
+    }
+    assert_eq!(s.sh(&id, "echo alive").await, "alive\n");
+    let (code, v) = patch_resources(&s, &id, json!({"cpus": 0.5, "memory_mb": 1024})).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        cgroup_number(&s, "cpu", &id, "cpu.cfs_quota_us") * 2,
+        period
+    );
+    assert_eq!(s.get(&id).await.1["resources"]["cpus"], 0.5);
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn resize_disk_grows_the_volume_online_and_never_shrinks_it() {
+    let s = Server::start().await;
+    let id = s.create(json!({"resources": {"disk_mb": 200}})).await;
+    let size_mb = |out: String| -> u64 {
+        out.lines()
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(size_mb(s.sh(&id, "df -m /").await) <= 200);
+    let (code, v) = patch_resources(&s, &id, json!({"disk_mb": 700})).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["resources"]["disk_mb"], 700);
+    let df = s.sh(&id, "df -m /").await;
+    assert!(size_mb(df.clone()) > 600, "{df}");
+    // More than the old volume held.
+    let r = s
+        .run(&id, json!({"command": "sh", "args": ["-c", "dd if=/dev/zero of=/root/fill bs=1M count=400 conv=fsync"]}))
+        .await;
+    assert_eq!(r.exit["exit_code"], 0, "{r:?}");
+    // A shrink is refused and changes nothing.
+    let (code, v) = patch_resources(&s, &id, json!({"disk_mb": 300})).await;
+    assert_eq!(code, 409, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("only grows"), "{v}");
+    assert_eq!(s.get(&id).await.1["resources"]["disk_mb"], 700);
+    assert!(size_mb(s.sh(&id, "df -m /").await) > 600);
+    // A resize goes alone.
+    let r = s
+        .req(Method::PATCH, &format!("/sandboxes/{id}"))
+        .json(&json!({"resources": {"disk_mb": 800}, "name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    s.cleanup().await;
+}

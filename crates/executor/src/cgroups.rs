@@ -318,6 +318,100 @@ impl CgroupParent {
         }
     }
 
+    /// The file `v1` (cgroup v1, in whichever hierarchy has it) or `v2`
+    /// (cgroup v2) of the sandbox cgroup named `cgroup`.
+    fn sandbox_file(&self, cgroup: &str, v1: &str, v2: &str) -> std::io::Result<PathBuf> {
+        let found = match self.version {
+            Version::V1 => self
+                .dirs
+                .iter()
+                .map(|d| d.join(cgroup).join(v1))
+                .find(|f| f.exists()),
+            Version::V2 => {
+                Some(self.root.join(&self.name).join(cgroup).join(v2)).filter(|f| f.exists())
+            }
+        };
+        found.ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "sandbox cgroup {cgroup} has no {}",
+                    if self.version == Version::V1 { v1 } else { v2 }
+                ),
+            )
+        })
+    }
+
+    /// Sets the memory limit of the sandbox cgroup named `cgroup` (what the
+    /// runtime set at launch from the spec's `memory.limit`). Below what
+    /// the cgroup holds, the kernel reclaims first; v1 answers `EBUSY` when
+    /// it cannot.
+    pub fn set_memory_limit(&self, cgroup: &str, bytes: u64) -> std::io::Result<()> {
+        let f = self.sandbox_file(cgroup, "memory.limit_in_bytes", "memory.max")?;
+        std::fs::write(f, bytes.to_string())
+    }
+
+    /// The memory the sandbox cgroup named `cgroup` holds that reclaim
+    /// cannot take: its usage less the inactive file cache (the "working
+    /// set").
+    pub fn memory_in_use(&self, cgroup: &str) -> std::io::Result<u64> {
+        let usage = self.sandbox_file(cgroup, "memory.usage_in_bytes", "memory.current")?;
+        let usage: u64 = std::fs::read_to_string(usage)?
+            .trim()
+            .parse()
+            .map_err(std::io::Error::other)?;
+        let stat = self.sandbox_file(cgroup, "memory.stat", "memory.stat")?;
+        let key = match self.version {
+            Version::V1 => "total_inactive_file",
+            Version::V2 => "inactive_file",
+        };
+        let inactive = std::fs::read_to_string(stat)?
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                (k == key).then(|| v.trim().parse::<u64>().ok()).flatten()
+            })
+            .unwrap_or(0);
+        Ok(usage.saturating_sub(inactive))
+    }
+
+    /// Sets the CPU quota of the sandbox cgroup named `cgroup` to `cpus`
+    /// CPUs, over the period the runtime gave it at launch.
+    pub fn set_cpu_quota(&self, cgroup: &str, cpus: f64) -> std::io::Result<()> {
+        let quota = |period: u64| (cpus * period as f64).round() as u64;
+        match self.version {
+            Version::V1 => {
+                let period = self.sandbox_file(cgroup, "cpu.cfs_period_us", "")?;
+                let period: u64 = std::fs::read_to_string(&period)?
+                    .trim()
+                    .parse()
+                    .map_err(std::io::Error::other)?;
+                let f = self.sandbox_file(cgroup, "cpu.cfs_quota_us", "")?;
+                std::fs::write(f, quota(period).to_string())
+            }
+            Version::V2 => {
+                let f = self.sandbox_file(cgroup, "", "cpu.max")?;
+                let now = std::fs::read_to_string(&f)?;
+                let period: u64 = now
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(100_000);
+                std::fs::write(f, format!("{} {period}", quota(period)))
+            }
+        }
+    }
+
+    /// The processes of the sandbox cgroup named `cgroup` in the cpuset
+    /// hierarchy (the sentry and its stubs; not the gofer, which a launch
+    /// moves out of it under v1).
+    pub fn cpuset_procs(&self, cgroup: &str) -> Vec<i32> {
+        self.cpuset
+            .as_ref()
+            .map(|d| read_procs(&d.join(cgroup)))
+            .unwrap_or_default()
+    }
+
     /// Whether sandboxes can be frozen.
     pub fn can_freeze(&self) -> bool {
         self.version == Version::V2 || self.freezer.is_some()
@@ -600,6 +694,65 @@ mod tests {
         p.set_lowest_cpu_weight("sbx1").unwrap();
         let weight = std::fs::read_to_string(root.path().join("t/sbx1/cpu.weight")).unwrap();
         assert_eq!(weight, "1");
+    }
+
+    /// Plain files stand for the controllers' files: a resize writes the
+    /// limits the launch's files hold, over the launch's CPU period.
+    #[test]
+    fn resize_writes_memory_and_cpu_limits_of_either_version() {
+        let root = tempfile::tempdir().unwrap();
+        for h in ["memory", "cpu,cpuacct"] {
+            let h = root.path().join(h);
+            std::fs::create_dir_all(&h).unwrap();
+            std::fs::write(h.join("cgroup.procs"), "").unwrap();
+        }
+        let p = CgroupParent::prepare_at(root.path(), "t").unwrap();
+        let mem = root.path().join("memory/t/s1");
+        let cpu = root.path().join("cpu,cpuacct/t/s1");
+        std::fs::create_dir_all(&mem).unwrap();
+        std::fs::create_dir_all(&cpu).unwrap();
+        std::fs::write(mem.join("memory.limit_in_bytes"), "1").unwrap();
+        std::fs::write(mem.join("memory.usage_in_bytes"), "300\n").unwrap();
+        std::fs::write(
+            mem.join("memory.stat"),
+            "cache 5\ntotal_inactive_file 100\n",
+        )
+        .unwrap();
+        std::fs::write(cpu.join("cpu.cfs_period_us"), "50000\n").unwrap();
+        std::fs::write(cpu.join("cpu.cfs_quota_us"), "50000").unwrap();
+        p.set_memory_limit("s1", 4096).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(mem.join("memory.limit_in_bytes")).unwrap(),
+            "4096"
+        );
+        assert_eq!(p.memory_in_use("s1").unwrap(), 200);
+        p.set_cpu_quota("s1", 1.5).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(cpu.join("cpu.cfs_quota_us")).unwrap(),
+            "75000"
+        );
+        assert!(p.set_cpu_quota("gone", 1.0).is_err());
+
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.controllers"), "cpu memory\n").unwrap();
+        let p = CgroupParent::prepare_at(root.path(), "t").unwrap();
+        let d = root.path().join("t/s1");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("memory.max"), "max").unwrap();
+        std::fs::write(d.join("memory.current"), "1000").unwrap();
+        std::fs::write(d.join("memory.stat"), "anon 900\ninactive_file 400\n").unwrap();
+        std::fs::write(d.join("cpu.max"), "100000 100000\n").unwrap();
+        p.set_memory_limit("s1", 8192).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(d.join("memory.max")).unwrap(),
+            "8192"
+        );
+        assert_eq!(p.memory_in_use("s1").unwrap(), 600);
+        p.set_cpu_quota("s1", 2.0).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(d.join("cpu.max")).unwrap(),
+            "200000 100000"
+        );
     }
 
     #[test]

@@ -89,6 +89,20 @@ impl Admission {
         }
         Ok(())
     }
+
+    /// Whether a running sandbox's memory may grow by `grow_mb` (a live
+    /// resize): what the host has available must hold the growth above the
+    /// reserve, as a create must hold a starting sandbox; why not if not.
+    pub fn check_growth(&self, host: HostUse, grow_mb: u64) -> Result<(), String> {
+        if host.available_mb < self.memory_reserve_mb + grow_mb {
+            return Err(format!(
+                "this host has {} MB of memory available and keeps {} MB in reserve (--memory-reserve-mb); \
+                 {grow_mb} MB more do not fit",
+                host.available_mb, self.memory_reserve_mb
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -138,6 +152,23 @@ mod tests {
             ..ROOMY
         };
         assert!(a.check(crowded, 0, 0).unwrap_err().contains("pid_max"));
+    }
+
+    #[test]
+    fn a_memory_increase_must_fit_above_the_reserve() {
+        let a = Admission {
+            memory_reserve_mb: 1_000,
+            max_sandboxes: Some(1),
+            default_pending_secs: None,
+        };
+        let host = HostUse {
+            available_mb: 3_000,
+            ..ROOMY
+        };
+        assert!(a.check_growth(host, 2_000).is_ok());
+        let e = a.check_growth(host, 2_001).unwrap_err();
+        assert!(e.contains("3000 MB of memory available"), "{e}");
+        assert!(e.contains("2001 MB more"), "{e}");
     }
 
     #[test]

@@ -216,6 +216,7 @@ fn info(state: &ApiState, headers: &HeaderMap, r: &SandboxRow) -> SandboxInfo {
         auto_resume: r.spec.auto_resume,
         snapshot_id: r.spec.snapshot_id.clone(),
         pool_id: r.pool_id.clone(),
+        resource_resize: None,
     }
 }
 
@@ -530,31 +531,62 @@ async fn terminate(
     ))
 }
 
-/// Update fields of the wire contract that sbx cannot apply to a live
-/// sandbox, with why: answering 200 without applying them would lie.
-const UNSUPPORTED_UPDATES: &[(&str, &str)] = &[
-    (
-        "resources",
-        "live resize is not supported: a sandbox keeps the cpus, memory_mb and disk_mb it was created with; take a filesystem snapshot and restore it with new resources",
-    ),
-];
-
-/// The PATCH body as an [`UpdateSandboxRequest`]; 501 for fields sbx cannot apply.
+/// The PATCH body as an [`UpdateSandboxRequest`].
 fn update_request(raw: serde_json::Value) -> ApiResult<UpdateSandboxRequest> {
     if raw.is_null() {
         return Ok(UpdateSandboxRequest::default());
     }
-    for (field, why) in UNSUPPORTED_UPDATES {
-        if raw.get(field).is_some() {
-            return Err(ApiError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "unsupported",
-                *why,
-            ));
-        }
-    }
     serde_json::from_value(raw)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// A PATCH of `resources` (a live resize), alone as the tensorlake client
+/// sends it: applied before the answer, which says so in
+/// `resource_resize` (`succeeded`, the resources asked for, and a
+/// generation: the milliseconds since the epoch at which it was applied).
+async fn resize(
+    state: &ApiState,
+    headers: &HeaderMap,
+    row: &SandboxRow,
+    raw: &serde_json::Value,
+) -> ApiResult<Json<SandboxInfo>> {
+    let req = resize_request(raw)?;
+    let row = state.manager.resize(&row.id, &req).await?;
+    Ok(Json(SandboxInfo {
+        resource_resize: Some(sbx_api::sandbox::ResourceResize {
+            generation: chrono::Utc::now().timestamp_millis(),
+            status: "succeeded".into(),
+            requested: row.spec.resources,
+        }),
+        ..info(state, headers, &row)
+    }))
+}
+
+/// The `resources` of a resize PATCH body, which must hold nothing else.
+fn resize_request(raw: &serde_json::Value) -> ApiResult<sbx_api::sandbox::ResourcesRequest> {
+    if raw
+        .as_object()
+        .is_some_and(|o| o.keys().any(|k| k != "resources"))
+    {
+        return Err(ApiError::bad_request(
+            "resources cannot be combined with other update fields: send a resize alone",
+        ));
+    }
+    let req: sbx_api::sandbox::ResourcesRequest = match &raw["resources"] {
+        r @ serde_json::Value::Object(_) => serde_json::from_value(r.clone())
+            .map_err(|e| ApiError::bad_request(format!("invalid resources: {e}")))?,
+        _ => {
+            return Err(ApiError::bad_request(
+                "resources must be an object of cpus, memory_mb and/or disk_mb",
+            ))
+        }
+    };
+    if req.cpus.is_none() && req.memory_mb.is_none() && req.disk_mb.is_none() {
+        return Err(ApiError::bad_request(
+            "resources must name cpus, memory_mb or disk_mb",
+        ));
+    }
+    Ok(req)
 }
 
 async fn update(
@@ -565,6 +597,9 @@ async fn update(
 ) -> ApiResult<Json<SandboxInfo>> {
     let ns = namespace(&params);
     let row = find(&state, &ns, &params["id"]).await?;
+    if raw.get("resources").is_some() {
+        return resize(&state, &headers, &row, &raw).await;
+    }
     let req = update_request(raw)?;
     if let Some(Some(n)) = &req.name {
         validate_name(n)?;
@@ -820,14 +855,17 @@ mod tests {
     }
 
     #[test]
-    fn updates_sbx_cannot_apply_are_refused() {
+    fn update_bodies_are_parsed_and_a_resize_goes_alone() {
+        let r = resize_request(&json!({"resources": {"memory_mb": 2048}})).unwrap();
+        assert_eq!((r.memory_mb, r.cpus, r.disk_mb), (Some(2048), None, None));
         for body in [
-            json!({"resources": {"memory_mb": 2048}}),
             json!({"resources": null}),
+            json!({"resources": {}}),
+            json!({"resources": {"cpus": "two"}}),
+            json!({"resources": {"cpus": 2}, "name": "x"}),
         ] {
-            let err = update_request(body).unwrap_err();
-            assert_eq!(err.status, StatusCode::NOT_IMPLEMENTED);
-            assert_eq!(err.body.code, "unsupported");
+            let err = resize_request(&body).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{body}");
         }
         // A network policy is applied: `null` is the default one.
         let walled = update_request(json!({"network": {"allow_internet_access": false}})).unwrap();

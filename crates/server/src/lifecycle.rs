@@ -854,6 +854,125 @@ impl Manager {
         Ok(())
     }
 
+    /// Gives running sandbox `id` new resources at once (a live resize):
+    /// what `req` names changes, the rest stays. Checked like a create
+    /// (bounds, memory per CPU, this host's size), a memory increase
+    /// admitted like a create (503 `no_resources_available` when it does
+    /// not fit), a disk shrink and a memory decrease below what the
+    /// sandbox holds refused (409). The executor applies it (see
+    /// `sbx_executor::resize`); only then does the spec get the new
+    /// resources, in one write, so a refusal or failure changes nothing.
+    /// Under the sandbox's lock, so no launch, suspend or resume of it runs
+    /// meanwhile. A suspended sandbox is refused: resume it first.
+    pub async fn resize(&self, id: &str, req: &ResourcesRequest) -> ApiResult<SandboxRow> {
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        let Some(row) = self.store.get(id).await? else {
+            return Err(ApiError::not_found("sandbox", id));
+        };
+        self.check_local(&row)?;
+        if row.status != SandboxStatus::Running {
+            let hint = match row.status {
+                SandboxStatus::Suspended | SandboxStatus::Suspending => "; resume it first",
+                _ => "",
+            };
+            return Err(ApiError::conflict(format!(
+                "a live resize needs a running sandbox; {id} is {}{hint}",
+                row.status
+            )));
+        }
+        let old = row.spec.resources;
+        let asked = ResourcesRequest {
+            cpus: req.cpus.or(Some(old.cpus)),
+            memory_mb: req.memory_mb.or(Some(old.memory_mb)),
+            disk_mb: req.disk_mb.or(Some(old.disk_mb)),
+            gpus: req.gpus.clone(),
+        };
+        let create = CreateSandboxRequest {
+            image: Some(row.spec.image.clone()),
+            resources: Some(asked),
+            ..Default::default()
+        };
+        let new = validate(&create, self.host, std::slice::from_ref(&row.spec.image))?
+            .1
+            .resources;
+        if new.disk_mb < old.disk_mb {
+            return Err(ApiError::conflict(format!(
+                "resources.disk_mb cannot shrink a live sandbox's volume: it has {} MB (got {}); a volume only grows",
+                old.disk_mb, new.disk_mb
+            )));
+        }
+        if new == old {
+            return Ok(row);
+        }
+        if new.memory_mb > old.memory_mb {
+            self.admit_growth(new.memory_mb - old.memory_mb)?;
+        }
+        let changed = |a: f64, b: f64| (a != b).then_some(b);
+        let to = sbx_executor::Resize {
+            cpus: changed(old.cpus, new.cpus),
+            memory_mb: (old.memory_mb != new.memory_mb).then_some(new.memory_mb),
+            disk_mb: (old.disk_mb != new.disk_mb).then_some(new.disk_mb),
+        };
+        self.executor.resize(id, to).await.map_err(|e| {
+            use sbx_executor::ResizeError as E;
+            match e {
+                E::BelowUse { .. } | E::Shrink { .. } => {
+                    ApiError::conflict(format!("resources.{e}; nothing changed"))
+                }
+                E::NotRunning(_) => {
+                    ApiError::conflict(format!("a live resize needs a running sandbox: {e}"))
+                }
+                E::Host(e) => {
+                    tracing::warn!(sandbox = id, "resize: {e}");
+                    ApiError::internal(format!(
+                        "the resize could not be applied, the sandbox keeps its resources: {e}"
+                    ))
+                }
+            }
+        })?;
+        let mut spec = row.spec.clone();
+        spec.resources = new;
+        if let Err(e) = self.store.set_spec(id, &spec).await {
+            // Back to what the spec says (a grown volume stays grown).
+            let back = sbx_executor::Resize {
+                cpus: to.cpus.map(|_| old.cpus),
+                memory_mb: to.memory_mb.map(|_| old.memory_mb),
+                disk_mb: None,
+            };
+            if let Err(e) = self.executor.resize(id, back).await {
+                tracing::warn!(sandbox = id, "cannot undo a resize: {e}");
+            }
+            return Err(e.into());
+        }
+        self.logs.info(
+            id,
+            "resize",
+            format!(
+                "resized: cpus {} -> {}, memory_mb {} -> {}, disk_mb {} -> {}",
+                old.cpus, new.cpus, old.memory_mb, new.memory_mb, old.disk_mb, new.disk_mb
+            ),
+        );
+        Ok(SandboxRow { spec, ..row })
+    }
+
+    /// Refuses a memory increase of a running sandbox by `grow_mb` that
+    /// the host cannot hold (503 `no_resources_available`), as [`Self::admit`]
+    /// refuses a create.
+    fn admit_growth(&self, grow_mb: u64) -> ApiResult<()> {
+        let Some(host) = crate::admission::HostUse::read() else {
+            return Ok(());
+        };
+        self.admission.check_growth(host, grow_mb).map_err(|why| {
+            tracing::warn!("resize refused: {why}");
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "no_resources_available",
+                format!("no room for the sandbox to grow: {why}"),
+            )
+        })
+    }
+
     /// Marks the sandbox terminated now and removes it from the host in the
     /// background. Idempotent.
     pub async fn terminate(self: &Arc<Self>, row: &SandboxRow, reason: &str) -> ApiResult<()> {

@@ -367,8 +367,8 @@ mod tests {
         }
     }
 
-    /// Documented request fields the wire type does not carry: PATCH
-    /// answers 501 for them (`UNSUPPORTED_UPDATES` in api.rs).
+    /// Documented request fields the wire type does not carry: a PATCH of
+    /// `resources` is a resize, read apart (`resize_request` in api.rs).
     const SPEC_ONLY: &[(&str, &str)] = &[("UpdateSandboxRequest", "resources")];
 
     /// The spec's property names of a component schema.
@@ -433,6 +433,15 @@ mod tests {
             auto_resume: true,
             snapshot_id: full.then(|| "snap1".into()),
             pool_id: full.then(|| "pool1".into()),
+            resource_resize: full.then(|| ResourceResize {
+                generation: 1,
+                status: "succeeded".into(),
+                requested: Resources {
+                    cpus: 2.0,
+                    memory_mb: 2048,
+                    disk_mb: 10240,
+                },
+            }),
         };
         same_shape("SandboxInfo", info(true), info(false));
         let archived = |full: bool| ArchivedSandboxInfo {
