@@ -302,6 +302,19 @@ async fn auth_is_required_when_keys_are_set() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    // Probes need no key: /healthz says only whether it is up and ready.
+    let r = s
+        .http
+        .get(format!("{}/healthz", s.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["ready"], true);
+    for path in ["/metrics", "/v1/nodes", "/openapi.json"] {
+        let r = s.http.get(format!("{}{path}", s.api)).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+    }
     let id = s.create(json!({})).await;
     // The proxy checks too.
     let r = s

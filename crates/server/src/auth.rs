@@ -8,7 +8,13 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
+/// The control-plane API's check. `GET /healthz` needs no key: probes
+/// (a load balancer, Kubernetes) cannot present one, and it tells only
+/// whether the server is up and ready.
 pub async fn check(State(keys): State<Arc<Vec<String>>>, req: Request, next: Next) -> Response {
+    if is_health_probe(&req) {
+        return next.run(req).await;
+    }
     match authorize(&keys, &req) {
         Ok(()) => next.run(req).await,
         Err(e) => e.into_response(),
@@ -56,6 +62,10 @@ pub fn authorize(keys: &[String], req: &Request) -> Result<(), ApiError> {
     }
 }
 
+fn is_health_probe(req: &Request) -> bool {
+    req.method() == axum::http::Method::GET && req.uri().path() == "/healthz"
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -82,6 +92,22 @@ mod tests {
         assert_eq!(status(authorize(&keys, &req(None))), 401);
         // No keys: only loopback peers, and a request without a peer is none.
         assert_eq!(status(authorize(&[], &req(None))), 403);
+    }
+
+    #[test]
+    fn only_a_get_of_healthz_is_a_probe() {
+        let r = |method: &str, uri: &str| {
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Body::empty())
+                .unwrap()
+        };
+        assert!(is_health_probe(&r("GET", "/healthz")));
+        assert!(is_health_probe(&r("GET", "/healthz?x=1")));
+        assert!(!is_health_probe(&r("POST", "/healthz")));
+        assert!(!is_health_probe(&r("GET", "/healthz/x")));
+        assert!(!is_health_probe(&r("GET", "/v1/nodes")));
     }
 
     #[test]

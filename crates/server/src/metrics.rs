@@ -373,8 +373,8 @@ impl Scrape {
     }
 }
 
-/// `GET /metrics`: behind the API key like every control-plane route
-/// (`/healthz` too); a server without keys answers loopback peers only.
+/// `GET /metrics`: behind the API key like every control-plane route but
+/// `/healthz`; a server without keys answers loopback peers only.
 pub async fn handler(State(state): State<ApiState>) -> ApiResult<Response> {
     let scrape = Scrape::read(&state.manager).await?;
     let text = state.manager.metrics.render(&scrape);
