@@ -57,6 +57,34 @@ async fn two_servers(db: &str, lost_secs: u32) -> (Postgres, S3Server, Server, S
     (pg, s3, a, b)
 }
 
+/// Options of a control plane on `db` that runs no sandboxes and takes
+/// nodes presenting `token`; nodes are lost after 8 s.
+fn control_plane(pg: &Postgres, s3: &S3Server, db: &str, token: &str) -> Options {
+    let mut opts = on(pg, s3, db);
+    opts.args.extend(
+        [
+            "--no-local-node",
+            "--node-token",
+            token,
+            "--node-lost-secs",
+            "8",
+        ]
+        .map(String::from),
+    );
+    opts
+}
+
+/// A node that joins the control plane at `api` with `token`.
+async fn join_node(api: &str, token: &str) -> Server {
+    Server::start_with(Options {
+        command: ["node", "--server", api, "--node-token", token]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_server_on_postgres_and_s3_keeps_sandboxes_and_snapshots_across_restarts() {
     let pg = Postgres::start();
@@ -450,18 +478,7 @@ async fn a_node_joins_a_control_plane_that_runs_no_sandboxes() {
     const TOKEN: &str = "e2e-node-token-0123456789";
     let pg = Postgres::start();
     let s3 = S3Server::start();
-    let mut opts = on(&pg, &s3, "joined");
-    opts.args.extend(
-        [
-            "--no-local-node",
-            "--node-token",
-            TOKEN,
-            "--node-lost-secs",
-            "8",
-        ]
-        .map(String::from),
-    );
-    let cp = Server::start_with(opts).await;
+    let cp = Server::start_with(control_plane(&pg, &s3, "joined", TOKEN)).await;
     // No node yet: refused, nothing recorded.
     let (code, err) = cp.post_status("/sandboxes", json!({})).await;
     assert_eq!(
@@ -505,13 +522,7 @@ async fn a_node_joins_a_control_plane_that_runs_no_sandboxes() {
     }
     assert!(nodes_of(&cp).await["nodes"].as_array().unwrap().is_empty());
 
-    let node = Server::start_with(Options {
-        command: ["node", "--server", &cp.api, "--node-token", TOKEN]
-            .map(String::from)
-            .to_vec(),
-        ..Default::default()
-    })
-    .await;
+    let node = join_node(&cp.api, TOKEN).await;
     let nodes = nodes_of(&cp).await;
     let listed = nodes["nodes"].as_array().unwrap();
     let node_id = std::fs::read_to_string(node.data_dir.join("node-id")).unwrap();
@@ -620,26 +631,10 @@ async fn a_replica_killed_mid_create_loses_nothing_the_other_cannot_finish() {
     const TOKEN: &str = "e2e-replica-token-0123456789";
     let pg = Postgres::start();
     let s3 = S3Server::start();
-    let mut opts = on(&pg, &s3, "replicas");
-    opts.args.extend(
-        [
-            "--no-local-node",
-            "--node-token",
-            TOKEN,
-            "--node-lost-secs",
-            "8",
-        ]
-        .map(String::from),
-    );
+    let opts = control_plane(&pg, &s3, "replicas", TOKEN);
     let mut first = Server::start_with(opts.clone()).await;
     let second = Server::start_with(opts).await;
-    let node = Server::start_with(Options {
-        command: ["node", "--server", &second.api, "--node-token", TOKEN]
-            .map(String::from)
-            .to_vec(),
-        ..Default::default()
-    })
-    .await;
+    let node = join_node(&second.api, TOKEN).await;
     let create = first
         .req(Method::POST, "/sandboxes")
         .json(&json!({"name": "midway"}))
