@@ -17,6 +17,18 @@ pub fn meminfo_kb(field: &str) -> Option<u64> {
         .ok()
 }
 
+/// This boot's id (`/proc/sys/kernel/random/boot_id`): it changes at every
+/// boot, so a file that records it tells whether the host rebooted since.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default()
+}
+
+/// Writes every dirty page of the file system holding `path` to disk.
+pub fn syncfs(path: &std::path::Path) -> std::io::Result<()> {
+    let f = std::fs::File::open(path)?;
+    nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)).map_err(std::io::Error::from)
+}
+
 /// A sysctl raised to at least `min`; what it was, when it was raised.
 fn raise_sysctl(path: &str, min: u64) -> Option<u64> {
     let now: u64 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;

@@ -241,13 +241,10 @@ impl Layer {
     /// that a snapshot taken next has little left to flush.
     pub async fn sync_volume(&self) -> Result<(), Error> {
         let volume = self.volume();
-        tokio::task::spawn_blocking(move || {
-            let f = std::fs::File::open(&volume)?;
-            nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f)).map_err(std::io::Error::from)
-        })
-        .await
-        .expect("syncfs task")
-        .map_err(Error::from)
+        tokio::task::spawn_blocking(move || crate::host::syncfs(&volume))
+            .await
+            .expect("syncfs task")
+            .map_err(Error::from)
     }
 
     /// Takes a read-only snapshot of the volume named after `capture`

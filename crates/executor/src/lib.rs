@@ -29,7 +29,7 @@ mod warm;
 pub use secret_env::SecretEnv;
 
 use cgroups::CgroupParent;
-pub use host::meminfo_kb;
+pub use host::{boot_id, meminfo_kb, syncfs};
 pub use idle::Hold;
 use image::Images;
 use layer::{Layer, VolumeFs};

@@ -256,9 +256,16 @@ impl Manager {
         sid: &str,
     ) -> Result<(PathBuf, Option<PathBuf>), String> {
         let dir = self.executor.snapshot_dir(sid);
-        if !dir.join("layer").is_dir() {
+        if !dir.join("layer").is_dir() || fetched_before_reboot(&dir) {
             let lock = self.lock_for(&format!("snapshot:{sid}"));
             let _guard = lock.lock().await;
+            if fetched_before_reboot(&dir) {
+                tracing::info!(
+                    snapshot = sid,
+                    "fetched before a reboot, maybe not whole on disk: fetched again"
+                );
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+            }
             if !dir.join("layer").is_dir() {
                 let blobs = self.blobs.clone();
                 let (s, d) = (sid.to_string(), dir.clone());
@@ -272,6 +279,15 @@ impl Manager {
                     ms = started.elapsed().as_millis() as u64,
                     "snapshot fetched from the blob store"
                 );
+                // On disk later, off the restore's path (a syncfs waits for
+                // every dirty page of the file system).
+                let fetched = dir.clone();
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = sbx_executor::syncfs(&fetched) {
+                        return tracing::warn!("syncing a fetched snapshot: {e}");
+                    }
+                    let _ = std::fs::remove_file(fetched.join(FETCHED_MARK));
+                });
             }
         }
         let ck = dir.join("checkpoint");
@@ -629,8 +645,18 @@ pub(crate) fn ingest(
     Ok((logical, stored))
 }
 
-/// Writes a stored snapshot back into `dir` (through a temporary); returns
-/// the size of its memory image.
+/// In a snapshot fetched from the blob store until it is synced to disk:
+/// the boot it was fetched in. Found after a reboot, the files may be torn
+/// (they were in the page cache only), so the snapshot is fetched again.
+const FETCHED_MARK: &str = ".fetched-unsynced";
+
+fn fetched_before_reboot(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join(FETCHED_MARK))
+        .is_ok_and(|boot| boot.trim() != sbx_executor::boot_id().trim())
+}
+
+/// Writes a stored snapshot back into `dir` (through a temporary, not
+/// synced: see [`FETCHED_MARK`]); returns the size of its memory image.
 fn materialize(blobs: &sbx_store::Store, sid: &str, dir: &Path) -> Result<u64, String> {
     let manifest = blobs
         .manifest(sid)
@@ -643,17 +669,19 @@ fn materialize(blobs: &sbx_store::Store, sid: &str, dir: &Path) -> Result<u64, S
             .trees
             .get("layer")
             .ok_or("the stored snapshot has no layer")?;
+        std::fs::write(tmp.join(FETCHED_MARK), sbx_executor::boot_id())
+            .map_err(|e| e.to_string())?;
         blobs
-            .restore_dir(tree, tmp.join("layer"))
+            .restore_dir_unsynced(tree, tmp.join("layer"))
             .map_err(|e| e.to_string())?;
         let mut bytes = 0;
         for (name, stream) in &manifest.streams {
             if let Some(file) = name.strip_prefix("checkpoint/") {
                 std::fs::create_dir_all(tmp.join("checkpoint")).map_err(|e| e.to_string())?;
-                let mut out = std::fs::File::create(tmp.join("checkpoint").join(file))
-                    .map_err(|e| e.to_string())?;
+                let path = tmp.join("checkpoint").join(file);
+                let out = std::fs::File::create(&path).map_err(|e| e.to_string())?;
                 bytes += blobs
-                    .read_stream(stream, &mut out)
+                    .read_stream_to_file(stream, &out, &path)
                     .map_err(|e| e.to_string())?;
             }
         }
@@ -671,5 +699,30 @@ fn kind_name(kind: SnapshotType) -> &'static str {
     match kind {
         SnapshotType::Memory => "memory",
         SnapshotType::Filesystem => "filesystem",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fetched_snapshot_is_fetched_again_only_after_a_reboot() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            !fetched_before_reboot(dir.path()),
+            "no mark: synced or made here"
+        );
+        std::fs::write(dir.path().join(FETCHED_MARK), sbx_executor::boot_id()).unwrap();
+        assert!(
+            !fetched_before_reboot(dir.path()),
+            "this boot: the page cache has it"
+        );
+        std::fs::write(
+            dir.path().join(FETCHED_MARK),
+            "00000000-0000-0000-0000-000000000000\n",
+        )
+        .unwrap();
+        assert!(fetched_before_reboot(dir.path()));
     }
 }

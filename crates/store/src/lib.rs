@@ -79,7 +79,7 @@ impl Chunking {
 }
 const ZSTD_LEVEL: i32 = 3;
 /// Threads that fetch one stream's chunks at once.
-const READ_WORKERS: usize = 8;
+const READ_WORKERS: usize = 12;
 /// How far (in chunks) a fetch may run ahead of the stream's writer.
 const READ_AHEAD: usize = 16;
 
@@ -325,6 +325,56 @@ impl Store {
         self.read_stream_locked(stream, out, Path::new("<output>"))
     }
 
+    /// Writes a stream's bytes into `file` (from its start), verifying every
+    /// chunk: each fetching thread writes its chunks in place, so nothing
+    /// waits for order. Returns the number of bytes written.
+    pub fn read_stream_to_file(&self, stream: &StreamRef, file: &File, path: &Path) -> Result<u64> {
+        use std::os::unix::fs::FileExt;
+        let _lock = self.backend.lock(LockMode::Shared)?;
+        validate_stream(stream)?;
+        let chunks = &stream.chunks;
+        let offsets: Vec<u64> = chunks
+            .iter()
+            .scan(0u64, |at, c| {
+                let here = *at;
+                *at += u64::from(c.len);
+                Some(here)
+            })
+            .collect();
+        file.set_len(stream.size).ctx("size", path)?;
+        let next = AtomicUsize::new(0);
+        let failed = Mutex::new(None);
+        std::thread::scope(|s| {
+            for _ in 0..READ_WORKERS.min(chunks.len()) {
+                s.spawn(|| {
+                    let work = || -> Result<()> {
+                        let mut dec = zstd::bulk::Decompressor::new().ctx("zstd", path)?;
+                        loop {
+                            let i = next.fetch_add(1, Relaxed);
+                            if i >= chunks.len() {
+                                return Ok(());
+                            }
+                            let data = self.read_chunk(&mut dec, &chunks[i])?;
+                            file.write_all_at(&data, offsets[i]).ctx("write", path)?;
+                        }
+                    };
+                    if let Err(e) = work() {
+                        // The others stop at their next chunk.
+                        next.store(chunks.len(), Relaxed);
+                        failed
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .get_or_insert(e);
+                    }
+                });
+            }
+        });
+        match failed.into_inner().unwrap_or_else(PoisonError::into_inner) {
+            Some(e) => Err(e),
+            None => Ok(stream.size),
+        }
+    }
+
     fn read_stream_locked(
         &self,
         stream: &StreamRef,
@@ -433,7 +483,17 @@ impl Store {
     /// is and the rest fails.
     pub fn restore_dir(&self, tree: &Tree, dest: impl AsRef<Path>) -> Result<()> {
         let _lock = self.backend.lock(LockMode::Shared)?;
-        tree::restore(self, tree, dest.as_ref())
+        tree::restore(self, tree, dest.as_ref(), true)
+    }
+
+    /// [`restore_dir`](Self::restore_dir) without the sync: the tree is
+    /// whole when it appears, but may not be on disk yet (a syncfs flushes
+    /// every dirty page of the file system, others' too: it can take
+    /// seconds). For a copy the caller can tell apart and fetch again after
+    /// a power loss.
+    pub fn restore_dir_unsynced(&self, tree: &Tree, dest: impl AsRef<Path>) -> Result<()> {
+        let _lock = self.backend.lock(LockMode::Shared)?;
+        tree::restore(self, tree, dest.as_ref(), false)
     }
 
     /// Removes what interrupted writes left (a server killed mid-upload):

@@ -511,6 +511,17 @@ fn coarse_chunks_are_fewer_and_read_back_the_same(f: Fixture) {
     );
     assert_eq!(read_all(store, &coarse), data);
     assert_eq!(read_all(store, &fine), data);
+    // Written in place by the fetching threads, over what the file held.
+    let back = tmp.path().join("back.img");
+    std::fs::write(&back, vec![7u8; 20 << 20]).unwrap();
+    let out = File::options().write(true).open(&back).unwrap();
+    let n = store.read_stream_to_file(&coarse, &out, &back).unwrap();
+    drop(out);
+    assert_eq!(n, data.len() as u64);
+    assert!(
+        std::fs::read(&back).unwrap() == data,
+        "the file holds the stream, no more"
+    );
 }
 
 /// Chunks are fetched several at once, ahead of the writer: a chunk
@@ -558,6 +569,13 @@ fn a_long_read_fails_cleanly_wherever_it_fails(f: Fixture) {
     ));
     assert_eq!(got, data[..got.len()], "written in order up to the gap");
     assert!(got.len() < data.len());
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("out");
+    let out = File::create(&path).unwrap();
+    assert!(matches!(
+        store.read_stream_to_file(&s, &out, &path),
+        Err(Error::MissingChunk(_))
+    ));
 }
 
 fn manifest_visible_only_after_commit_and_failures_leave_nothing(f: Fixture) {

@@ -163,7 +163,9 @@ pub(crate) fn validate(tree: &Tree) -> Result<()> {
 
 static RESTORE_SEQ: AtomicU64 = AtomicU64::new(0);
 
-pub(crate) fn restore(store: &Store, tree: &Tree, dest: &Path) -> Result<()> {
+/// `synced`: durable before visible (one syncfs of the destination's file
+/// system); else the caller sees to it.
+pub(crate) fn restore(store: &Store, tree: &Tree, dest: &Path, synced: bool) -> Result<()> {
     validate(tree)?;
     if fs::symlink_metadata(dest).is_ok() {
         return Err(Error::DestinationExists(dest.to_path_buf()));
@@ -186,7 +188,7 @@ pub(crate) fn restore(store: &Store, tree: &Tree, dest: &Path) -> Result<()> {
         .ctx("create directory", &tmp)?;
     // Durable before visible: one syncfs instead of an fsync per file.
     let r = restore_into(store, tree, &tmp)
-        .and_then(|()| sys::syncfs(&tmp))
+        .and_then(|()| if synced { sys::syncfs(&tmp) } else { Ok(()) })
         .and_then(|()| fs::rename(&tmp, dest).ctx("rename into place", dest));
     if r.is_err() {
         let _ = fs::remove_dir_all(&tmp);
