@@ -137,10 +137,16 @@ async fn serve(args: Args) -> std::io::Result<()> {
 
     let procs = Processes::new(reaper);
     let ptys = Arc::new(pty::Ptys::default());
-    if let Some(limit) = args.memory_limit_mb {
+    let memory_limit = args.memory_limit_mb.map(|mb| {
+        let limit = Arc::new(std::sync::atomic::AtomicU64::new(mb));
         let host_notified = args.memory_watch.as_deref() == Some("host");
-        oom::start(limit, procs.clone(), host_notified.then_some(pressure_rx));
-    }
+        oom::start(
+            limit.clone(),
+            procs.clone(),
+            host_notified.then_some(pressure_rx),
+        );
+        limit
+    });
     if let Some((command, rest)) = args.entrypoint.split_first() {
         let req = StartProcessRequest {
             command: command.clone(),
@@ -166,6 +172,7 @@ async fn serve(args: Args) -> std::io::Result<()> {
             procs: procs.clone(),
             ptys: ptys.clone(),
             started: Instant::now(),
+            memory_limit,
         }),
         tokio::runtime::Handle::current(),
     )?;

@@ -4,6 +4,7 @@
 
 use crate::process::Processes;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -68,11 +69,16 @@ fn usage_by_session(root: i32) -> HashMap<i32, u64> {
 /// word that the sandbox's memory is over its limit), only while it is on:
 /// below the limit on the host nothing in the sandbox can be over it, and an
 /// idle sandbox then never wakes up for this.
-pub fn start(limit_mb: u64, procs: Arc<Processes>, mut pressure: Option<watch::Receiver<bool>>) {
-    let limit = limit_mb.saturating_mul(1 << 20);
+///
+/// `limit_mb` may change while it runs (a live resize of the sandbox).
+pub fn start(
+    limit_mb: Arc<AtomicU64>,
+    procs: Arc<Processes>,
+    mut pressure: Option<watch::Receiver<bool>>,
+) {
     let me = std::process::id() as i32;
     tracing::info!(
-        limit_mb,
+        limit_mb = limit_mb.load(Relaxed),
         host_notified = pressure.is_some(),
         "memory watcher on"
     );
@@ -88,7 +94,8 @@ pub fn start(limit_mb: u64, procs: Arc<Processes>, mut pressure: Option<watch::R
                 .await
                 .unwrap_or_default();
             let total: u64 = usage.values().sum();
-            if total <= limit {
+            let limit_mb = limit_mb.load(Relaxed);
+            if total <= limit_mb.saturating_mul(1 << 20) {
                 continue;
             }
             let Some((&session, &rss)) = usage.iter().max_by_key(|(_, rss)| **rss) else {

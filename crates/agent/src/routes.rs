@@ -23,6 +23,8 @@ pub struct AppState {
     pub procs: Arc<Processes>,
     pub ptys: Arc<Ptys>,
     pub started: Instant,
+    /// The memory watcher's limit in MB, when it runs.
+    pub memory_limit: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 type Q = Query<HashMap<String, String>>;
@@ -36,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/info", get(info))
         .route("/sync", post(sync_files))
+        .route("/memory-limit", axum::routing::put(set_memory_limit))
         .route("/logs", get(journal))
         .route("/processes/run", post(run_process))
         .route("/processes", get(list_processes).post(start_process))
@@ -81,6 +84,24 @@ async fn info(State(s): State<AppState>) -> Json<DaemonInfo> {
 
 /// Flushes the sandbox's file caches to its writable layer (`sync(2)`), as
 /// the host does before it captures the layer.
+/// `PUT /memory-limit?mb=N`: the host's word that the sandbox was resized;
+/// the memory watcher keeps to N MB from now on. (A process in the sandbox
+/// calling it changes only when the agent steps in: the host's cgroup
+/// limit stays the bound.)
+async fn set_memory_limit(State(s): State<AppState>, q: Q) -> R<StatusCode> {
+    let mb: u64 = q
+        .get("mb")
+        .and_then(|v| v.parse().ok())
+        .filter(|mb| *mb > 0)
+        .ok_or_else(|| AppError::bad_request("mb must be a positive number of megabytes"))?;
+    let Some(limit) = &s.memory_limit else {
+        return Ok(StatusCode::NOT_FOUND);
+    };
+    limit.store(mb, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(limit_mb = mb, "memory limit changed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn sync_files() -> StatusCode {
     // SAFETY: sync(2) takes no arguments and cannot fail.
     let _ = tokio::task::spawn_blocking(|| unsafe { libc::sync() }).await;

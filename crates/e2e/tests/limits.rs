@@ -802,6 +802,46 @@ async fn resize_memory_at_once_and_refuse_a_shrink_below_use() {
         .await;
     assert_eq!(r.exit["exit_code"], 0, "{r:?}");
     assert_eq!(r.stdout, "1600\n", "{r:?}");
+    // Past the new size, the agent kills the largest process group down
+    // to the new size, not the old one: three of 750 MB (2250 MB), one goes.
+    let hold = "import time; memhold = b'x' * (750 << 20); time.sleep(600)";
+    for n in 0..3 {
+        if n == 2 {
+            wait_until(std::time::Duration::from_secs(30), || {
+                memory_in_use_mb(&s, &id) > 1450
+            })
+            .await;
+        }
+        let r = s
+            .daemon(&id, Method::POST, "/processes")
+            .json(&json!({"command": "python3", "args": ["-c", hold]}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    }
+    let holders = || async {
+        s.sh(&id, "pgrep -f 'memhol[d]' | wc -l")
+            .await
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+    };
+    let mut left = 3;
+    for _ in 0..100 {
+        left = holders().await;
+        if left < 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(
+        (left, holders().await),
+        (2, 2),
+        "one of three killed, not two"
+    );
+    s.sh(&id, "pkill -f 'memhol[d]'; true").await;
 
     // A shrink below what it holds is refused and changes nothing.
     s.sh(

@@ -158,8 +158,10 @@ impl Executor {
         }
         write_meta(&dir, &meta).await?;
         if let Some(mb) = memory {
-            // The new threshold; the agent hears where usage stands now.
+            // The new threshold; the agent hears where usage stands now,
+            // and keeps its own watch to the new size.
             self.watch_memory(id, mb, true);
+            self.tell_agent_memory_limit(id, mb).await;
         }
         tracing::info!(
             sandbox = id,
@@ -169,6 +171,26 @@ impl Executor {
             "resized"
         );
         Ok(())
+    }
+
+    /// Tells sandbox `id`'s agent its new memory limit (it kills the
+    /// largest process group past it); logged when it does not hear.
+    async fn tell_agent_memory_limit(&self, id: &str, mb: u64) {
+        let Some(addr) = self.agent_addr(id) else {
+            return;
+        };
+        let _awake = self.hold(id);
+        let path = format!("/api/v1/memory-limit?mb={mb}");
+        let answer =
+            crate::agent_http::request(addr, "PUT", &path, std::time::Duration::from_secs(5)).await;
+        match answer {
+            Some(a) if a.status == 204 || a.status == 404 => {}
+            other => tracing::warn!(
+                sandbox = id,
+                status = other.map(|a| a.status),
+                "the agent did not take the new memory limit: it kills down to the old one"
+            ),
+        }
     }
 
     /// Lets pinned sandbox `id` (cgroup `cgroup`) run on every CPU of the
