@@ -1013,6 +1013,12 @@ daemon = {
                 query("linger_ms", U64, "after waiting, gather this long more (at most 1000)")])},
     "/sync": {"post": dop("syncFiles", "Flush the sandbox's file caches to its disk (sync(2)); sbx does this "
                           "before every snapshot.", {**NO_CONTENT, **derr()})},
+    "/memory-limit": {"put": dop(
+        "setMemoryLimit", "The host's word that the sandbox was resized: the agent's memory watcher (which kills "
+        "the largest process group past the limit) keeps to this many MB from now on. The host's cgroup limit "
+        "stays the bound; 404 when the agent runs no watcher.",
+        {**NO_CONTENT, **derr(400, 404)},
+        params=[{**query("mb", {"type": "integer", "minimum": 1}, "the new limit in MB"), "required": True}])},
     "/processes/run": {"post": dop(
         "runProcess", "Run to completion, streamed as SSE: StartedEvent, OutputEvent per line, one ExitEvent.",
         {"200": {"description": "event stream", "content": SSE}, **derr(400)}, body=ref("RunRequest"))},
