@@ -291,7 +291,15 @@ def test_fuzz_control_plane(sbx):
         ns = urllib.parse.unquote(str((case.path_parameters or {}).get("ns", "default")))
         limit = SLOW.get(op, FAST_TIMEOUT)
         try:
-            response = case.call(base_url=sbx.api_url, session=session, timeout=limit)
+            try:
+                response = case.call(base_url=sbx.api_url, session=session, timeout=limit)
+            except requests.ConnectionError:
+                # A kept-alive connection the server closed after answering
+                # before it read the request's body (a 400 of the path, say)
+                # can be reused by the client at that moment: HTTP lets a
+                # client retry on a fresh connection.
+                session.close()
+                response = case.call(base_url=sbx.api_url, session=session, timeout=limit)
         except requests.Timeout:
             raise AssertionError(f"no answer within {limit}s: {case.method} {case.formatted_path}")
         tracker.saw(operation_id, ns, response)
@@ -329,7 +337,8 @@ def test_fuzz_control_plane(sbx):
                 except hypothesis.errors.Unsatisfiable:
                     pass  # nothing to break in this operation's inputs
                 except (Exception, BaseExceptionGroup) as e:  # noqa: BLE001 - reported below
-                    failures.append(f"{operation.label} [{mode.value}]: {type(e).__name__}: {e}")
+                    failures.append(f"{operation.label} [{mode.value}]: {type(e).__name__}: {e} "
+                                        f"{[repr(x)[:800] for x in getattr(e, 'exceptions', [])]}")
                 finally:
                     took[f"{operation.label} [{mode.value}]"] = time.monotonic() - started
 
