@@ -952,6 +952,13 @@ paths = {
         "post": op("drainNode", "Stop placing sandboxes on a node; what runs there keeps running.",
                    {"200": ok(ref("NodeInfo")), **errors(404)}, tags=("nodes",)),
     },
+    "/v1/nodes/{id}/wake": {
+        "parameters": [path_param("id", "node id")],
+        "post": op("wakeNode", "Asks the node to look now for work recorded for it (sandboxes placed on it to launch, "
+                   "ended ones to remove); sent by other servers to the node's own server, which alone takes it "
+                   "(409 `not_this_node` elsewhere). A node also looks every half second.",
+                   {"204": {"description": "Done."}, **errors(409)}, tags=("nodes",)),
+    },
     "/v1/nodes/{id}/undrain": {
         "parameters": [path_param("id", "node id")],
         "post": op("undrainNode", "Place sandboxes on a drained node again.",

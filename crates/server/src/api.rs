@@ -31,12 +31,16 @@ pub struct ApiState {
 }
 
 pub fn router(state: ApiState) -> Router {
-    routes()
-        .with_state(state.clone())
-        .layer(axum::middleware::from_fn_with_state(
-            state,
-            crate::forward::to_owner,
-        ))
+    let routes = routes().with_state(state.clone());
+    // This server's node carries out its sandboxes' lifecycle requests on
+    // the same routes (the layer below sends the others' to their nodes).
+    if let Some(local) = state.manager.local_node() {
+        local.serve_with(routes.clone());
+    }
+    routes.layer(axum::middleware::from_fn_with_state(
+        state,
+        crate::forward::to_owner,
+    ))
 }
 
 /// Every control-plane route. Generic over the state so that a test can
@@ -98,6 +102,7 @@ where
         .route("/v1/nodes/{id}", get(crate::nodes::get_one))
         .route("/v1/nodes/{id}/drain", post(crate::nodes::drain))
         .route("/v1/nodes/{id}/undrain", post(crate::nodes::undrain))
+        .route("/v1/nodes/{id}/wake", post(crate::nodes::wake))
         .nest(
             "/v1/namespaces/{ns}",
             sandbox_routes

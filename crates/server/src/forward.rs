@@ -1,26 +1,13 @@
-//! Lifecycle requests (snapshot, suspend, resume, copy, update) for a sandbox that
-//! runs on another node go to that node's server (`api_address`), as they
-//! came: any server of a shared state store answers them.
+//! Lifecycle requests (snapshot, suspend, resume, copy, update, logs,
+//! processes) go to the node that runs the sandbox (`node::Node::lifecycle`):
+//! carried out here when it is this server's, sent as they came to its
+//! server when it is another's.
 
 use crate::api::ApiState;
-use crate::error::ApiError;
-use axum::body::Body;
+use crate::node::FORWARDED;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use std::sync::OnceLock;
-
-/// Marks a request one server forwarded to another: never forwarded again.
-pub const FORWARDED: &str = "x-sbx-forwarded";
-
-fn client() -> &'static Client<HttpConnector, Body> {
-    static CLIENT: OnceLock<Client<HttpConnector, Body>> = OnceLock::new();
-    CLIENT.get_or_init(|| Client::builder(TokioExecutor::new()).build(HttpConnector::new()))
-}
 
 /// The namespace and sandbox of a lifecycle request only the sandbox's
 /// node can carry out: `POST [/v1/namespaces/{ns}]/sandboxes/{id}/{verb}`,
@@ -73,8 +60,8 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Middleware: a lifecycle request for a sandbox of another node goes to
-/// that node's server; everything else runs here.
+/// Middleware: a lifecycle request for a sandbox goes to its node;
+/// everything else runs here.
 pub async fn to_owner(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     if req.headers().contains_key(FORWARDED) {
         return next.run(req).await;
@@ -85,6 +72,7 @@ pub async fn to_owner(State(state): State<ApiState>, req: Request, next: Next) -
     let manager = &state.manager;
     let mut row = match manager.store.find(&ns, &id).await {
         Ok(Some(row)) => row,
+        // The handler answers (404 and the like).
         _ => return next.run(req).await,
     };
     // A node that cannot resume its suspended sandbox hands it on.
@@ -95,42 +83,10 @@ pub async fn to_owner(State(state): State<ApiState>, req: Request, next: Next) -
             Err(e) => return e.into_response(),
         }
     }
-    if manager.is_local(row.node_id.as_deref()) {
+    if manager.is_local(row.node_id.as_deref()) && manager.local_node().is_none() {
         return next.run(req).await;
     }
-    let node = row.node_id.clone().unwrap_or_default();
-    let api = match manager.store.node(&node).await {
-        Ok(Some(n)) => n.api_address,
-        _ => None,
-    };
-    // Nowhere to send it: the handler says whose sandbox it is.
-    let Some(api) = api else {
-        return next.run(req).await;
-    };
-    let uri = match crate::proxy::uri_at(&api, req.uri()) {
-        Ok(u) => u,
-        Err(e) => {
-            return ApiError::unavailable(format!("node {node}'s API address {api:?}: {e}"))
-                .into_response()
-        }
-    };
-    let (mut parts, body) = req.into_parts();
-    parts.uri = uri;
-    parts.headers.remove(header::HOST);
-    parts
-        .headers
-        .insert(FORWARDED, HeaderValue::from_static("1"));
-    match client().request(Request::from_parts(parts, body)).await {
-        Ok(resp) => {
-            let (parts, body) = resp.into_parts();
-            Response::from_parts(parts, Body::new(body))
-        }
-        Err(e) => ApiError::unavailable(format!(
-            "sandbox {} runs on node {node}, whose server did not answer: {e}",
-            row.id
-        ))
-        .into_response(),
-    }
+    manager.node(row.node_id.as_deref()).lifecycle(req).await
 }
 
 #[cfg(test)]

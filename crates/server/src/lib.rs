@@ -15,6 +15,7 @@ mod images;
 mod lifecycle;
 mod logs;
 mod metrics;
+mod node;
 mod nodes;
 mod openapi;
 mod pools;
@@ -308,6 +309,8 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
         advertise_api,
         timing: nodes::Timing::new(config.node_lost_after),
         runs_sandboxes: config.local_node,
+        // The servers of a cluster share their keys.
+        peer_key: config.api_keys.first().cloned(),
     };
     let logs = logs::Logs::new(data_dir.join("logs"), config.logs)?;
     let manager = lifecycle::Manager::new(

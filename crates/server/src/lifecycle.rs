@@ -398,7 +398,9 @@ pub struct Manager {
     /// Whether the host can hold another sandbox.
     pub admission: crate::admission::Admission,
     /// Sandboxes whose launch is under way (admitted, not running yet).
-    starting: Mutex<HashSet<String>>,
+    /// (A count per sandbox: the create that reserves it and the launch
+    /// task both hold it.)
+    starting: Mutex<HashMap<String, usize>>,
     /// The node this server runs (`nodes::local_id`).
     pub node_id: String,
     /// Where other servers' proxies reach this node's sandboxes (its proxy).
@@ -409,6 +411,11 @@ pub struct Manager {
     pub node_timing: crate::nodes::Timing,
     /// Whether this server runs sandboxes (`false`: `--no-local-node`).
     pub runs_sandboxes: bool,
+    /// This server's own node, when it runs sandboxes (see [`Self::node`]).
+    local: Option<Arc<crate::node::InProcess>>,
+    /// The key this server presents to other nodes' servers (they share
+    /// the keys); `None`: they take requests without one.
+    pub(crate) peer_key: Option<String>,
     /// Runs the sweep now (work was placed on this node).
     pub(crate) wake: tokio::sync::Notify,
     /// Stored suspend images seen unrecorded, since when (see
@@ -427,14 +434,24 @@ struct Starting(Arc<Manager>, String);
 
 impl Starting {
     fn new(m: Arc<Manager>, id: &str) -> Self {
-        m.starting.lock().unwrap().insert(id.to_string());
+        *m.starting
+            .lock()
+            .unwrap()
+            .entry(id.to_string())
+            .or_default() += 1;
         Starting(m, id.to_string())
     }
 }
 
 impl Drop for Starting {
     fn drop(&mut self) {
-        self.0.starting.lock().unwrap().remove(&self.1);
+        let mut starting = self.0.starting.lock().unwrap();
+        if let Some(n) = starting.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                starting.remove(&self.1);
+            }
+        }
     }
 }
 
@@ -458,7 +475,11 @@ impl Manager {
         secrets_key: Arc<crate::secrets::SecretsKey>,
         logs: Arc<crate::logs::Logs>,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
+            local: node
+                .runs_sandboxes
+                .then(|| Arc::new(crate::node::InProcess::new(me.clone()))),
+            peer_key: node.peer_key,
             logs,
             metrics: crate::metrics::Metrics::new(),
             secrets_key,
@@ -474,7 +495,7 @@ impl Manager {
             host,
             blobs,
             admission,
-            starting: Mutex::new(HashSet::new()),
+            starting: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             activity: Mutex::new(HashMap::new()),
             tasks: tokio_util::task::TaskTracker::new(),
@@ -596,31 +617,22 @@ impl Manager {
             pool_state: pool.map(|(_, state)| state),
         };
         // Counted as starting before it is recorded: the sweep must not
-        // take it for a pending sandbox of this node nobody launches.
+        // take it for a pending sandbox of this node nobody launches (the
+        // launch counts it again for as long as it runs).
         let starting = local.then(|| Starting::new(self.clone(), &row.id));
         self.store
             .insert(&row)
             .await
             .map_err(|e| crate::error::name_conflict(e, namespace))?;
-        if local {
-            self.log_created(&row);
-        }
-        if !local && node != crate::store::UNPLACED {
-            if let Err(e) = self.store.wake_node(&node).await {
-                tracing::debug!(node, "cannot wake the node (its sweep finds it): {e}");
-            }
-        }
-        let me = self.clone();
-        let id = row.id.clone();
-        let spec = row.spec.clone();
-        let task = match starting {
-            Some(starting) => self.tasks.spawn(async move {
-                let _starting = starting;
-                me.launch(&id, &spec).await
-            }),
-            // Its node launches it (`launch_placed`); this waits for that.
-            None => tokio::spawn(async move { me.launched_elsewhere(&id).await }),
+        let task = if node == crate::store::UNPLACED {
+            // Placed once a node has room (`place_waiting`); this waits.
+            let me = self.clone();
+            let id = row.id.clone();
+            tokio::spawn(async move { me.launched_elsewhere(&id).await })
+        } else {
+            self.node(Some(&node)).launch(&row)
         };
+        drop(starting);
         Ok((row, task))
     }
 
@@ -629,20 +641,44 @@ impl Manager {
     fn launch_placed(self: &Arc<Self>, rows: &[SandboxRow]) {
         for row in rows {
             if row.status != SandboxStatus::Pending
-                || self.starting.lock().unwrap().contains(&row.id)
+                || self.starting.lock().unwrap().contains_key(&row.id)
             {
                 continue;
             }
             tracing::info!(sandbox = row.id, "placed on this node: launching it");
-            self.log_created(row);
-            let starting = Starting::new(self.clone(), &row.id);
-            let me = self.clone();
-            let (id, spec) = (row.id.clone(), row.spec.clone());
-            self.tasks.spawn(async move {
-                let _starting = starting;
-                me.launch(&id, &spec).await
-            });
+            self.launch_here(row);
         }
+    }
+
+    /// Launches `row` on this host in the background (the in-process
+    /// node's launch): counted as starting until it runs or fails.
+    pub(crate) fn launch_here(self: &Arc<Self>, row: &SandboxRow) -> JoinHandle<LaunchOutcome> {
+        self.log_created(row);
+        let starting = Starting::new(self.clone(), &row.id);
+        let me = self.clone();
+        let (id, spec) = (row.id.clone(), row.spec.clone());
+        self.tasks.spawn(async move {
+            let _starting = starting;
+            me.launch(&id, &spec).await
+        })
+    }
+
+    /// The node that runs what is recorded on `node` (`None`: rows from
+    /// before nodes, this host's): this server's own, in-process, or
+    /// another, reached through its server.
+    pub fn node(self: &Arc<Self>, node: Option<&str>) -> Arc<dyn crate::node::Node> {
+        match (&self.local, node) {
+            (Some(local), n) if self.is_local(n) => local.clone(),
+            (_, n) => Arc::new(crate::node::Remote::new(
+                n.unwrap_or(&self.node_id),
+                self.clone(),
+            )),
+        }
+    }
+
+    /// This server's own node; `None` with `--no-local-node`.
+    pub fn local_node(&self) -> Option<&Arc<crate::node::InProcess>> {
+        self.local.as_ref()
     }
 
     /// What became of a sandbox placed on another node, as its node
@@ -671,7 +707,7 @@ impl Manager {
         let (live, starting) = {
             let starting = self.starting.lock().unwrap();
             let mut live: HashSet<String> = self.executor.running().into_iter().collect();
-            live.extend(starting.iter().cloned());
+            live.extend(starting.keys().cloned());
             (live.len(), starting.len())
         };
         self.admission.check(host, live, starting).map_err(|why| {
@@ -989,20 +1025,25 @@ impl Manager {
             )
             .await?;
         self.drop_suspend_image(row.spec.suspend_image.clone());
-        // Another node's sandbox: that node reaps it at its next sweep.
-        if self.is_local(row.node_id.as_deref()) {
-            self.logs.event(
-                &row.id,
-                sbx_api::logs::level::INFO,
-                "terminated",
-                format!("sandbox terminated ({reason})"),
-                serde_json::json!({ "reason": reason }),
-            );
-            let me = self.clone();
-            let id = row.id.clone();
-            self.tasks.spawn(async move { me.destroy(&id).await });
+        if row.node_id.as_deref() != Some(crate::store::UNPLACED) {
+            self.node(row.node_id.as_deref()).reap(row, reason).await;
         }
         Ok(())
+    }
+
+    /// Removes a sandbox of this host whose row just became final, in the
+    /// background (the in-process node's reap).
+    pub(crate) fn destroy_later(self: &Arc<Self>, id: &str, reason: &str) {
+        self.logs.event(
+            id,
+            sbx_api::logs::level::INFO,
+            "terminated",
+            format!("sandbox terminated ({reason})"),
+            serde_json::json!({ "reason": reason }),
+        );
+        let me = self.clone();
+        let id = id.to_string();
+        self.tasks.spawn(async move { me.destroy(&id).await });
     }
 
     async fn destroy(&self, id: &str) {

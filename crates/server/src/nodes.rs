@@ -28,6 +28,8 @@ pub struct LocalNode {
     /// `false`: the server runs no sandboxes (`--no-local-node`) and is
     /// no node; every sandbox is placed on another.
     pub runs_sandboxes: bool,
+    /// The key this server presents to other nodes' servers.
+    pub peer_key: Option<String>,
 }
 
 /// How often nodes report, and when one is given up.
@@ -399,7 +401,7 @@ impl Manager {
                 Ok(node) => {
                     if let Ok(true) = self.store.place(&row.id, &node).await {
                         tracing::info!(sandbox = row.id, node, "room found: placed");
-                        let _ = self.store.wake_node(&node).await;
+                        self.node(Some(&node)).wake().await;
                     }
                 }
                 Err(e) if waits_for_room(&e) && e.body.code != reason => {
@@ -542,6 +544,26 @@ pub async fn drain(m: State<ApiState>, id: Path<String>) -> ApiResult<Json<NodeI
 /// `POST /v1/nodes/{id}/undrain`: the node takes new sandboxes again.
 pub async fn undrain(m: State<ApiState>, id: Path<String>) -> ApiResult<Json<NodeInfo>> {
     set_state(m, id, NodeState::Ready).await
+}
+
+/// `POST /v1/nodes/{id}/wake`: this server's node looks now for work
+/// recorded for it (other servers send this after placing a sandbox on it
+/// or ending one of its sandboxes).
+pub async fn wake(
+    State(api): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::http::StatusCode> {
+    match api.manager.local_node() {
+        Some(local) if id == api.manager.node_id => {
+            crate::node::Node::wake(local.as_ref()).await;
+            Ok(axum::http::StatusCode::NO_CONTENT)
+        }
+        _ => Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "not_this_node",
+            format!("node {id} is not this server's: wake it at its own server"),
+        )),
+    }
 }
 
 async fn set_state(

@@ -19,7 +19,6 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct ProxyState {
     pub manager: Arc<Manager>,
-    client: Client<HttpConnector, Body>,
     /// Accepted bearer keys (empty: loopback peers only).
     keys: Arc<Vec<String>>,
 }
@@ -27,15 +26,21 @@ pub struct ProxyState {
 /// The proxy checks auth itself: a user port of a sandbox with
 /// `allow_unauthenticated_access` is reachable without a key.
 pub fn router(manager: Arc<Manager>, keys: Arc<Vec<String>>) -> Router {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(30))
-        .build(connector);
-    Router::new().fallback(forward).with_state(ProxyState {
-        manager,
-        client,
-        keys,
+    Router::new()
+        .fallback(forward)
+        .with_state(ProxyState { manager, keys })
+}
+
+/// The HTTP client of the proxy and of the servers' requests to other
+/// nodes: pooled connections, no Nagle.
+pub(crate) fn client() -> &'static Client<HttpConnector, Body> {
+    static CLIENT: std::sync::OnceLock<Client<HttpConnector, Body>> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(30))
+            .build(connector)
     })
 }
 
@@ -135,7 +140,7 @@ async fn forward(State(state): State<ProxyState>, req: Request) -> Response {
 
 async fn forward_to(
     state: ProxyState,
-    mut req: Request,
+    req: Request,
     row: crate::store::SandboxRow,
     port: Option<u16>,
     strip_auth: bool,
@@ -148,10 +153,23 @@ async fn forward_to(
         },
         false => row,
     };
-    if !state.manager.is_local(row.node_id.as_deref()) {
-        return relay(state, req, row).await;
-    }
-    let row = match auto_resume(&state.manager, row).await {
+    state
+        .manager
+        .node(row.node_id.as_deref())
+        .proxy(req, row, port, strip_auth)
+        .await
+}
+
+/// Sends a request on to the agent (or `port`) of a sandbox of this host:
+/// the in-process node's proxy.
+pub(crate) async fn to_agent(
+    manager: &Arc<Manager>,
+    mut req: Request,
+    row: crate::store::SandboxRow,
+    port: Option<u16>,
+    strip_auth: bool,
+) -> Response {
+    let row = match auto_resume(manager, row).await {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
@@ -159,11 +177,11 @@ async fn forward_to(
         return ApiError::conflict(format!("sandbox {} is {}, not running", row.id, row.status))
             .into_response();
     }
-    state.manager.touch(&row.id);
+    manager.touch(&row.id);
     // Thawed (if it was frozen for being idle) until the response has
     // streamed out, and for as long as an upgraded connection stays open.
-    let hold = state.manager.executor.hold(&row.id);
-    let Some(mut addr) = state.manager.executor.agent_addr(&row.id) else {
+    let hold = manager.executor.hold(&row.id);
+    let Some(mut addr) = manager.executor.agent_addr(&row.id) else {
         return ApiError::unavailable(format!("sandbox {} is not reachable on this host", row.id))
             .into_response();
     };
@@ -196,9 +214,9 @@ async fn forward_to(
         }
     }
     // A second hold for as long as an upgraded connection stays open.
-    let upgrade_hold = is_upgrade.then(|| state.manager.executor.hold(&row.id));
+    let upgrade_hold = is_upgrade.then(|| manager.executor.hold(&row.id));
     let holds = (Some(hold), upgrade_hold);
-    send(&state.client, parts, body, client_upgrade, holds, &row.id).await
+    send(client(), parts, body, client_upgrade, holds, &row.id).await
 }
 
 /// Sends a request on to a sandbox's agent or another node's proxy and
@@ -270,16 +288,20 @@ const RELAYED: &str = "x-sbx-relayed";
 /// Relays a request for a sandbox that runs on another node to that node's
 /// proxy, which checks it and forwards it as its own (auth included: the
 /// servers share their keys).
-async fn relay(state: ProxyState, mut req: Request, row: crate::store::SandboxRow) -> Response {
+pub(crate) async fn relay(
+    manager: &Manager,
+    mut req: Request,
+    row: crate::store::SandboxRow,
+) -> Response {
     let node = row.node_id.clone().unwrap_or_default();
     if req.headers().contains_key(RELAYED) {
         return ApiError::unavailable(format!(
             "sandbox {} is not on node {} any more",
-            row.id, state.manager.node_id
+            row.id, manager.node_id
         ))
         .into_response();
     }
-    let address = match state.manager.store.node(&node).await {
+    let address = match manager.store.node(&node).await {
         Ok(Some(n)) => n.address,
         Ok(None) => None,
         Err(e) => return ApiError::from(e).into_response(),
@@ -310,15 +332,7 @@ async fn relay(state: ProxyState, mut req: Request, row: crate::store::SandboxRo
         parts.headers.remove(*h);
     }
     parts.headers.insert(RELAYED, HeaderValue::from_static("1"));
-    send(
-        &state.client,
-        parts,
-        body,
-        client_upgrade,
-        (None, None),
-        &row.id,
-    )
-    .await
+    send(client(), parts, body, client_upgrade, (None, None), &row.id).await
 }
 
 /// `uri`'s path and query at `http://{address}`.
