@@ -209,8 +209,10 @@ def test_the_server_deployment_runs_no_local_node():
     mount = next(m for m in mounts if key_file.startswith(m["mountPath"].rstrip("/") + "/"))
     volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
     assert "secret" in volumes[mount["name"]]
-    # `--cgroup-parent`: never the nodes' (the default `sbx`).
-    assert args[args.index("--cgroup-parent") + 1] != "sbx"
+    # A control plane runs no runtime: it needs no privileges.
+    security = c.get("securityContext", {})
+    assert security.get("privileged") is False
+    assert security.get("allowPrivilegeEscalation") is False
 
 
 def test_the_service_exposes_the_api_and_the_proxy():

@@ -622,7 +622,8 @@ async fn a_node_joins_a_control_plane_that_runs_no_sandboxes() {
     assert!(stderr.contains("node token"), "{stderr}");
 }
 
-/// Two control-plane replicas (no local node) on one PostgreSQL, one node:
+/// Two control-plane replicas (no local node, and no runsc on their PATH:
+/// a control plane needs no runtime) on one PostgreSQL, one node:
 /// a replica killed while a create through it waits for the node loses
 /// nothing. The node launches what was recorded, and the other replica
 /// serves it.
@@ -631,7 +632,11 @@ async fn a_replica_killed_mid_create_loses_nothing_the_other_cannot_finish() {
     const TOKEN: &str = "e2e-replica-token-0123456789";
     let pg = Postgres::start();
     let s3 = S3Server::start();
-    let opts = control_plane(&pg, &s3, "replicas", TOKEN);
+    let mut opts = control_plane(&pg, &s3, "replicas", TOKEN);
+    // A control plane needs no runtime: these find no runsc on their PATH.
+    let no_runsc = tempfile::tempdir().unwrap();
+    opts.env
+        .push(("PATH".into(), no_runsc.path().display().to_string()));
     let mut first = Server::start_with(opts.clone()).await;
     let second = Server::start_with(opts).await;
     let node = join_node(&second.api, TOKEN).await;

@@ -23,6 +23,9 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// sandbox rarely has more than two).
 const PROBED_RUNS: u32 = 8;
 
+/// The runtime's name, as sandboxes report it (`runtime`).
+pub const NAME: &str = "gvisor";
+
 /// Drives the `runsc` binary with its own state directory. Each boot or
 /// restore of a sandbox is a runsc container of its own ([`runs`]); callers
 /// name sandboxes only.
@@ -440,7 +443,7 @@ impl Gvisor {
 #[async_trait]
 impl Runtime for Gvisor {
     fn name(&self) -> &'static str {
-        "gvisor"
+        NAME
     }
 
     async fn check(&self) -> Result<String> {

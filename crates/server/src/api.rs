@@ -128,7 +128,7 @@ async fn healthz(State(state): State<ApiState>) -> Json<serde_json::Value> {
     if !state.manager.runs_sandboxes {
         return Json(serde_json::json!({"healthy": true, "ready": true, "local_node": false}));
     }
-    let image = match state.manager.executor.images().default_status() {
+    let image = match state.manager.images().default_status() {
         BuildStatus::Ready => serde_json::json!({"status": "ready"}),
         BuildStatus::Building { progress, steps } => {
             serde_json::json!({"status": "building", "steps": steps, "progress": progress})
@@ -204,7 +204,8 @@ fn info(state: &ApiState, headers: &HeaderMap, r: &SandboxRow) -> SandboxInfo {
         resources: r.spec.resources,
         name: r.name.clone(),
         image: Some(r.spec.image.clone()),
-        runtime: Some(state.manager.executor.runtime_name().into()),
+        // Every node runs gVisor.
+        runtime: Some(sbx_runtime::gvisor::NAME.into()),
         timeout_secs: r.spec.timeout_secs,
         entrypoint: r.spec.entrypoint.clone(),
         secret_names: r.spec.secret_names.clone(),

@@ -91,7 +91,7 @@ pub async fn build(
         ));
     }
     check_name(&manager, &q.name)?;
-    let work = Work::new(&manager.executor.build_cache_dir()).await?;
+    let work = Work::new(&manager.host().build_cache_dir()).await?;
     let (context, plan) = match prepare(&manager, &q, &work, body).await {
         Ok(p) => p,
         Err(e) => {
@@ -134,7 +134,7 @@ pub async fn build(
         work.remove().await;
         let _ = tx.send(event);
         drop(tx);
-        prune(&m2.executor.build_cache_dir(), CACHE_BYTES).await;
+        prune(&m2.host().build_cache_dir(), CACHE_BYTES).await;
     });
     Ok(stream_events(rx))
 }
@@ -328,7 +328,7 @@ impl Builder<'_> {
                 Base::Image(image) => {
                     let id = self.base_image(image).await?;
                     StageState {
-                        config: self.manager.executor.images().config(&id),
+                        config: self.manager.images().config(&id),
                         key: format!("image:{id}"),
                         base: Some(id),
                         layer: None,
@@ -359,7 +359,7 @@ impl Builder<'_> {
             done.push(state);
         }
         let last = done.last().expect("a plan has a stage");
-        let images = self.manager.executor.images();
+        let images = self.manager.images();
         let image = images.custom().begin().await.map_err(|e| e.to_string())?;
         let base = last.base.as_ref().map(|id| images.rootfs(id));
         if let Err(e) =
@@ -379,7 +379,7 @@ impl Builder<'_> {
     /// The id of base image `name`: an sbx image, or a registry reference
     /// imported now (under its repository's name).
     async fn base_image(&self, name: &str) -> Result<String, String> {
-        let images = self.manager.executor.images();
+        let images = self.manager.images();
         // An image made on another host is brought here first.
         if let Some(id) = self
             .manager
@@ -469,7 +469,7 @@ impl Builder<'_> {
                     Some(Base::Stage(i)) => self.flattened(*i, &done[*i]).await?,
                     Some(Base::Image(name)) => {
                         let id = self.base_image(name).await?;
-                        self.manager.executor.images().rootfs(&id)
+                        self.manager.images().rootfs(&id)
                     }
                     Some(Base::Scratch) => return Err("COPY --from=scratch copies nothing".into()),
                 };
@@ -519,7 +519,7 @@ impl Builder<'_> {
         state
             .base
             .iter()
-            .map(|id| self.manager.executor.images().rootfs(id))
+            .map(|id| self.manager.images().rootfs(id))
             .collect()
     }
 
@@ -585,7 +585,7 @@ impl Builder<'_> {
             let base = stage
                 .base
                 .as_ref()
-                .map(|id| self.manager.executor.images().rootfs(id));
+                .map(|id| self.manager.images().rootfs(id));
             build_fs::flatten(base.as_deref(), stage.layer.as_deref(), &dir)
                 .await
                 .map_err(|e| format!("stage {index}: {e}"))?;
@@ -631,7 +631,7 @@ impl Builder<'_> {
     fn cached(&self, key: &str) -> Option<PathBuf> {
         let layer = self
             .manager
-            .executor
+            .host()
             .build_cache_dir()
             .join(key)
             .join("layer");
@@ -645,7 +645,7 @@ impl Builder<'_> {
 
     /// Moves a step's new layer into the cache under `key`.
     async fn keep(&self, key: &str, layer: &Path) -> Result<PathBuf, String> {
-        let dir = self.manager.executor.build_cache_dir().join(key);
+        let dir = self.manager.host().build_cache_dir().join(key);
         let dest = dir.join("layer");
         if dest.is_dir() {
             // Built again (--no-cache): the new one replaces it.
@@ -672,7 +672,7 @@ impl Builder<'_> {
         step: &Step,
         argv: &[String],
     ) -> Result<(PathBuf, u64), String> {
-        let executor = &self.manager.executor;
+        let executor = self.manager.host();
         let id = format!("bld{}", random_hex(20));
         let spec = LaunchSpec {
             id: id.clone(),

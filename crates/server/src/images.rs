@@ -41,7 +41,7 @@ use tokio::io::AsyncWriteExt;
 impl ObjectBody for ImportImageRequest {}
 
 pub async fn list(State(state): State<ApiState>) -> ApiResult<Json<ListImagesResponse>> {
-    let images = state.manager.executor.images();
+    let images = state.manager.images();
     let mut all: Vec<ImageInfo> = images.list().into_iter().map(|n| built_in(&n)).collect();
     let rows = state.manager.store.images().await?;
     all.extend(rows.iter().filter_map(record_of).map(|r| info(&r)));
@@ -53,7 +53,7 @@ pub async fn get_one(
     Path(params): Path<HashMap<String, String>>,
 ) -> ApiResult<Json<ImageInfo>> {
     let name = &params["name"];
-    let images = state.manager.executor.images();
+    let images = state.manager.images();
     if images.list().contains(name) {
         return Ok(Json(built_in(name)));
     }
@@ -75,7 +75,7 @@ pub async fn remove(
     Path(params): Path<HashMap<String, String>>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let name = &params["name"];
-    let images = state.manager.executor.images();
+    let images = state.manager.images();
     if images.list().contains(name) || name == DEFAULT_IMAGE {
         return Err(ApiError::bad_request(format!(
             "{name} is a built-in image and cannot be removed"
@@ -148,7 +148,7 @@ pub async fn import_archive(
         .ok_or_else(|| ApiError::bad_request("name is required (?name=…)"))?;
     check_name(&state.manager, &name)?;
     let format = q.format.as_deref().unwrap_or("docker-archive");
-    let dir = state.manager.executor.images().custom().dir().to_path_buf();
+    let dir = state.manager.images().custom().dir().to_path_buf();
     tokio::fs::create_dir_all(&dir)
         .await
         .map_err(|e| ApiError::internal(format!("image directory: {e}")))?;
@@ -231,7 +231,7 @@ async fn start(
     upload: Option<Upload>,
 ) -> ApiResult<Response> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Step>();
-    let images = manager.executor.images().clone();
+    let images = manager.images().clone();
     tracing::info!(image = name, source = ?source, "image import started");
     manager.tasks.spawn(async move {
         let progress_tx = tx.clone();
@@ -346,7 +346,7 @@ pub(crate) fn check_name(manager: &Manager, name: &str) -> ApiResult<()> {
             sbx_api::image::NAME_RULE
         )));
     }
-    if name == DEFAULT_IMAGE || manager.executor.images().list().iter().any(|n| n == name) {
+    if name == DEFAULT_IMAGE || manager.images().list().iter().any(|n| n == name) {
         return Err(ApiError::conflict(format!(
             "{name} is a built-in image; import under another name"
         )));
@@ -485,7 +485,7 @@ impl Manager {
     /// commits, and adds to it the images on this host it has no row of
     /// (from before the catalog, or from a store that never saw them).
     pub async fn start_image_catalog(self: &Arc<Self>) {
-        let custom = self.executor.images().custom();
+        let custom = self.images().custom();
         if let Err(e) = custom.set_catalog(Arc::new(StoreCatalog(Arc::downgrade(self)))) {
             tracing::warn!("{e}");
         }
@@ -520,7 +520,7 @@ impl Manager {
     /// Names a create may give: the built-in images (the default one also
     /// while it is built) and the catalog's.
     pub async fn known_images(&self) -> Result<Vec<String>, sqlx::Error> {
-        let mut names = self.executor.images().list();
+        let mut names = self.images().list();
         if !names.iter().any(|n| n == DEFAULT_IMAGE) {
             names.push(DEFAULT_IMAGE.into());
         }
@@ -533,7 +533,7 @@ impl Manager {
     /// The id of the image a create names: a built-in image's name, or the
     /// catalog's image of that name; `None`: no such image.
     pub async fn resolve_image(&self, name: &str) -> Result<Option<String>, sqlx::Error> {
-        let images = self.executor.images();
+        let images = self.images();
         if name == DEFAULT_IMAGE || images.exists(name) && !custom_images::is_id(name) {
             return Ok(Some(name.to_string()));
         }
@@ -566,7 +566,7 @@ impl Manager {
             Ok(_) => {}
             Err(e) => tracing::warn!("deleting unused images: {e}"),
         }
-        let custom = self.executor.images().custom();
+        let custom = self.images().custom();
         let here = custom.ids();
         let unlisted: HashSet<String> = if here.is_empty() {
             HashSet::new()
@@ -606,7 +606,7 @@ impl Manager {
     /// At start: stores the images on this host whose storing a stop or
     /// crash cut short.
     pub async fn store_unstored_images(self: &Arc<Self>) {
-        let here = self.executor.images().custom().on_disk();
+        let here = self.images().custom().on_disk();
         if here.is_empty() {
             return;
         }
@@ -634,7 +634,7 @@ impl Manager {
     /// shared with snapshots and other images), so that a host without them
     /// can bring the image back; records the bytes it added.
     pub async fn store_image(&self, record: &ImageRecord) {
-        let images = self.executor.images().clone();
+        let images = self.images().clone();
         let rootfs = images.rootfs(&record.id);
         let (blobs, r) = (self.blobs.clone(), record.clone());
         let stored = tokio::task::spawn_blocking(move || {
@@ -682,14 +682,14 @@ impl Manager {
             self.store.image(id).await,
             Ok(Some(row)) if row.state == ImageState::Ready
         );
-        listed && self.executor.images().custom().get(id).is_some()
+        listed && self.images().custom().get(id).is_some()
     }
 
     /// Makes image `id` available here, from the blob store when this host
     /// lacks it (a sandbox of an image made on another host), once the
     /// image's host has stored it there.
     pub async fn ensure_image(&self, id: &str) -> Result<(), String> {
-        let images = self.executor.images().clone();
+        let images = self.images().clone();
         if !custom_images::is_id(id) || images.custom().get(id).is_some() {
             return Ok(());
         }

@@ -1,5 +1,5 @@
 //! The sbx control plane, sandbox proxy and the all-in-one `sbx server`:
-//! one process with the control-plane API, the proxy and a local executor,
+//! one process with the control-plane API, the proxy and (unless `--no-local-node`) a local executor,
 //! state in SQLite (or PostgreSQL, `--state`) and everything else under one
 //! data directory.
 
@@ -227,14 +227,21 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
                 .into(),
         ));
     }
-    let agent_bin = find_agent(config.agent_bin.clone())?;
-    let ca_bundle = config.sandbox_ca_bundle.resolve()?;
     tokio::fs::create_dir_all(&config.data_dir).await?;
     let data_dir = config.data_dir.canonicalize()?;
-
-    let runtime: Arc<dyn Runtime> = Arc::new(Gvisor::from_path(data_dir.join("runsc")));
-    let version = runtime.check().await?;
-    tracing::info!(runtime = runtime.name(), %version, data_dir = %data_dir.display(), "starting sbx");
+    // A server that runs no sandboxes needs no runtime and no privileges.
+    let runtime: Option<Arc<dyn Runtime>> = match config.local_node {
+        true => {
+            let runtime: Arc<dyn Runtime> = Arc::new(Gvisor::from_path(data_dir.join("runsc")));
+            let version = runtime.check().await?;
+            tracing::info!(runtime = runtime.name(), %version, data_dir = %data_dir.display(), "starting sbx");
+            Some(runtime)
+        }
+        false => {
+            tracing::info!(data_dir = %data_dir.display(), "starting sbx (no local node)");
+            None
+        }
+    };
 
     let store = match &config.state {
         Some(url) => store::Store::connect(url).await?,
@@ -263,28 +270,32 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
         )),
         None => None,
     };
-    let executor: Arc<Executor> = Arc::new(
-        Executor::new(
-            ExecutorConfig {
-                data_dir: data_dir.clone(),
-                agent_bin,
-                // A control plane that runs no sandboxes needs no volumes.
-                spare_volumes: if config.local_node {
-                    config.spare_volumes
-                } else {
-                    0
+    let executor = match runtime {
+        Some(runtime) => Some(Arc::new(
+            Executor::new(
+                ExecutorConfig {
+                    data_dir: data_dir.clone(),
+                    agent_bin: find_agent(config.agent_bin.clone())?,
+                    spare_volumes: config.spare_volumes,
+                    spare_disk_mb: lifecycle::DEFAULT_DISK_MB,
+                    cgroup_parent: config.cgroup_parent.clone(),
+                    ca_bundle: config.sandbox_ca_bundle.resolve()?,
+                    idle_freeze: config.idle_freeze,
+                    suspend_linger: config.suspend_linger,
+                    dns_upstream: config.sandbox_dns_upstream.clone(),
                 },
-                spare_disk_mb: lifecycle::DEFAULT_DISK_MB,
-                cgroup_parent: config.cgroup_parent.clone(),
-                ca_bundle,
-                idle_freeze: config.idle_freeze,
-                suspend_linger: config.suspend_linger,
-                dns_upstream: config.sandbox_dns_upstream.clone(),
-            },
-            runtime,
-        )
-        .await?,
-    );
+                runtime,
+            )
+            .await?,
+        )),
+        None => None,
+    };
+    // The executor's images, or (no local node) only the catalog's.
+    let images = match &executor {
+        Some(e) => e.images().clone(),
+        None => sbx_executor::image::Images::new(data_dir.join("images"))
+            .with_custom(data_dir.join("custom-images")),
+    };
     let blobs = Arc::new(open_blobs(&config, &data_dir, &store).await?);
     tracing::info!(blobs = %blobs.describe(), "blob store open");
     let host = lifecycle::HostLimits::detect();
@@ -316,6 +327,7 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     let manager = lifecycle::Manager::new(
         store,
         executor,
+        images,
         host,
         blobs,
         admission,
@@ -336,18 +348,23 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     manager.start_image_catalog().await;
     manager.collect_images().await;
     manager.store_unstored_images().await;
-    build::sweep(&manager.executor.build_cache_dir()).await;
+    if let Some(executor) = &manager.executor {
+        build::sweep(&executor.build_cache_dir()).await;
+    }
     let sweeper = manager.start_sweeper();
     let heartbeat = manager.runs_sandboxes.then(|| manager.start_heartbeat());
     let node_watch = manager.start_node_watch();
     let wake_listener = manager.start_wake_listener();
-    let idler = manager.executor.start_idler();
-    let log_collector = logs::collect::start(manager.clone());
+    let idler = manager.executor.as_ref().map(|e| e.start_idler());
+    let log_collector = manager
+        .runs_sandboxes
+        .then(|| logs::collect::start(manager.clone()));
     // The API answers while the default image is built (the first start
     // of a host): creates wait for it, `/healthz` shows its progress.
     let image_builder = manager
-        .runs_sandboxes
-        .then(|| tokio::spawn(build_default_image(manager.executor.clone())));
+        .executor
+        .clone()
+        .map(|e| tokio::spawn(build_default_image(e)));
 
     let keys = Arc::new(config.api_keys.clone());
     let api_app = api::router(api::ApiState {
@@ -403,11 +420,15 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
     let _ = stop_tx.send(true);
     sweeper.abort();
     node_watch.abort();
-    idler.abort();
-    log_collector.abort();
-    for task in [heartbeat, image_builder, wake_listener]
-        .into_iter()
-        .flatten()
+    for task in [
+        heartbeat,
+        image_builder,
+        wake_listener,
+        idler,
+        log_collector,
+    ]
+    .into_iter()
+    .flatten()
     {
         task.abort();
     }
@@ -423,7 +444,9 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
             "background work still running at shutdown; the next start recovers it"
         );
     }
-    manager.executor.shutdown().await;
+    if let Some(executor) = &manager.executor {
+        executor.shutdown().await;
+    }
     // Open streams (follow, PTY) do not hold the shutdown up for long.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         let _ = api_task.await;

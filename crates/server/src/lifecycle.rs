@@ -383,7 +383,12 @@ pub fn random_hex(n: usize) -> String {
 /// Runs lifecycle operations; one lock per sandbox serialises launch and destroy.
 pub struct Manager {
     pub store: Store,
-    pub executor: Arc<Executor>,
+    /// This host's sandboxes, networks and volumes; `None` on a server
+    /// that runs no sandboxes (`--no-local-node`), which needs neither
+    /// runsc nor privileges.
+    pub executor: Option<Arc<Executor>>,
+    /// The images this server knows: its own on disk and the catalog.
+    images: sbx_executor::image::Images,
     pub host: HostLimits,
     /// Content-addressed store of snapshots.
     pub blobs: Arc<sbx_store::Store>,
@@ -467,7 +472,8 @@ impl Manager {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
-        executor: Arc<Executor>,
+        executor: Option<Arc<Executor>>,
+        images: sbx_executor::image::Images,
         host: HostLimits,
         blobs: Arc<sbx_store::Store>,
         admission: crate::admission::Admission,
@@ -492,6 +498,7 @@ impl Manager {
             unrecorded_images: Mutex::default(),
             store,
             executor,
+            images,
             host,
             blobs,
             admission,
@@ -500,6 +507,27 @@ impl Manager {
             activity: Mutex::new(HashMap::new()),
             tasks: tokio_util::task::TaskTracker::new(),
         })
+    }
+
+    pub fn images(&self) -> &sbx_executor::image::Images {
+        &self.images
+    }
+
+    /// This host's executor. Only a node's own work reaches it: sandboxes
+    /// and captures recorded on this node, which a server without one
+    /// never has.
+    pub(crate) fn host(&self) -> &Arc<Executor> {
+        self.executor
+            .as_ref()
+            .expect("work for this host on a server that runs no sandboxes")
+    }
+
+    /// The sandboxes running on this host (none without a local node).
+    pub(crate) fn running_here(&self) -> Vec<String> {
+        self.executor
+            .as_ref()
+            .map(|e| e.running())
+            .unwrap_or_default()
     }
 
     /// Notes traffic to a sandbox (it is in use: no idle timeout now).
@@ -706,7 +734,7 @@ impl Manager {
         // A launch under way is in both once it has claimed its network.
         let (live, starting) = {
             let starting = self.starting.lock().unwrap();
-            let mut live: HashSet<String> = self.executor.running().into_iter().collect();
+            let mut live: HashSet<String> = self.running_here().into_iter().collect();
             live.extend(starting.keys().cloned());
             (live.len(), starting.len())
         };
@@ -727,7 +755,7 @@ impl Manager {
         name: &str,
         deadline: tokio::time::Instant,
     ) -> ApiResult<()> {
-        let images = self.executor.images();
+        let images = self.images();
         match tokio::time::timeout_at(deadline, images.wait_ready(name)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(why)) => Err(ApiError::new(
@@ -752,7 +780,7 @@ impl Manager {
     async fn launch(&self, id: &str, spec: &SandboxSpec) -> LaunchOutcome {
         // A sandbox created while the default image is built waits here,
         // `pending`, without holding its lock (a terminate goes through).
-        if let Err(why) = self.executor.images().wait_ready(&spec.image).await {
+        if let Err(why) = self.images().wait_ready(&spec.image).await {
             return self.launch_failed(id, why).await;
         }
         if let Some(image) = &spec.image_id {
@@ -792,10 +820,7 @@ impl Manager {
                     crate::secrets::resolve(&self.store, &self.secrets_key, &namespace, names)
                         .await?;
             }
-            self.executor
-                .launch(&launch)
-                .await
-                .map_err(|e| e.to_string())
+            self.host().launch(&launch).await.map_err(|e| e.to_string())
         };
         match launched.await {
             Ok(_) => {
@@ -824,7 +849,7 @@ impl Manager {
                     }
                     LaunchOutcome::Running
                 } else {
-                    let _ = self.executor.destroy(id).await;
+                    let _ = self.host().destroy(id).await;
                     LaunchOutcome::Gone
                 }
             }
@@ -879,7 +904,7 @@ impl Manager {
         if row.status.is_final() {
             return Ok(());
         }
-        if let Err(e) = self.executor.set_egress(id, &egress(&spec.network)).await {
+        if let Err(e) = self.host().set_egress(id, &egress(&spec.network)).await {
             tracing::warn!(sandbox = id, "network policy update: {e}");
             let _ = self.store.set_spec(id, &row.spec).await;
             return Err(ApiError::internal(format!(
@@ -950,7 +975,7 @@ impl Manager {
             memory_mb: (old.memory_mb != new.memory_mb).then_some(new.memory_mb),
             disk_mb: (old.disk_mb != new.disk_mb).then_some(new.disk_mb),
         };
-        self.executor.resize(id, to).await.map_err(|e| {
+        self.host().resize(id, to).await.map_err(|e| {
             use sbx_executor::ResizeError as E;
             match e {
                 E::BelowUse { .. } | E::Shrink { .. } => {
@@ -976,7 +1001,7 @@ impl Manager {
                 memory_mb: to.memory_mb.map(|_| old.memory_mb),
                 disk_mb: None,
             };
-            if let Err(e) = self.executor.resize(id, back).await {
+            if let Err(e) = self.host().resize(id, back).await {
                 tracing::warn!(sandbox = id, "cannot undo a resize: {e}");
             }
             return Err(e.into());
@@ -1051,7 +1076,7 @@ impl Manager {
         let _guard = lock.lock().await;
         // The last lines it printed, before it goes.
         self.logs.collectors.finish(id).await;
-        if let Err(e) = self.executor.destroy(id).await {
+        if let Err(e) = self.host().destroy(id).await {
             tracing::warn!(sandbox = id, "destroy: {e}");
         }
         tracing::info!(sandbox = id, "sandbox removed from host");
@@ -1069,6 +1094,10 @@ impl Manager {
         };
         self.place_waiting(&rows).await;
         self.keep_pools().await;
+        if self.executor.is_none() {
+            // No node here: nothing of this host to sweep.
+            return;
+        }
         let rows: Vec<SandboxRow> = rows
             .into_iter()
             .filter(|r| self.is_local(r.node_id.as_deref()))
@@ -1112,7 +1141,7 @@ impl Manager {
                     continue;
                 }
             }
-            if !self.executor.is_alive(&row.id) {
+            if !self.host().is_alive(&row.id) {
                 tracing::warn!(sandbox = row.id, "sandbox process exited: marking failed");
                 self.log_failed(
                     &row.id,
@@ -1141,8 +1170,7 @@ impl Manager {
     async fn reap_unwanted(self: &Arc<Self>, live: &[SandboxRow]) {
         let wanted: HashSet<&str> = live.iter().map(|r| r.id.as_str()).collect();
         let suspects: Vec<String> = self
-            .executor
-            .running()
+            .running_here()
             .into_iter()
             // Builder sandboxes have no row; a starting one has one already.
             .filter(|id| looks_like_id(id) && !wanted.contains(id.as_str()))
@@ -1154,7 +1182,7 @@ impl Manager {
                 Ok(Some(row)) => row.status.is_final(),
                 Err(_) => false,
             };
-            if unwanted && self.executor.is_alive(&id) {
+            if unwanted && self.host().is_alive(&id) {
                 tracing::info!(sandbox = id, "ended elsewhere: removing it from this host");
                 let me = self.clone();
                 self.tasks.spawn(async move { me.destroy(&id).await });
@@ -1211,6 +1239,9 @@ impl Manager {
     /// Nothing stays `snapshotting` or `suspending`: each ends running,
     /// suspended or terminated.
     pub async fn recover(self: &Arc<Self>) -> Result<(), crate::Error> {
+        let Some(executor) = self.executor.clone() else {
+            return Ok(());
+        };
         let rows = self
             .store
             .with_status(&LIVE)
@@ -1223,7 +1254,7 @@ impl Manager {
             .filter(|r| r.status != SandboxStatus::Pending)
             .map(|r| r.id.clone())
             .collect();
-        let report = self.executor.recover(&keep).await?;
+        let report = executor.recover(&keep).await?;
         let adopted: HashSet<&String> = report.adopted.iter().collect();
         let suspended: HashSet<&String> = report.suspended.iter().collect();
         for r in &rows {

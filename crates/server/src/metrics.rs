@@ -280,7 +280,7 @@ impl Scrape {
                 cpus: m.host.cpus as u64,
                 memory_total_bytes: kb("MemTotal"),
                 memory_available_bytes: kb("MemAvailable"),
-                sandboxes_running: m.executor.running().len() as u64,
+                sandboxes_running: m.running_here().len() as u64,
                 max_sandboxes: m.admission.max_sandboxes.map(|n| n as u64),
             }
         });

@@ -100,18 +100,17 @@ impl Manager {
             max_sandboxes: self.admission.max_sandboxes.map(|n| n as u64),
         };
         let snapshots = self
-            .executor
+            .host()
             .local_snapshots()
             .into_iter()
             .filter(|id| crate::snapshots::is_snapshot_id(id))
             .collect();
         let usage = NodeUsage {
-            sandboxes: self.executor.running().len() as u64,
+            sandboxes: self.host().running().len() as u64,
             memory_available_mb: crate::admission::HostUse::read()
                 .map(|h| h.available_mb)
                 .unwrap_or(0),
             images: self
-                .executor
                 .images()
                 .custom()
                 .list()
@@ -171,7 +170,7 @@ impl Manager {
     /// Removes this host's copies of snapshots deleted through another
     /// server (each server removes its own at the delete).
     async fn drop_deleted_snapshot_copies(&self) {
-        let held = self.executor.local_snapshots();
+        let held = self.host().local_snapshots();
         for id in held
             .iter()
             .filter(|id| crate::snapshots::is_snapshot_id(id))
@@ -181,7 +180,7 @@ impl Manager {
                     snapshot = id,
                     "deleted elsewhere: removing this host's copy"
                 );
-                self.executor.delete_snapshot(id).await;
+                self.host().delete_snapshot(id).await;
             }
         }
     }

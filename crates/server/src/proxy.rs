@@ -180,8 +180,8 @@ pub(crate) async fn to_agent(
     manager.touch(&row.id);
     // Thawed (if it was frozen for being idle) until the response has
     // streamed out, and for as long as an upgraded connection stays open.
-    let hold = manager.executor.hold(&row.id);
-    let Some(mut addr) = manager.executor.agent_addr(&row.id) else {
+    let hold = manager.host().hold(&row.id);
+    let Some(mut addr) = manager.host().agent_addr(&row.id) else {
         return ApiError::unavailable(format!("sandbox {} is not reachable on this host", row.id))
             .into_response();
     };
@@ -214,7 +214,7 @@ pub(crate) async fn to_agent(
         }
     }
     // A second hold for as long as an upgraded connection stays open.
-    let upgrade_hold = is_upgrade.then(|| manager.executor.hold(&row.id));
+    let upgrade_hold = is_upgrade.then(|| manager.host().hold(&row.id));
     let holds = (Some(hold), upgrade_hold);
     send(client(), parts, body, client_upgrade, holds, &row.id).await
 }

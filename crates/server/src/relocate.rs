@@ -44,7 +44,7 @@ impl Manager {
         }
         let manifest = format!("suspend-{id}-{}", crate::lifecycle::random_hex(6));
         // `.tmp-` names in the snapshot directory are swept at recovery.
-        let dir = self.executor.snapshot_dir(&format!(".tmp-{manifest}"));
+        let dir = self.host().snapshot_dir(&format!(".tmp-{manifest}"));
         Some((manifest, dir))
     }
 
@@ -172,10 +172,10 @@ impl Manager {
     /// or, when they are elsewhere, from its stored image.
     pub(crate) async fn resume_here(&self, row: &SandboxRow) -> Result<(), String> {
         let image = match &row.spec.suspend_image {
-            Some(image) if !self.executor.holds_suspended(&row.id).await => image,
+            Some(image) if !self.host().holds_suspended(&row.id).await => image,
             _ => {
                 return self
-                    .executor
+                    .host()
                     .resume(&row.id)
                     .await
                     .map(drop)
@@ -183,7 +183,7 @@ impl Manager {
             }
         };
         tracing::info!(sandbox = row.id, image, "resuming from the blob store");
-        self.executor.images().wait_ready(&row.spec.image).await?;
+        self.images().wait_ready(&row.spec.image).await?;
         if let Some(id) = &row.spec.image_id {
             self.ensure_image(id).await?;
         }
@@ -194,9 +194,9 @@ impl Manager {
         let mut launch = crate::lifecycle::launch_spec(&row.id, &row.spec);
         launch.layer = Some(layer);
         launch.checkpoint = checkpoint;
-        let launched = self.executor.launch(&launch).await.map(drop);
+        let launched = self.host().launch(&launch).await.map(drop);
         // Its files stay while it runs on them (they are its lower layer).
-        self.executor.delete_snapshot(image).await;
+        self.host().delete_snapshot(image).await;
         launched.map_err(|e| e.to_string())
     }
 
@@ -240,7 +240,7 @@ impl Manager {
     /// Removes the local copies of suspended sandboxes that moved to
     /// another node or ended meanwhile (from the heartbeat).
     pub(crate) async fn drop_moved_suspended(&self) {
-        for id in self.executor.suspended().await {
+        for id in self.host().suspended().await {
             let mine = match self.store.get(&id).await {
                 Ok(Some(r)) => !r.status.is_final() && self.is_local(r.node_id.as_deref()),
                 Ok(None) => false,
@@ -253,7 +253,7 @@ impl Manager {
                     sandbox = id,
                     "moved to another node or ended: removing it here"
                 );
-                if let Err(e) = self.executor.destroy(&id).await {
+                if let Err(e) = self.host().destroy(&id).await {
                     tracing::warn!(sandbox = id, "destroy: {e}");
                 }
             }

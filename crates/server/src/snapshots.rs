@@ -118,7 +118,7 @@ impl Manager {
             self.logs.collectors.hold(&snap.sandbox_id);
         }
         let result = self
-            .executor
+            .host()
             .capture(&snap.sandbox_id, &snap.id, memory)
             .await;
         self.logs.collectors.release(&snap.sandbox_id);
@@ -164,7 +164,7 @@ impl Manager {
                     .unwrap_or(false);
                 if !ok {
                     // Deleted while it was captured.
-                    self.executor.delete_snapshot(&snap.id).await;
+                    self.host().delete_snapshot(&snap.id).await;
                     return Err("the snapshot was deleted while it was captured".into());
                 }
                 let me = self.clone();
@@ -243,7 +243,7 @@ impl Manager {
                     .await
                     .unwrap_or(false);
                 if failed {
-                    self.executor.delete_snapshot(id).await;
+                    self.host().delete_snapshot(id).await;
                 }
             }
         }
@@ -255,7 +255,7 @@ impl Manager {
         &self,
         sid: &str,
     ) -> Result<(PathBuf, Option<PathBuf>), String> {
-        let dir = self.executor.snapshot_dir(sid);
+        let dir = self.host().snapshot_dir(sid);
         if !dir.join("layer").is_dir() || fetched_before_reboot(&dir) {
             let lock = self.lock_for(&format!("snapshot:{sid}"));
             let _guard = lock.lock().await;
@@ -304,7 +304,10 @@ impl Manager {
             )));
         }
         self.store.delete_snapshot(&snap.id).await?;
-        self.executor.delete_snapshot(&snap.id).await;
+        // Other nodes drop their copies at their next heartbeat.
+        if let Some(executor) = &self.executor {
+            executor.delete_snapshot(&snap.id).await;
+        }
         self.collect_images().await;
         let blobs = self.blobs.clone();
         let id = snap.id.clone();
@@ -373,7 +376,7 @@ impl Manager {
             // save panics on a TCP connection caught mid-handshake. Its
             // lines wait in the agent's journal.
             me.logs.collectors.hold(&id);
-            let suspended = me.executor.suspend_exporting(&id, dest).await;
+            let suspended = me.host().suspend_exporting(&id, dest).await;
             me.logs.collectors.release(&id);
             match suspended {
                 Ok(ms) => {
@@ -409,7 +412,7 @@ impl Manager {
                         format!("suspend failed: {e}"),
                         serde_json::Value::Null,
                     );
-                    let alive = me.executor.agent_addr(&id).is_some() && me.executor.is_alive(&id);
+                    let alive = me.host().agent_addr(&id).is_some() && me.host().is_alive(&id);
                     let (to, err, why) = if alive {
                         let why = format!("suspend failed (the sandbox keeps running): {e}");
                         (SandboxStatus::Running, None, why)
@@ -589,7 +592,7 @@ impl Manager {
                     },
                 )
                 .await?;
-            self.executor.delete_snapshot(&s.id).await;
+            self.host().delete_snapshot(&s.id).await;
         }
         for s in self
             .store
@@ -598,7 +601,7 @@ impl Manager {
             .into_iter()
             .filter(|s| self.is_local(s.node_id.as_deref()))
         {
-            let dir = self.executor.snapshot_dir(&s.id);
+            let dir = self.host().snapshot_dir(&s.id);
             let me = self.clone();
             tokio::spawn(async move { me.store_snapshot(&s.id, &dir).await });
         }

@@ -118,7 +118,7 @@ pub fn start(manager: Arc<Manager>) -> JoinHandle<()> {
 /// Starts a collector for each running sandbox without one; forgets
 /// those that ended. Answers the running sandboxes.
 fn reconcile(manager: &Arc<Manager>) -> HashSet<String> {
-    let running: HashSet<String> = manager.executor.running().into_iter().collect();
+    let running: HashSet<String> = manager.running_here().into_iter().collect();
     let c = &manager.logs.collectors;
     c.skip.lock().unwrap().retain(|id| running.contains(id));
     let mut tasks = c.running.lock().unwrap();
@@ -164,12 +164,12 @@ async fn collect(manager: Arc<Manager>, id: String, mut stop: watch::Receiver<bo
     let mut stopping = false;
     loop {
         stopping = stopping || *stop.borrow();
-        let Some(addr) = manager.executor.agent_addr(&id) else {
+        let Some(addr) = manager.host().agent_addr(&id) else {
             return;
         };
         let wait = if stopping { 0 } else { POLL_WAIT_MS };
         // The last read thaws a frozen sandbox; the long polls do not hold it.
-        let hold = stopping.then(|| manager.executor.hold(&id));
+        let hold = stopping.then(|| manager.host().hold(&id));
         let url = format!(
             "http://{addr}/api/v1/logs?from={from}&max={BATCH}&wait_ms={wait}&linger_ms={LINGER_MS}"
         );
