@@ -1,10 +1,12 @@
 //! Harness for the end-to-end tests: starts a real `sbx server` on free
-//! loopback ports with its own data directory (sharing one built default
-//! image between servers), and talks to it as a user would.
+//! loopback ports (or in a network namespace of the test's own, on its
+//! address: [`Options::netns`]) with its own data directory (sharing one
+//! built default image between servers), and talks to it as a user would.
 
 use futures::StreamExt;
+use sbx_testkit::net::Host;
 use serde_json::{json, Value};
-use std::net::TcpListener;
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -79,6 +81,8 @@ pub struct Server {
     pub env: Vec<(String, String)>,
     /// Where the server's stdout and stderr go (appended); `None`: the test's.
     pub log: Option<PathBuf>,
+    /// The network namespace it runs in (`None`: the test's own).
+    pub netns: Option<Host>,
     /// `start` waits until sandboxes can start (the default image is built).
     wait_ready: bool,
     _tmp: Option<tempfile::TempDir>,
@@ -101,6 +105,11 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Where the server's stdout and stderr go (appended); `None`: the test's.
     pub log: Option<PathBuf>,
+    /// Run the server in this host's network namespace (`nsenter --net`),
+    /// its API and proxy on the host's address (the test reaches them over
+    /// the bridge). A server on a non-loopback address needs `key`; the
+    /// servers of one cluster share theirs.
+    pub netns: Option<Host>,
 }
 
 impl Default for Options {
@@ -113,6 +122,7 @@ impl Default for Options {
             args: Vec::new(),
             env: Vec::new(),
             log: None,
+            netns: None,
         }
     }
 }
@@ -123,6 +133,10 @@ impl Server {
     }
 
     pub async fn start_with(opts: Options) -> Server {
+        assert!(
+            opts.netns.is_none() || opts.key.is_some(),
+            "a server in a network namespace listens on a non-loopback address: give it a key"
+        );
         let tmp = tempfile::Builder::new()
             .prefix("sbx-e2e-")
             .tempdir_in("/var/tmp")
@@ -155,6 +169,7 @@ impl Server {
             args: opts.args,
             env: opts.env,
             log: opts.log,
+            netns: opts.netns,
             wait_ready: opts.wait_ready,
             _tmp: Some(tmp),
         };
@@ -188,18 +203,29 @@ impl Server {
         panic!("sbx server did not restart on free ports");
     }
 
+    /// The address its API and proxy listen on: its host's in a network
+    /// namespace, else 127.0.0.1.
+    pub fn ip(&self) -> IpAddr {
+        IpAddr::V4(self.netns.as_ref().map_or(Ipv4Addr::LOCALHOST, |h| h.addr))
+    }
+
     /// Like [`spawn`](Self::spawn); false when the server exited during start.
     async fn try_spawn(&mut self) -> bool {
-        self.api = format!("http://127.0.0.1:{}", self.api_port);
-        self.proxy = format!("http://127.0.0.1:{}", self.proxy_port);
-        let mut cmd = Command::new(sbx_bin());
+        let ip = self.ip();
+        self.api = format!("http://{ip}:{}", self.api_port);
+        self.proxy = format!("http://{ip}:{}", self.proxy_port);
+        // In a network namespace, nsenter execs sbx: the child is the server.
+        let mut cmd = match &self.netns {
+            Some(host) => host.command(sbx_bin()),
+            None => Command::new(sbx_bin()),
+        };
         cmd.args(&self.command)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--api-addr")
-            .arg(format!("127.0.0.1:{}", self.api_port))
+            .arg(format!("{ip}:{}", self.api_port))
             .arg("--proxy-addr")
-            .arg(format!("127.0.0.1:{}", self.proxy_port))
+            .arg(format!("{ip}:{}", self.proxy_port))
             .arg("--agent-bin")
             .arg(agent_bin())
             .arg("--cgroup-parent")
@@ -609,6 +635,7 @@ impl Drop for Server {
                 args: self.args.clone(),
                 env: self.env.clone(),
                 log: self.log.clone(),
+                netns: self.netns.clone(),
                 wait_ready: self.wait_ready,
                 _tmp: None,
             };

@@ -1,10 +1,13 @@
 //! `sbx server` with its state in PostgreSQL (`--state`) and its snapshots
 //! and images in S3 (`--blobs`): a real PostgreSQL and a real S3 server
-//! (SeaweedFS), each started by the test on 127.0.0.1 with its data in a
-//! temp dir.
+//! (SeaweedFS), each started by the test with its data in a temp dir, on
+//! 127.0.0.1; or, for a control plane and nodes on hosts of their own, on
+//! the bridge of a network of the test's own ([`TestNet`]), each server in
+//! a network namespace on it.
 
 use reqwest::Method;
 use sbx_e2e::*;
+use sbx_testkit::net::{Host, TestNet};
 use sbx_testkit::postgres::Postgres;
 use sbx_testkit::s3::S3Server;
 use serde_json::json;
@@ -74,12 +77,15 @@ fn control_plane(pg: &Postgres, s3: &S3Server, db: &str, token: &str) -> Options
     opts
 }
 
-/// A node that joins the control plane at `api` with `token`.
-async fn join_node(api: &str, token: &str) -> Server {
+/// A node that joins control plane `cp` with `token`, in `host`'s network
+/// namespace (`None`: the test's own); it shares `cp`'s API key.
+async fn join_node(cp: &Server, token: &str, host: Option<Host>) -> Server {
     Server::start_with(Options {
-        command: ["node", "--server", api, "--node-token", token]
+        command: ["node", "--server", &cp.api, "--node-token", token]
             .map(String::from)
             .to_vec(),
+        key: cp.key.clone(),
+        netns: host,
         ..Default::default()
     })
     .await
@@ -469,16 +475,27 @@ async fn a_suspended_sandbox_resumes_on_another_node_when_its_own_cannot() {
     clean(&[&a, &b]).await;
 }
 
-/// A control plane that runs no sandboxes (`--no-local-node`) and a node
+/// A control plane that runs no sandboxes (`--no-local-node`) and nodes
 /// that joined it with the node token (`sbx node --server URL`, no state,
-/// blob store or S3 key of its own): every request goes to the control
-/// plane, every sandbox runs on the node.
+/// blob store or S3 key of their own), each server on a host of its own: a
+/// network namespace on a bridge of the test's, where PostgreSQL and S3
+/// listen too. Every request goes to the control plane, every sandbox runs
+/// on a node; a drained node takes none, the other one does.
 #[tokio::test]
 async fn a_node_joins_a_control_plane_that_runs_no_sandboxes() {
     const TOKEN: &str = "e2e-node-token-0123456789";
-    let pg = Postgres::start();
-    let s3 = S3Server::start();
-    let cp = Server::start_with(control_plane(&pg, &s3, "joined", TOKEN)).await;
+    // Bound on addresses other than loopback, the servers need a key.
+    const KEY: &str = "e2e-cluster-key-0123456789";
+    // Declared first, dropped last: after the servers, PostgreSQL and S3.
+    let net = TestNet::new(3);
+    let pg = Postgres::start_on(net.gateway(), &net.cidr());
+    let s3 = S3Server::start_on(net.gateway());
+    let cp = Server::start_with(Options {
+        netns: Some(net.host(0)),
+        key: Some(KEY.into()),
+        ..control_plane(&pg, &s3, "joined", TOKEN)
+    })
+    .await;
     // No node yet: refused, nothing recorded.
     let (code, err) = cp.post_status("/sandboxes", json!({})).await;
     assert_eq!(
@@ -522,12 +539,16 @@ async fn a_node_joins_a_control_plane_that_runs_no_sandboxes() {
     }
     assert!(nodes_of(&cp).await["nodes"].as_array().unwrap().is_empty());
 
-    let node = join_node(&cp.api, TOKEN).await;
+    let node = join_node(&cp, TOKEN, Some(net.host(1))).await;
     let nodes = nodes_of(&cp).await;
     let listed = nodes["nodes"].as_array().unwrap();
     let node_id = std::fs::read_to_string(node.data_dir.join("node-id")).unwrap();
+    let node_id = node_id.trim();
     assert_eq!(listed.len(), 1, "{nodes}");
-    assert_eq!(listed[0]["id"], node_id.trim(), "{nodes}");
+    assert_eq!(listed[0]["id"], node_id, "{nodes}");
+    // Known by its own host's address.
+    let proxy_at = |s: &Server| format!("{}:{}", s.ip(), s.proxy_port);
+    assert_eq!(listed[0]["address"], proxy_at(&node), "{nodes}");
     assert!(
         !node.data_dir.join("state.db").exists(),
         "its state is the cluster's"
@@ -602,8 +623,47 @@ async fn a_node_joins_a_control_plane_that_runs_no_sandboxes() {
     assert_eq!(cp.delete(&copy).await, 200);
     assert_eq!(cp.delete("far").await, 200);
     wait_until(Duration::from_secs(30), || node.host_leftovers().is_empty()).await;
-    clean(&[&cp, &node]).await;
-    // A node cannot join with the wrong token: it stops with the reason.
+
+    // A second node on a third host: with the first drained, creates run
+    // there; the control plane's proxy reaches the sandboxes of both.
+    let on_first = cp.create(json!({})).await;
+    let second = join_node(&cp, TOKEN, Some(net.host(2))).await;
+    let nodes = nodes_of(&cp).await;
+    let listed = nodes["nodes"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{nodes}");
+    assert!(listed.iter().all(|n| n["alive"] == true), "{nodes}");
+    assert!(
+        listed.iter().any(|n| n["address"] == proxy_at(&second)),
+        "{nodes}"
+    );
+    let r = cp
+        .req_root(Method::POST, &format!("/v1/nodes/{node_id}/drain"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let on_second = cp.create(json!({})).await;
+    let runs_on = |s: &Server, id: &str| s.host_leftovers().iter().any(|l| l.contains(id));
+    assert!(runs_on(&node, &on_first), "{:?}", node.host_leftovers());
+    assert!(
+        runs_on(&second, &on_second),
+        "{:?}",
+        second.host_leftovers()
+    );
+    assert!(!runs_on(&node, &on_second), "{:?}", node.host_leftovers());
+    assert!(
+        !runs_on(&second, &on_first),
+        "{:?}",
+        second.host_leftovers()
+    );
+    assert_eq!(cp.sh(&on_first, "echo first").await, "first\n");
+    assert_eq!(cp.sh(&on_second, "echo second").await, "second\n");
+    assert_eq!(cp.delete(&on_first).await, 200);
+    assert_eq!(cp.delete(&on_second).await, 200);
+    clean(&[&cp, &node, &second]).await;
+    // A node cannot join with the wrong token: it stops with the reason
+    // (run in the test's own network namespace, it reaches the control
+    // plane over the bridge).
     let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
     let out = std::process::Command::new(sbx_bin())
         .args([
@@ -639,7 +699,7 @@ async fn a_replica_killed_mid_create_loses_nothing_the_other_cannot_finish() {
         .push(("PATH".into(), no_runsc.path().display().to_string()));
     let mut first = Server::start_with(opts.clone()).await;
     let second = Server::start_with(opts).await;
-    let node = join_node(&second.api, TOKEN).await;
+    let node = join_node(&second, TOKEN, None).await;
     let create = first
         .req(Method::POST, "/sandboxes")
         .json(&json!({"name": "midway"}))

@@ -1,7 +1,10 @@
-//! Real services for tests, each started by the test on 127.0.0.1 with its
-//! data in a temp dir and stopped on drop: nothing is shared with other
-//! tests or left on the host.
+//! Real services for tests, each started by the test on 127.0.0.1 (or on
+//! another address of this machine: a [`net::TestNet`]'s bridge) with its
+//! data in a temp dir and stopped on drop, and networks of the test's own
+//! (network namespaces joined by a bridge, [`net`]), removed on drop:
+//! nothing is shared with other tests or left on the host.
 
+pub mod net;
 pub mod postgres;
 pub mod s3;
 

@@ -1,22 +1,39 @@
 //! A PostgreSQL server of the test's own: `initdb` into a temp dir, then
-//! `postgres` on a free loopback port, run as the `postgres` user (the
-//! server refuses root) and killed on drop.
+//! `postgres` on a free loopback port (and on a given address of this
+//! machine, [`Postgres::start_on`]), run as the `postgres` user (the server
+//! refuses root) and killed on drop.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// A running PostgreSQL with one superuser, `sbx`, trusted on loopback.
+/// A running PostgreSQL with one superuser, `sbx`, trusted on loopback
+/// (and from the clients given to [`start_on`](Self::start_on)).
 pub struct Postgres {
     child: Child,
     port: u16,
+    /// The address its URLs name.
+    host: Ipv4Addr,
     _dir: tempfile::TempDir,
 }
 
 impl Postgres {
-    /// Starts a fresh cluster. Panics with the install command when
-    /// PostgreSQL is not installed (`scripts/install-deps.sh --test`).
+    /// Starts a fresh cluster on 127.0.0.1. Panics with the install command
+    /// when PostgreSQL is not installed (`scripts/install-deps.sh --test`).
     pub fn start() -> Postgres {
+        Self::start_listening(None)
+    }
+
+    /// Starts a fresh cluster listening on `addr` (an address of this
+    /// machine, e.g. a [`TestNet`](crate::net::TestNet)'s gateway) as well
+    /// as 127.0.0.1, trusting clients in `clients` (CIDR); its URLs name
+    /// `addr`.
+    pub fn start_on(addr: Ipv4Addr, clients: &str) -> Postgres {
+        Self::start_listening(Some((addr, clients)))
+    }
+
+    fn start_listening(extra: Option<(Ipv4Addr, &str)>) -> Postgres {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("sbx-pg-")
@@ -37,6 +54,16 @@ impl Postgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let mut listen = "127.0.0.1".to_string();
+        if let Some((addr, clients)) = extra {
+            use std::io::Write;
+            listen = format!("127.0.0.1,{addr}");
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("pg_hba.conf"))
+                .and_then(|mut f| writeln!(f, "host all all {clients} trust"))
+                .expect("append to pg_hba.conf");
+        }
         // A free port picked here may be taken by a parallel test before
         // the server binds it: then try another.
         for _ in 0..5 {
@@ -47,16 +74,18 @@ impl Postgres {
                 .arg("-k")
                 .arg(dir.path())
                 .args(["-p", &port.to_string()])
-                .args(["-c", "listen_addresses=127.0.0.1"])
+                .args(["-c", &format!("listen_addresses={listen}")])
                 .args(["-c", "fsync=off", "-c", "max_connections=200"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("run postgres");
-            if wait_ready(&mut child, &bin, port) {
+            let host = extra.map_or(Ipv4Addr::LOCALHOST, |(addr, _)| addr);
+            if wait_ready(&mut child, &bin, port, host) {
                 return Postgres {
                     child,
                     port,
+                    host,
                     _dir: dir,
                 };
             }
@@ -65,9 +94,10 @@ impl Postgres {
         panic!("postgres did not start on a free port");
     }
 
-    /// `postgres://sbx@127.0.0.1:PORT/DB`; `postgres` always exists.
+    /// `postgres://sbx@HOST:PORT/DB`, HOST 127.0.0.1 or the address given
+    /// to [`start_on`](Self::start_on); `postgres` always exists.
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://sbx@127.0.0.1:{}/{db}", self.port)
+        format!("postgres://sbx@{}:{}/{db}", self.host, self.port)
     }
 
     /// Creates database `name` (owned by `sbx`) and returns its URL.
@@ -130,17 +160,21 @@ fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
-fn wait_ready(child: &mut Child, bin: &Path, port: u16) -> bool {
+/// True once the server answers on 127.0.0.1 and on `host` (it starts
+/// when it can bind one of its addresses: the port may be taken on the other).
+fn wait_ready(child: &mut Child, bin: &Path, port: u16, host: Ipv4Addr) -> bool {
     let start = std::time::Instant::now();
     while start.elapsed() < Duration::from_secs(30) {
         if let Ok(Some(_)) = child.try_wait() {
             return false;
         }
-        let ready = Command::new(bin.join("pg_isready"))
-            .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        if ready {
+        let ready = |h: Ipv4Addr| {
+            Command::new(bin.join("pg_isready"))
+                .args(["-q", "-h", &h.to_string(), "-p", &port.to_string()])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if ready(Ipv4Addr::LOCALHOST) && ready(host) {
             return true;
         }
         std::thread::sleep(Duration::from_millis(50));

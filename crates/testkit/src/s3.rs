@@ -1,5 +1,6 @@
 //! An S3 server of the test's own: SeaweedFS (`weed mini`: master, volume,
-//! filer and S3 gateway in one process) on free loopback ports, with its
+//! filer and S3 gateway in one process) on free ports of 127.0.0.1 (or of
+//! another address of this machine, [`S3Server::start_on`]), with its
 //! data, logs and config in a temp dir, requests signed with one access key
 //! and checked, and the process killed on drop.
 //!
@@ -10,7 +11,7 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -35,6 +36,8 @@ const SECRET_KEY: &str = "sbx-test-secret-key";
 pub struct S3Server {
     /// Dropped (killed) before `dir` is removed.
     _weed: Weed,
+    /// The address it listens on.
+    ip: Ipv4Addr,
     s3_port: u16,
     dir: tempfile::TempDir,
 }
@@ -78,9 +81,17 @@ pub fn weed_bin() -> PathBuf {
 }
 
 impl S3Server {
-    /// Starts a fresh server and waits until its S3 port answers (about a
-    /// second). Panics, with the end of its log, if it does not start.
+    /// Starts a fresh server on 127.0.0.1 and waits until its S3 port
+    /// answers (about a second). Panics, with the end of its log, if it
+    /// does not start.
     pub fn start() -> S3Server {
+        Self::start_on(Ipv4Addr::LOCALHOST)
+    }
+
+    /// [`start`](Self::start) with every port on `ip` (an address of this
+    /// machine, e.g. a [`TestNet`](crate::net::TestNet)'s gateway) instead;
+    /// the endpoint, URLs and requests of this server then name `ip`.
+    pub fn start_on(ip: Ipv4Addr) -> S3Server {
         let bin = weed_bin();
         let dir = tempfile::Builder::new()
             .prefix("sbx-s3-")
@@ -110,8 +121,8 @@ impl S3Server {
             let mut args = vec![
                 "mini".to_owned(),
                 format!("-dir={}", dir.path().join("data").display()),
-                "-ip=127.0.0.1".into(),
-                "-ip.bind=127.0.0.1".into(),
+                format!("-ip={ip}"),
+                format!("-ip.bind={ip}"),
                 format!("-master.port={master}"),
                 format!("-volume.port={volume}"),
                 format!("-filer.port={filer}"),
@@ -155,9 +166,10 @@ impl S3Server {
                 });
             }
             let weed = Weed::spawn(cmd, grpc);
-            if wait_ready(&weed, s3, Duration::from_secs(30)) {
+            if wait_ready(&weed, ip, s3, Duration::from_secs(30)) {
                 return S3Server {
                     _weed: weed,
+                    ip,
                     s3_port: s3,
                     dir,
                 };
@@ -173,9 +185,14 @@ impl S3Server {
         panic!("weed mini did not start on free ports; its log ended with:\n{tail}");
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://IP:PORT`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.s3_port)
+        format!("http://{}:{}", self.ip, self.s3_port)
+    }
+
+    /// The address it listens on.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ip
     }
 
     pub fn port(&self) -> u16 {
@@ -190,7 +207,7 @@ impl S3Server {
         SECRET_KEY
     }
 
-    /// `s3://BUCKET?endpoint=http://127.0.0.1:PORT&region=us-east-1`, the
+    /// `s3://BUCKET?endpoint=http://IP:PORT&region=us-east-1`, the
     /// form `sbx_store::Store::open_url` takes (with the keys in
     /// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`).
     pub fn url(&self, bucket: &str) -> String {
@@ -222,7 +239,7 @@ impl S3Server {
     /// URI-encoded, with an optional `?query` of encoded `k=v` pairs);
     /// returns the status and body.
     pub fn signed_request(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-        signed_request(self.s3_port, method, path, body)
+        signed_request(self.ip, self.s3_port, method, path, body)
             .unwrap_or_else(|e| panic!("S3 request {method} {path}: {e}"))
     }
 
@@ -298,10 +315,10 @@ impl Drop for Weed {
 /// True once an authenticated request (a bucket listing, which goes through
 /// the filer) succeeds, so the first request of a test does not race the
 /// server's start; false if weed exits or `limit` passes first.
-fn wait_ready(weed: &Weed, port: u16, limit: Duration) -> bool {
+fn wait_ready(weed: &Weed, ip: Ipv4Addr, port: u16, limit: Duration) -> bool {
     let start = std::time::Instant::now();
     while start.elapsed() < limit && !weed.exited.load(Ordering::SeqCst) {
-        if matches!(signed_request(port, "GET", "/", b""), Ok((200, _))) {
+        if matches!(signed_request(ip, port, "GET", "/", b""), Ok((200, _))) {
             return true;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -309,15 +326,16 @@ fn wait_ready(weed: &Weed, port: u16, limit: Duration) -> bool {
     false
 }
 
-/// One HTTP/1.1 request to 127.0.0.1:`port`, signed with AWS Signature V4
+/// One HTTP/1.1 request to `ip`:`port`, signed with AWS Signature V4
 /// for [`ACCESS_KEY`].
 fn signed_request(
+    ip: Ipv4Addr,
     port: u16,
     method: &str,
     path: &str,
     body: &[u8],
 ) -> std::io::Result<(u16, Vec<u8>)> {
-    let host = format!("127.0.0.1:{port}");
+    let host = format!("{ip}:{port}");
     let (date, day) = amz_date(SystemTime::now());
     let payload_hash = hex(&Sha256::digest(body));
     let signed_headers = "host;x-amz-content-sha256;x-amz-date";
