@@ -977,11 +977,20 @@ def main():
     ap.add_argument("--density-step", type=int, default=50)
     ap.add_argument("--no-cluster", action="store_true",
                     help="skip the many-hosts case (control plane on PostgreSQL + S3, two nodes)")
+    ap.add_argument("--cluster-only", action="store_true",
+                    help="only the many-hosts case (its remote-create ratio needs the raw runs: not printed)")
     args = ap.parse_args()
     images = pathlib.Path(args.images)
     images.mkdir(parents=True, exist_ok=True)
 
     host = host_info()
+    if args.cluster_only:
+        many = cluster.bench_cluster(Sbx, args.sbx, args.agent, images, free_port, HOLD_256MB, args.n)
+        for line in host:
+            print(line)
+        if many:
+            cluster.print_cluster(many, None, summary, verdict)
+        return
     rootfs = images / "default" / "rootfs"
     # The raw baseline's work dir; its name is also its cgroup parent's, unique to this run.
     work = pathlib.Path(tempfile.mkdtemp(prefix="sbx-bench-raw-", dir="/var/tmp"))

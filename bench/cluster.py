@@ -258,8 +258,9 @@ def bench_cluster(Sbx, sbx_bin, agent, images, free_port, hold_256mb, n):
 def print_cluster(r, raw_equivalent, summary, verdict):
     print("many hosts: a control plane on PostgreSQL + S3 (no local node), two nodes")
     print(summary("remote node: create -> first command", r["remote_tti"]))
-    ratio = statistics.median(r["remote_tti"]) / statistics.median(raw_equivalent)
-    print(f"remote create ratio vs raw equivalent (median) {ratio:.2f}x   target <= 1.3x   {verdict(ratio <= 1.3)}")
+    if raw_equivalent:
+        ratio = statistics.median(r["remote_tti"]) / statistics.median(raw_equivalent)
+        print(f"remote create ratio vs raw equivalent (median) {ratio:.2f}x   target <= 1.3x   {verdict(ratio <= 1.3)}")
     print(summary("restore, nothing cached on the node", r["cold_restore"]))
     print(summary("restore, warm on the node", r["warm_restore"]))
     ratio = statistics.median(r["cold_restore"]) / statistics.median(r["warm_restore"])

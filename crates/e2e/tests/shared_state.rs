@@ -254,6 +254,81 @@ async fn servers_sharing_a_database_leave_each_others_sandboxes_alone() {
 
 /// A snapshot stored in S3 restores on a host that never saw it: a second
 /// server with an empty data dir on the same database and bucket.
+/// A memory snapshot restores on a host that has none of it (its memory
+/// image fetched while the sandbox is prepared) with what its memory held;
+/// one whose memory image cannot be fetched fails with the reason and
+/// leaves nothing on the host.
+#[tokio::test]
+async fn a_stored_memory_snapshot_restores_on_a_fresh_host_or_fails_cleanly() {
+    let pg = Postgres::start();
+    let s3 = S3Server::start();
+    let opts = on(&pg, &s3, "sbx");
+    let a = Server::start_with(opts.clone()).await;
+    let id = a.create(json!({})).await;
+    // 32 MB of random bytes in memory (a tmpfs) and their sum on disk.
+    a.sh(
+        &id,
+        "head -c 33554432 /dev/urandom > /dev/shm/blob; md5sum /dev/shm/blob > /root/sum",
+    )
+    .await;
+    let snap = a.snapshot(&id, "memory").await;
+    let sid = snap["snapshot_id"].as_str().unwrap().to_string();
+    a.cleanup().await;
+    drop(a);
+
+    let b = Server::start_with(opts.clone()).await;
+    let copy = b.create(json!({"snapshot_id": sid})).await;
+    assert_eq!(
+        b.sh(&copy, "md5sum -c /root/sum >/dev/null && echo intact")
+            .await,
+        "intact\n"
+    );
+    b.cleanup().await;
+    assert!(b.host_leftovers().is_empty(), "{:?}", b.host_leftovers());
+    drop(b);
+
+    // Its memory image's largest chunk goes from the bucket.
+    let (code, manifest) = s3.signed_request("GET", &format!("/sbx/manifests/{sid}.json"), b"");
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&manifest));
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let chunks = manifest["streams"]["checkpoint/pages.img"]["chunks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no memory image in {manifest}"));
+    let largest = chunks
+        .iter()
+        .max_by_key(|c| c["len"].as_u64().unwrap())
+        .unwrap();
+    let hash = largest["hash"].as_str().unwrap();
+    let key = s3
+        .keys("sbx", "chunks/")
+        .into_iter()
+        .find(|k| k.contains(hash))
+        .unwrap_or_else(|| panic!("chunk {hash} is not in the bucket"));
+    let (code, body) = s3.signed_request("DELETE", &format!("/sbx/{key}"), b"");
+    assert!(
+        code == 204 || code == 200,
+        "{code} {}",
+        String::from_utf8_lossy(&body)
+    );
+
+    let c = Server::start_with(opts).await;
+    let (code, v) = c
+        .post_status("/sandboxes", json!({"snapshot_id": sid}))
+        .await;
+    let said = v.to_string();
+    assert!(
+        code >= 400 || v["status"] == "failed",
+        "a restore without its memory image: {code} {v}"
+    );
+    assert!(said.contains(&sid) && said.contains(hash), "{said}");
+    wait_until(Duration::from_secs(30), || c.host_leftovers().is_empty()).await;
+    assert!(
+        !c.data_dir.join("snapshots").join(&sid).exists(),
+        "a partial copy of the snapshot was left"
+    );
+    c.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_stored_snapshot_restores_on_a_fresh_host() {
     let pg = Postgres::start();

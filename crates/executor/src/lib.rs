@@ -148,6 +148,11 @@ pub struct LaunchSpec {
     pub secrets: SecretEnv,
 }
 
+/// Resolves once a checkpoint being written is whole (`Err`: it never
+/// will be); see [`Executor::launch_when`].
+pub type CheckpointReady =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
 /// Facts about a sandbox kept beside it on disk, for re-adoption after a
 /// crash and for resuming it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -422,13 +427,25 @@ impl Executor {
 
     /// Boots a sandbox and waits for its agent. On failure nothing is left behind.
     pub async fn launch(&self, spec: &LaunchSpec) -> Result<SocketAddr, Error> {
+        self.launch_when(spec, None).await
+    }
+
+    /// [`launch`](Self::launch) of a restore whose checkpoint is still being
+    /// written (fetched from a blob store): the layer and network are made
+    /// meanwhile, and the restore starts once `ready` resolves. The
+    /// checkpoint's small files (its addresses) must be there already.
+    pub async fn launch_when(
+        &self,
+        spec: &LaunchSpec,
+        ready: Option<CheckpointReady>,
+    ) -> Result<SocketAddr, Error> {
         if !self.images.exists(&spec.image) {
             return Err(Error::UnknownImage {
                 name: spec.image.clone(),
                 available: self.images.list().join(", "),
             });
         }
-        match self.launch_in(spec).await {
+        match self.launch_in(spec, ready).await {
             Ok((slot, pid)) => {
                 if let Some(l) = self.live.lock().unwrap().get_mut(&spec.id) {
                     l.pid = pid;
@@ -464,7 +481,11 @@ impl Executor {
         Err(Error::NoSlot(net::MAX_SLOTS))
     }
 
-    async fn launch_in(&self, spec: &LaunchSpec) -> Result<(Slot, Option<i32>), Error> {
+    async fn launch_in(
+        &self,
+        spec: &LaunchSpec,
+        ready: Option<CheckpointReady>,
+    ) -> Result<(Slot, Option<i32>), Error> {
         let mut spec = spec.clone();
         if let Some(ck) = &spec.checkpoint {
             spec.aliases = read_addresses(ck).await;
@@ -514,6 +535,14 @@ impl Executor {
         let t1 = std::time::Instant::now();
         // Its lookups are answered by its DNS guard from its first.
         self.dns.guard(&spec.id, slot, &spec.egress).await?;
+        let waited = std::time::Instant::now();
+        if let Some(ready) = ready {
+            ready.await.map_err(|reason| Error::Host {
+                what: "the checkpoint".into(),
+                reason,
+            })?;
+        }
+        let waited_ms = waited.elapsed().as_millis() as u64;
         let state = match &spec.checkpoint {
             Some(ck) => self.runtime.restore(&runtime_spec, ck).await?,
             None => self.runtime.create_and_start(&runtime_spec).await?,
@@ -528,7 +557,8 @@ impl Executor {
             layer_and_net_ms = (t1 - t0).as_millis() as u64,
             layer_ms,
             net_ms,
-            runtime_ms = (t2 - t1).as_millis() as u64,
+            checkpoint_wait_ms = waited_ms,
+            runtime_ms = (t2 - t1).as_millis() as u64 - waited_ms,
             agent_ms = t2.elapsed().as_millis() as u64,
             "launch phases"
         );

@@ -805,13 +805,20 @@ impl Manager {
         let started = std::time::Instant::now();
         let launched = async {
             let mut launch = launch;
+            // A memory image fetched from the blob store is written while
+            // the sandbox's layer and network are made.
+            let mut memory_ready = None;
             if let Some(sid) = &spec.snapshot_id {
-                let (layer, checkpoint) = self
-                    .snapshot_files(sid)
+                let (layer, checkpoint, rest) = self
+                    .snapshot_files_early(sid)
                     .await
                     .map_err(|e| format!("snapshot {sid}: {e}"))?;
                 launch.layer = Some(layer);
                 launch.checkpoint = checkpoint;
+                memory_ready = rest.map(|rest| -> sbx_executor::CheckpointReady {
+                    let sid = sid.clone();
+                    Box::pin(async move { rest.await.map_err(|e| format!("snapshot {sid}: {e}")) })
+                });
             }
             // The current values; a memory image keeps those it had.
             let names = spec.secret_names.as_deref().unwrap_or_default();
@@ -820,7 +827,10 @@ impl Manager {
                     crate::secrets::resolve(&self.store, &self.secrets_key, &namespace, names)
                         .await?;
             }
-            self.host().launch(&launch).await.map_err(|e| e.to_string())
+            self.host()
+                .launch_when(&launch, memory_ready)
+                .await
+                .map_err(|e| e.to_string())
         };
         match launched.await {
             Ok(_) => {

@@ -8,6 +8,7 @@ use crate::store::{SandboxRow, SnapshotRow, SnapshotUpdate};
 use chrono::Utc;
 use sbx_api::sandbox::{CreateSandboxRequest, SandboxStatus};
 use sbx_api::snapshot::{SnapshotStatus, SnapshotType};
+use sbx_executor::CheckpointReady;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -255,43 +256,114 @@ impl Manager {
         &self,
         sid: &str,
     ) -> Result<(PathBuf, Option<PathBuf>), String> {
-        let dir = self.host().snapshot_dir(sid);
-        if !dir.join("layer").is_dir() || fetched_before_reboot(&dir) {
-            let lock = self.lock_for(&format!("snapshot:{sid}"));
-            let _guard = lock.lock().await;
-            if fetched_before_reboot(&dir) {
-                tracing::info!(
-                    snapshot = sid,
-                    "fetched before a reboot, maybe not whole on disk: fetched again"
-                );
-                let _ = tokio::fs::remove_dir_all(&dir).await;
-            }
-            if !dir.join("layer").is_dir() {
-                let blobs = self.blobs.clone();
-                let (s, d) = (sid.to_string(), dir.clone());
-                let started = std::time::Instant::now();
-                let bytes = tokio::task::spawn_blocking(move || materialize(&blobs, &s, &d))
-                    .await
-                    .map_err(|e| e.to_string())??;
-                tracing::info!(
-                    snapshot = sid,
-                    bytes,
-                    ms = started.elapsed().as_millis() as u64,
-                    "snapshot fetched from the blob store"
-                );
-                // On disk later, off the restore's path (a syncfs waits for
-                // every dirty page of the file system).
-                let fetched = dir.clone();
-                tokio::task::spawn_blocking(move || {
-                    if let Err(e) = sbx_executor::syncfs(&fetched) {
-                        return tracing::warn!("syncing a fetched snapshot: {e}");
-                    }
-                    let _ = std::fs::remove_file(fetched.join(FETCHED_MARK));
-                });
-            }
+        let (layer, checkpoint, rest) = self.snapshot_files_early(sid).await?;
+        if let Some(rest) = rest {
+            rest.await?;
         }
-        let ck = dir.join("checkpoint");
-        Ok((dir.join("layer"), ck.is_dir().then_some(ck)))
+        Ok((layer, checkpoint))
+    }
+
+    /// [`snapshot_files`](Self::snapshot_files) that answers as soon as all
+    /// but the memory image is here, with a future that resolves once that
+    /// is whole too: a restore prepares its sandbox meanwhile.
+    pub(crate) async fn snapshot_files_early(
+        &self,
+        sid: &str,
+    ) -> Result<(PathBuf, Option<PathBuf>, Option<CheckpointReady>), String> {
+        let dir = self.host().snapshot_dir(sid);
+        let paths = |dir: &Path| {
+            let ck = dir.join("checkpoint");
+            (dir.join("layer"), ck.is_dir().then_some(ck))
+        };
+        if is_whole(&dir) && !fetched_before_reboot(&dir) {
+            let (layer, ck) = paths(&dir);
+            return Ok((layer, ck, None));
+        }
+        // Held until the fetch is whole: a second restore of it waits.
+        let guard = self.lock_for(&format!("snapshot:{sid}")).lock_owned().await;
+        if fetched_before_reboot(&dir) {
+            tracing::info!(
+                snapshot = sid,
+                "fetched before a reboot, maybe not whole on disk: fetched again"
+            );
+        } else if is_whole(&dir) {
+            let (layer, ck) = paths(&dir);
+            return Ok((layer, ck, None));
+        }
+        // Absent, or left half-fetched by a crash.
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        let started = std::time::Instant::now();
+        let (blobs, s, d) = (self.blobs.clone(), sid.to_string(), dir.clone());
+        let memory = tokio::task::spawn_blocking(move || fetch_all_but_memory(&blobs, &s, &d))
+            .await
+            .map_err(|e| e.to_string())?;
+        let memory = match memory {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                return Err(e);
+            }
+        };
+        let (layer, ck) = paths(&dir);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sid = sid.to_string();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let d = dir.clone();
+            let fetched = tokio::task::spawn_blocking(move || match memory {
+                Some(fetch) => fetch
+                    .join()
+                    .unwrap_or_else(|_| Err("its fetch panicked".into())),
+                None => Ok(0),
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
+            .and_then(|bytes| {
+                std::fs::remove_file(d.join(FETCHING_MARK)).map_err(|e| e.to_string())?;
+                Ok(bytes)
+            });
+            match &fetched {
+                Ok(bytes) => {
+                    tracing::info!(
+                        snapshot = sid,
+                        bytes,
+                        ms = started.elapsed().as_millis() as u64,
+                        "snapshot fetched from the blob store"
+                    );
+                    // On disk later, well off the restore's path: the
+                    // kernel writes it back meanwhile, and the syncfs (which
+                    // waits for every dirty page of the file system) then
+                    // only confirms it. Run at once, it competed with the
+                    // restore for the disk and CPUs (~100 ms slower here).
+                    tokio::spawn(async move {
+                        tokio::time::sleep(SYNC_FETCHED_AFTER).await;
+                        let synced = tokio::task::spawn_blocking(move || {
+                            if !dir.exists() {
+                                return Ok(()); // deleted meanwhile
+                            }
+                            sbx_executor::syncfs(&dir)?;
+                            std::fs::remove_file(dir.join(FETCHED_MARK))
+                        });
+                        if let Ok(Err(e)) = synced.await {
+                            tracing::warn!("syncing a fetched snapshot: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(snapshot = sid, "fetching its memory image: {e}");
+                    // The restore waiting for it fails and tears down first.
+                    let _ = tx.send(fetched.map(drop));
+                    let _ = tokio::fs::remove_dir_all(&dir).await;
+                    return;
+                }
+            }
+            let _ = tx.send(fetched.map(drop));
+        });
+        let ready: CheckpointReady = Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err("the fetch of its memory image stopped".into()))
+        });
+        Ok((layer, ck, Some(ready)))
     }
 
     /// Deletes a snapshot from the catalog, the store and this host.
@@ -574,6 +646,13 @@ impl Manager {
     /// After a restart: captures that were under way failed; captured ones
     /// not yet stored are stored now.
     pub async fn recover_snapshots(self: &Arc<Self>) -> Result<(), sqlx::Error> {
+        // Fetches a crash cut short (fetched again when needed).
+        for id in self.host().local_snapshots() {
+            let dir = self.host().snapshot_dir(&id);
+            if dir.join(FETCHING_MARK).exists() {
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+            }
+        }
         for s in self
             .store
             .snapshots_with_status(SnapshotStatus::InProgress)
@@ -658,43 +737,87 @@ fn fetched_before_reboot(dir: &Path) -> bool {
         .is_ok_and(|boot| boot.trim() != sbx_executor::boot_id().trim())
 }
 
-/// Writes a stored snapshot back into `dir` (through a temporary, not
-/// synced: see [`FETCHED_MARK`]); returns the size of its memory image.
-fn materialize(blobs: &sbx_store::Store, sid: &str, dir: &Path) -> Result<u64, String> {
+/// How long after a fetch its files are synced (the kernel's own writeback
+/// of dirty pages starts after 30 s by default).
+const SYNC_FETCHED_AFTER: Duration = Duration::from_secs(30);
+
+/// Marks a snapshot directory whose memory image is still being fetched
+/// (see [`Manager::snapshot_files_early`]); one found so after a crash is
+/// fetched again.
+const FETCHING_MARK: &str = ".fetching";
+
+/// Whether a snapshot's files are all on this host.
+fn is_whole(dir: &Path) -> bool {
+    dir.join("layer").is_dir() && !dir.join(FETCHING_MARK).exists()
+}
+
+/// Writes a stored snapshot back into `dir` (not synced: see
+/// [`FETCHED_MARK`]), marked [`FETCHING_MARK`]: its largest checkpoint
+/// file (the memory image) on a thread of its own, started first and
+/// answered (its size once written), and the rest (the layer, the small
+/// checkpoint files) before this returns.
+fn fetch_all_but_memory(
+    blobs: &Arc<sbx_store::Store>,
+    sid: &str,
+    dir: &Path,
+) -> Result<Option<std::thread::JoinHandle<Result<u64, String>>>, String> {
     let manifest = blobs
         .manifest(sid)
         .map_err(|e| format!("not on this host and not in the store: {e}"))?;
-    let tmp = dir.with_file_name(format!(".tmp-{sid}"));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let result = (|| {
-        std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
-        let tree = manifest
-            .trees
-            .get("layer")
-            .ok_or("the stored snapshot has no layer")?;
-        std::fs::write(tmp.join(FETCHED_MARK), sbx_executor::boot_id())
-            .map_err(|e| e.to_string())?;
-        blobs
-            .restore_dir_unsynced(tree, tmp.join("layer"))
-            .map_err(|e| e.to_string())?;
-        let mut bytes = 0;
-        for (name, stream) in &manifest.streams {
-            if let Some(file) = name.strip_prefix("checkpoint/") {
-                std::fs::create_dir_all(tmp.join("checkpoint")).map_err(|e| e.to_string())?;
-                let path = tmp.join("checkpoint").join(file);
-                let out = std::fs::File::create(&path).map_err(|e| e.to_string())?;
-                bytes += blobs
-                    .read_stream_to_file(stream, &out, &path)
-                    .map_err(|e| e.to_string())?;
-            }
+    let tree = manifest
+        .trees
+        .get("layer")
+        .ok_or("the stored snapshot has no layer")?;
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join(FETCHING_MARK), b"").map_err(|e| e.to_string())?;
+    std::fs::write(dir.join(FETCHED_MARK), sbx_executor::boot_id()).map_err(|e| e.to_string())?;
+    let mut files: Vec<(&str, &sbx_store::StreamRef)> = manifest
+        .streams
+        .iter()
+        .filter_map(|(name, s)| Some((name.strip_prefix("checkpoint/")?, s)))
+        .collect();
+    files.sort_by_key(|(_, s)| s.size);
+    let checkpoint = dir.join("checkpoint");
+    let memory = match files.pop() {
+        Some((name, stream)) => {
+            std::fs::create_dir_all(&checkpoint).map_err(|e| e.to_string())?;
+            let (blobs, stream, path) = (blobs.clone(), stream.clone(), checkpoint.join(name));
+            Some(std::thread::spawn(move || {
+                fetch_stream(&blobs, &stream, &path)
+            }))
         }
-        std::fs::rename(&tmp, dir).map_err(|e| e.to_string())?;
-        Ok(bytes)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
+        None => None,
+    };
+    let rest = blobs
+        .restore_dir_unsynced(tree, dir.join("layer"))
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            files.iter().try_for_each(|(name, stream)| {
+                fetch_stream(blobs, stream, &checkpoint.join(name)).map(drop)
+            })
+        });
+    match rest {
+        Ok(()) => Ok(memory),
+        Err(e) => {
+            // Nothing writes into the directory once this fails.
+            if let Some(m) = memory {
+                let _ = m.join();
+            }
+            Err(e)
+        }
     }
-    result
+}
+
+/// Writes one stored file to `path`; its size.
+fn fetch_stream(
+    blobs: &sbx_store::Store,
+    stream: &sbx_store::StreamRef,
+    path: &Path,
+) -> Result<u64, String> {
+    let out = std::fs::File::create(path).map_err(|e| e.to_string())?;
+    blobs
+        .read_stream_to_file(stream, &out, path)
+        .map_err(|e| e.to_string())
 }
 
 /// `memory` or `filesystem`.
@@ -708,6 +831,19 @@ fn kind_name(kind: SnapshotType) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_snapshot_is_whole_once_its_fetch_has_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!is_whole(dir.path()), "nothing here");
+        std::fs::create_dir(dir.path().join("layer")).unwrap();
+        assert!(is_whole(dir.path()), "captured here, or fetched");
+        std::fs::write(dir.path().join(FETCHING_MARK), b"").unwrap();
+        assert!(
+            !is_whole(dir.path()),
+            "its memory image is being written (or a crash cut it short)"
+        );
+    }
 
     #[test]
     fn a_fetched_snapshot_is_fetched_again_only_after_a_reboot() {
