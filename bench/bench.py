@@ -500,6 +500,14 @@ def print_pool(r):
     print(f"pool claim -> first command median {m:.1f} ms   target <= 30 ms   {verdict(m <= 30)}")
 
 
+def settle():
+    """Flushes what earlier steps left dirty (GBs of snapshots and written
+    disks), so that the kernel's writeback of it does not land in the next
+    measurement."""
+    os.sync()
+    time.sleep(1)
+
+
 def wait_for(cond, what, limit=120):
     deadline = time.time() + limit
     while not cond():
@@ -657,6 +665,7 @@ def bench_snapshots(s, rootfs, work, raw_root, n):
             out[key].append((time.perf_counter() - t0) * 1000)
             shutil.rmtree(img)
     # Suspend = a plain checkpoint (the sandbox stops); resume = restore + a command.
+    settle()
     susp_img = work / "rawbig-suspend"
     susp_img.mkdir()
     t0 = time.perf_counter()
@@ -714,6 +723,7 @@ def bench_snapshots(s, rootfs, work, raw_root, n):
     s.delete_and_wait(named)
 
     # 2. Warm restore -> first command, of a small sandbox.
+    settle()
     _, v = s.api("POST", "/sandboxes", {})
     small = v["sandbox_id"]
     snap = s.snapshot(small)["snapshot_id"]
@@ -737,6 +747,7 @@ def bench_snapshots(s, rootfs, work, raw_root, n):
     out["raw_restore_eq"] = raw_restores_equivalent(rootfs, work, raw_root, n)
 
     # 3. Ten running copies of a running sandbox.
+    settle()
     t0 = time.perf_counter()
     st, r = s.api("POST", f"/sandboxes/{small}/copy?times=10")
     out["copy10"] = (time.perf_counter() - t0) * 1000

@@ -252,8 +252,18 @@ async fn servers_sharing_a_database_leave_each_others_sandboxes_alone() {
     clean(&[&a, &b]).await;
 }
 
-/// A snapshot stored in S3 restores on a host that never saw it: a second
-/// server with an empty data dir on the same database and bucket.
+/// Takes a `kind` snapshot of a sandbox that ran `script`, on a server of
+/// `opts` that then goes with its sandboxes: the snapshot is in the blob
+/// store only. Its id.
+async fn stored_snapshot(opts: &Options, script: &str, kind: &str) -> String {
+    let a = Server::start_with(opts.clone()).await;
+    let id = a.create(json!({})).await;
+    a.sh(&id, script).await;
+    let snap = a.snapshot(&id, kind).await;
+    a.cleanup().await;
+    snap["snapshot_id"].as_str().unwrap().to_string()
+}
+
 /// A memory snapshot restores on a host that has none of it (its memory
 /// image fetched while the sandbox is prepared) with what its memory held;
 /// one whose memory image cannot be fetched fails with the reason and
@@ -263,18 +273,13 @@ async fn a_stored_memory_snapshot_restores_on_a_fresh_host_or_fails_cleanly() {
     let pg = Postgres::start();
     let s3 = S3Server::start();
     let opts = on(&pg, &s3, "sbx");
-    let a = Server::start_with(opts.clone()).await;
-    let id = a.create(json!({})).await;
     // 32 MB of random bytes in memory (a tmpfs) and their sum on disk.
-    a.sh(
-        &id,
+    let sid = stored_snapshot(
+        &opts,
         "head -c 33554432 /dev/urandom > /dev/shm/blob; md5sum /dev/shm/blob > /root/sum",
+        "memory",
     )
     .await;
-    let snap = a.snapshot(&id, "memory").await;
-    let sid = snap["snapshot_id"].as_str().unwrap().to_string();
-    a.cleanup().await;
-    drop(a);
 
     let b = Server::start_with(opts.clone()).await;
     let copy = b.create(json!({"snapshot_id": sid})).await;
@@ -329,22 +334,19 @@ async fn a_stored_memory_snapshot_restores_on_a_fresh_host_or_fails_cleanly() {
     c.cleanup().await;
 }
 
+/// A snapshot stored in S3 restores on a host that never saw it: a second
+/// server with an empty data dir on the same database and bucket.
 #[tokio::test]
 async fn a_stored_snapshot_restores_on_a_fresh_host() {
     let pg = Postgres::start();
     let s3 = S3Server::start();
     let opts = on(&pg, &s3, "sbx");
-    let a = Server::start_with(opts.clone()).await;
-    let id = a.create(json!({})).await;
-    a.sh(
-        &id,
+    let sid = stored_snapshot(
+        &opts,
         "seq 1 200000 > /root/numbers; md5sum /root/numbers > /root/sum",
+        "filesystem",
     )
     .await;
-    let snap = a.snapshot(&id, "filesystem").await;
-    let sid = snap["snapshot_id"].as_str().unwrap().to_string();
-    a.cleanup().await;
-    drop(a);
 
     let b = Server::start_with(opts).await;
     let copy = b.create(json!({"snapshot_id": sid})).await;
