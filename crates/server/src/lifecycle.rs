@@ -4,6 +4,7 @@
 use crate::error::{ApiError, ApiResult};
 use crate::store::{SandboxRow, SandboxSpec, SnapshotRow, Store};
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use sbx_api::sandbox::{
     CreateSandboxRequest, NetworkPolicy, Resources, ResourcesRequest, SandboxStatus,
 };
@@ -807,18 +808,15 @@ impl Manager {
             let mut launch = launch;
             // A memory image fetched from the blob store is written while
             // the sandbox's layer and network are made.
-            let mut memory_ready = None;
+            let mut memory_fetch = None;
             if let Some(sid) = &spec.snapshot_id {
-                let (layer, checkpoint, rest) = self
+                let (layer, checkpoint, fetch) = self
                     .snapshot_files_early(sid)
                     .await
                     .map_err(|e| format!("snapshot {sid}: {e}"))?;
                 launch.layer = Some(layer);
                 launch.checkpoint = checkpoint;
-                memory_ready = rest.map(|rest| -> sbx_executor::CheckpointReady {
-                    let sid = sid.clone();
-                    Box::pin(async move { rest.await.map_err(|e| format!("snapshot {sid}: {e}")) })
-                });
+                memory_fetch = fetch.map(|f| (sid.clone(), f));
             }
             // The current values; a memory image keeps those it had.
             let names = spec.secret_names.as_deref().unwrap_or_default();
@@ -827,10 +825,21 @@ impl Manager {
                     crate::secrets::resolve(&self.store, &self.secrets_key, &namespace, names)
                         .await?;
             }
-            self.host()
-                .launch_when(&launch, memory_ready)
-                .await
-                .map_err(|e| e.to_string())
+            let ready = memory_fetch
+                .clone()
+                .map(|(sid, f)| -> sbx_executor::CheckpointReady {
+                    Box::pin(async move { f.await.map_err(|e| format!("snapshot {sid}: {e}")) })
+                });
+            let launched = self.host().launch_when(&launch, ready).await;
+            launched.map_err(|e| {
+                // A failed fetch is why, whatever the launch tripped over
+                // first (its files went with it).
+                let fetch = memory_fetch.and_then(|(sid, f)| Some((sid, f.now_or_never()?)));
+                match fetch {
+                    Some((sid, Err(why))) => format!("snapshot {sid}: {why}"),
+                    _ => e.to_string(),
+                }
+            })
         };
         match launched.await {
             Ok(_) => {

@@ -6,9 +6,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::lifecycle::{LaunchOutcome, Manager};
 use crate::store::{SandboxRow, SnapshotRow, SnapshotUpdate};
 use chrono::Utc;
+use futures::FutureExt;
 use sbx_api::sandbox::{CreateSandboxRequest, SandboxStatus};
 use sbx_api::snapshot::{SnapshotStatus, SnapshotType};
-use sbx_executor::CheckpointReady;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -269,7 +269,7 @@ impl Manager {
     pub(crate) async fn snapshot_files_early(
         &self,
         sid: &str,
-    ) -> Result<(PathBuf, Option<PathBuf>, Option<CheckpointReady>), String> {
+    ) -> Result<(PathBuf, Option<PathBuf>, Option<MemoryFetch>), String> {
         let dir = self.host().snapshot_dir(sid);
         let paths = |dir: &Path| {
             let ck = dir.join("checkpoint");
@@ -359,11 +359,11 @@ impl Manager {
             }
             let _ = tx.send(fetched.map(drop));
         });
-        let ready: CheckpointReady = Box::pin(async move {
+        let fetch = async move {
             rx.await
                 .unwrap_or_else(|_| Err("the fetch of its memory image stopped".into()))
-        });
-        Ok((layer, ck, Some(ready)))
+        };
+        Ok((layer, ck, Some(fetch.boxed().shared())))
     }
 
     /// Deletes a snapshot from the catalog, the store and this host.
@@ -736,6 +736,11 @@ fn fetched_before_reboot(dir: &Path) -> bool {
     std::fs::read_to_string(dir.join(FETCHED_MARK))
         .is_ok_and(|boot| boot.trim() != sbx_executor::boot_id().trim())
 }
+
+/// The fetch of a snapshot's memory image under way: whether it ended
+/// whole (each clone answers the same).
+pub(crate) type MemoryFetch =
+    futures::future::Shared<futures::future::BoxFuture<'static, Result<(), String>>>;
 
 /// How long after a fetch its files are synced (the kernel's own writeback
 /// of dirty pages starts after 30 s by default).
