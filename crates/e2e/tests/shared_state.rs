@@ -264,6 +264,20 @@ async fn stored_snapshot(opts: &Options, script: &str, kind: &str) -> String {
     snap["snapshot_id"].as_str().unwrap().to_string()
 }
 
+/// Restores snapshot `sid` on a fresh server of `opts`: what `/root/sum`
+/// sums is intact, and the host holds nothing once it is ended.
+async fn restores_intact_on_a_fresh_host(opts: &Options, sid: &str) {
+    let b = Server::start_with(opts.clone()).await;
+    let copy = b.create(json!({"snapshot_id": sid})).await;
+    assert_eq!(
+        b.sh(&copy, "md5sum -c /root/sum >/dev/null && echo intact")
+            .await,
+        "intact\n"
+    );
+    b.cleanup().await;
+    assert!(b.host_leftovers().is_empty(), "{:?}", b.host_leftovers());
+}
+
 /// A memory snapshot restores on a host that has none of it (its memory
 /// image fetched while the sandbox is prepared) with what its memory held;
 /// one whose memory image cannot be fetched fails with the reason and
@@ -281,16 +295,7 @@ async fn a_stored_memory_snapshot_restores_on_a_fresh_host_or_fails_cleanly() {
     )
     .await;
 
-    let b = Server::start_with(opts.clone()).await;
-    let copy = b.create(json!({"snapshot_id": sid})).await;
-    assert_eq!(
-        b.sh(&copy, "md5sum -c /root/sum >/dev/null && echo intact")
-            .await,
-        "intact\n"
-    );
-    b.cleanup().await;
-    assert!(b.host_leftovers().is_empty(), "{:?}", b.host_leftovers());
-    drop(b);
+    restores_intact_on_a_fresh_host(&opts, &sid).await;
 
     // Its memory image's largest chunk goes from the bucket.
     let (code, manifest) = s3.signed_request("GET", &format!("/sbx/manifests/{sid}.json"), b"");
@@ -347,16 +352,7 @@ async fn a_stored_snapshot_restores_on_a_fresh_host() {
         "filesystem",
     )
     .await;
-
-    let b = Server::start_with(opts).await;
-    let copy = b.create(json!({"snapshot_id": sid})).await;
-    assert_eq!(
-        b.sh(&copy, "md5sum -c /root/sum >/dev/null && echo intact")
-            .await,
-        "intact\n"
-    );
-    b.cleanup().await;
-    assert!(b.host_leftovers().is_empty(), "{:?}", b.host_leftovers());
+    restores_intact_on_a_fresh_host(&opts, &sid).await;
 }
 
 /// A server whose node takes no more sandboxes places a create on another
