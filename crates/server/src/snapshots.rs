@@ -351,7 +351,8 @@ impl Manager {
                 }
                 Err(e) => {
                     tracing::warn!(snapshot = sid, "fetching its memory image: {e}");
-                    // The restore waiting for it fails and tears down first.
+                    // The restore waiting for it learns why before the
+                    // files go (its launch may trip over their going).
                     let _ = tx.send(fetched.map(drop));
                     let _ = tokio::fs::remove_dir_all(&dir).await;
                     return;
