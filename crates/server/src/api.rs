@@ -125,7 +125,7 @@ where
 /// a local node is ready at once: its nodes build their own.
 async fn healthz(State(state): State<ApiState>) -> Json<serde_json::Value> {
     use sbx_executor::image::BuildStatus;
-    if !state.manager.runs_sandboxes {
+    if !state.manager.runs_sandboxes() {
         return Json(serde_json::json!({"healthy": true, "ready": true, "local_node": false}));
     }
     let image = match state.manager.images().default_status() {
@@ -283,7 +283,7 @@ async fn create(
 ) -> ApiResult<Response> {
     let ns = namespace(&params);
     let deadline = tokio::time::Instant::now() + create_deadline(&headers);
-    if req.wait != Some(false) && state.manager.runs_sandboxes {
+    if req.wait != Some(false) && state.manager.runs_sandboxes() {
         // On a host's first start: wait for the default image before the
         // sandbox is recorded, so that a 503 leaves nothing behind.
         let image = req

@@ -82,7 +82,7 @@ pub async fn build(
 ) -> ApiResult<Response> {
     let q = parse_query(raw.as_deref())?;
     let manager = state.manager.clone();
-    if !manager.runs_sandboxes {
+    if !manager.runs_sandboxes() {
         return Err(ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             "no_executors_available",

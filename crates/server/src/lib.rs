@@ -319,7 +319,6 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
         advertise,
         advertise_api,
         timing: nodes::Timing::new(config.node_lost_after),
-        runs_sandboxes: config.local_node,
         // The servers of a cluster share their keys.
         peer_key: config.api_keys.first().cloned(),
     };
@@ -336,7 +335,7 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
         logs,
     );
     manager.recover().await?;
-    if manager.runs_sandboxes {
+    if manager.runs_sandboxes() {
         manager.register_local_node().await?;
         tracing::info!(node = manager.node_id, "local node registered");
     } else {
@@ -352,12 +351,12 @@ pub async fn run(config: ServerConfig) -> Result<(), Error> {
         build::sweep(&executor.build_cache_dir()).await;
     }
     let sweeper = manager.start_sweeper();
-    let heartbeat = manager.runs_sandboxes.then(|| manager.start_heartbeat());
+    let heartbeat = manager.runs_sandboxes().then(|| manager.start_heartbeat());
     let node_watch = manager.start_node_watch();
     let wake_listener = manager.start_wake_listener();
     let idler = manager.executor.as_ref().map(|e| e.start_idler());
     let log_collector = manager
-        .runs_sandboxes
+        .runs_sandboxes()
         .then(|| logs::collect::start(manager.clone()));
     // The API answers while the default image is built (the first start
     // of a host): creates wait for it, `/healthz` shows its progress.

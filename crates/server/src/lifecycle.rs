@@ -415,9 +415,7 @@ pub struct Manager {
     pub advertise_api: Option<String>,
     /// Heartbeat period and loss timeout of nodes.
     pub node_timing: crate::nodes::Timing,
-    /// Whether this server runs sandboxes (`false`: `--no-local-node`).
-    pub runs_sandboxes: bool,
-    /// This server's own node, when it runs sandboxes (see [`Self::node`]).
+    /// This server's own node, when it has an executor (see [`Self::node`]).
     local: Option<Arc<crate::node::InProcess>>,
     /// The key this server presents to other nodes' servers (they share
     /// the keys); `None`: they take requests without one.
@@ -483,8 +481,8 @@ impl Manager {
         logs: Arc<crate::logs::Logs>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
-            local: node
-                .runs_sandboxes
+            local: executor
+                .is_some()
                 .then(|| Arc::new(crate::node::InProcess::new(me.clone()))),
             peer_key: node.peer_key,
             logs,
@@ -494,7 +492,6 @@ impl Manager {
             advertise: node.advertise,
             advertise_api: node.advertise_api,
             node_timing: node.timing,
-            runs_sandboxes: node.runs_sandboxes,
             wake: tokio::sync::Notify::new(),
             unrecorded_images: Mutex::default(),
             store,
@@ -508,6 +505,12 @@ impl Manager {
             activity: Mutex::new(HashMap::new()),
             tasks: tokio_util::task::TaskTracker::new(),
         })
+    }
+
+    /// Whether this server runs sandboxes (`false`: `--no-local-node`,
+    /// no executor): a node of its own.
+    pub fn runs_sandboxes(&self) -> bool {
+        self.executor.is_some()
     }
 
     pub fn images(&self) -> &sbx_executor::image::Images {
@@ -1113,7 +1116,7 @@ impl Manager {
         };
         self.place_waiting(&rows).await;
         self.keep_pools().await;
-        if self.executor.is_none() {
+        if !self.runs_sandboxes() {
             // No node here: nothing of this host to sweep.
             return;
         }

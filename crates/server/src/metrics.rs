@@ -273,7 +273,7 @@ impl Scrape {
             .map(|(status, node, n)| (status, node.unwrap_or_else(|| m.node_id.clone()), n))
             .collect();
         let snapshots = Some(m.store.completed_snapshot_bytes().await?);
-        let node = m.runs_sandboxes.then(|| {
+        let node = m.runs_sandboxes().then(|| {
             let kb = |field| sbx_executor::meminfo_kb(field).unwrap_or(0) * 1024;
             NodeReport {
                 node: m.node_id.clone(),

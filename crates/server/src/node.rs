@@ -123,6 +123,7 @@ impl Node for InProcess {
 /// (`api_address`), sandbox traffic at its proxy (`address`), both as
 /// recorded in its row; launches are recorded in the state store and the
 /// node woken to take them.
+#[derive(Clone)]
 pub struct Remote {
     id: String,
     manager: Arc<Manager>,
@@ -180,7 +181,7 @@ impl Remote {
 #[async_trait]
 impl Node for Remote {
     fn launch(&self, row: &SandboxRow) -> JoinHandle<LaunchOutcome> {
-        let me = Remote::new(&self.id, self.manager.clone());
+        let me = self.clone();
         let id = row.id.clone();
         tokio::spawn(async move {
             me.wake().await;
@@ -204,7 +205,7 @@ impl Node for Remote {
     async fn reap(&self, _row: &SandboxRow, _reason: &str) {
         // Its sweep removes what no live row wants (`reap_unwanted`); the
         // terminate that called this does not wait for the wake.
-        let me = Remote::new(&self.id, self.manager.clone());
+        let me = self.clone();
         tokio::spawn(async move { me.wake().await });
     }
 

@@ -25,9 +25,6 @@ pub struct LocalNode {
     /// Where other servers send lifecycle requests for its sandboxes.
     pub advertise_api: Option<String>,
     pub timing: Timing,
-    /// `false`: the server runs no sandboxes (`--no-local-node`) and is
-    /// no node; every sandbox is placed on another.
-    pub runs_sandboxes: bool,
     /// The key this server presents to other nodes' servers.
     pub peer_key: Option<String>,
 }
@@ -188,7 +185,7 @@ impl Manager {
     /// Sweeps at once when another server wakes this node (it placed work
     /// here); without PostgreSQL there is nobody to wake it.
     pub fn start_wake_listener(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
-        if !self.runs_sandboxes {
+        if !self.runs_sandboxes() {
             return None;
         }
         let me = self.clone();
@@ -430,7 +427,7 @@ impl Manager {
     /// Refuses a create when the local node takes no new sandboxes (503
     /// `no_executors_available`).
     pub async fn check_node_accepts(&self) -> ApiResult<()> {
-        if !self.runs_sandboxes {
+        if !self.runs_sandboxes() {
             return Err(ApiError::new(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,
                 "no_executors_available",
