@@ -3,22 +3,26 @@
 //! is listed, built on and booted through another, which brings its files
 //! from the bucket when it first needs them; a removal through one server
 //! holds on every server. A real PostgreSQL and a real S3 server
-//! (SeaweedFS), each started by the test on 127.0.0.1.
+//! (SeaweedFS), each started by the test on the bridge of a network of
+//! its own, each server in a network namespace on it.
 
 use reqwest::Method;
 use sbx_e2e::*;
+use sbx_testkit::net::TestNet;
 use sbx_testkit::postgres::Postgres;
 use sbx_testkit::s3::S3Server;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
 
-/// Two servers on database `db` and bucket `sbx`. Bind all four in this
-/// order: the servers, declared last, are dropped first (their cleanup
-/// needs the database).
-async fn two_servers(db: &str) -> (Postgres, S3Server, Server, Server) {
-    let pg = Postgres::start();
-    let s3 = S3Server::start();
+/// Two servers on database `db` and bucket `sbx`, each on a host of its own
+/// (network namespaces 0 and 1 of a [`TestNet`] whose bridge PostgreSQL and
+/// S3 listen on). Bind all five in this order: the servers, declared last,
+/// are dropped first (their cleanup needs the database), the network last.
+async fn two_servers(db: &str) -> (TestNet, Postgres, S3Server, Server, Server) {
+    let net = TestNet::new(2);
+    let pg = Postgres::start_on(net.gateway(), &net.cidr());
+    let s3 = S3Server::start_on(net.gateway());
     s3.create_bucket("sbx");
     let opts = Options {
         args: vec![
@@ -31,11 +35,20 @@ async fn two_servers(db: &str) -> (Postgres, S3Server, Server, Server) {
             ("AWS_ACCESS_KEY_ID".into(), s3.access_key().into()),
             ("AWS_SECRET_ACCESS_KEY".into(), s3.secret_key().into()),
         ],
+        key: Some("e2e-images-key-0123456789".into()),
         ..Default::default()
     };
-    let a = Server::start_with(opts.clone()).await;
-    let b = Server::start_with(opts).await;
-    (pg, s3, a, b)
+    let a = Server::start_with(Options {
+        netns: Some(net.host(0)),
+        ..opts.clone()
+    })
+    .await;
+    let b = Server::start_with(Options {
+        netns: Some(net.host(1)),
+        ..opts
+    })
+    .await;
+    (net, pg, s3, a, b)
 }
 
 /// Whether server `s` holds image `id`'s files.
@@ -77,7 +90,7 @@ fn listed(s: &Server) -> Vec<String> {
 
 #[tokio::test]
 async fn images_made_through_one_server_are_listed_booted_and_removed_through_another() {
-    let (_pg, s3, a, b) = two_servers("images").await;
+    let (_net, _pg, s3, a, b) = two_servers("images").await;
     // A small image built on A: busybox, no RUN.
     let dir = tempfile::tempdir().unwrap();
     let bin = dir.path().join("bin");

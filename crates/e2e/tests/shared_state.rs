@@ -1,9 +1,10 @@
 //! `sbx server` with its state in PostgreSQL (`--state`) and its snapshots
 //! and images in S3 (`--blobs`): a real PostgreSQL and a real S3 server
-//! (SeaweedFS), each started by the test with its data in a temp dir, on
-//! 127.0.0.1; or, for a control plane and nodes on hosts of their own, on
-//! the bridge of a network of the test's own ([`TestNet`]), each server in
-//! a network namespace on it.
+//! (SeaweedFS), each started by the test with its data in a temp dir. Where
+//! a test runs servers side by side, each is on a host of its own: a network
+//! namespace on the bridge of a network of the test's ([`TestNet`]), where
+//! PostgreSQL and S3 listen too. A test of one server keeps all on
+//! 127.0.0.1.
 
 use reqwest::Method;
 use sbx_e2e::*;
@@ -41,12 +42,18 @@ async fn clean(servers: &[&Server]) {
     }
 }
 
-/// Two servers on one database and bucket (`db`), nodes lost after
-/// `lost_secs`. Bind all four in this order: the servers, declared last,
-/// are dropped first (their cleanup needs the database).
-async fn two_servers(db: &str, lost_secs: u32) -> (Postgres, S3Server, Server, Server) {
-    let pg = Postgres::start();
-    let s3 = S3Server::start();
+/// A shared API key of servers on hosts of the test's network.
+const KEY: &str = "e2e-cluster-key-0123456789";
+
+/// Two servers on one database and bucket (`db`), each with its own node
+/// on a host of its own: network namespaces 0 and 1 of a [`TestNet`] whose
+/// bridge PostgreSQL and S3 listen on. Nodes are lost after `lost_secs`.
+/// Bind all five in this order: the servers, declared last, are dropped
+/// first (their cleanup needs the database), the network last.
+async fn two_servers(db: &str, lost_secs: u32) -> (TestNet, Postgres, S3Server, Server, Server) {
+    let net = TestNet::new(2);
+    let pg = Postgres::start_on(net.gateway(), &net.cidr());
+    let s3 = S3Server::start_on(net.gateway());
     let mut opts = on(&pg, &s3, db);
     opts.args
         .extend(["--node-lost-secs".into(), lost_secs.to_string()]);
@@ -55,9 +62,18 @@ async fn two_servers(db: &str, lost_secs: u32) -> (Postgres, S3Server, Server, S
     // the other node can resume the sandbox.
     opts.args
         .extend(["--suspend-linger-secs".into(), "0".into()]);
-    let a = Server::start_with(opts.clone()).await;
-    let b = Server::start_with(opts).await;
-    (pg, s3, a, b)
+    opts.key = Some(KEY.into());
+    let a = Server::start_with(Options {
+        netns: Some(net.host(0)),
+        ..opts.clone()
+    })
+    .await;
+    let b = Server::start_with(Options {
+        netns: Some(net.host(1)),
+        ..opts
+    })
+    .await;
+    (net, pg, s3, a, b)
 }
 
 /// Options of a control plane on `db` that runs no sandboxes and takes
@@ -185,7 +201,7 @@ async fn node_ids(a: &Server, b: &Server) -> (String, String) {
             .as_array()
             .unwrap()
             .iter()
-            .find(|n| n["address"] == format!("127.0.0.1:{}", s.proxy_port).as_str())
+            .find(|n| n["address"] == s.proxy.trim_start_matches("http://"))
             .map(|n| n["id"].as_str().unwrap().to_string())
             .unwrap()
     };
@@ -203,7 +219,7 @@ async fn nodes_of(s: &Server) -> serde_json::Value {
 #[tokio::test]
 async fn servers_sharing_a_database_leave_each_others_sandboxes_alone() {
     // Nodes report every 2 s.
-    let (_pg, _s3, a, mut b) = two_servers("shared", 8).await;
+    let (_net, _pg, _s3, a, mut b) = two_servers("shared", 8).await;
     let on_a = a.create(json!({})).await;
     let on_b = b.create(json!({})).await;
     let nodes = nodes_of(&a).await;
@@ -360,7 +376,7 @@ async fn a_stored_snapshot_restores_on_a_fresh_host() {
 /// either proxy reaches the sandbox.
 #[tokio::test]
 async fn a_create_a_drained_node_cannot_take_runs_on_another_node() {
-    let (_pg, _s3, a, b) = two_servers("placed", 60).await;
+    let (_net, _pg, _s3, a, b) = two_servers("placed", 60).await;
     // A small image built on A (busybox, no RUN), stored in the bucket.
     let dir = tempfile::tempdir().unwrap();
     let bin = dir.path().join("bin");
@@ -426,7 +442,7 @@ async fn a_create_a_drained_node_cannot_take_runs_on_another_node() {
 /// `node_lost`; back, it removes them from its host.
 #[tokio::test]
 async fn a_silent_node_loses_its_sandboxes_and_cleans_up_when_back() {
-    let (_pg, _s3, a, mut b) = two_servers("lost", 4).await;
+    let (_net, _pg, _s3, a, mut b) = two_servers("lost", 4).await;
     let id = b.create(json!({})).await;
     b.kill9();
     // The sandbox still runs on B's host; A gives it up.
@@ -465,7 +481,7 @@ async fn a_silent_node_loses_its_sandboxes_and_cleans_up_when_back() {
 /// memory and files; its old node drops its own copy.
 #[tokio::test]
 async fn a_suspended_sandbox_resumes_on_another_node_when_its_own_cannot() {
-    let (pg, s3, a, mut b) = two_servers("moved", 8).await;
+    let (_net, pg, s3, a, mut b) = two_servers("moved", 8).await;
     let id = a.create(json!({"name": "mover"})).await;
     // On the disk, and in memory only (/tmp is the sentry's tmpfs).
     a.sh("mover", "echo disk > /root/kept; echo memory > /tmp/mem")
@@ -557,8 +573,6 @@ async fn a_suspended_sandbox_resumes_on_another_node_when_its_own_cannot() {
 #[tokio::test]
 async fn a_node_joins_a_control_plane_that_runs_no_sandboxes() {
     const TOKEN: &str = "e2e-node-token-0123456789";
-    // Bound on addresses other than loopback, the servers need a key.
-    const KEY: &str = "e2e-cluster-key-0123456789";
     // Declared first, dropped last: after the servers, PostgreSQL and S3.
     let net = TestNet::new(3);
     let pg = Postgres::start_on(net.gateway(), &net.cidr());
@@ -763,16 +777,27 @@ async fn a_node_joins_a_control_plane_that_runs_no_sandboxes() {
 #[tokio::test]
 async fn a_replica_killed_mid_create_loses_nothing_the_other_cannot_finish() {
     const TOKEN: &str = "e2e-replica-token-0123456789";
-    let pg = Postgres::start();
-    let s3 = S3Server::start();
+    // Each replica and the node on a host of its own.
+    let net = TestNet::new(3);
+    let pg = Postgres::start_on(net.gateway(), &net.cidr());
+    let s3 = S3Server::start_on(net.gateway());
     let mut opts = control_plane(&pg, &s3, "replicas", TOKEN);
+    opts.key = Some(KEY.into());
     // A control plane needs no runtime: these find no runsc on their PATH.
     let no_runsc = tempfile::tempdir().unwrap();
     opts.env
         .push(("PATH".into(), no_runsc.path().display().to_string()));
-    let mut first = Server::start_with(opts.clone()).await;
-    let second = Server::start_with(opts).await;
-    let node = join_node(&second, TOKEN, None).await;
+    let mut first = Server::start_with(Options {
+        netns: Some(net.host(0)),
+        ..opts.clone()
+    })
+    .await;
+    let second = Server::start_with(Options {
+        netns: Some(net.host(1)),
+        ..opts
+    })
+    .await;
+    let node = join_node(&second, TOKEN, Some(net.host(2))).await;
     let create = first
         .req(Method::POST, "/sandboxes")
         .json(&json!({"name": "midway"}))

@@ -126,12 +126,23 @@ impl Host {
     /// `program` run in this host's network namespace: `nsenter
     /// --net=/run/netns/NAME program`. Without `--fork` nsenter execs the
     /// program, so the child's pid is the program's.
+    /// nsenter is looked up on this process's `PATH`, so that the child's
+    /// may differ.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("nsenter");
+        let mut c = Command::new(nsenter());
         c.arg(format!("--net={}", self.netns_path().display()))
             .arg(program);
         c
     }
+}
+
+/// Where `nsenter` is on this process's `PATH`.
+fn nsenter() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("nsenter"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("nsenter"))
 }
 
 /// 10.251.`subnet`.`host`.
