@@ -130,6 +130,20 @@ impl Drop for LocalRelease {
 pub trait Backend: Send + Sync {
     /// The whole object, or `None` if it does not exist.
     fn get(&self, kind: Kind, name: &str) -> Result<Option<Vec<u8>>>;
+    /// Hands the object's bytes to `sink` in pieces, in order, as they
+    /// arrive (nothing need hold it whole); `false` if it does not exist.
+    /// An error of `sink` ends the read and is returned.
+    fn get_with(
+        &self,
+        kind: Kind,
+        name: &str,
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<bool> {
+        match self.get(kind, name)? {
+            Some(data) => sink(&data).map(|()| true),
+            None => Ok(false),
+        }
+    }
     /// Stores an object atomically: readers see the old object, nothing, or
     /// the whole new one; never a prefix. Replaces an existing object.
     fn put(&self, kind: Kind, name: &str, data: &[u8]) -> Result<()>;

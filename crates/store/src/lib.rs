@@ -80,6 +80,9 @@ impl Chunking {
 const ZSTD_LEVEL: i32 = 3;
 /// Threads that fetch one stream's chunks at once.
 const READ_WORKERS: usize = 12;
+/// What a fetching thread decompresses, hashes and writes at a time: small
+/// enough to stay in a core's cache between the three.
+const PIECE: usize = 256 << 10;
 /// How far (in chunks) a fetch may run ahead of the stream's writer.
 const READ_AHEAD: usize = 16;
 
@@ -329,7 +332,6 @@ impl Store {
     /// chunk: each fetching thread writes its chunks in place, so nothing
     /// waits for order. Returns the number of bytes written.
     pub fn read_stream_to_file(&self, stream: &StreamRef, file: &File, path: &Path) -> Result<u64> {
-        use std::os::unix::fs::FileExt;
         let _lock = self.backend.lock(LockMode::Shared)?;
         validate_stream(stream)?;
         let chunks = &stream.chunks;
@@ -348,15 +350,15 @@ impl Store {
             for _ in 0..READ_WORKERS.min(chunks.len()) {
                 s.spawn(|| {
                     let work = || -> Result<()> {
-                        let mut dec = zstd::bulk::Decompressor::new().ctx("zstd", path)?;
-                        let mut data = Vec::new();
+                        let mut dec = zstd::stream::raw::Decoder::new().ctx("zstd", path)?;
+                        let mut buf = vec![0; PIECE];
                         loop {
                             let i = next.fetch_add(1, Relaxed);
                             if i >= chunks.len() {
                                 return Ok(());
                             }
-                            self.read_chunk_into(&mut dec, &chunks[i], &mut data)?;
-                            file.write_all_at(&data, offsets[i]).ctx("write", path)?;
+                            let at = (file, offsets[i], path);
+                            self.read_chunk_at(&mut dec, &mut buf, &chunks[i], at)?;
                         }
                     };
                     if let Err(e) = work() {
@@ -487,6 +489,69 @@ impl Store {
             return Err(corrupt(format!("{} bytes, expected {}", data.len(), c.len)));
         }
         if blake3::hash(data) != c.hash {
+            return Err(corrupt("content does not match its hash".into()));
+        }
+        Ok(())
+    }
+
+    /// Writes chunk `c` into `file` at `offset`, checked as
+    /// [`read_chunk`](Self::read_chunk) checks it, without holding it whole:
+    /// it is decompressed as it arrives, a piece at a time into `buf`, each
+    /// piece hashed and written while it is still in the CPU's cache. What
+    /// a chunk that fails the checks wrote is for the caller to discard.
+    fn read_chunk_at(
+        &self,
+        dec: &mut zstd::stream::raw::Decoder<'static>,
+        buf: &mut [u8],
+        c: &ChunkRef,
+        (file, offset, path): (&File, u64, &Path),
+    ) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        let name = c.hash.to_hex();
+        let corrupt = |reason: String| Error::CorruptChunk {
+            hash: name.to_string(),
+            reason,
+        };
+        dec.reinit().ctx("zstd", path)?;
+        let mut hasher = blake3::Hasher::new();
+        let mut written = 0u64;
+        // 0 once a whole frame was decoded.
+        let mut hint = 1;
+        let mut sink = |piece: &[u8]| -> Result<()> {
+            let mut input = InBuffer::around(piece);
+            loop {
+                let mut out = OutBuffer::around(&mut *buf);
+                hint = dec
+                    .run(&mut input, &mut out)
+                    .map_err(|e| corrupt(format!("zstd: {e}")))?;
+                let n = out.pos();
+                if n > 0 {
+                    let data = &buf[..n];
+                    if written + n as u64 > u64::from(c.len) {
+                        return Err(corrupt(format!("more than {} bytes", c.len)));
+                    }
+                    hasher.update(data);
+                    file.write_all_at(data, offset + written)
+                        .ctx("write", path)?;
+                    written += n as u64;
+                }
+                // All input taken and nothing held back for want of room.
+                if input.pos() == piece.len() && n < buf.len() {
+                    return Ok(());
+                }
+            }
+        };
+        if !self.backend.get_with(Kind::Chunk, &name, &mut sink)? {
+            return Err(Error::MissingChunk(name.to_string()));
+        }
+        if hint != 0 {
+            return Err(corrupt("zstd: the frame ends early".into()));
+        }
+        if written != u64::from(c.len) {
+            return Err(corrupt(format!("{written} bytes, expected {}", c.len)));
+        }
+        if hasher.finalize() != c.hash {
             return Err(corrupt("content does not match its hash".into()));
         }
         Ok(())

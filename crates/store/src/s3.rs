@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::sync::{mpsc, Arc};
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as Key;
 use object_store::{GetOptions, ObjectStore, PutOptions, PutPayload};
@@ -154,20 +154,8 @@ impl S3 {
         rt.spawn(async move {
             let _ = tx.send(fut.await);
         });
-        let recv = || rx.recv();
-        let got = match Handle::try_current().map(|h| h.runtime_flavor()) {
-            // block_in_place refuses (panics before it blocks) only on a
-            // thread that drives a current-thread runtime while it has a
-            // multi-thread one's handle entered; then block plainly.
-            Ok(RuntimeFlavor::MultiThread) => {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    tokio::task::block_in_place(recv)
-                }))
-                .unwrap_or_else(|_| recv())
-            }
-            _ => recv(),
-        };
-        got.map_err(|_| "the S3 request was dropped (client runtime stopped)".to_owned())
+        blocking(|| rx.recv())
+            .map_err(|_| "the S3 request was dropped (client runtime stopped)".to_owned())
     }
 
     /// Runs a request; errors name the operation and the object.
@@ -204,6 +192,39 @@ impl S3 {
     }
 }
 
+/// Runs `wait`, which blocks, from any thread: on a worker of a
+/// multi-thread tokio runtime in [`block_in_place`](tokio::task::block_in_place),
+/// so that its other tasks move to other threads.
+fn blocking<T>(wait: impl FnOnce() -> T) -> T {
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        // block_in_place refuses (panics before it blocks) only on a thread
+        // that drives a current-thread runtime while it has a multi-thread
+        // one's handle entered; then block plainly. The closure is taken
+        // back for that: it has not run.
+        Ok(RuntimeFlavor::MultiThread) => {
+            let mut wait = Some(wait);
+            let tried = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                tokio::task::block_in_place(|| wait.take().map(|w| w()))
+            }));
+            match (tried, wait) {
+                (Ok(Some(t)), _) => t,
+                (_, Some(w)) => w(),
+                (Err(panic), None) => std::panic::resume_unwind(panic),
+                (Ok(None), None) => unreachable!("the closure ran and returned"),
+            }
+        }
+        _ => wait(),
+    }
+}
+
+/// What a streamed GET hands from the client's runtime to the reader.
+enum Piece {
+    Bytes(bytes::Bytes),
+    Missing,
+    Failed(object_store::Error),
+    End,
+}
+
 fn not_found(e: &object_store::Error) -> bool {
     matches!(e, object_store::Error::NotFound { .. })
 }
@@ -217,6 +238,63 @@ impl Backend for S3 {
                 Ok(r) => Ok(Some(r.bytes().await?.into())),
                 Err(e) if not_found(&e) => Ok(None),
                 Err(e) => Err(e),
+            }
+        })
+    }
+
+    /// The body's pieces come from the client's runtime over a short
+    /// channel and `sink` runs on this thread: no piece is copied into a
+    /// whole object, and what `sink` does (hashing, writing a file) stays
+    /// off the runtime's two threads.
+    fn get_with(
+        &self,
+        kind: Kind,
+        name: &str,
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<bool> {
+        let key = self.key(kind, name);
+        let remote = |source: Box<dyn std::error::Error + Send + Sync>| Error::Remote {
+            op: "get",
+            key: format!("s3://{}/{key}", self.bucket),
+            source,
+        };
+        let Some(rt) = &self.runtime.0 else {
+            return Err(remote("the S3 client's runtime is gone".into()));
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let (client, k) = (self.client.clone(), key.clone());
+        rt.spawn(async move {
+            let mut body = match client.get_opts(&k, GetOptions::default()).await {
+                Ok(r) => r.into_stream(),
+                Err(e) if not_found(&e) => return drop(tx.send(Piece::Missing).await),
+                Err(e) => return drop(tx.send(Piece::Failed(e)).await),
+            };
+            while let Some(piece) = body.next().await {
+                let piece = match piece {
+                    Ok(b) => Piece::Bytes(b),
+                    Err(e) => Piece::Failed(e),
+                };
+                let last = matches!(piece, Piece::Failed(_));
+                // A closed channel: the reader gave up (its sink failed).
+                if tx.send(piece).await.is_err() || last {
+                    return;
+                }
+            }
+            let _ = tx.send(Piece::End).await;
+        });
+        blocking(|| loop {
+            // Not blocking_recv, which refuses a current-thread runtime's
+            // thread (see S3: such a thread simply blocks).
+            match futures::executor::block_on(rx.recv()) {
+                Some(Piece::Bytes(b)) => sink(&b)?,
+                Some(Piece::Missing) => return Ok(false),
+                Some(Piece::Failed(e)) => return Err(remote(Box::new(e))),
+                Some(Piece::End) => return Ok(true),
+                None => {
+                    return Err(remote(
+                        "the S3 request was dropped (client runtime stopped)".into(),
+                    ))
+                }
             }
         })
     }

@@ -420,30 +420,46 @@ fn corruption_is_detected(f: Fixture) {
     drop(w);
     let victim = s.chunks[1].hash;
     let good = f.raw_chunk(&victim);
+    // Read in order, and in place into a file (a piece at a time): both
+    // refuse every corrupt chunk.
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("out");
+    let out = File::create(&path).unwrap();
+    let corrupt = |why: &str| {
+        let err = store.read_stream(&s, &mut io::sink()).unwrap_err();
+        assert!(matches!(err, Error::CorruptChunk { .. }), "{why}: {err}");
+        assert!(err.to_string().contains(&victim.to_hex().to_string()));
+        let err = store.read_stream_to_file(&s, &out, &path).unwrap_err();
+        assert!(matches!(err, Error::CorruptChunk { .. }), "{why}: {err}");
+        assert!(err.to_string().contains(&victim.to_hex().to_string()));
+    };
+    assert_eq!(store.read_stream_to_file(&s, &out, &path).unwrap(), 2 << 20);
+    assert!(std::fs::read(&path).unwrap() == data);
 
     // Valid zstd, wrong content.
     let mut other = random_bytes(6, s.chunks[1].len as usize);
     f.set_raw_chunk(&victim, &zstd::bulk::compress(&other, 3).unwrap());
-    let err = store.read_stream(&s, &mut io::sink()).unwrap_err();
-    assert!(matches!(err, Error::CorruptChunk { .. }), "{err}");
-    assert!(err
-        .to_string()
-        .contains(&s.chunks[1].hash.to_hex().to_string()));
+    corrupt("other content");
 
     // Truncated frame.
     f.set_raw_chunk(&victim, &good[..good.len() / 2]);
-    assert!(matches!(
-        store.read_stream(&s, &mut io::sink()),
-        Err(Error::CorruptChunk { .. })
-    ));
+    corrupt("truncated");
+
+    // Not zstd at all.
+    f.set_raw_chunk(&victim, &other[..1000]);
+    corrupt("not zstd");
+
+    // The right content, then more.
+    let mut longer = data[..s.chunks[0].len as usize + s.chunks[1].len as usize].to_vec();
+    longer.drain(..s.chunks[0].len as usize);
+    longer.extend_from_slice(&other[..4096]);
+    f.set_raw_chunk(&victim, &zstd::bulk::compress(&longer, 3).unwrap());
+    corrupt("longer");
 
     // Wrong length.
     other.truncate(10);
     f.set_raw_chunk(&victim, &zstd::bulk::compress(&other, 3).unwrap());
-    assert!(matches!(
-        store.read_stream(&s, &mut io::sink()),
-        Err(Error::CorruptChunk { .. })
-    ));
+    corrupt("shorter");
 
     assert!(f.backend().delete(Kind::Chunk, &victim.to_hex()).unwrap());
     assert!(matches!(
