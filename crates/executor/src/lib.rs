@@ -491,6 +491,7 @@ impl Executor {
             spec.aliases = read_addresses(ck).await;
         }
         let spec = &spec;
+        let _starting = self.pool.starting();
         let dir = self.sandbox_dir(&spec.id);
         tokio::fs::create_dir_all(&dir).await?;
         let layer = Layer::new(&dir);
