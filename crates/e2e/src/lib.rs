@@ -132,6 +132,23 @@ impl Server {
         Self::start_with(Options::default()).await
     }
 
+    /// Two servers of `opts`, each on a host of its own: `hosts.0` and
+    /// `hosts.1` (network namespaces of the test's network; `opts` needs a
+    /// key). The first has started when the second starts.
+    pub async fn start_pair(opts: Options, hosts: (Host, Host)) -> (Server, Server) {
+        let a = Self::start_with(Options {
+            netns: Some(hosts.0),
+            ..opts.clone()
+        })
+        .await;
+        let b = Self::start_with(Options {
+            netns: Some(hosts.1),
+            ..opts
+        })
+        .await;
+        (a, b)
+    }
+
     pub async fn start_with(opts: Options) -> Server {
         assert!(
             opts.netns.is_none() || opts.key.is_some(),

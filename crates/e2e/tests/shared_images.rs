@@ -38,16 +38,7 @@ async fn two_servers(db: &str) -> (TestNet, Postgres, S3Server, Server, Server) 
         key: Some("e2e-images-key-0123456789".into()),
         ..Default::default()
     };
-    let a = Server::start_with(Options {
-        netns: Some(net.host(0)),
-        ..opts.clone()
-    })
-    .await;
-    let b = Server::start_with(Options {
-        netns: Some(net.host(1)),
-        ..opts
-    })
-    .await;
+    let (a, b) = Server::start_pair(opts, (net.host(0), net.host(1))).await;
     (net, pg, s3, a, b)
 }
 

@@ -63,16 +63,7 @@ async fn two_servers(db: &str, lost_secs: u32) -> (TestNet, Postgres, S3Server, 
     opts.args
         .extend(["--suspend-linger-secs".into(), "0".into()]);
     opts.key = Some(KEY.into());
-    let a = Server::start_with(Options {
-        netns: Some(net.host(0)),
-        ..opts.clone()
-    })
-    .await;
-    let b = Server::start_with(Options {
-        netns: Some(net.host(1)),
-        ..opts
-    })
-    .await;
+    let (a, b) = Server::start_pair(opts, (net.host(0), net.host(1))).await;
     (net, pg, s3, a, b)
 }
 
@@ -787,16 +778,7 @@ async fn a_replica_killed_mid_create_loses_nothing_the_other_cannot_finish() {
     let no_runsc = tempfile::tempdir().unwrap();
     opts.env
         .push(("PATH".into(), no_runsc.path().display().to_string()));
-    let mut first = Server::start_with(Options {
-        netns: Some(net.host(0)),
-        ..opts.clone()
-    })
-    .await;
-    let second = Server::start_with(Options {
-        netns: Some(net.host(1)),
-        ..opts
-    })
-    .await;
+    let (mut first, second) = Server::start_pair(opts, (net.host(0), net.host(1))).await;
     let node = join_node(&second, TOKEN, Some(net.host(2))).await;
     let create = first
         .req(Method::POST, "/sandboxes")
