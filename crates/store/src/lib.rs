@@ -458,20 +458,6 @@ impl Store {
     }
 
     fn read_chunk(&self, dec: &mut zstd::bulk::Decompressor<'_>, c: &ChunkRef) -> Result<Vec<u8>> {
-        let mut data = Vec::new();
-        self.read_chunk_into(dec, c, &mut data)?;
-        Ok(data)
-    }
-
-    /// [`read_chunk`](Self::read_chunk) into `data` (replacing what it
-    /// held): a worker that reads many chunks reuses one buffer, instead of
-    /// faulting in a fresh multi-MiB allocation each time.
-    fn read_chunk_into(
-        &self,
-        dec: &mut zstd::bulk::Decompressor<'_>,
-        c: &ChunkRef,
-        data: &mut Vec<u8>,
-    ) -> Result<()> {
         let name = c.hash.to_hex();
         let z = self
             .backend
@@ -481,17 +467,16 @@ impl Store {
             hash: name.to_string(),
             reason,
         };
-        data.clear();
-        data.reserve(c.len as usize);
-        dec.decompress_to_buffer(&z, data)
+        let data = dec
+            .decompress(&z, c.len as usize)
             .map_err(|e| corrupt(format!("zstd: {e}")))?;
         if data.len() != c.len as usize {
             return Err(corrupt(format!("{} bytes, expected {}", data.len(), c.len)));
         }
-        if blake3::hash(data) != c.hash {
+        if blake3::hash(&data) != c.hash {
             return Err(corrupt("content does not match its hash".into()));
         }
-        Ok(())
+        Ok(data)
     }
 
     /// Writes chunk `c` into `file` at `offset`, checked as

@@ -164,15 +164,25 @@ impl S3 {
         F: Future<Output = object_store::Result<T>> + Send + 'static,
         T: Send + 'static,
     {
-        let remote = |source: Box<dyn std::error::Error + Send + Sync>| Error::Remote {
-            op,
-            key: format!("s3://{}/{key}", self.bucket),
-            source,
-        };
+        let remote = |source| self.remote(op, key, source);
         match self.wait(fut) {
             Ok(Ok(t)) => Ok(t),
             Ok(Err(e)) => Err(remote(Box::new(e))),
             Err(e) => Err(remote(e.into())),
+        }
+    }
+
+    /// The error of operation `op` on `key` that failed with `source`.
+    fn remote(
+        &self,
+        op: &'static str,
+        key: &Key,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    ) -> Error {
+        Error::Remote {
+            op,
+            key: format!("s3://{}/{key}", self.bucket),
+            source,
         }
     }
 
@@ -253,11 +263,7 @@ impl Backend for S3 {
         sink: &mut dyn FnMut(&[u8]) -> Result<()>,
     ) -> Result<bool> {
         let key = self.key(kind, name);
-        let remote = |source: Box<dyn std::error::Error + Send + Sync>| Error::Remote {
-            op: "get",
-            key: format!("s3://{}/{key}", self.bucket),
-            source,
-        };
+        let remote = |source| self.remote("get", &key, source);
         let Some(rt) = &self.runtime.0 else {
             return Err(remote("the S3 client's runtime is gone".into()));
         };
