@@ -338,14 +338,25 @@ async fn suspend_and_resume_ten_times_keep_files_and_processes() {
             .await;
         let address = sandbox_ip(&id);
         s.suspend("keeper").await;
-        let quick = round % 2 == 1;
+        // Three kinds of resume: at once; once its next run waits made
+        // (the standby); after the linger, when nothing of it is left.
+        let quick = round % 3 != 2;
+        if round % 3 == 1 {
+            wait_until(Duration::from_secs(30), || !standbys(&s, &id).is_empty()).await;
+        }
         if !quick {
             // Nothing of it stays on the host once its volume and network
-            // have lingered for a quick resume (2 s here).
+            // have lingered for a quick resume (2 s here), its standby
+            // neither.
             wait_until(Duration::from_secs(30), || {
                 netns_of(std::slice::from_ref(&id)).is_empty()
             })
             .await;
+            let runs: Vec<String> = runsc_containers(&s)
+                .into_iter()
+                .filter(|name| name.starts_with(&id))
+                .collect();
+            assert_eq!(runs, Vec::<String>::new(), "round {round}");
         }
         let (code, v) = s
             .post_status("/sandboxes/keeper/resume?wait_ms=30000", json!({}))
@@ -407,8 +418,10 @@ async fn suspend_and_resume_ten_times_keep_files_and_processes() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_ne!(status["status"], "running", "{status}");
-    // Deleted while its volume and network linger: nothing is left.
+    // Deleted while its volume and network linger with a standby made:
+    // nothing is left.
     s.suspend("keeper").await;
+    wait_until(Duration::from_secs(30), || !standbys(&s, &id).is_empty()).await;
     s.cleanup().await;
     assert!(s.host_leftovers().is_empty(), "{:?}", s.host_leftovers());
     assert!(netns_of(std::slice::from_ref(&id)).is_empty());
@@ -496,6 +509,26 @@ async fn killing_the_server_around_a_quick_resume_leaves_one_clean_sandbox() {
         "{:?}",
         cgroup_dirs(&s.cgroup_parent)
     );
+}
+
+/// The runs of sandbox `id` made and waiting for a restore (`created`),
+/// from runsc's state files: `runsc list` would wait for sandboxes frozen
+/// while idle.
+fn standbys(s: &Server, id: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(s.data_dir.join("runsc")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with(id) && name.ends_with(".state")
+        })
+        .filter_map(|e| {
+            let state: Value = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+            (state["status"] == "created").then(|| state["id"].as_str().unwrap_or("").to_string())
+        })
+        .collect()
 }
 
 /// The runsc containers of the server (whatever runs or was stopped).

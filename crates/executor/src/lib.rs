@@ -150,8 +150,7 @@ pub struct LaunchSpec {
 
 /// Resolves once a checkpoint being written is whole (`Err`: it never
 /// will be); see [`Executor::launch_when`].
-pub type CheckpointReady =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+pub use sbx_runtime::CheckpointReady;
 
 /// Facts about a sandbox kept beside it on disk, for re-adoption after a
 /// crash and for resuming it.
@@ -189,6 +188,34 @@ struct Live {
     pid: Option<i32>,
     /// The host CPU it is pinned to (see [`placement`]).
     cpu: Option<usize>,
+}
+
+/// A suspended sandbox's next run, made while its volume and network
+/// linger (see [`linger`]): its link gets its addresses again and the
+/// runtime prepares the run (gVisor: `runsc create`, ~100 ms of a restore),
+/// so that a resume only restores the image into it.
+struct StandbyPlan {
+    runtime_spec: SandboxSpec,
+    aliases: Vec<Ipv4Addr>,
+    pin: Option<Pin>,
+}
+
+impl StandbyPlan {
+    /// Makes it on lingering `slot`; `None` (logged) when that failed.
+    async fn make(self, runtime: &dyn Runtime, id: &str, slot: Slot) -> Option<linger::Standby> {
+        let made = async {
+            net::reconfigure_sandbox_end(id, slot, &self.aliases).await?;
+            runtime.prepare_restore(&self.runtime_spec).await?;
+            Ok::<_, Error>(())
+        };
+        match made.await {
+            Ok(()) => Some(linger::Standby { pin: self.pin }),
+            Err(e) => {
+                tracing::warn!(sandbox = id, "making the suspended sandbox's standby: {e}");
+                None
+            }
+        }
+    }
 }
 
 /// What [`Executor::recover`] found.
@@ -536,17 +563,11 @@ impl Executor {
         let t1 = std::time::Instant::now();
         // Its lookups are answered by its DNS guard from its first.
         self.dns.guard(&spec.id, slot, &spec.egress).await?;
-        let waited = std::time::Instant::now();
-        if let Some(ready) = ready {
-            ready.await.map_err(|reason| Error::Host {
-                what: "the checkpoint".into(),
-                reason,
-            })?;
-        }
-        let waited_ms = waited.elapsed().as_millis() as u64;
-        let state = match &spec.checkpoint {
-            Some(ck) => self.runtime.restore(&runtime_spec, ck).await?,
-            None => self.runtime.create_and_start(&runtime_spec).await?,
+        let state = match (&spec.checkpoint, ready) {
+            // The runtime makes what it can while the checkpoint is written.
+            (Some(ck), Some(ready)) => self.runtime.restore_when(&runtime_spec, ck, ready).await?,
+            (Some(ck), None) => self.runtime.restore(&runtime_spec, ck).await?,
+            (None, _) => self.runtime.create_and_start(&runtime_spec).await?,
         };
         let t2 = std::time::Instant::now();
         let addr = SocketAddr::new(slot.sandbox_ip().into(), AGENT_PORT);
@@ -558,8 +579,7 @@ impl Executor {
             layer_and_net_ms = (t1 - t0).as_millis() as u64,
             layer_ms,
             net_ms,
-            checkpoint_wait_ms = waited_ms,
-            runtime_ms = (t2 - t1).as_millis() as u64 - waited_ms,
+            runtime_ms = (t2 - t1).as_millis() as u64,
             agent_ms = t2.elapsed().as_millis() as u64,
             "launch phases"
         );
@@ -579,12 +599,19 @@ impl Executor {
     /// pinned sandboxes and records it; the pin for its runtime spec, or
     /// `None` to let it run anywhere.
     fn place(&self, id: &str, cpus: f64) -> Option<Pin> {
+        let pin = self.pick_pin(cpus)?;
+        self.live.lock().unwrap().get_mut(id)?.cpu = Some(pin.cpu);
+        Some(pin)
+    }
+
+    /// The pin [`place`](Self::place) would give a sandbox of `cpus`, not
+    /// recorded.
+    fn pick_pin(&self, cpus: f64) -> Option<Pin> {
         if !placement::is_pinned(cpus) {
             return None;
         }
-        let mut live = self.live.lock().unwrap();
+        let live = self.live.lock().unwrap();
         let cpu = placement::least_loaded(&self.cpus, live.values().filter_map(|l| l.cpu))?;
-        live.get_mut(id)?.cpu = Some(cpu);
         Some(Pin {
             cpu,
             partner: self
@@ -1204,6 +1231,10 @@ impl Executor {
         tracing::debug!(sandbox = id, sync_ms, checkpoint_ms = ms, "suspend");
         let warming = warm::into_page_cache(image.clone());
         self.warming.lock().unwrap().insert(id.to_string(), warming);
+        let standby = match self.suspend_linger.is_zero() {
+            true => None,
+            false => self.standby_plan(&meta, &image).await,
+        };
         let stop = self.lingering.begin(id, slot);
         let (runtime, lingering, linger) = (
             self.runtime.clone(),
@@ -1233,13 +1264,40 @@ impl Executor {
             let Some(turn) = lingering.stopped(&id, stop) else {
                 return;
             };
-            tokio::time::sleep(linger).await;
+            let prepared = match (standby, lingering.prepare(&id, turn)) {
+                (Some(plan), Some((slot, busy))) => {
+                    let made = plan.make(runtime.as_ref(), &id, slot).await;
+                    let ok = made.is_some();
+                    lingering.prepared(&id, made, busy);
+                    ok
+                }
+                _ => true,
+            };
+            // A standby that could not be made leaves the network in doubt:
+            // released at once, a resume makes everything anew.
+            if prepared {
+                tokio::time::sleep(linger).await;
+            }
             if let Some((slot, busy)) = lingering.expire(&id, turn) {
+                runtime.discard_prepared(&id).await;
                 release(&id, slot, &dir).await;
                 lingering.finish(&id, busy);
             }
         });
         Ok(ms)
+    }
+
+    /// What a suspended sandbox's standby is made of (see [`StandbyPlan`]).
+    async fn standby_plan(&self, meta: &Meta, image: &Path) -> Option<StandbyPlan> {
+        let mut spec = meta.spec.clone()?;
+        spec.checkpoint = Some(image.to_path_buf());
+        spec.aliases = read_addresses(image).await;
+        let pin = self.pick_pin(spec.cpus);
+        Some(StandbyPlan {
+            runtime_spec: self.runtime_spec(&spec, pin.clone()),
+            aliases: spec.aliases,
+            pin,
+        })
     }
 
     /// Restores a suspended sandbox under its id, on its lingering volume
@@ -1249,7 +1307,10 @@ impl Executor {
     pub async fn resume(&self, id: &str) -> Result<SocketAddr, Error> {
         let t0 = std::time::Instant::now();
         let ms = |t: std::time::Instant| t.elapsed().as_millis() as u64;
-        let lingering = self.lingering.take(id).await;
+        let (lingering, standby) = match self.lingering.take(id).await {
+            Some((slot, standby)) => (Some(slot), standby),
+            None => (None, None),
+        };
         let teardown_ms = ms(t0);
         let dir = self.sandbox_dir(id);
         let image = dir.join(SUSPEND_DIR);
@@ -1258,6 +1319,7 @@ impl Executor {
             .filter(|m| m.suspended && image.is_dir())
         else {
             if let Some(slot) = lingering {
+                self.runtime.discard_prepared(id).await;
                 release(id, slot, &dir).await;
             }
             return Err(Error::NotSuspended(id.into()));
@@ -1281,7 +1343,7 @@ impl Executor {
                         Live {
                             slot,
                             pid: None,
-                            cpu: None,
+                            cpu: standby.as_ref().and_then(|s| s.pin.as_ref().map(|p| p.cpu)),
                         },
                     );
                     slot
@@ -1300,9 +1362,18 @@ impl Executor {
             // when it starts, and one that counted more than it then has
             // spins (see `sbx_runtime::pinning`); pinned only after its
             // restore, it also ran commands twice as slowly.
-            let runtime_spec = self.runtime_spec(&spec, self.place(id, spec.cpus));
-            // `runsc restore` creates the sandbox itself.
+            let pin = match &standby {
+                // Made where the standby runs, its addresses already its.
+                Some(s) => s.pin.clone(),
+                None => self.place(id, spec.cpus),
+            };
+            let runtime_spec = self.runtime_spec(&spec, pin);
             match lingering {
+                Some(_) if standby.is_some() => {
+                    if meta.egress_changed {
+                        net::update_egress(slot, &spec.egress).await?;
+                    }
+                }
                 Some(_) => {
                     net::reconfigure_sandbox_end(id, slot, &spec.aliases).await?;
                     if meta.egress_changed {
@@ -1323,6 +1394,7 @@ impl Executor {
                 sandbox = id,
                 teardown_ms,
                 lingered = lingering.is_some(),
+                standby = standby.is_some(),
                 prepared_ms,
                 restored_ms,
                 ready_ms = ms(t0),
@@ -1469,6 +1541,7 @@ impl Executor {
     pub async fn shutdown(&self) {
         for id in self.lingering.ids() {
             if let Some(slot) = self.lingering.take_stopped(&id).await {
+                self.runtime.discard_prepared(&id).await;
                 release(&id, slot, &self.sandbox_dir(&id)).await;
             }
         }

@@ -33,11 +33,31 @@ enum State {
         turn: u64,
         done: watch::Receiver<bool>,
     },
-    /// Stopped; volume mounted and network ready on `slot`.
-    Ready { slot: Slot, turn: u64 },
+    /// The old sandbox is stopped and the next run is being prepared on
+    /// `slot` (see [`Lingering::prepare`]); over when the receiver sees `true`.
+    Preparing {
+        slot: Slot,
+        turn: u64,
+        done: watch::Receiver<bool>,
+    },
+    /// Stopped; volume mounted and network ready on `slot`, and with a
+    /// `standby`, the next run made (its sandbox's addresses are its).
+    Ready {
+        slot: Slot,
+        turn: u64,
+        standby: Option<Standby>,
+    },
     /// The volume and network are being released; over when the receiver
     /// sees `true`.
     Releasing(watch::Receiver<bool>),
+}
+
+/// A suspended sandbox's next run, made while it lingers (the runtime's
+/// `prepare_restore`), so that a resume only restores into it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Standby {
+    /// Where it is pinned.
+    pub pin: Option<sbx_runtime::Pin>,
 }
 
 /// Ends a piece of work ([`State::Stopping`], [`State::Releasing`]) when
@@ -101,6 +121,7 @@ impl Lingering {
                     State::Ready {
                         slot,
                         turn: stop.turn,
+                        standby: None,
                     },
                 );
                 Some(stop.turn)
@@ -112,31 +133,86 @@ impl Lingering {
         }
     }
 
+    /// Begins preparing the next run of `id`, lingering since `turn`: its
+    /// slot, and the work to hand to [`Lingering::prepared`]. Takers wait
+    /// for it. `None`: a resume or destroy took what lingered meanwhile.
+    pub(crate) fn prepare(&self, id: &str, turn: u64) -> Option<(Slot, Busy)> {
+        let mut sandboxes = self.sandboxes.lock().unwrap();
+        match sandboxes.get(id) {
+            Some(State::Ready {
+                slot,
+                turn: t,
+                standby: None,
+            }) if *t == turn => {
+                let slot = *slot;
+                let (done, rx) = watch::channel(false);
+                sandboxes.insert(
+                    id.to_string(),
+                    State::Preparing {
+                        slot,
+                        turn,
+                        done: rx,
+                    },
+                );
+                Some((slot, Busy { done }))
+            }
+            _ => None,
+        }
+    }
+
+    /// The preparation begun by [`Lingering::prepare`] is over: it lingers
+    /// again, with its `standby` if one was made.
+    pub(crate) fn prepared(&self, id: &str, standby: Option<Standby>, busy: Busy) {
+        let mut sandboxes = self.sandboxes.lock().unwrap();
+        if let Some(State::Preparing { slot, turn, .. }) = sandboxes.get(id) {
+            let (slot, turn) = (*slot, *turn);
+            sandboxes.insert(
+                id.to_string(),
+                State::Ready {
+                    slot,
+                    turn,
+                    standby,
+                },
+            );
+        }
+        drop(busy);
+    }
+
     /// For a resume: takes the lingering volume and network of `id` if it
-    /// has them (their slot; from then on the caller owns them), without
-    /// waiting for the old sandbox's stop. Waits only for a release under
-    /// way. `None`: nothing of it lingers.
-    pub(crate) async fn take(&self, id: &str) -> Option<Slot> {
+    /// has them (their slot, and its standby if one was made; from then on
+    /// the caller owns them), without waiting for the old sandbox's stop.
+    /// Waits only for a preparation or a release under way. `None`:
+    /// nothing of it lingers.
+    pub(crate) async fn take(&self, id: &str) -> Option<(Slot, Option<Standby>)> {
         self.take_when(id, false).await
     }
 
     /// For a destroy or a shutdown: waits until nothing is under way for
-    /// `id` (the old sandbox stopped, a release done), then takes what
-    /// lingers of it, as [`Lingering::take`].
+    /// `id` (the old sandbox stopped, a preparation or release done), then
+    /// takes what lingers of it, as [`Lingering::take`]; a standby goes
+    /// with the runtime's sandbox.
     pub(crate) async fn take_stopped(&self, id: &str) -> Option<Slot> {
-        self.take_when(id, true).await
+        self.take_when(id, true).await.map(|(slot, _)| slot)
     }
 
-    async fn take_when(&self, id: &str, after_stop: bool) -> Option<Slot> {
+    async fn take_when(&self, id: &str, after_stop: bool) -> Option<(Slot, Option<Standby>)> {
         loop {
             let mut rx = {
                 let mut sandboxes = self.sandboxes.lock().unwrap();
                 match sandboxes.get_mut(id) {
                     None => return None,
-                    Some(State::Ready { slot, .. }) => {
+                    Some(State::Ready { slot, standby, .. }) => {
+                        let taken = (*slot, standby.take());
+                        sandboxes.remove(id);
+                        return Some(taken);
+                    }
+                    Some(State::Preparing { done, .. }) if !*done.borrow() => done.clone(),
+                    // Its preparation ended without saying so (its task
+                    // died): what lingers is the taker's, without a standby.
+                    Some(State::Preparing { slot, .. }) => {
                         let slot = *slot;
                         sandboxes.remove(id);
-                        return Some(slot);
+                        return Some((slot, None));
                     }
                     Some(State::Stopping { done, .. }) if after_stop && !*done.borrow() => {
                         done.clone()
@@ -148,7 +224,7 @@ impl Lingering {
                         if *done.borrow() {
                             sandboxes.remove(id);
                         }
-                        return slot;
+                        return slot.map(|s| (s, None));
                     }
                     Some(State::Releasing(rx)) if !*rx.borrow() => rx.clone(),
                     Some(State::Releasing(_)) => {
@@ -166,7 +242,7 @@ impl Lingering {
     pub(crate) fn expire(&self, id: &str, turn: u64) -> Option<(Slot, Busy)> {
         let mut sandboxes = self.sandboxes.lock().unwrap();
         match sandboxes.get(id) {
-            Some(State::Ready { slot, turn: t }) if *t == turn => {
+            Some(State::Ready { slot, turn: t, .. }) if *t == turn => {
                 let slot = *slot;
                 let (done, rx) = watch::channel(false);
                 sandboxes.insert(id.to_string(), State::Releasing(rx));
@@ -193,7 +269,7 @@ impl Lingering {
             .values()
             .filter_map(|s| match s {
                 State::Stopping { slot, .. } => *slot,
-                State::Ready { slot, .. } => Some(*slot),
+                State::Ready { slot, .. } | State::Preparing { slot, .. } => Some(*slot),
                 State::Releasing(_) => None,
             })
             .collect()
@@ -217,7 +293,10 @@ mod tests {
         let stop = l.begin("a", Slot(7));
         assert_eq!(l.slots(), vec![Slot(7)], "held while the old sandbox stops");
         let taken = tokio::time::timeout(Duration::from_secs(1), l.take("a")).await;
-        assert_eq!(taken.expect("a resume must not wait"), Some(Slot(7)));
+        assert_eq!(
+            taken.expect("a resume must not wait"),
+            Some((Slot(7), None))
+        );
         assert!(l.slots().is_empty());
         assert_eq!(l.take("a").await, None, "taken once");
         // The stop ends later: nothing lingers, nothing is left.
@@ -246,7 +325,7 @@ mod tests {
     async fn a_destroy_after_a_resume_took_the_slot_still_waits_for_the_stop() {
         let l = Arc::new(Lingering::default());
         let stop = l.begin("a", Slot(7));
-        assert_eq!(l.take("a").await, Some(Slot(7)));
+        assert_eq!(l.take("a").await, Some((Slot(7), None)));
         let taker = tokio::spawn({
             let l = l.clone();
             async move { l.take_stopped("a").await }
@@ -292,7 +371,7 @@ mod tests {
     async fn an_old_expiry_leaves_a_later_linger_alone() {
         let l = Lingering::default();
         let first = l.stopped("a", l.begin("a", Slot(1))).unwrap();
-        assert_eq!(l.take("a").await, Some(Slot(1)));
+        assert_eq!(l.take("a").await, Some((Slot(1), None)));
         let second = l.stopped("a", l.begin("a", Slot(2))).unwrap();
         assert!(l.expire("a", first).is_none());
         assert_eq!(l.slots(), vec![Slot(2)]);
@@ -304,12 +383,57 @@ mod tests {
         // Suspend, resume at once, suspend again before the first stop ends.
         let l = Lingering::default();
         let first = l.begin("a", Slot(1));
-        assert_eq!(l.take("a").await, Some(Slot(1)));
+        assert_eq!(l.take("a").await, Some((Slot(1), None)));
         let second = l.begin("a", Slot(1));
         assert_eq!(l.stopped("a", first), None);
         assert_eq!(l.slots(), vec![Slot(1)], "the second suspend's, still held");
         let turn = l.stopped("a", second).expect("lingers");
         assert!(l.expire("a", turn).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_resume_waits_for_the_standby_being_made_and_takes_it() {
+        let l = Arc::new(Lingering::default());
+        let turn = l.stopped("a", l.begin("a", Slot(5))).unwrap();
+        let (slot, busy) = l.prepare("a", turn).expect("lingering");
+        assert_eq!(slot, Slot(5));
+        assert!(l.prepare("a", turn).is_none(), "prepared twice");
+        assert_eq!(l.slots(), vec![Slot(5)], "held while prepared");
+        let resume = tokio::spawn({
+            let l = l.clone();
+            async move { l.take("a").await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!resume.is_finished(), "a resume must wait for the standby");
+        let standby = Standby {
+            pin: Some(sbx_runtime::Pin {
+                cpu: 1,
+                partner: Some(0),
+            }),
+        };
+        l.prepared("a", Some(standby.clone()), busy);
+        assert_eq!(resume.await.unwrap(), Some((Slot(5), Some(standby))));
+        assert!(l.expire("a", turn).is_none(), "taken: nothing to release");
+        assert!(l.ids().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_linger_taken_before_its_standby_is_begun_is_not_prepared() {
+        let l = Lingering::default();
+        let turn = l.stopped("a", l.begin("a", Slot(5))).unwrap();
+        assert_eq!(l.take("a").await, Some((Slot(5), None)));
+        assert!(l.prepare("a", turn).is_none());
+        assert!(l.ids().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_preparation_that_died_leaves_the_slot_to_its_taker() {
+        let l = Arc::new(Lingering::default());
+        let turn = l.stopped("a", l.begin("a", Slot(6))).unwrap();
+        let (_, busy) = l.prepare("a", turn).unwrap();
+        drop(busy); // its task panicked
+        assert_eq!(l.take_stopped("a").await, Some(Slot(6)));
+        assert!(l.ids().is_empty());
     }
 
     #[tokio::test]

@@ -48,6 +48,8 @@ struct Runs {
     deleting: HashMap<String, watch::Receiver<bool>>,
     /// The cgroup path of each run this process started.
     cgroups: HashMap<String, String>,
+    /// Sandbox id → its run made by `prepare_restore`, not restored yet.
+    prepared: HashMap<String, String>,
 }
 
 impl Runs {
@@ -63,6 +65,9 @@ impl Runs {
             }
         }
         self.cgroups.remove(name);
+        if self.prepared.get(id).is_some_and(|p| p == name) {
+            self.prepared.remove(id);
+        }
     }
 }
 
@@ -646,10 +651,65 @@ impl Runtime for Gvisor {
     }
 
     async fn restore(&self, spec: &SandboxSpec, image_dir: &Path) -> Result<SandboxState> {
-        // One `runsc restore` creates and restores: a separate `create`
-        // first costs another ~100 ms of sandbox setup (measured here).
         let image = format!("--image-path={}", image_dir.display());
-        self.detached_run(spec, "restore", &[image]).await
+        let prepared = self.runs.lock().unwrap().prepared.remove(&spec.id);
+        let Some(name) = prepared else {
+            // One `runsc restore` creates and restores: a separate `create`
+            // first costs another ~100 ms of sandbox setup (measured here).
+            return self.detached_run(spec, "restore", &[image]).await;
+        };
+        let cgroup = self.runs.lock().unwrap().cgroups.get(&name).cloned();
+        let spec = SandboxSpec {
+            cgroup_path: cgroup.unwrap_or_else(|| spec.cgroup_path.clone()),
+            ..spec.clone()
+        };
+        let args = [
+            panic_log_flag(&spec),
+            "restore".into(),
+            "--detach".into(),
+            image,
+            format!("--bundle={}", spec.bundle_dir.display()),
+            name.clone(),
+        ];
+        self.launch(&spec, &name, &args).await
+    }
+
+    /// `runsc create`: the gofer and the sentry start and wait.
+    async fn prepare_restore(&self, spec: &SandboxSpec) -> Result<()> {
+        let (name, spec) = self.new_run(spec)?;
+        let spec = &spec;
+        let created = async {
+            prepare_bundle(spec).await?;
+            let args = [
+                panic_log_flag(spec),
+                "create".into(),
+                format!("--bundle={}", spec.bundle_dir.display()),
+                format!("--pid-file={}", pid_file(spec).display()),
+                name.clone(),
+            ];
+            let create = self.run_in_netns_workaround(&args, spec);
+            self.with_gofer_released(spec, create).await
+        };
+        match created.await {
+            Ok(()) => {
+                let mut all = self.runs.lock().unwrap();
+                all.prepared.insert(spec.id.clone(), name);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.delete_run(&name).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn discard_prepared(&self, id: &str) {
+        let prepared = self.runs.lock().unwrap().prepared.remove(id);
+        if let Some(name) = prepared {
+            if let Err(e) = self.delete_run(&name).await {
+                tracing::warn!(sandbox = id, run = name, "removing a prepared run: {e}");
+            }
+        }
     }
 }
 

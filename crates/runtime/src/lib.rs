@@ -101,7 +101,14 @@ pub enum RuntimeError {
     Parse(String),
     #[error("invalid sandbox id {0:?}: it names a later run of another sandbox")]
     InvalidId(String),
+    #[error("the checkpoint: {0}")]
+    CheckpointNotReady(String),
 }
+
+/// Resolves once a checkpoint being written is whole (`Err`: it never will
+/// be, and why); see [`Runtime::restore_when`].
+pub type CheckpointReady =
+    std::pin::Pin<Box<dyn std::future::Future<Output = std::result::Result<(), String>> + Send>>;
 
 pub type Result<T> = std::result::Result<T, RuntimeError>;
 
@@ -175,10 +182,40 @@ pub trait Runtime: Send + Sync {
     async fn stop_saved(&self, id: &str, pid: i32) -> Result<()>;
     /// Creates the sandbox and starts it from a checkpoint instead of booting
     /// it, as [`create_and_start`](Self::create_and_start) boots one (its
-    /// network namespace must be configured): processes continue where they were. A run of
+    /// network namespace must be configured), or into the run
+    /// [`prepare_restore`](Self::prepare_restore) made for it: processes continue where they were. A run of
     /// the same sandbox that a checkpoint stopped may still be being
     /// removed. On failure what it started is destroyed.
     async fn restore(&self, spec: &SandboxSpec, image_dir: &Path) -> Result<SandboxState>;
+    /// Makes the sandbox's next run without starting it, for a
+    /// [`restore`](Self::restore) to come (its network namespace must be
+    /// configured), so that the restore has less to do. Until then it is
+    /// the sandbox's current run; [`discard_prepared`](Self::discard_prepared)
+    /// or [`destroy`](Self::destroy) removes it. On failure nothing is left.
+    /// Default: nothing (the restore makes the run).
+    async fn prepare_restore(&self, _spec: &SandboxSpec) -> Result<()> {
+        Ok(())
+    }
+    /// Removes a run [`prepare_restore`](Self::prepare_restore) made and no
+    /// restore used. Idempotent.
+    async fn discard_prepared(&self, _id: &str) {}
+    /// [`restore`](Self::restore) of a checkpoint still being written into
+    /// `image_dir`: the run is prepared meanwhile, and the checkpoint
+    /// restored into it once `ready` resolves. On failure, also `ready`'s
+    /// ([`RuntimeError::CheckpointNotReady`]), nothing is left.
+    async fn restore_when(
+        &self,
+        spec: &SandboxSpec,
+        image_dir: &Path,
+        ready: CheckpointReady,
+    ) -> Result<SandboxState> {
+        let (prepared, ready) = tokio::join!(self.prepare_restore(spec), ready);
+        if let Err(e) = prepared.and(ready.map_err(RuntimeError::CheckpointNotReady)) {
+            self.discard_prepared(&spec.id).await;
+            return Err(e);
+        }
+        self.restore(spec, image_dir).await
+    }
 }
 
 /// Makes the program `cmd` starts die (SIGKILL) when the server does: a
