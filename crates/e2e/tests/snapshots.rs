@@ -343,6 +343,9 @@ async fn suspend_and_resume_ten_times_keep_files_and_processes() {
         let quick = round % 3 != 2;
         if round % 3 == 1 {
             wait_until(Duration::from_secs(30), || !standbys(&s, &id).is_empty()).await;
+            // It waits frozen: it costs no CPU.
+            let run = standbys(&s, &id).remove(0);
+            wait_until(Duration::from_secs(30), || frozen(&s, &run)).await;
         }
         if !quick {
             // Nothing of it stays on the host once its volume and network
@@ -529,6 +532,17 @@ fn standbys(s: &Server, id: &str) -> Vec<String> {
             (state["status"] == "created").then(|| state["id"].as_str().unwrap_or("").to_string())
         })
         .collect()
+}
+
+/// Whether the cgroup of run `run` is frozen (cgroup v1 or v2).
+fn frozen(s: &Server, run: &str) -> bool {
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    cgroup_dirs(&s.cgroup_parent).iter().any(|d| {
+        read(d.join(run).join("freezer.state")).trim() == "FROZEN"
+            || read(d.join(run).join("cgroup.events"))
+                .lines()
+                .any(|l| l == "frozen 1")
+    })
 }
 
 /// The runsc containers of the server (whatever runs or was stopped).
