@@ -1289,14 +1289,18 @@ impl Executor {
             let Some(turn) = lingering.stopped(&id, stop) else {
                 return;
             };
-            let prepared = match (standby, lingering.prepare(&id, turn)) {
-                (Some(plan), Some((slot, busy))) => {
+            // Begun only with a plan: a preparation begun is ended by
+            // `prepared` alone, and the expiry below releases only a
+            // linger that is ready.
+            let begun = standby.and_then(|plan| Some((plan, lingering.prepare(&id, turn)?)));
+            let prepared = match begun {
+                Some((plan, (slot, busy))) => {
                     let made = plan.make(runtime.as_ref(), &cgroups, &id, slot).await;
                     let ok = made.is_some();
                     lingering.prepared(&id, made, busy);
                     ok
                 }
-                _ => true,
+                None => true,
             };
             // A standby that could not be made leaves the network in doubt:
             // released at once, a resume makes everything anew.

@@ -418,6 +418,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_linger_whose_standby_was_made_is_released_at_its_end() {
+        let l = Lingering::default();
+        let turn = l.stopped("a", l.begin("a", Slot(5))).unwrap();
+        let (_, busy) = l.prepare("a", turn).unwrap();
+        assert!(l.expire("a", turn).is_none(), "not while it is prepared");
+        l.prepared("a", None, busy);
+        let (slot, busy) = l.expire("a", turn).expect("released at its end");
+        assert_eq!(slot, Slot(5));
+        l.finish("a", busy);
+        assert!(l.ids().is_empty());
+    }
+
+    #[tokio::test]
     async fn a_linger_taken_before_its_standby_is_begun_is_not_prepared() {
         let l = Lingering::default();
         let turn = l.stopped("a", l.begin("a", Slot(5))).unwrap();
