@@ -623,18 +623,19 @@ impl Executor {
     /// pinned sandboxes and records it; the pin for its runtime spec, or
     /// `None` to let it run anywhere.
     fn place(&self, id: &str, cpus: f64) -> Option<Pin> {
-        let pin = self.pick_pin(cpus)?;
-        self.live.lock().unwrap().get_mut(id)?.cpu = Some(pin.cpu);
+        // One lock: two launches at once do not pick the same CPU.
+        let mut live = self.live.lock().unwrap();
+        let pin = self.pin_among(cpus, &live)?;
+        live.get_mut(id)?.cpu = Some(pin.cpu);
         Some(pin)
     }
 
-    /// The pin [`place`](Self::place) would give a sandbox of `cpus`, not
-    /// recorded.
-    fn pick_pin(&self, cpus: f64) -> Option<Pin> {
+    /// The pin [`place`](Self::place) would give a sandbox of `cpus` beside
+    /// the `live` ones, not recorded.
+    fn pin_among(&self, cpus: f64, live: &HashMap<String, Live>) -> Option<Pin> {
         if !placement::is_pinned(cpus) {
             return None;
         }
-        let live = self.live.lock().unwrap();
         let cpu = placement::least_loaded(&self.cpus, live.values().filter_map(|l| l.cpu))?;
         Some(Pin {
             cpu,
@@ -1322,7 +1323,7 @@ impl Executor {
         let mut spec = meta.spec.clone()?;
         spec.checkpoint = Some(image.to_path_buf());
         spec.aliases = read_addresses(image).await;
-        let pin = self.pick_pin(spec.cpus);
+        let pin = self.pin_among(spec.cpus, &self.live.lock().unwrap());
         Some(StandbyPlan {
             runtime_spec: self.runtime_spec(&spec, pin.clone()),
             aliases: spec.aliases,
