@@ -242,6 +242,12 @@ fn thaw_standby(cgroups: &CgroupParent, runtime: &dyn Runtime, id: &str) {
     }
 }
 
+/// Removes the standby of sandbox `id`, if it has one.
+async fn remove_standby(cgroups: &CgroupParent, runtime: &dyn Runtime, id: &str) {
+    thaw_standby(cgroups, runtime, id);
+    runtime.discard_prepared(id).await;
+}
+
 /// What [`Executor::recover`] found.
 #[derive(Debug, Default)]
 pub struct Recovery {
@@ -1309,8 +1315,7 @@ impl Executor {
                 tokio::time::sleep(linger).await;
             }
             if let Some((slot, busy)) = lingering.expire(&id, turn) {
-                thaw_standby(&cgroups, runtime.as_ref(), &id);
-                runtime.discard_prepared(&id).await;
+                remove_standby(&cgroups, runtime.as_ref(), &id).await;
                 release(&id, slot, &dir).await;
                 lingering.finish(&id, busy);
             }
@@ -1350,8 +1355,7 @@ impl Executor {
             .filter(|m| m.suspended && image.is_dir())
         else {
             if let Some(slot) = lingering {
-                thaw_standby(&self.cgroups, self.runtime.as_ref(), id);
-                self.runtime.discard_prepared(id).await;
+                remove_standby(&self.cgroups, self.runtime.as_ref(), id).await;
                 release(id, slot, &dir).await;
             }
             return Err(Error::NotSuspended(id.into()));
@@ -1577,8 +1581,7 @@ impl Executor {
     pub async fn shutdown(&self) {
         for id in self.lingering.ids() {
             if let Some(slot) = self.lingering.take_stopped(&id).await {
-                thaw_standby(&self.cgroups, self.runtime.as_ref(), &id);
-                self.runtime.discard_prepared(&id).await;
+                remove_standby(&self.cgroups, self.runtime.as_ref(), &id).await;
                 release(&id, slot, &self.sandbox_dir(&id)).await;
             }
         }

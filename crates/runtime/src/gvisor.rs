@@ -398,20 +398,34 @@ impl Gvisor {
         command: &str,
         extra: &[String],
     ) -> Result<SandboxState> {
+        let mut head = vec![command.to_string(), "--detach".into()];
+        head.extend(extra.iter().cloned());
+        self.new_launch(spec, head).await.map(|(_, state)| state)
+    }
+
+    /// A new run of `spec` begun by `runsc HEAD… --bundle --pid-file NAME`
+    /// (HEAD: the command and its own flags); its name and state. On
+    /// failure the run is deleted.
+    async fn new_launch(
+        &self,
+        spec: &SandboxSpec,
+        head: Vec<String>,
+    ) -> Result<(String, SandboxState)> {
         let (name, spec) = self.new_run(spec)?;
         let spec = &spec;
         if let Err(e) = prepare_bundle(spec).await {
             let _ = self.delete_run(&name).await;
             return Err(e);
         }
-        let mut args = vec![panic_log_flag(spec), command.to_string(), "--detach".into()];
-        args.extend(extra.iter().cloned());
+        let mut args = vec![panic_log_flag(spec)];
+        args.extend(head);
         args.extend([
             format!("--bundle={}", spec.bundle_dir.display()),
             format!("--pid-file={}", pid_file(spec).display()),
             name.clone(),
         ]);
-        self.launch(spec, &name, &args).await
+        let state = self.launch(spec, &name, &args).await?;
+        Ok((name, state))
     }
 
     /// Runs a start-like command of run `name` (whose spec is `spec`),
@@ -676,31 +690,13 @@ impl Runtime for Gvisor {
 
     /// `runsc create`: the gofer and the sentry start and wait.
     async fn prepare_restore(&self, spec: &SandboxSpec) -> Result<()> {
-        let (name, spec) = self.new_run(spec)?;
-        let spec = &spec;
-        let created = async {
-            prepare_bundle(spec).await?;
-            let args = [
-                panic_log_flag(spec),
-                "create".into(),
-                format!("--bundle={}", spec.bundle_dir.display()),
-                format!("--pid-file={}", pid_file(spec).display()),
-                name.clone(),
-            ];
-            let create = self.run_in_netns_workaround(&args, spec);
-            self.with_gofer_released(spec, create).await
-        };
-        match created.await {
-            Ok(()) => {
-                let mut all = self.runs.lock().unwrap();
-                all.prepared.insert(spec.id.clone(), name);
-                Ok(())
-            }
-            Err(e) => {
-                let _ = self.delete_run(&name).await;
-                Err(e)
-            }
-        }
+        let (name, _) = self.new_launch(spec, vec!["create".into()]).await?;
+        self.runs
+            .lock()
+            .unwrap()
+            .prepared
+            .insert(spec.id.clone(), name);
+        Ok(())
     }
 
     async fn discard_prepared(&self, id: &str) {
