@@ -338,14 +338,17 @@ async fn suspend_and_resume_ten_times_keep_files_and_processes() {
             .await;
         let address = sandbox_ip(&id);
         s.suspend("keeper").await;
-        // Three kinds of resume: at once; once its next run waits made
-        // (the standby); after the linger, when nothing of it is left.
+        // Its next run (the standby) was made during the checkpoint: it
+        // waits, frozen (it costs no CPU), beside the old run still being
+        // removed.
+        let standby = standbys(&s, &id);
+        assert_eq!(standby.len(), 1, "round {round}: {standby:?}");
+        wait_until(Duration::from_secs(30), || frozen(&s, &standby[0])).await;
+        // Three kinds of resume: at once and once the old run is gone, both
+        // into the standby; after the linger, when nothing of it is left.
         let quick = round % 3 != 2;
         if round % 3 == 1 {
-            wait_until(Duration::from_secs(30), || !standbys(&s, &id).is_empty()).await;
-            // It waits frozen: it costs no CPU.
-            let run = standbys(&s, &id).remove(0);
-            wait_until(Duration::from_secs(30), || frozen(&s, &run)).await;
+            wait_until(Duration::from_secs(30), || runs_on_disk(&s, &id) == standby).await;
         }
         if !quick {
             // Nothing of it stays on the host once its volume and network
@@ -355,10 +358,7 @@ async fn suspend_and_resume_ten_times_keep_files_and_processes() {
                 netns_of(std::slice::from_ref(&id)).is_empty()
             })
             .await;
-            let runs: Vec<String> = runsc_containers(&s)
-                .into_iter()
-                .filter(|name| name.starts_with(&id))
-                .collect();
+            let runs = runs_on_disk(&s, &id);
             assert_eq!(runs, Vec::<String>::new(), "round {round}");
         }
         let (code, v) = s
@@ -514,22 +514,113 @@ async fn killing_the_server_around_a_quick_resume_leaves_one_clean_sandbox() {
     );
 }
 
+/// A server killed while a suspend checkpoints beside the standby it
+/// makes (see the executor's `StandbyPlan`) leaves one sandbox: running
+/// if the suspend was not recorded yet, else suspended; either way with
+/// its files, and with no run of it beside the one it has.
+#[tokio::test]
+async fn killing_the_server_mid_suspend_leaves_one_clean_sandbox() {
+    let mut s = Server::start().await;
+    let id = s.create(json!({"name": "halfway"})).await;
+    start_bg(&s, &id, COUNTER).await;
+    // Memory enough that the checkpoint outlasts the standby's making.
+    start_bg(
+        &s,
+        &id,
+        "exec python3 -c 'import time; b = bytearray(b\"x\" * (300 << 20)); time.sleep(3600)'",
+    )
+    .await;
+    s.sh("halfway", "echo kept > /root/kept").await;
+    let pid = s.child.as_ref().unwrap().id() as i32;
+    let suspend = s
+        .req(Method::POST, "/sandboxes/halfway/suspend?wait_ms=30000")
+        .json(&json!({}))
+        .send();
+    let kill = async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while standbys(&s, &id).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the standby was never seen"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // SAFETY: a signal to the server this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    };
+    let (answer, ()) = tokio::join!(suspend, kill);
+    assert!(answer.is_err(), "answered although killed: {answer:?}");
+    s.kill9();
+    s.respawn().await;
+    let (_, info) = s.get(&id).await;
+    eprintln!("killed mid-suspend: {}", info["status"]);
+    match info["status"].as_str() {
+        Some("running") => {
+            let before = count(&s, "halfway").await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(count(&s, "halfway").await > before, "the counter stopped");
+            assert_eq!(
+                runs_on_disk(&s, &id).len(),
+                1,
+                "{:?}",
+                runs_on_disk(&s, &id)
+            );
+        }
+        Some("suspended") => {
+            assert_eq!(runs_on_disk(&s, &id), Vec::<String>::new());
+            let (code, v) = s
+                .post_status("/sandboxes/halfway/resume?wait_ms=30000", json!({}))
+                .await;
+            assert_eq!(code, 200, "{v}");
+        }
+        _ => panic!("neither running nor suspended: {info}"),
+    }
+    assert!(standbys(&s, &id).is_empty(), "{:?}", standbys(&s, &id));
+    assert_eq!(s.sh("halfway", "cat /root/kept").await, "kept\n");
+    s.cleanup().await;
+    assert!(s.host_leftovers().is_empty(), "{:?}", s.host_leftovers());
+}
+
 /// The runs of sandbox `id` made and waiting for a restore (`created`),
 /// from runsc's state files: `runsc list` would wait for sandboxes frozen
 /// while idle.
 fn standbys(s: &Server, id: &str) -> Vec<String> {
+    run_states(s, id)
+        .into_iter()
+        .filter(|(_, status)| status == "created")
+        .map(|(run, _)| run)
+        .collect()
+}
+
+/// The runs of sandbox `id` runsc keeps state of (`id` or `r<n>-id`), by
+/// name.
+fn runs_on_disk(s: &Server, id: &str) -> Vec<String> {
+    let mut runs: Vec<String> = run_states(s, id).into_iter().map(|(run, _)| run).collect();
+    runs.sort();
+    runs
+}
+
+/// Name and status of each run of sandbox `id` from runsc's state files
+/// (`runsc list` waits for frozen sandboxes).
+fn run_states(s: &Server, id: &str) -> Vec<(String, String)> {
     let Ok(entries) = std::fs::read_dir(s.data_dir.join("runsc")) else {
         return Vec::new();
     };
+    let of_id = |run: &str| {
+        run == id
+            || run
+                .strip_suffix(id)
+                .and_then(|p| p.strip_prefix('r')?.strip_suffix('-'))
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+    };
     entries
         .flatten()
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.starts_with(id) && name.ends_with(".state")
-        })
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".state"))
         .filter_map(|e| {
             let state: Value = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
-            (state["status"] == "created").then(|| state["id"].as_str().unwrap_or("").to_string())
+            let run = state["id"].as_str()?.to_string();
+            let status = state["status"].as_str()?.to_string();
+            of_id(&run).then_some((run, status))
         })
         .collect()
 }
@@ -705,6 +796,16 @@ async fn a_failed_suspend_leaves_the_sandbox_and_its_processes_running() {
     let before = count(&s, &id).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(count(&s, &id).await > before, "its processes stopped");
+    // The standby made during the checkpoint is gone, and the sandbox's
+    // end of its link holds no address again (gVisor's own stack does;
+    // the host's would answer the sandbox's packets).
+    assert_eq!(runs_on_disk(&s, &id), vec![id.clone()]);
+    let out = std::process::Command::new("ip")
+        .args(["-n", &format!("sbx-{id}"), "-o", "-4", "address", "show"])
+        .output()
+        .unwrap();
+    let addresses = String::from_utf8_lossy(&out.stdout);
+    assert!(addresses.lines().all(|l| l.contains(" lo ")), "{addresses}");
     // Once the image can be written, it suspends and resumes as usual.
     s.suspend("stays").await;
     let (code, v) = s

@@ -190,36 +190,36 @@ struct Live {
     cpu: Option<usize>,
 }
 
-/// A suspended sandbox's next run, made while its volume and network
-/// linger (see [`linger`]): its link gets its addresses again and the
-/// runtime prepares the run (gVisor: `runsc create`, ~100 ms of a restore),
-/// so that a resume only restores the image into it.
+/// A suspended sandbox's next run, made during its suspend's checkpoint
+/// and lingering with its volume and network (see [`linger`]): the runtime
+/// prepares the run (gVisor: `runsc create`, ~100 ms of a restore), so
+/// that a resume, even one right after the suspend, only gives the link
+/// its addresses again and restores the image into it.
+///
+/// It is made beside the old sandbox, paused for its checkpoint, on the
+/// same link, and does not touch it: gVisor takes the link's addresses
+/// into its own network stack when it restores, not when it creates. A
+/// checkpoint that fails removes it; the sandbox runs on unharmed.
 struct StandbyPlan {
     runtime_spec: SandboxSpec,
-    aliases: Vec<Ipv4Addr>,
     pin: Option<Pin>,
 }
 
 impl StandbyPlan {
-    /// Makes it on lingering `slot`, frozen (a sentry waiting for its
-    /// restore still wakes up all the time: ~16 ms of CPU a second here);
-    /// `None` (logged) when that failed.
+    /// Makes it, frozen (a sentry waiting for its restore still wakes up
+    /// all the time: ~16 ms of CPU a second here); `None` (logged) when
+    /// that failed.
     async fn make(
         self,
         runtime: &dyn Runtime,
         cgroups: &CgroupParent,
         id: &str,
-        slot: Slot,
     ) -> Option<linger::Standby> {
-        let made = async {
-            net::reconfigure_sandbox_end(id, slot, &self.aliases).await?;
-            runtime.prepare_restore(&self.runtime_spec).await?;
-            Ok::<_, Error>(())
-        };
-        match made.await {
+        match runtime.prepare_restore(&self.runtime_spec).await {
             Ok(()) => {
-                if cgroups.can_freeze() {
-                    if let Err(e) = cgroups.set_frozen(&runtime.cgroup_name(id), true) {
+                let cgroup = runtime.prepared_cgroup_name(id);
+                if let (true, Some(cgroup)) = (cgroups.can_freeze(), cgroup) {
+                    if let Err(e) = cgroups.set_frozen(&cgroup, true) {
                         tracing::debug!(sandbox = id, "cannot freeze the standby: {e}");
                     }
                 }
@@ -233,12 +233,12 @@ impl StandbyPlan {
     }
 }
 
-/// Thaws the run of sandbox `id` that may be a frozen standby (see
-/// [`StandbyPlan`]), before it is restored into or removed: runsc waits
-/// for a frozen sandbox. Nothing there: nothing to do.
+/// Thaws the frozen standby of sandbox `id` (see [`StandbyPlan`]), if it
+/// has one, before it is restored into or removed: runsc waits for a
+/// frozen sandbox.
 fn thaw_standby(cgroups: &CgroupParent, runtime: &dyn Runtime, id: &str) {
-    if cgroups.can_freeze() {
-        let _ = cgroups.set_frozen(&runtime.cgroup_name(id), false);
+    if let (true, Some(cgroup)) = (cgroups.can_freeze(), runtime.prepared_cgroup_name(id)) {
+        let _ = cgroups.set_frozen(&cgroup, false);
     }
 }
 
@@ -913,20 +913,40 @@ impl Executor {
     /// (`resetConnectionLocked` on an endpoint without a sender): the
     /// sandbox runs a while between tries, longer than TCP's first
     /// retransmission (1 s), so that the handshake completes.
-    async fn save_paused(&self, id: &str, tmp: &Path) -> Result<(), Error> {
+    /// `beside` runs beside the first checkpoint, once the sandbox is
+    /// paused; its output, if it ran, comes with the outcome.
+    async fn save_paused<T>(
+        &self,
+        id: &str,
+        tmp: &Path,
+        beside: impl std::future::Future<Output = T>,
+    ) -> (Result<(), Error>, Option<T>) {
+        let mut beside = Some(beside);
+        let mut made = None;
         let mut tries = 0;
         loop {
             tries += 1;
             let _ = tokio::fs::remove_dir_all(tmp).await;
-            self.runtime.pause(id).await?;
-            let Err(e) = self.runtime.checkpoint(id, tmp, true).await else {
-                return Ok(());
+            if let Err(e) = self.runtime.pause(id).await {
+                return (Err(e.into()), made);
+            }
+            let checkpoint = self.runtime.checkpoint(id, tmp, true);
+            let saved = match beside.take() {
+                Some(beside) => {
+                    let (saved, out) = tokio::join!(checkpoint, beside);
+                    made = Some(out);
+                    saved
+                }
+                None => checkpoint.await,
+            };
+            let Err(e) = saved else {
+                return (Ok(()), made);
             };
             let _ = tokio::fs::remove_dir_all(tmp).await;
             tracing::warn!(sandbox = id, tries, "checkpoint failed: {e}");
             let resumed = self.resume_paused(id).await;
             if resumed.is_err() || tries == 3 || !self.is_alive(id) {
-                return Err(e.into());
+                return (Err(e.into()), made);
             }
             tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
         }
@@ -1209,8 +1229,23 @@ impl Executor {
         let sync_ms = t0.elapsed().as_millis() as u64;
         // As for a capture; pinned again if the checkpoint fails.
         let pinned = self.unpin(id).await;
+        let plan = match self.suspend_linger.is_zero() {
+            true => None,
+            false => self.standby_plan(&meta),
+        };
+        let standby = async {
+            match plan {
+                Some(plan) => plan.make(self.runtime.as_ref(), &self.cgroups, id).await,
+                None => None,
+            }
+        };
         let started = std::time::Instant::now();
-        if let Err(e) = self.save_paused(id, &tmp).await {
+        let (saved, standby) = self.save_paused(id, &tmp, standby).await;
+        let standby = standby.flatten();
+        if let Err(e) = saved {
+            if standby.is_some() {
+                remove_standby(&self.cgroups, self.runtime.as_ref(), id).await;
+            }
             self.pin_again(id, pinned).await;
             return Err(e);
         }
@@ -1224,6 +1259,9 @@ impl Executor {
         if let Err(e) = recorded.await {
             let _ = tokio::fs::remove_dir_all(&tmp).await;
             let _ = tokio::fs::remove_dir_all(&image).await;
+            if standby.is_some() {
+                remove_standby(&self.cgroups, self.runtime.as_ref(), id).await;
+            }
             let _ = self.runtime.resume(id).await;
             self.pin_again(id, pinned).await;
             return Err(e);
@@ -1254,19 +1292,16 @@ impl Executor {
         self.live.lock().unwrap().remove(id);
         // The memory image and the disk are safe: the sandbox is suspended.
         // The old sentry's exit and `runsc delete` (~0.06 s) go on in the
-        // background, while its volume and network linger for a quick resume
-        // (see `linger`), which need not wait for them: the runtime restores
-        // beside what it deletes. A destroy waits for them. Meanwhile the
-        // image is read back into the page cache for the resume (see `warm`).
+        // background, while its volume, network and standby linger for a
+        // quick resume (see `linger`), which need not wait for them: the
+        // runtime restores beside what it deletes. A destroy waits for them.
+        // Meanwhile the image is read back into the page cache for the
+        // resume (see `warm`).
         let ms = started.elapsed().as_millis() as u64;
         tracing::debug!(sandbox = id, sync_ms, checkpoint_ms = ms, "suspend");
         let warming = warm::into_page_cache(image.clone());
         self.warming.lock().unwrap().insert(id.to_string(), warming);
-        let standby = match self.suspend_linger.is_zero() {
-            true => None,
-            false => self.standby_plan(&meta, &image).await,
-        };
-        let stop = self.lingering.begin(id, slot);
+        let stop = self.lingering.begin(id, slot, standby);
         let (runtime, lingering, linger, cgroups) = (
             self.runtime.clone(),
             self.lingering.clone(),
@@ -1296,24 +1331,7 @@ impl Executor {
             let Some(turn) = lingering.stopped(&id, stop) else {
                 return;
             };
-            // Begun only with a plan: a preparation begun is ended by
-            // `prepared` alone, and the expiry below releases only a
-            // linger that is ready.
-            let begun = standby.and_then(|plan| Some((plan, lingering.prepare(&id, turn)?)));
-            let prepared = match begun {
-                Some((plan, (slot, busy))) => {
-                    let made = plan.make(runtime.as_ref(), &cgroups, &id, slot).await;
-                    let ok = made.is_some();
-                    lingering.prepared(&id, made, busy);
-                    ok
-                }
-                None => true,
-            };
-            // A standby that could not be made leaves the network in doubt:
-            // released at once, a resume makes everything anew.
-            if prepared {
-                tokio::time::sleep(linger).await;
-            }
+            tokio::time::sleep(linger).await;
             if let Some((slot, busy)) = lingering.expire(&id, turn) {
                 remove_standby(&cgroups, runtime.as_ref(), &id).await;
                 release(&id, slot, &dir).await;
@@ -1323,15 +1341,13 @@ impl Executor {
         Ok(ms)
     }
 
-    /// What a suspended sandbox's standby is made of (see [`StandbyPlan`]).
-    async fn standby_plan(&self, meta: &Meta, image: &Path) -> Option<StandbyPlan> {
-        let mut spec = meta.spec.clone()?;
-        spec.checkpoint = Some(image.to_path_buf());
-        spec.aliases = read_addresses(image).await;
+    /// What the standby of sandbox `meta`, about to be suspended, is made
+    /// of (see [`StandbyPlan`]): its launch, on a CPU of its own.
+    fn standby_plan(&self, meta: &Meta) -> Option<StandbyPlan> {
+        let spec = meta.spec.as_ref()?;
         let pin = self.pin_among(spec.cpus, &self.live.lock().unwrap());
         Some(StandbyPlan {
-            runtime_spec: self.runtime_spec(&spec, pin.clone()),
-            aliases: spec.aliases,
+            runtime_spec: self.runtime_spec(spec, pin.clone()),
             pin,
         })
     }
@@ -1399,18 +1415,15 @@ impl Executor {
             // spins (see `sbx_runtime::pinning`); pinned only after its
             // restore, it also ran commands twice as slowly.
             let pin = match &standby {
-                // Made where the standby runs, its addresses already its.
+                // Made where the standby runs.
                 Some(s) => s.pin.clone(),
                 None => self.place(id, spec.cpus),
             };
             let runtime_spec = self.runtime_spec(&spec, pin);
+            if standby.is_some() {
+                thaw_standby(&self.cgroups, self.runtime.as_ref(), id);
+            }
             match lingering {
-                Some(_) if standby.is_some() => {
-                    thaw_standby(&self.cgroups, self.runtime.as_ref(), id);
-                    if meta.egress_changed {
-                        net::update_egress(slot, &spec.egress).await?;
-                    }
-                }
                 Some(_) => {
                     net::reconfigure_sandbox_end(id, slot, &spec.aliases).await?;
                     if meta.egress_changed {

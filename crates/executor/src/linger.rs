@@ -11,12 +11,15 @@
 //! here. After it, they are released ([`State::Releasing`]) and the sandbox
 //! holds nothing on the host but its files.
 //!
+//! With them lingers the sandbox's next run, made during its suspend's
+//! checkpoint (a [`Standby`]), so that a resume only restores into it.
+//!
 //! A resume takes them over at once, also while the old sandbox is still
 //! being stopped: the runtime restores beside it (a container and cgroup of
 //! its own, see `sbx_runtime::runs`), so only a release under way, which
-//! unmounts the volume and removes the network, is waited for (~50 ms of a
-//! resume right after its suspend). A destroy and the server's shutdown
-//! wait for the stop too, then take over what lingers.
+//! unmounts the volume and removes the network, is waited for. A destroy
+//! and the server's shutdown wait for the stop too, then take over what
+//! lingers.
 
 use crate::net::Slot;
 use std::collections::HashMap;
@@ -26,17 +29,11 @@ use tokio::sync::watch;
 
 enum State {
     /// The old sandbox is being stopped (the receiver sees `true` once it
-    /// is); its volume and network stay on `slot` until a resume takes
-    /// them (`None` from then on).
+    /// is); its volume and network stay on `slot`, with its `standby` if
+    /// one was made, until a resume takes them (`None` from then on).
     Stopping {
         slot: Option<Slot>,
-        turn: u64,
-        done: watch::Receiver<bool>,
-    },
-    /// The old sandbox is stopped and the next run is being prepared on
-    /// `slot` (see [`Lingering::prepare`]); over when the receiver sees `true`.
-    Preparing {
-        slot: Slot,
+        standby: Option<Standby>,
         turn: u64,
         done: watch::Receiver<bool>,
     },
@@ -52,8 +49,9 @@ enum State {
     Releasing(watch::Receiver<bool>),
 }
 
-/// A suspended sandbox's next run, made while it lingers (the runtime's
-/// `prepare_restore`), so that a resume only restores into it.
+/// A suspended sandbox's next run, made during its suspend's checkpoint
+/// (the runtime's `prepare_restore`), so that a resume only restores into
+/// it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Standby {
     /// Where it is pinned.
@@ -87,14 +85,15 @@ pub(crate) struct Lingering {
 
 impl Lingering {
     /// Sandbox `id` was suspended: its old sandbox is being stopped, its
-    /// volume and network stay on `slot`.
-    pub(crate) fn begin(&self, id: &str, slot: Slot) -> Stop {
+    /// volume and network stay on `slot`, with its `standby`.
+    pub(crate) fn begin(&self, id: &str, slot: Slot, standby: Option<Standby>) -> Stop {
         let turn = self.turns.fetch_add(1, Ordering::Relaxed);
         let (done, rx) = watch::channel(false);
         self.sandboxes.lock().unwrap().insert(
             id.to_string(),
             State::Stopping {
                 slot: Some(slot),
+                standby,
                 turn,
                 done: rx,
             },
@@ -110,18 +109,23 @@ impl Lingering {
     /// when a resume took them meanwhile (or a later suspend began).
     pub(crate) fn stopped(&self, id: &str, stop: Stop) -> Option<u64> {
         let mut sandboxes = self.sandboxes.lock().unwrap();
-        let lingers = match sandboxes.get(id) {
-            Some(State::Stopping { slot, turn, .. }) if *turn == stop.turn => *slot,
+        let lingers = match sandboxes.get_mut(id) {
+            Some(State::Stopping {
+                slot,
+                standby,
+                turn,
+                ..
+            }) if *turn == stop.turn => slot.map(|s| (s, standby.take())),
             _ => return None,
         };
         match lingers {
-            Some(slot) => {
+            Some((slot, standby)) => {
                 sandboxes.insert(
                     id.to_string(),
                     State::Ready {
                         slot,
                         turn: stop.turn,
-                        standby: None,
+                        standby,
                     },
                 );
                 Some(stop.turn)
@@ -133,62 +137,16 @@ impl Lingering {
         }
     }
 
-    /// Begins preparing the next run of `id`, lingering since `turn`: its
-    /// slot, and the work to hand to [`Lingering::prepared`]. Takers wait
-    /// for it. `None`: a resume or destroy took what lingered meanwhile.
-    pub(crate) fn prepare(&self, id: &str, turn: u64) -> Option<(Slot, Busy)> {
-        let mut sandboxes = self.sandboxes.lock().unwrap();
-        match sandboxes.get(id) {
-            Some(State::Ready {
-                slot,
-                turn: t,
-                standby: None,
-            }) if *t == turn => {
-                let slot = *slot;
-                let (done, rx) = watch::channel(false);
-                sandboxes.insert(
-                    id.to_string(),
-                    State::Preparing {
-                        slot,
-                        turn,
-                        done: rx,
-                    },
-                );
-                Some((slot, Busy { done }))
-            }
-            _ => None,
-        }
-    }
-
-    /// The preparation begun by [`Lingering::prepare`] is over: it lingers
-    /// again, with its `standby` if one was made.
-    pub(crate) fn prepared(&self, id: &str, standby: Option<Standby>, busy: Busy) {
-        let mut sandboxes = self.sandboxes.lock().unwrap();
-        if let Some(State::Preparing { slot, turn, .. }) = sandboxes.get(id) {
-            let (slot, turn) = (*slot, *turn);
-            sandboxes.insert(
-                id.to_string(),
-                State::Ready {
-                    slot,
-                    turn,
-                    standby,
-                },
-            );
-        }
-        drop(busy);
-    }
-
     /// For a resume: takes the lingering volume and network of `id` if it
     /// has them (their slot, and its standby if one was made; from then on
     /// the caller owns them), without waiting for the old sandbox's stop.
-    /// Waits only for a preparation or a release under way. `None`:
-    /// nothing of it lingers.
+    /// Waits only for a release under way. `None`: nothing of it lingers.
     pub(crate) async fn take(&self, id: &str) -> Option<(Slot, Option<Standby>)> {
         self.take_when(id, false).await
     }
 
     /// For a destroy or a shutdown: waits until nothing is under way for
-    /// `id` (the old sandbox stopped, a preparation or release done), then
+    /// `id` (the old sandbox stopped, a release done), then
     /// takes what lingers of it, as [`Lingering::take`]; a standby goes
     /// with the runtime's sandbox.
     pub(crate) async fn take_stopped(&self, id: &str) -> Option<Slot> {
@@ -206,25 +164,22 @@ impl Lingering {
                         sandboxes.remove(id);
                         return Some(taken);
                     }
-                    Some(State::Preparing { done, .. }) if !*done.borrow() => done.clone(),
-                    // Its preparation ended without saying so (its task
-                    // died): what lingers is the taker's, without a standby.
-                    Some(State::Preparing { slot, .. }) => {
-                        let slot = *slot;
-                        sandboxes.remove(id);
-                        return Some((slot, None));
-                    }
                     Some(State::Stopping { done, .. }) if after_stop && !*done.borrow() => {
                         done.clone()
                     }
-                    Some(State::Stopping { slot, done, .. }) => {
-                        let slot = slot.take();
+                    Some(State::Stopping {
+                        slot,
+                        standby,
+                        done,
+                        ..
+                    }) => {
+                        let taken = slot.take().map(|s| (s, standby.take()));
                         // A stop that ended without saying so (its task
                         // died) leaves nothing under way.
                         if *done.borrow() {
                             sandboxes.remove(id);
                         }
-                        return slot.map(|s| (s, None));
+                        return taken;
                     }
                     Some(State::Releasing(rx)) if !*rx.borrow() => rx.clone(),
                     Some(State::Releasing(_)) => {
@@ -269,7 +224,7 @@ impl Lingering {
             .values()
             .filter_map(|s| match s {
                 State::Stopping { slot, .. } => *slot,
-                State::Ready { slot, .. } | State::Preparing { slot, .. } => Some(*slot),
+                State::Ready { slot, .. } => Some(*slot),
                 State::Releasing(_) => None,
             })
             .collect()
@@ -290,7 +245,7 @@ mod tests {
     #[tokio::test]
     async fn a_resume_takes_the_slot_without_waiting_for_the_stop() {
         let l = Arc::new(Lingering::default());
-        let stop = l.begin("a", Slot(7));
+        let stop = l.begin("a", Slot(7), None);
         assert_eq!(l.slots(), vec![Slot(7)], "held while the old sandbox stops");
         let taken = tokio::time::timeout(Duration::from_secs(1), l.take("a")).await;
         assert_eq!(
@@ -307,7 +262,7 @@ mod tests {
     #[tokio::test]
     async fn a_destroy_waits_for_the_stop_then_takes_the_slot() {
         let l = Arc::new(Lingering::default());
-        let stop = l.begin("a", Slot(7));
+        let stop = l.begin("a", Slot(7), None);
         let taker = tokio::spawn({
             let l = l.clone();
             async move { l.take_stopped("a").await }
@@ -324,7 +279,7 @@ mod tests {
     #[tokio::test]
     async fn a_destroy_after_a_resume_took_the_slot_still_waits_for_the_stop() {
         let l = Arc::new(Lingering::default());
-        let stop = l.begin("a", Slot(7));
+        let stop = l.begin("a", Slot(7), None);
         assert_eq!(l.take("a").await, Some((Slot(7), None)));
         let taker = tokio::spawn({
             let l = l.clone();
@@ -340,7 +295,7 @@ mod tests {
     #[tokio::test]
     async fn an_expiry_releases_once_and_a_taker_waits_for_it() {
         let l = Arc::new(Lingering::default());
-        let stop = l.begin("a", Slot(3));
+        let stop = l.begin("a", Slot(3), None);
         let turn = l.stopped("a", stop).unwrap();
         assert_eq!(l.slots(), vec![Slot(3)]);
         let (slot, busy) = l.expire("a", turn).expect("still lingering");
@@ -370,9 +325,9 @@ mod tests {
     #[tokio::test]
     async fn an_old_expiry_leaves_a_later_linger_alone() {
         let l = Lingering::default();
-        let first = l.stopped("a", l.begin("a", Slot(1))).unwrap();
+        let first = l.stopped("a", l.begin("a", Slot(1), None)).unwrap();
         assert_eq!(l.take("a").await, Some((Slot(1), None)));
-        let second = l.stopped("a", l.begin("a", Slot(2))).unwrap();
+        let second = l.stopped("a", l.begin("a", Slot(2), None)).unwrap();
         assert!(l.expire("a", first).is_none());
         assert_eq!(l.slots(), vec![Slot(2)]);
         assert!(l.expire("a", second).is_some());
@@ -382,48 +337,58 @@ mod tests {
     async fn an_earlier_stop_ending_late_leaves_a_later_suspend_alone() {
         // Suspend, resume at once, suspend again before the first stop ends.
         let l = Lingering::default();
-        let first = l.begin("a", Slot(1));
+        let first = l.begin("a", Slot(1), None);
         assert_eq!(l.take("a").await, Some((Slot(1), None)));
-        let second = l.begin("a", Slot(1));
+        let second = l.begin("a", Slot(1), None);
         assert_eq!(l.stopped("a", first), None);
         assert_eq!(l.slots(), vec![Slot(1)], "the second suspend's, still held");
         let turn = l.stopped("a", second).expect("lingers");
         assert!(l.expire("a", turn).is_some());
     }
 
-    #[tokio::test]
-    async fn a_resume_waits_for_the_standby_being_made_and_takes_it() {
-        let l = Arc::new(Lingering::default());
-        let turn = l.stopped("a", l.begin("a", Slot(5))).unwrap();
-        let (slot, busy) = l.prepare("a", turn).expect("lingering");
-        assert_eq!(slot, Slot(5));
-        assert!(l.prepare("a", turn).is_none(), "prepared twice");
-        assert_eq!(l.slots(), vec![Slot(5)], "held while prepared");
-        let resume = tokio::spawn({
-            let l = l.clone();
-            async move { l.take("a").await }
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!resume.is_finished(), "a resume must wait for the standby");
-        let standby = Standby {
+    fn standby() -> Standby {
+        Standby {
             pin: Some(sbx_runtime::Pin {
                 cpu: 1,
                 partner: Some(0),
             }),
-        };
-        l.prepared("a", Some(standby.clone()), busy);
-        assert_eq!(resume.await.unwrap(), Some((Slot(5), Some(standby))));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resume_takes_the_standby_also_while_the_old_sandbox_stops() {
+        let l = Lingering::default();
+        let stop = l.begin("a", Slot(5), Some(standby()));
+        assert_eq!(l.take("a").await, Some((Slot(5), Some(standby()))));
+        assert_eq!(l.stopped("a", stop), None, "taken: nothing lingers");
+        assert!(l.ids().is_empty());
+        // Once stopped, the standby lingers with the slot.
+        let turn = l
+            .stopped("a", l.begin("a", Slot(5), Some(standby())))
+            .unwrap();
+        assert_eq!(l.take("a").await, Some((Slot(5), Some(standby()))));
         assert!(l.expire("a", turn).is_none(), "taken: nothing to release");
         assert!(l.ids().is_empty());
     }
 
     #[tokio::test]
-    async fn a_linger_whose_standby_was_made_is_released_at_its_end() {
+    async fn a_destroy_takes_the_slot_its_standby_goes_with_the_runtime() {
         let l = Lingering::default();
-        let turn = l.stopped("a", l.begin("a", Slot(5))).unwrap();
-        let (_, busy) = l.prepare("a", turn).unwrap();
-        assert!(l.expire("a", turn).is_none(), "not while it is prepared");
-        l.prepared("a", None, busy);
+        let turn = l
+            .stopped("a", l.begin("a", Slot(6), Some(standby())))
+            .unwrap();
+        assert_eq!(l.slots(), vec![Slot(6)]);
+        assert_eq!(l.take_stopped("a").await, Some(Slot(6)));
+        assert!(l.expire("a", turn).is_none());
+        assert!(l.ids().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_linger_with_a_standby_is_released_at_its_end() {
+        let l = Lingering::default();
+        let turn = l
+            .stopped("a", l.begin("a", Slot(5), Some(standby())))
+            .unwrap();
         let (slot, busy) = l.expire("a", turn).expect("released at its end");
         assert_eq!(slot, Slot(5));
         l.finish("a", busy);
@@ -431,28 +396,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_linger_taken_before_its_standby_is_begun_is_not_prepared() {
-        let l = Lingering::default();
-        let turn = l.stopped("a", l.begin("a", Slot(5))).unwrap();
-        assert_eq!(l.take("a").await, Some((Slot(5), None)));
-        assert!(l.prepare("a", turn).is_none());
-        assert!(l.ids().is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_preparation_that_died_leaves_the_slot_to_its_taker() {
-        let l = Arc::new(Lingering::default());
-        let turn = l.stopped("a", l.begin("a", Slot(6))).unwrap();
-        let (_, busy) = l.prepare("a", turn).unwrap();
-        drop(busy); // its task panicked
-        assert_eq!(l.take_stopped("a").await, Some(Slot(6)));
-        assert!(l.ids().is_empty());
-    }
-
-    #[tokio::test]
     async fn dropped_work_does_not_leave_takers_waiting() {
         let l = Arc::new(Lingering::default());
-        let stop = l.begin("a", Slot(4));
+        let stop = l.begin("a", Slot(4), None);
         let taker = tokio::spawn({
             let l = l.clone();
             async move { l.take_stopped("a").await }

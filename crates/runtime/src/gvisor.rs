@@ -48,11 +48,21 @@ struct Runs {
     deleting: HashMap<String, watch::Receiver<bool>>,
     /// The cgroup path of each run this process started.
     cgroups: HashMap<String, String>,
-    /// Sandbox id → its run made by `prepare_restore`, not restored yet.
+    /// Sandbox id → its run made by `prepare_restore`, not restored yet
+    /// (not its current run until then).
     prepared: HashMap<String, String>,
 }
 
 impl Runs {
+    /// Makes run `name` sandbox `id`'s current run.
+    fn make_current(&mut self, id: &str, name: String) {
+        // Not expected (a run stops before the next one starts), but what
+        // is current would otherwise be lost.
+        if let Some(old) = self.current.insert(id.to_string(), name) {
+            self.stopped.entry(id.to_string()).or_default().push(old);
+        }
+    }
+
     /// Forgets run `name` of sandbox `id`, deleted.
     fn forget(&mut self, id: &str, name: &str) {
         if self.current.get(id).is_some_and(|c| c == name) {
@@ -133,22 +143,20 @@ impl Gvisor {
     }
 
     /// Begins a new run of `spec`'s sandbox under the first free name (see
-    /// [`runs`]) and makes it the sandbox's current run; returns its name
-    /// and the spec it runs with (its cgroup).
-    fn new_run(&self, spec: &SandboxSpec) -> Result<(String, SandboxSpec)> {
+    /// [`runs`]) and makes it the sandbox's current run (with `prepared`:
+    /// its prepared run, current once restored into); returns its name and
+    /// the spec it runs with (its cgroup).
+    fn new_run(&self, spec: &SandboxSpec, prepared: bool) -> Result<(String, SandboxSpec)> {
         if !runs::is_valid_id(&spec.id) {
             return Err(RuntimeError::InvalidId(spec.id.clone()));
         }
         let mut all = self.runs.lock().unwrap();
-        // Not expected (a run stops before the next one starts), but what
-        // is current would otherwise be lost.
-        if let Some(old) = all.current.remove(&spec.id) {
-            all.stopped.entry(spec.id.clone()).or_default().push(old);
-        }
         for n in 0..1000 {
             let name = runs::name(&spec.id, n);
             let cgroup = runs::cgroup_path(&spec.cgroup_path, &name, n);
             let taken = all.deleting.contains_key(&name)
+                || all.current.get(&spec.id) == Some(&name)
+                || all.prepared.get(&spec.id) == Some(&name)
                 || all.stopped.get(&spec.id).is_some_and(|s| s.contains(&name))
                 || self.state_file(&name).exists()
                 || !cgroup_dirs(&cgroup).is_empty();
@@ -158,7 +166,11 @@ impl Gvisor {
             if n > 0 {
                 tracing::debug!(sandbox = spec.id, run = name, "beside an earlier run");
             }
-            all.current.insert(spec.id.clone(), name.clone());
+            if prepared {
+                all.prepared.insert(spec.id.clone(), name.clone());
+            } else {
+                all.make_current(&spec.id, name.clone());
+            }
             all.cgroups.insert(name.clone(), cgroup.clone());
             let run = SandboxSpec {
                 cgroup_path: cgroup,
@@ -180,6 +192,7 @@ impl Gvisor {
             .current
             .get(id)
             .into_iter()
+            .chain(all.prepared.get(id))
             .chain(all.stopped.get(id).into_iter().flatten())
             .cloned()
             .collect();
@@ -400,18 +413,22 @@ impl Gvisor {
     ) -> Result<SandboxState> {
         let mut head = vec![command.to_string(), "--detach".into()];
         head.extend(extra.iter().cloned());
-        self.new_launch(spec, head).await.map(|(_, state)| state)
+        self.new_launch(spec, head, false)
+            .await
+            .map(|(_, state)| state)
     }
 
     /// A new run of `spec` begun by `runsc HEAD… --bundle --pid-file NAME`
-    /// (HEAD: the command and its own flags); its name and state. On
+    /// (HEAD: the command and its own flags), the sandbox's current or
+    /// `prepared` run (see [`Self::new_run`]); its name and state. On
     /// failure the run is deleted.
     async fn new_launch(
         &self,
         spec: &SandboxSpec,
         head: Vec<String>,
+        prepared: bool,
     ) -> Result<(String, SandboxState)> {
-        let (name, spec) = self.new_run(spec)?;
+        let (name, spec) = self.new_run(spec, prepared)?;
         let spec = &spec;
         if let Err(e) = prepare_bundle(spec).await {
             let _ = self.delete_run(&name).await;
@@ -526,10 +543,13 @@ impl Runtime for Gvisor {
     }
 
     async fn destroy_stopped(&self, id: &str) -> Result<()> {
-        let current = self.runs.lock().unwrap().current.get(id).cloned();
+        let (current, prepared) = {
+            let all = self.runs.lock().unwrap();
+            (all.current.get(id).cloned(), all.prepared.get(id).cloned())
+        };
         let mut result = Ok(());
         for name in self.runs_of(id) {
-            if current.as_ref() != Some(&name) {
+            if current.as_ref() != Some(&name) && prepared.as_ref() != Some(&name) {
                 if let Err(e) = self.delete_run(&name).await {
                     result = Err(e);
                 }
@@ -540,6 +560,10 @@ impl Runtime for Gvisor {
 
     fn cgroup_name(&self, id: &str) -> String {
         self.current(id)
+    }
+
+    fn prepared_cgroup_name(&self, id: &str) -> Option<String> {
+        self.runs.lock().unwrap().prepared.get(id).cloned()
     }
 
     /// Through the sandbox's control socket (see [`control`]), falling back
@@ -666,7 +690,14 @@ impl Runtime for Gvisor {
 
     async fn restore(&self, spec: &SandboxSpec, image_dir: &Path) -> Result<SandboxState> {
         let image = format!("--image-path={}", image_dir.display());
-        let prepared = self.runs.lock().unwrap().prepared.remove(&spec.id);
+        let prepared = {
+            let mut all = self.runs.lock().unwrap();
+            let name = all.prepared.remove(&spec.id);
+            if let Some(name) = &name {
+                all.make_current(&spec.id, name.clone());
+            }
+            name
+        };
         let Some(name) = prepared else {
             // One `runsc restore` creates and restores: a separate `create`
             // first costs another ~100 ms of sandbox setup (measured here).
@@ -690,13 +721,9 @@ impl Runtime for Gvisor {
 
     /// `runsc create`: the gofer and the sentry start and wait.
     async fn prepare_restore(&self, spec: &SandboxSpec) -> Result<()> {
-        let (name, _) = self.new_launch(spec, vec!["create".into()]).await?;
-        self.runs
-            .lock()
-            .unwrap()
-            .prepared
-            .insert(spec.id.clone(), name);
-        Ok(())
+        self.new_launch(spec, vec!["create".into()], true)
+            .await
+            .map(drop)
     }
 
     async fn discard_prepared(&self, id: &str) {
@@ -1078,13 +1105,13 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let g = Gvisor::new("/bin/false", root.path());
         let base = spec("sbxa");
-        let (name, run) = g.new_run(&base).unwrap();
+        let (name, run) = g.new_run(&base, false).unwrap();
         assert_eq!(name, "sbxa");
         assert_eq!(run.cgroup_path, base.cgroup_path);
         assert_eq!(g.cgroup_name("sbxa"), "sbxa");
         // Stopped by a checkpoint, not deleted yet: the restore goes beside it.
         retire(&g, "sbxa");
-        let (name, run) = g.new_run(&base).unwrap();
+        let (name, run) = g.new_run(&base, false).unwrap();
         assert_eq!(name, "r1-sbxa");
         assert!(run.cgroup_path.ends_with("/r1-sbxa"), "{}", run.cgroup_path);
         assert_eq!(
@@ -1096,10 +1123,10 @@ mod tests {
         // Once the first is gone, the next quick resume takes its name again.
         g.runs.lock().unwrap().forget("sbxa", "sbxa");
         retire(&g, "sbxa");
-        assert_eq!(g.new_run(&base).unwrap().0, "sbxa");
+        assert_eq!(g.new_run(&base, false).unwrap().0, "sbxa");
         // A run runsc still has state of (a crash left it) is not reused.
         std::fs::write(g.state_file("sbxb"), b"{}").unwrap();
-        assert_eq!(g.new_run(&spec("sbxb")).unwrap().0, "r1-sbxb");
+        assert_eq!(g.new_run(&spec("sbxb"), false).unwrap().0, "r1-sbxb");
         // Nor one whose cgroup is still there (runsc would not give a
         // cgroup it did not make any limits).
         let hierarchy = Path::new(CGROUP_ROOT).join("pids");
@@ -1111,7 +1138,9 @@ mod tests {
                 cgroup_path: format!("/{parent}/sbxc"),
                 ..spec("sbxc")
             };
-            let got = g.new_run(&sbxc).map(|(name, run)| (name, run.cgroup_path));
+            let got = g
+                .new_run(&sbxc, false)
+                .map(|(name, run)| (name, run.cgroup_path));
             std::fs::remove_dir(&left).unwrap();
             std::fs::remove_dir(hierarchy.join(&parent)).unwrap();
             assert_eq!(
@@ -1120,7 +1149,7 @@ mod tests {
             );
         }
         assert!(matches!(
-            g.new_run(&spec("r2-sbxc")),
+            g.new_run(&spec("r2-sbxc"), false),
             Err(RuntimeError::InvalidId(_))
         ));
     }
@@ -1130,10 +1159,10 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let g = fake_runsc(root.path(), "0");
         let base = spec("sbxa");
-        g.new_run(&base).unwrap();
+        g.new_run(&base, false).unwrap();
         std::fs::write(g.state_file("sbxa"), b"{}").unwrap();
         retire(&g, "sbxa");
-        g.new_run(&base).unwrap();
+        g.new_run(&base, false).unwrap();
         std::fs::write(g.state_file("r1-sbxa"), b"{}").unwrap();
         g.destroy_stopped("sbxa").await.unwrap();
         assert_eq!(logged(root.path()), vec!["delete --force sbxa"]);
@@ -1153,11 +1182,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_prepared_run_waits_beside_the_current_one() {
+        let root = tempfile::tempdir().unwrap();
+        let g = fake_runsc(root.path(), "0");
+        let base = spec("sbxa");
+        g.new_run(&base, false).unwrap();
+        std::fs::write(g.state_file("sbxa"), b"{}").unwrap();
+        // Made while the sandbox still runs (its suspend's checkpoint).
+        assert_eq!(g.new_run(&base, true).unwrap().0, "r1-sbxa");
+        std::fs::write(g.state_file("r1-sbxa"), b"{}").unwrap();
+        assert_eq!(g.current("sbxa"), "sbxa");
+        assert_eq!(g.cgroup_name("sbxa"), "sbxa");
+        assert_eq!(g.prepared_cgroup_name("sbxa").as_deref(), Some("r1-sbxa"));
+        // The suspended run goes; the prepared one stays for the resume.
+        retire(&g, "sbxa");
+        g.destroy_stopped("sbxa").await.unwrap();
+        assert_eq!(logged(root.path()), vec!["delete --force sbxa"]);
+        assert_eq!(g.prepared_cgroup_name("sbxa").as_deref(), Some("r1-sbxa"));
+        g.destroy("sbxa").await.unwrap();
+        assert_eq!(
+            logged(root.path()),
+            vec!["delete --force sbxa", "delete --force r1-sbxa"]
+        );
+        assert_eq!(g.prepared_cgroup_name("sbxa"), None);
+    }
+
+    #[tokio::test]
     async fn a_run_is_deleted_once_and_its_name_is_taken_meanwhile() {
         let root = tempfile::tempdir().unwrap();
         let g = fake_runsc(root.path(), "0.3");
         let base = spec("sbxa");
-        g.new_run(&base).unwrap();
+        g.new_run(&base, false).unwrap();
         std::fs::write(g.state_file("sbxa"), b"{}").unwrap();
         retire(&g, "sbxa");
         let (a, b) = (g.clone(), g.clone());
@@ -1167,7 +1222,7 @@ mod tests {
         // a resume now gets the other name.
         g.runs.lock().unwrap().stopped.clear();
         std::fs::remove_file(g.state_file("sbxa")).unwrap();
-        assert_eq!(g.new_run(&base).unwrap().0, "r1-sbxa");
+        assert_eq!(g.new_run(&base, false).unwrap().0, "r1-sbxa");
         let second = tokio::spawn(async move { b.destroy("sbxa").await });
         first.await.unwrap().unwrap();
         second.await.unwrap().unwrap();

@@ -142,6 +142,11 @@ pub trait Runtime: Send + Sync {
     fn cgroup_name(&self, id: &str) -> String {
         id.to_string()
     }
+    /// The name of the cgroup of the run [`prepare_restore`](Self::prepare_restore)
+    /// made for sandbox `id`, while it waits for its restore.
+    fn prepared_cgroup_name(&self, _id: &str) -> Option<String> {
+        None
+    }
     /// Freezes every process of the sandbox (its files stop changing).
     async fn pause(&self, id: &str) -> Result<()>;
     /// Runs `argv` in the running sandbox and waits for it; a non-zero exit
@@ -189,9 +194,12 @@ pub trait Runtime: Send + Sync {
     async fn restore(&self, spec: &SandboxSpec, image_dir: &Path) -> Result<SandboxState>;
     /// Makes the sandbox's next run without starting it, for a
     /// [`restore`](Self::restore) to come (its network namespace must be
-    /// configured), so that the restore has less to do. Until then it is
-    /// the sandbox's current run; [`discard_prepared`](Self::discard_prepared)
-    /// or [`destroy`](Self::destroy) removes it. On failure nothing is left.
+    /// configured), so that the restore has less to do. It may be made
+    /// while the sandbox still runs (its current run, which it does not
+    /// touch, and which [`destroy_stopped`](Self::destroy_stopped) removes
+    /// once stopped, leaving it); it becomes the current run when restored
+    /// into. [`discard_prepared`](Self::discard_prepared) or
+    /// [`destroy`](Self::destroy) removes it. On failure nothing is left.
     /// Default: nothing (the restore makes the run).
     async fn prepare_restore(&self, _spec: &SandboxSpec) -> Result<()> {
         Ok(())
