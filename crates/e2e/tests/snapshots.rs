@@ -454,18 +454,7 @@ async fn killing_the_server_around_a_quick_resume_leaves_one_clean_sandbox() {
         .req(Method::POST, "/sandboxes/quick/resume?wait_ms=30000")
         .json(&json!({}))
         .send();
-    let kill = async {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !runsc_running(&data_dir, "restore") {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the restore was never seen"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        // SAFETY: a signal to the server this test started.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    };
+    let kill = kill_once_seen(pid, "the restore", || runsc_running(&data_dir, "restore"));
     let (answer, ()) = tokio::join!(resume, kill);
     assert!(answer.is_err(), "answered although killed: {answer:?}");
     s.kill9();
@@ -536,18 +525,7 @@ async fn killing_the_server_mid_suspend_leaves_one_clean_sandbox() {
         .req(Method::POST, "/sandboxes/halfway/suspend?wait_ms=30000")
         .json(&json!({}))
         .send();
-    let kill = async {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while standbys(&s, &id).is_empty() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the standby was never seen"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        // SAFETY: a signal to the server this test started.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    };
+    let kill = kill_once_seen(pid, "the standby", || !standbys(&s, &id).is_empty());
     let (answer, ()) = tokio::join!(suspend, kill);
     assert!(answer.is_err(), "answered although killed: {answer:?}");
     s.kill9();
@@ -579,6 +557,21 @@ async fn killing_the_server_mid_suspend_leaves_one_clean_sandbox() {
     assert_eq!(s.sh("halfway", "cat /root/kept").await, "kept\n");
     s.cleanup().await;
     assert!(s.host_leftovers().is_empty(), "{:?}", s.host_leftovers());
+}
+
+/// Kills (SIGKILL) the server process `pid` as soon as `seen` (`what`)
+/// holds, polling every millisecond for up to 30 s.
+async fn kill_once_seen(pid: i32, what: &str, seen: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !seen() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} was never seen"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // SAFETY: a signal to the server this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
 }
 
 /// The runs of sandbox `id` made and waiting for a restore (`created`),
