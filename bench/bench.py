@@ -600,48 +600,54 @@ def bench_snapshots(s, rootfs, work, raw_root, n):
     s.daemon(big, "POST", "/processes", {"command": "python3", "args": ["-c", HOLD_256MB]})
     wait_for(lambda: s.sh_ok(big, "test -f /tmp/ready"), "256 MB in the sandbox")
 
-    def pauses(kind, key):
-        snaps = [s.snapshot(big, kind) for _ in range(3)]
+    def pauses(kind, key, raw_key=None, n=3):
+        # With `raw_key`, each snapshot is followed by a raw checkpoint of
+        # the same sandbox: the two alternate, so that the VM's drift over
+        # the run weighs on both sides alike.
+        snaps = []
+        if raw_key:
+            out[raw_key] = []
+        for i in range(n):
+            snaps.append(s.snapshot(big, kind))
+            if raw_key:
+                out[raw_key].append(raw_checkpoint_of_big(f"{raw_key}{i}"))
         out[key] = [x["pause_ms"] for x in snaps]
         for x in snaps:
             s.api("DELETE", f"/snapshots/{x['snapshot_id']}")
         return snaps
 
-    def raw_checkpoints_of_big(key):
+    def raw_checkpoint_of_big(name):
         # Raw runsc on sbx's own sandbox: the same memory, configuration and
         # CPUs (where sbx pins a sandbox by a one-CPU cpuset, on kernels
         # before 6.2, it lets it use every CPU for its checkpoint, and so
         # does this; a sandbox pinned by its affinity stays pinned).
-        out[key] = []
         cpus = s.cpuset_file(big)
         pinned = cpus.read_text() if cpus else None
         if pinned is not None and ("," in pinned or "-" in pinned):
             cpus = None  # a two-CPU cpuset: pinned by its affinity
-        for i in range(3):
-            img = work / f"same-sandbox-{key}{i}"
-            img.mkdir()
-            assert s.sh_ok(big, "true")  # thawed, if it was idle
-            if cpus:
-                cpus.write_text(s.all_cpus())
-            t0 = time.perf_counter()
-            subprocess.run(["runsc", f"--root={s.dir / 'runsc'}", "--overlay2=none",
-                            "--net-disconnect-ok", "checkpoint", "--leave-running",
-                            "--compression=none", "--direct", f"--image-path={img}", big],
-                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            out[key].append((time.perf_counter() - t0) * 1000)
-            if cpus:
-                cpus.write_text(pinned)
-            shutil.rmtree(img)
+        img = work / f"same-sandbox-{name}"
+        img.mkdir()
+        assert s.sh_ok(big, "true")  # thawed, if it was idle
+        if cpus:
+            cpus.write_text(s.all_cpus())
+        t0 = time.perf_counter()
+        subprocess.run(["runsc", f"--root={s.dir / 'runsc'}", "--overlay2=none",
+                        "--net-disconnect-ok", "checkpoint", "--leave-running",
+                        "--compression=none", "--direct", f"--image-path={img}", big],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        took = (time.perf_counter() - t0) * 1000
+        if cpus:
+            cpus.write_text(pinned)
+        shutil.rmtree(img)
+        return took
 
-    snaps = pauses("memory", "pause")
+    snaps = pauses("memory", "pause", "same_ckpt", n=5)
     out["first_stored"] = snaps[0]["stored_bytes"]
     out["first_size"] = snaps[0]["size_bytes"]
     out["again_stored"] = [x["stored_bytes"] for x in snaps[1:]]
-    raw_checkpoints_of_big("same_ckpt")
     pauses("filesystem", "fs_pause")
     assert s.sh_ok(big, WRITE_1GB), "writing 1 GB in the sandbox"
-    pauses("memory", "pause_1g")
-    raw_checkpoints_of_big("same_ckpt_1g")
+    pauses("memory", "pause_1g", "same_ckpt_1g", n=5)
     pauses("filesystem", "fs_pause_1g")
     s.delete_and_wait(big)
 
