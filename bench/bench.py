@@ -681,7 +681,7 @@ def bench_snapshots(s, rootfs, work, raw_root, n):
     runsc(raw_root, "minimal", "delete", "--force", "rawbig")
     # A resume reads an image its suspend has just written with O_DIRECT,
     # which leaves nothing in the page cache: so do these.
-    out["raw_resume"] = raw_restores(raw_root, susp_img, b, "rawresume", 3, cold=True)
+    out["raw_resume"] = raw_restores(raw_root, susp_img, b, "rawresume", 5, cold=True)
     shutil.rmtree(susp_img)
 
     # Raw `runsc checkpoint` (it stops the sandbox) of sbx sandboxes like the
@@ -711,10 +711,10 @@ def bench_snapshots(s, rootfs, work, raw_root, n):
     s.daemon(named, "POST", "/processes", {"command": "python3", "args": ["-c", HOLD_256MB]})
     wait_for(lambda: s.sh_ok(named, "test -f /tmp/ready"), "256 MB in the named sandbox")
     out["suspend"], out["resume"], out["resume_later"] = [], [], []
-    # Three resumes right after their suspend (they wait for the old
-    # sandbox's teardown), then three that come 2 s later, as a resume
-    # after any idle time does.
-    for wait in (0, 0, 0, 2, 2, 2):
+    # Five resumes right after their suspend (the old sandbox is still
+    # being torn down), then three that come 2 s later, as a resume after
+    # any idle time does.
+    for wait in (0, 0, 0, 0, 0, 2, 2, 2):
         t0 = time.perf_counter()
         st, v = s.api("POST", "/sandboxes/bench-suspend/suspend?wait_ms=30000")
         assert st == 200 and v["status"] == "suspended", (st, v)
