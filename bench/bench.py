@@ -704,7 +704,7 @@ def bench_snapshots(s, rootfs, work, raw_root, n):
         shutil.rmtree(img)
 
     # Suspend -> suspended and resume -> first command of a named sandbox
-    # holding 256 MB, three cycles.
+    # holding 256 MB, eight cycles.
     st, v = s.api("POST", "/sandboxes", {"name": "bench-suspend"})
     assert st == 200, v
     named = v["sandbox_id"]
