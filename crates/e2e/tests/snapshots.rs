@@ -527,13 +527,19 @@ async fn killing_the_server_mid_suspend_leaves_one_clean_sandbox() {
         .send();
     let kill = kill_once_seen(pid, "the standby", || !standbys(&s, &id).is_empty());
     let (answer, ()) = tokio::join!(suspend, kill);
-    assert!(answer.is_err(), "answered although killed: {answer:?}");
+    // Killed mid-checkpoint as a rule; where making the standby outlasts
+    // the checkpoint, the suspend may have answered just before.
+    let answered = answer.is_ok_and(|r| r.status().is_success());
     s.kill9();
     s.respawn().await;
     let (_, info) = s.get(&id).await;
-    eprintln!("killed mid-suspend: {}", info["status"]);
+    eprintln!(
+        "killed mid-suspend (answered: {answered}): {}",
+        info["status"]
+    );
     match info["status"].as_str() {
         Some("running") => {
+            assert!(!answered, "suspended, then found running: {info}");
             let before = count(&s, "halfway").await;
             tokio::time::sleep(Duration::from_millis(300)).await;
             assert!(count(&s, "halfway").await > before, "the counter stopped");
