@@ -1529,9 +1529,6 @@ impl Executor {
     pub async fn destroy(&self, id: &str) -> Result<(), Error> {
         self.stop_warming(id);
         let lingering = self.lingering.take_stopped(id).await;
-        if lingering.is_some() {
-            thaw_standby(&self.cgroups, self.runtime.as_ref(), id);
-        }
         let slot = self.live.lock().unwrap().get(id).map(|l| l.slot);
         let meta = read_meta(&self.sandbox_dir(id)).await;
         let suspended = meta.as_ref().is_some_and(|m| m.suspended);
@@ -1575,9 +1572,10 @@ impl Executor {
         Layer::new(dir).destroy().await;
     }
 
-    /// Destroys whatever of sandbox `id` the runtime runs or keeps, and
-    /// its cgroups (runsc may leave some).
+    /// Destroys whatever of sandbox `id` the runtime runs or keeps (its
+    /// standby thawed first), and its cgroups (runsc may leave some).
     async fn destroy_runtime(&self, id: &str) {
+        thaw_standby(&self.cgroups, self.runtime.as_ref(), id);
         let cgroup = self.runtime.cgroup_name(id);
         if let Err(e) = self.runtime.destroy(id).await {
             tracing::warn!(sandbox = id, "runtime destroy: {e}");

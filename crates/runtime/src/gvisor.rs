@@ -167,7 +167,10 @@ impl Gvisor {
                 tracing::debug!(sandbox = spec.id, run = name, "beside an earlier run");
             }
             if prepared {
-                all.prepared.insert(spec.id.clone(), name.clone());
+                // As for the current run: one prepared earlier is not lost.
+                if let Some(old) = all.prepared.insert(spec.id.clone(), name.clone()) {
+                    all.stopped.entry(spec.id.clone()).or_default().push(old);
+                }
             } else {
                 all.make_current(&spec.id, name.clone());
             }
