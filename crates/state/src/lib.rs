@@ -118,6 +118,8 @@ pub struct Store {
     url: String,
     /// Woken whenever a sandbox changes status (see [`Store::status_changed`]).
     changed: std::sync::Arc<tokio::sync::Notify>,
+    /// Counts those changes (see [`Store::status_version`]).
+    status_version: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A snapshot in the catalog.
@@ -195,6 +197,9 @@ impl Store {
             }
             let pool = AnyPoolOptions::new()
                 .max_connections(8)
+                // A connection to a local file cannot go stale: no ping
+                // (a round trip to the connection's thread) before each use.
+                .test_before_acquire(false)
                 .after_connect(|conn, _| {
                     Box::pin(async move {
                         // WAL persists in the file; the wait is per connection.
@@ -239,6 +244,7 @@ impl Store {
             kind,
             url: url.to_string(),
             changed: Default::default(),
+            status_version: Default::default(),
         })
     }
 
@@ -447,9 +453,23 @@ impl Store {
     fn status_moved(&self, r: &AnyQueryResult) -> bool {
         let moved = r.rows_affected() == 1;
         if moved {
-            self.changed.notify_waiters();
+            self.statuses_changed();
         }
         moved
+    }
+
+    fn statuses_changed(&self) {
+        self.status_version
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// A number that grows with every status change made through this store
+    /// (read it before a read of rows: unchanged after, none of them changed
+    /// status through this store since).
+    pub fn status_version(&self) -> u64 {
+        self.status_version
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Completes at the next status change of any sandbox made through this
@@ -941,7 +961,7 @@ impl Store {
         .execute(&self.pool)
         .await?;
         if r.rows_affected() > 0 {
-            self.changed.notify_waiters();
+            self.statuses_changed();
         }
         Ok(r.rows_affected())
     }
@@ -1179,6 +1199,35 @@ mod tests {
             let r = s.get("a").await.unwrap().unwrap();
             assert_eq!(r.status, SandboxStatus::Running);
             assert!(r.terminated_at.is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn the_status_version_grows_with_each_status_change_only() {
+        let (stores, _dbs) = stores().await;
+        for s in stores {
+            let v0 = s.status_version();
+            s.insert(&row("a", Some("web"))).await.unwrap();
+            s.set_name("a", Some("api")).await.unwrap();
+            assert_eq!(s.status_version(), v0, "no status changed");
+            let pending = [SandboxStatus::Pending];
+            assert!(s
+                .transition("a", &pending, SandboxStatus::Running, None, None)
+                .await
+                .unwrap());
+            assert_eq!(s.status_version(), v0 + 1);
+            // A transition that did not apply changes nothing.
+            assert!(!s
+                .transition("a", &pending, SandboxStatus::Failed, None, None)
+                .await
+                .unwrap());
+            assert_eq!(s.status_version(), v0 + 1);
+            let failed = s
+                .fail_node_sandboxes("n1", &[SandboxStatus::Running], "node_lost", "gone")
+                .await
+                .unwrap();
+            assert_eq!(failed, 1);
+            assert_eq!(s.status_version(), v0 + 2);
         }
     }
 
