@@ -405,10 +405,11 @@ fn occupying(members: &[SandboxRow]) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn member(status: SandboxStatus, node: &str) -> SandboxRow {
+    /// A pool member with id `s` (also a plain row for other tests).
+    pub(crate) fn member(status: SandboxStatus, node: &str) -> SandboxRow {
         SandboxRow {
             id: "s".into(),
             namespace: "default".into(),

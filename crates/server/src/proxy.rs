@@ -14,21 +14,66 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use sbx_api::sandbox::SandboxStatus;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 #[derive(Clone)]
 pub struct ProxyState {
     pub manager: Arc<Manager>,
     /// Accepted bearer keys (empty: loopback peers only).
     keys: Arc<Vec<String>>,
+    running: Arc<RunningRows>,
+}
+
+/// Rows of running sandboxes the proxy read lately, by id, so that a burst
+/// of requests to one sandbox does not read the database for each (a
+/// quarter of a command's round trip here). An entry serves while no
+/// sandbox changed status through this server's store since it was read,
+/// and for at most [`RunningRows::TTL`]. Used only on SQLite, whose one
+/// writer is this server; on PostgreSQL other servers change rows too.
+#[derive(Default)]
+struct RunningRows(Mutex<HashMap<String, (crate::store::SandboxRow, u64, Instant)>>);
+
+impl RunningRows {
+    const TTL: Duration = Duration::from_secs(1);
+    /// Past this many entries the cache starts over.
+    const MAX: usize = 4096;
+
+    /// The row of sandbox `id` if it was read at status version `version`.
+    fn get(&self, id: &str, version: u64) -> Option<crate::store::SandboxRow> {
+        let mut rows = self.0.lock().unwrap();
+        match rows.get(id) {
+            Some((row, v, at)) if *v == version && at.elapsed() < Self::TTL => Some(row.clone()),
+            Some(_) => {
+                rows.remove(id);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Remembers `row`, read at status version `version`, if it is running.
+    fn put(&self, row: &crate::store::SandboxRow, version: u64) {
+        if row.status != SandboxStatus::Running {
+            return;
+        }
+        let mut rows = self.0.lock().unwrap();
+        if rows.len() >= Self::MAX {
+            rows.clear();
+        }
+        rows.insert(row.id.clone(), (row.clone(), version, Instant::now()));
+    }
 }
 
 /// The proxy checks auth itself: a user port of a sandbox with
 /// `allow_unauthenticated_access` is reachable without a key.
 pub fn router(manager: Arc<Manager>, keys: Arc<Vec<String>>) -> Router {
-    Router::new()
-        .fallback(forward)
-        .with_state(ProxyState { manager, keys })
+    Router::new().fallback(forward).with_state(ProxyState {
+        manager,
+        keys,
+        running: Default::default(),
+    })
 }
 
 /// The HTTP client of the proxy and of the servers' requests to other
@@ -94,6 +139,30 @@ async fn resolve(
     Err(ApiError::not_found("sandbox", &key))
 }
 
+/// [`resolve`], answered from [`RunningRows`] for a running sandbox named
+/// by its id when it can be.
+async fn resolve_cached(
+    state: &ProxyState,
+    key: Option<String>,
+    by_header: bool,
+) -> Result<(crate::store::SandboxRow, Option<u16>), ApiError> {
+    let store = &state.manager.store;
+    if store.kind() != crate::store::Kind::Sqlite {
+        return resolve(&state.manager, key, by_header).await;
+    }
+    // Read before the row: a change after it shows as a new version.
+    let version = store.status_version();
+    if let Some(row) = key.as_deref().and_then(|k| state.running.get(k, version)) {
+        return Ok((row, None));
+    }
+    let by_id = key.clone();
+    let found = resolve(&state.manager, key, by_header).await?;
+    if found.1.is_none() && by_id.as_deref() == Some(found.0.id.as_str()) {
+        state.running.put(&found.0, version);
+    }
+    Ok(found)
+}
+
 /// Whether a user port may be reached: listed in `exposed_ports`, never the daemon's.
 fn check_user_port(row: &crate::store::SandboxRow, port: u16) -> Result<(), ApiError> {
     if port == sbx_api::AGENT_PORT || !row.spec.exposed_ports.contains(&port) {
@@ -122,7 +191,7 @@ async fn forward(State(state): State<ProxyState>, req: Request) -> Response {
     // Without a key nobody is told which sandboxes exist.
     let authorized = crate::auth::authorize(&state.keys, &req);
     let by_header = req.headers().contains_key("x-tensorlake-sandbox-id");
-    let (row, port) = match resolve(&state.manager, target(&req), by_header).await {
+    let (row, port) = match resolve_cached(&state, target(&req), by_header).await {
         Ok(found) => found,
         Err(e) => return authorized.err().unwrap_or(e).into_response(),
     };
@@ -389,6 +458,40 @@ async fn auto_resume(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pools::tests::member;
+
+    #[test]
+    fn a_running_row_serves_until_a_status_changes() {
+        let rows = RunningRows::default();
+        let running = member(SandboxStatus::Running, "n1");
+        rows.put(&running, 7);
+        assert_eq!(
+            rows.get("s", 7).map(|r| r.status),
+            Some(SandboxStatus::Running)
+        );
+        assert!(rows.get("other", 7).is_none());
+        // Any status change since the read: read again, and the entry goes.
+        assert!(rows.get("s", 8).is_none());
+        assert!(rows.0.lock().unwrap().is_empty());
+        // Only running sandboxes are remembered.
+        rows.put(&member(SandboxStatus::Suspended, "n1"), 8);
+        assert!(rows.get("s", 8).is_none());
+    }
+
+    #[test]
+    fn running_rows_expire_and_stay_bounded() {
+        let rows = RunningRows::default();
+        let mut row = member(SandboxStatus::Running, "n1");
+        rows.put(&row, 1);
+        rows.0.lock().unwrap().get_mut("s").unwrap().2 -= RunningRows::TTL;
+        assert!(rows.get("s", 1).is_none(), "older than the TTL");
+        for i in 0..RunningRows::MAX + 1 {
+            row.id = format!("s{i}");
+            rows.put(&row, 1);
+        }
+        assert!(rows.0.lock().unwrap().len() <= RunningRows::MAX);
+        assert!(rows.get(&row.id, 1).is_some(), "the newest is kept");
+    }
 
     fn req(headers: &[(&str, &str)]) -> Request {
         let mut b = Request::builder().uri("/api/v1/health");
