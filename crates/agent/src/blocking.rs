@@ -237,8 +237,8 @@ mod tests {
 
     #[test]
     fn works_on_a_runtime_without_an_io_driver() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+        // As the agent builds its own.
+        let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .unwrap();

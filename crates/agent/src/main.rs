@@ -66,8 +66,12 @@ fn main() -> std::process::ExitCode {
     }
     // Timers but no I/O driver: nothing the agent does goes through epoll
     // (see `blocking`), so no epoll state has to survive a restore.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread runs every task: everything that blocks is on the blocking
+    // pool already, a sandbox gets one CPU by default, and under gVisor a
+    // second worker only added wake-ups (tokio's workers hand tasks to each
+    // other and yield while parking): a command's round trip was ~0.2 ms
+    // shorter with one.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(4096)
         .enable_time()
         .build()
