@@ -6,7 +6,8 @@ Measures, as median and p90:
       sbx: blocking POST /sandboxes + POST /api/v1/processes/run `true`
       raw: runsc create + start + exec `true` on the same image rootfs
   - command round trip: `true` through the API vs `runsc exec true`, beside
-      the floor: posix_spawn + waitpid of `true` inside the sandbox itself
+      the floor: posix_spawn + waitpid of `true` inside the sandbox itself,
+      the two measured in alternating blocks
   - snapshots (skip with --no-snapshots):
       memory- and filesystem-snapshot pauses (sbx's pause_ms) of a sandbox
         holding 256 MB of random memory, with an empty disk and with 1 GB
@@ -15,7 +16,7 @@ Measures, as median and p90:
       warm restore -> first command: POST /sandboxes {snapshot_id} + `true`
         vs raw runsc restore --detach + exec `true`, of a minimal sandbox and
         of one configured like sbx's (netns, cgroup limits, host rootfs)
-      copy x10: POST /sandboxes/{id}/copy?times=10 until all run
+      copy x10: POST /sandboxes/{id}/copy?times=10 until all run (3 times)
       suspend -> suspended vs raw `runsc checkpoint` (which stops it) of sbx
         sandboxes like it and of a minimal one; resume -> first command vs
         raw restore + `true` of the same memory, its image not in the page
@@ -56,6 +57,11 @@ CGROUP_ROOT = pathlib.Path("/sys/fs/cgroup")
 
 # Runs inside a sandbox: posix_spawn + waitpid of /bin/true, the process
 # creation every command pays under gVisor; prints the times in ms.
+# Blocks the round trips and the floor are measured in, alternately.
+ROUND_TRIP_BLOCKS = 5
+# Copies x10 measured (each ten restores at once).
+COPY_RUNS = 3
+
 SPAWN_FLOOR = ("import os, time\n"
                "for _ in range({n}):\n"
                "    t = time.perf_counter()\n"
@@ -641,13 +647,13 @@ def bench_snapshots(s, rootfs, work, raw_root, n):
         shutil.rmtree(img)
         return took
 
-    snaps = pauses("memory", "pause", "same_ckpt", n=5)
+    snaps = pauses("memory", "pause", "same_ckpt", n=7)
     out["first_stored"] = snaps[0]["stored_bytes"]
     out["first_size"] = snaps[0]["size_bytes"]
     out["again_stored"] = [x["stored_bytes"] for x in snaps[1:]]
     pauses("filesystem", "fs_pause")
     assert s.sh_ok(big, WRITE_1GB), "writing 1 GB in the sandbox"
-    pauses("memory", "pause_1g", "same_ckpt_1g", n=5)
+    pauses("memory", "pause_1g", "same_ckpt_1g", n=7)
     pauses("filesystem", "fs_pause_1g")
     s.delete_and_wait(big)
 
@@ -752,16 +758,20 @@ def bench_snapshots(s, rootfs, work, raw_root, n):
     out["raw_restore"] = raw_restores(raw_root, img, b, "rawrestore", n)
     out["raw_restore_eq"] = raw_restores_equivalent(rootfs, work, raw_root, n)
 
-    # 3. Ten running copies of a running sandbox.
-    settle()
-    t0 = time.perf_counter()
-    st, r = s.api("POST", f"/sandboxes/{small}/copy?times=10")
-    out["copy10"] = (time.perf_counter() - t0) * 1000
-    assert st == 200, r
-    out["copies_running"] = sum(1 for c in r["sandboxes"] if c["status"] == "running")
-    for c in r["sandboxes"]:
-        s.delete_and_wait(c["sandbox_id"])
-    s.api("DELETE", f"/snapshots/{r['snapshot_id']}")
+    # 3. Ten running copies of a running sandbox, three times: one copy is
+    # ten restores at once on this host's CPUs, and its time moves by
+    # ~200 ms from one to the next.
+    out["copy10"], out["copies_running"] = [], []
+    for _ in range(COPY_RUNS):
+        settle()
+        t0 = time.perf_counter()
+        st, r = s.api("POST", f"/sandboxes/{small}/copy?times=10")
+        out["copy10"].append((time.perf_counter() - t0) * 1000)
+        assert st == 200, r
+        out["copies_running"].append(sum(1 for c in r["sandboxes"] if c["status"] == "running"))
+        for c in r["sandboxes"]:
+            s.delete_and_wait(c["sandbox_id"])
+        s.api("DELETE", f"/snapshots/{r['snapshot_id']}")
     s.api("DELETE", f"/snapshots/{snap}")
     s.delete_and_wait(small)
     return out
@@ -798,8 +808,11 @@ def print_snapshots(r):
         ratio = med(r["restore"]) / med(r[key])
         print(f"warm restore ratio vs {kind:<10} (median) {ratio:.2f}x   target <= 1.2x   "
               f"{verdict(ratio <= 1.2)}")
-    ok = r["copy10"] <= 1000 and r["copies_running"] == 10
-    print(f"copy x10: {r['copy10']:.0f} ms, {r['copies_running']}/10 running   target <= 1000 ms   "
+    copy = med(r["copy10"])
+    ok = copy <= 1000 and all(n == 10 for n in r["copies_running"])
+    runs = ", ".join(f"{ms:.0f} ms" for ms in r["copy10"])
+    running = ", ".join(f"{n}/10" for n in r["copies_running"])
+    print(f"copy x10: median {copy:.0f} ms ({runs}), running {running}   target <= 1000 ms, all running   "
           f"{verdict(ok)}")
     print(summary("sbx suspend -> suspended (256MB)", r["suspend"]))
     print(summary("raw runsc checkpoint (stops it), sbx sandbox like it", r["raw_suspend_same"]))
@@ -985,7 +998,7 @@ def main():
     ap.add_argument("--agent", default=str(ROOT / "target/x86_64-unknown-linux-gnu/release/sbx-agent"))
     ap.add_argument("--images", default=str(ROOT / "target/sbx-test-images"))
     ap.add_argument("-n", type=int, default=10, help="sandboxes per side")
-    ap.add_argument("--round-trips", type=int, default=50)
+    ap.add_argument("--round-trips", type=int, default=100)
     ap.add_argument("--no-snapshots", action="store_true", help="skip the snapshot measurements")
     ap.add_argument("--idle", type=int, default=20, help="idle sandboxes for the idle-cost measurement (0: skip)")
     ap.add_argument("--idle-only", action="store_true", help="only the idle-cost measurement")
@@ -1061,13 +1074,18 @@ def main():
                 else:
                     cleanup()
 
-        sbx_rt, raw_rt = [], []
+        sbx_rt, raw_rt, floor = [], [], []
         conn = http.client.HTTPConnection("127.0.0.1", s.proxy_port, timeout=60)
-        for _ in range(args.round_trips):
-            t0 = time.perf_counter()
-            s.run_true(conn, keep)
-            sbx_rt.append((time.perf_counter() - t0) * 1000)
-        floor = s.spawn_floor(keep, args.round_trips)
+        # In alternating blocks: gVisor's own speed drifts within a run (its
+        # floor has moved between ~3.5 and ~6 ms from one minute to the
+        # next here), and the ratio is of two measurements of the same time.
+        per = max(1, args.round_trips // ROUND_TRIP_BLOCKS)
+        for _ in range(ROUND_TRIP_BLOCKS):
+            for _ in range(per):
+                t0 = time.perf_counter()
+                s.run_true(conn, keep)
+                sbx_rt.append((time.perf_counter() - t0) * 1000)
+            floor += s.spawn_floor(keep, per)
         for _ in range(min(args.round_trips, 20)):
             t0 = time.perf_counter()
             runsc(raw_root, "minimal", "exec", keep_raw[0], "/bin/true")
