@@ -927,6 +927,10 @@ impl Executor {
         loop {
             tries += 1;
             let _ = tokio::fs::remove_dir_all(tmp).await;
+            // Made before the pause (see `capture_into`).
+            if let Err(e) = tokio::fs::create_dir_all(tmp).await {
+                return (Err(e.into()), made);
+            }
             if let Err(e) = self.runtime.pause(id).await {
                 return (Err(e.into()), made);
             }
@@ -1008,6 +1012,11 @@ impl Executor {
             if let Err(e) = layer.sync_volume().await {
                 tracing::warn!(sandbox = id, "syncfs before capture: {e}");
             }
+        }
+        // Made while the sandbox runs: under writeback a new directory can
+        // wait for the filesystem's journal.
+        if memory {
+            tokio::fs::create_dir_all(tmp.join("checkpoint")).await?;
         }
         // A sandbox pinned by a one-CPU cpuset may use every CPU while its
         // memory image is written (see `unpin`). It is pinned again however

@@ -950,11 +950,22 @@ fn panic_log_flag(spec: &SandboxSpec) -> String {
 }
 
 /// Whether files in `dir` (created if missing) can be opened with
-/// `O_DIRECT` (tmpfs and some other filesystems refuse it).
+/// `O_DIRECT` (tmpfs and some other filesystems refuse it). Probed once per
+/// filesystem, by making and removing a file: a checkpoint asks while its
+/// sandbox is paused, and under heavy writeback each such change of a
+/// directory can wait milliseconds for the filesystem's journal.
 async fn supports_direct_io(dir: &Path) -> bool {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    static PROBED: std::sync::OnceLock<Mutex<HashMap<u64, bool>>> = std::sync::OnceLock::new();
     if tokio::fs::create_dir_all(dir).await.is_err() {
         return false;
+    }
+    let Ok(device) = tokio::fs::metadata(dir).await.map(|m| m.dev()) else {
+        return false;
+    };
+    let probed = PROBED.get_or_init(Default::default);
+    if let Some(&known) = probed.lock().unwrap().get(&device) {
+        return known;
     }
     let probe = dir.join(".direct-io-probe");
     let opened = std::fs::OpenOptions::new()
@@ -965,6 +976,7 @@ async fn supports_direct_io(dir: &Path) -> bool {
         .open(&probe)
         .is_ok();
     let _ = std::fs::remove_file(&probe);
+    probed.lock().unwrap().insert(device, opened);
     opened
 }
 
@@ -1296,6 +1308,11 @@ mod tests {
         // /var/tmp is on an ordinary disk filesystem, which takes O_DIRECT.
         assert!(supports_direct_io(&dir).await);
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        // Known for that filesystem now: another directory on it is made,
+        // and answered alike.
+        let other = base.path().join("other");
+        assert!(supports_direct_io(&other).await);
+        assert!(other.is_dir());
         assert!(!supports_direct_io(Path::new("/proc/no/such/dir")).await);
     }
 }
