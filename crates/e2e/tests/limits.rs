@@ -521,7 +521,8 @@ async fn a_network_policy_update_applies_at_once_and_closes_what_it_forbids() {
                 "cat /tmp/held-a 2>/dev/null; echo; cat /tmp/held-b 2>/dev/null; true",
             )
             .await;
-        if held.lines().all(|l| !l.is_empty()) {
+        // Two lines, neither empty: a missing second file leaves one line.
+        if held.lines().count() == 2 && held.lines().all(|l| !l.is_empty()) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
