@@ -318,12 +318,50 @@ impl Drop for Weed {
 fn wait_ready(weed: &Weed, ip: Ipv4Addr, port: u16, limit: Duration) -> bool {
     let start = std::time::Instant::now();
     while start.elapsed() < limit && !weed.exited.load(Ordering::SeqCst) {
-        if matches!(signed_request(ip, port, "GET", "/", b""), Ok((200, _))) {
+        // Its own listener: a parallel test's weed may have taken the port
+        // first (its filer answers this 200 too, and a bucket's PUT 201).
+        if listens(weed.pid, port)
+            && matches!(signed_request(ip, port, "GET", "/", b""), Ok((200, _)))
+        {
             return true;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     false
+}
+
+/// Whether process `pid` holds a TCP socket listening on `port` (IPv4, in
+/// its own network namespace).
+fn listens(pid: i32, port: u16) -> bool {
+    let Ok(table) = fs::read_to_string(format!("/proc/{pid}/net/tcp")) else {
+        return false;
+    };
+    let inodes = listening_inodes(&table, port);
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        fs::read_link(fd.path()).is_ok_and(|target| {
+            let target = target.to_string_lossy();
+            inodes.iter().any(|i| target == format!("socket:[{i}]"))
+        })
+    })
+}
+
+/// The inodes of the sockets listening on `port` in a `/proc/net/tcp` table.
+fn listening_inodes(table: &str, port: u16) -> Vec<String> {
+    const LISTEN: &str = "0A";
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = f.get(1)?.rsplit_once(':')?.1;
+            let listening =
+                u16::from_str_radix(local_port, 16).ok()? == port && f.get(3)? == &LISTEN;
+            listening.then(|| f.get(9).map(|i| i.to_string())).flatten()
+        })
+        .collect()
 }
 
 /// One HTTP/1.1 request to `ip`:`port`, signed with AWS Signature V4
@@ -422,6 +460,27 @@ fn amz_date(t: SystemTime) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listening_sockets_are_found_by_port() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0000000000000000 20 4 30 10 -1
+   2: 0100007F:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4444 1 0000000000000000 100 0 0 10 0
+";
+        assert_eq!(listening_inodes(table, 8080), vec!["4242"]);
+        assert_eq!(listening_inodes(table, 8081), vec!["4444"]);
+        assert!(listening_inodes(table, 9000).is_empty());
+    }
+
+    #[test]
+    fn a_listener_is_found_in_its_own_process() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(listens(std::process::id() as i32, port));
+        drop(l);
+        assert!(!listens(std::process::id() as i32, port));
+    }
 
     #[test]
     fn amz_dates() {
