@@ -55,13 +55,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CGROUP_ROOT = pathlib.Path("/sys/fs/cgroup")
 
 
-# Runs inside a sandbox: posix_spawn + waitpid of /bin/true, the process
-# creation every command pays under gVisor; prints the times in ms.
 # Blocks the round trips and the floor are measured in, alternately.
 ROUND_TRIP_BLOCKS = 5
 # Copies x10 measured (each ten restores at once).
 COPY_RUNS = 3
 
+# Runs inside a sandbox: posix_spawn + waitpid of /bin/true, the process
+# creation every command pays under gVisor; prints the times in ms.
 SPAWN_FLOOR = ("import os, time\n"
                "for _ in range({n}):\n"
                "    t = time.perf_counter()\n"
@@ -759,8 +759,8 @@ def bench_snapshots(s, rootfs, work, raw_root, n):
     out["raw_restore"] = raw_restores(raw_root, img, b, "rawrestore", n)
     out["raw_restore_eq"] = raw_restores_equivalent(rootfs, work, raw_root, n)
 
-    # 3. Ten running copies of a running sandbox, three times: one copy is
-    # ten restores at once on this host's CPUs, and its time moves by
+    # 3. Ten running copies of a running sandbox, COPY_RUNS times: one copy
+    # is ten restores at once on this host's CPUs, and its time moves by
     # ~200 ms from one to the next.
     out["copy10"], out["copies_running"] = [], []
     for _ in range(COPY_RUNS):
